@@ -1,0 +1,70 @@
+"""Blocking client for rnnserve.v1: list models, stream a generation, stream chunks in and predictions out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import grpc
+
+from rnnserve.v1 import rnnserve_pb2 as pb
+from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
+
+
+class RnnServeClient:
+    def __init__(self, target: str = "127.0.0.1:50051", timeout_s: float | None = None):
+        self._channel = grpc.insecure_channel(target)
+        self._stub = pb_grpc.RnnServeStub(self._channel)
+        self._timeout_s = timeout_s
+
+    def __enter__(self) -> RnnServeClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def list_models(self) -> list[pb.ModelInfo]:
+        return list(self._stub.ListModels(pb.ListModelsRequest(), timeout=self._timeout_s).models)
+
+    def get_model(self, model: str, version: str = "") -> pb.ModelInfo:
+        return self._stub.GetModel(pb.GetModelRequest(model=model, version=version), timeout=self._timeout_s)
+
+    def generate(self, model: str, prompt: str, version: str = "", **sampling) -> Iterator[pb.GenerateResponse]:
+        """Yields pieces as the server produces them. `sampling`: temperature, top_k, top_p, seed, max_tokens, stop."""
+        request = pb.GenerateRequest(model=model, version=version, prompt=prompt, sampling=pb.SamplingParams(**sampling))
+        return self._stub.Generate(request, timeout=self._timeout_s)
+
+    def generate_text(self, model: str, prompt: str, version: str = "", **sampling) -> str:
+        return "".join(piece.text for piece in self.generate(model, prompt, version, **sampling))
+
+    def stream(
+        self,
+        model: str,
+        chunks: Iterable[str | list[int] | pb.StreamRequest],
+        version: str = "",
+        session_id: str = "",
+        resume: bool = False,
+        top_k: int = 0,
+    ) -> Iterator[pb.StreamResponse]:
+        """One response per chunk: text, a list of token ids, or a full StreamRequest (to reset, say)."""
+        start = pb.StreamStart(model=model, version=version, session_id=session_id, resume=resume, top_k=top_k)
+
+        def requests():
+            first = True
+            for item in chunks:
+                request = item if isinstance(item, pb.StreamRequest) else _chunk_request(item)
+                if first:
+                    request.start.CopyFrom(start)
+                    first = False
+                yield request
+
+        return self._stub.Stream(requests(), timeout=self._timeout_s)
+
+    def close_session(self, session_id: str) -> None:
+        self._stub.CloseSession(pb.CloseSessionRequest(session_id=session_id), timeout=self._timeout_s)
+
+
+def _chunk_request(item: str | list[int]) -> pb.StreamRequest:
+    return pb.StreamRequest(text=item) if isinstance(item, str) else pb.StreamRequest(tokens=item)

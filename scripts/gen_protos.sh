@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Regenerates the Python protobuf and gRPC code in rnnserve/v1/ from protos/. Never edit the output.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-.}"
+python -m grpc_tools.protoc -Iprotos --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" protos/rnnserve/v1/*.proto

@@ -1,0 +1,131 @@
+"""The rnnserve.v1 service: converts protobuf to domain requests, calls the service, converts back."""
+
+from __future__ import annotations
+
+import json
+
+from rnnserve.v1 import rnnserve_pb2 as pb
+from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
+from server.api.status import streaming, unary
+from server.errors import InvalidArgument
+from server.repository import Model
+from server.service import Chunk, ChunkResult, GeneratedPiece, GenerateRequest, InferenceService, SamplingRequest, StreamStart
+
+FINISH_REASONS = {"": pb.FINISH_REASON_UNSPECIFIED, "length": pb.FINISH_REASON_LENGTH, "stop": pb.FINISH_REASON_STOP}
+
+
+class NativeServicer(pb_grpc.RnnServeServicer):
+    def __init__(self, service: InferenceService):
+        self._service = service
+
+    @unary
+    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=[self._model_info(m) for m in self._service.repository.all()])
+
+    @unary
+    async def GetModel(self, request: pb.GetModelRequest, context) -> pb.ModelInfo:
+        return self._model_info(self._service.repository.get(request.model, request.version))
+
+    @streaming
+    async def Generate(self, request: pb.GenerateRequest, context):
+        async for piece in self._service.generate(generate_request(request)):
+            yield generate_response(piece)
+
+    @streaming
+    async def Stream(self, requests, context):
+        first = await anext(aiter(requests), None)
+        if first is None:
+            return
+        if not first.HasField("start") or not first.start.model:
+            raise InvalidArgument("start.model", "the first message of a stream must name the model in `start`")
+        async with self._service.open_stream(stream_start(first.start)) as consume:
+            yield stream_response(await consume(chunk(first)))
+            async for request in requests:
+                if request.HasField("start"):
+                    raise InvalidArgument("start", "only the first message of a stream may carry `start`")
+                yield stream_response(await consume(chunk(request)))
+
+    @unary
+    async def CloseSession(self, request: pb.CloseSessionRequest, context) -> pb.CloseSessionResponse:
+        self._service.close_session(request.session_id)
+        return pb.CloseSessionResponse()
+
+    def _model_info(self, model: Model) -> pb.ModelInfo:
+        return model_info(model, self._service.repository.versions(model.card.name))
+
+
+def generate_request(request: pb.GenerateRequest) -> GenerateRequest:
+    return GenerateRequest(request.model, request.prompt, request.version, sampling_request(request.sampling))
+
+
+def sampling_request(message: pb.SamplingParams) -> SamplingRequest:
+    def optional(name: str):
+        return getattr(message, name) if message.HasField(name) else None
+
+    return SamplingRequest(
+        temperature=optional("temperature"),
+        top_k=optional("top_k"),
+        top_p=optional("top_p"),
+        seed=optional("seed"),
+        max_tokens=optional("max_tokens"),
+        stop=tuple(message.stop),
+    )
+
+
+def generate_response(piece: GeneratedPiece) -> pb.GenerateResponse:
+    return pb.GenerateResponse(
+        text=piece.text,
+        token_ids=piece.token_ids,
+        finish_reason=FINISH_REASONS[piece.finish_reason],
+        prompt_tokens=piece.prompt_tokens,
+        generated_tokens=piece.generated_tokens,
+    )
+
+
+def stream_start(message: pb.StreamStart) -> StreamStart:
+    return StreamStart(message.model, message.version, message.session_id, message.resume, message.top_k)
+
+
+def chunk(message: pb.StreamRequest) -> Chunk:
+    return Chunk(message.reset, message.text, tuple(message.tokens))
+
+
+def stream_response(result: ChunkResult) -> pb.StreamResponse:
+    return pb.StreamResponse(
+        session_id=result.session_id,
+        position=result.position,
+        steps=[
+            pb.StepPrediction(
+                token_id=step.token_id,
+                token_text=step.token_text,
+                next=[pb.TokenProbability(token_id=c.token_id, text=c.text, probability=c.probability) for c in step.next],
+            )
+            for step in result.steps
+        ],
+    )
+
+
+def model_info(model: Model, versions: list[str]) -> pb.ModelInfo:
+    card, runtime = model.card, model.runtime
+    defaults = card.sampling
+    return pb.ModelInfo(
+        name=card.name,
+        version=card.version,
+        versions=versions,
+        task=card.task,
+        cell=card.architecture.get("cell", ""),
+        layers=card.architecture.get("layers", 0),
+        hidden=card.architecture.get("hidden", 0),
+        tokenizer=card.tokenizer["kind"],
+        vocab_size=card.vocab_size,
+        state=[pb.StateTensor(name=s.name, shape=s.shape, dtype="float32") for s in card.state],
+        streaming=card.streaming,
+        providers=runtime.providers,
+        default_sampling=pb.SamplingParams(
+            temperature=defaults.temperature, top_k=defaults.top_k, top_p=defaults.top_p, max_tokens=defaults.max_tokens
+        ),
+        metadata_json=json.dumps(card.document, ensure_ascii=False),
+        active_sessions=runtime.slots_in_use,
+        max_sessions=runtime.capacity,
+        runtime_calls=runtime.calls,
+    )

@@ -1,0 +1,76 @@
+"""Wiring: repository, sessions and service behind a grpc.aio server with health, reflection and a
+graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from rnnserve.v1 import rnnserve_pb2, rnnserve_pb2_grpc
+from server.api.native import NativeServicer
+from server.config import ServerConfig
+from server.repository import Repository
+from server.service import InferenceService
+from server.sessions import SessionRegistry
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = rnnserve_pb2.DESCRIPTOR.services_by_name["RnnServe"].full_name
+
+
+@dataclass
+class App:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    repository: Repository
+    sessions: SessionRegistry
+
+    async def stop(self, grace_s: float) -> None:
+        """Stops taking calls, lets in-flight ones finish for `grace_s`, cancels the rest, frees everything."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+        self.sessions.close_all()
+        await self.repository.close()
+
+
+async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
+    """Loads every model and starts serving; returns once the port is bound."""
+    repository = Repository.load(config, io_binding)
+    repository.start()
+    sessions = SessionRegistry(config.session_ttl_s)
+    server = grpc.aio.server()
+    rnnserve_pb2_grpc.add_RnnServeServicer_to_server(NativeServicer(InferenceService(repository, sessions, config)), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise SystemExit(f"cannot listen on {config.host}:{config.port} (in use, or not an address of this machine)")
+    await server.start()
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    return App(server, port, health_servicer, repository, sessions)
+
+
+async def serve(config: ServerConfig) -> None:
+    """Runs until SIGTERM or SIGINT, then shuts down gracefully."""
+    app = await start(config)
+    models = ", ".join(f"{m.card.name}/{m.card.version}" for m in app.repository.all())
+    providers = ", ".join(app.repository.all()[0].runtime.providers)
+    print(f"rnnserve listening on {config.host}:{app.port} — models: {models} — providers: {providers}", flush=True)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    print(f"rnnserve shutting down (in-flight calls have {config.grace_s:g} s to finish)", flush=True)
+    await app.stop(config.grace_s)

@@ -1,0 +1,70 @@
+"""What the server knows about a model, read from the metadata document inside its file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+METADATA_KEY = "rnnserve"
+SUPPORTED_SCHEMA = 1
+
+
+@dataclass(frozen=True, slots=True)
+class StateSpec:
+    name: str  # graph input holding this state
+    output: str  # graph output holding the next state
+    shape: tuple[int, ...]  # one sequence's row, without the batch dimension
+    initial: float  # value of a fresh sequence's state
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingDefaults:
+    temperature: float
+    top_k: int
+    top_p: float
+    max_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    name: str
+    version: str
+    task: str
+    architecture: dict
+    tokenizer: dict
+    vocab_size: int
+    state: tuple[StateSpec, ...]
+    streaming: bool
+    sampling: SamplingDefaults
+    document: dict  # the whole metadata document, as stored
+
+
+class BadModelFile(ValueError):
+    """A model file without a readable rnnserve metadata document."""
+
+
+def parse_card(name: str, version: str, metadata: dict[str, str]) -> ModelCard:
+    if METADATA_KEY not in metadata:
+        raise BadModelFile(f"no '{METADATA_KEY}' metadata entry: export the model with `rnnserve export`")
+    try:
+        doc = json.loads(metadata[METADATA_KEY])
+        if doc.get("schema_version") != SUPPORTED_SCHEMA:
+            raise BadModelFile(f"metadata schema_version {doc.get('schema_version')!r}, this server reads {SUPPORTED_SCHEMA}")
+        return ModelCard(
+            name=name,
+            version=version,
+            task=doc["task"],
+            architecture=doc["architecture"],
+            tokenizer=doc["tokenizer"],
+            vocab_size=int(doc["outputs"][0]["shape"][-1]),
+            state=tuple(
+                StateSpec(s["name"], s["output"], tuple(s["shape"]), float(s.get("initial", 0.0))) for s in doc["state"]
+            ),
+            streaming=bool(doc["streaming"]),
+            sampling=SamplingDefaults(**doc["sampling"]),
+            document=doc,
+        )
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
+        if isinstance(err, BadModelFile):
+            raise
+        raise BadModelFile(f"malformed metadata document: {err!r}") from None

@@ -1,0 +1,21 @@
+"""Server configuration: one frozen dataclass, from which `rnnserve serve` builds its flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rnnserve.options import option
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    repository: str = option("models", "model repository: <repository>/<name>/<version>/model.onnx")
+    host: str = option("127.0.0.1", "address to listen on (0.0.0.0 to accept remote clients)")
+    port: int = option(50051, "port to listen on (0 picks a free port and prints it)")
+    device: str = option("cpu", "cpu, cuda or cuda:N; cuda fails loudly if onnxruntime has no CUDA provider")
+    max_sessions: int = option(256, "concurrent sessions per model version (the state slab's rows)")
+    session_ttl_s: float = option(300.0, "how long a named session survives without a stream before it expires")
+    max_input_tokens: int = option(8192, "largest prompt or stream chunk, in tokens")
+    max_new_tokens: int = option(4096, "largest max_tokens a Generate request may ask for")
+    threads: int = option(0, "onnxruntime intra-op threads per model (0: onnxruntime's default, one per core)")
+    grace_s: float = option(10.0, "on SIGTERM, how long in-flight calls may take to finish")

@@ -1,0 +1,35 @@
+"""Domain errors. The API layer maps each type to one gRPC status (server/api/status.py)."""
+
+
+class ServeError(Exception):
+    """Base of every error a request can cause; the message is shown to the client as it is."""
+
+
+class NotFound(ServeError):
+    pass
+
+
+class InvalidArgument(ServeError):
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class ResourceExhausted(ServeError):
+    pass
+
+
+class FailedPrecondition(ServeError):
+    pass
+
+
+class AlreadyExists(ServeError):
+    pass
+
+
+class Unavailable(ServeError):
+    pass
+
+
+class RuntimeFailure(ServeError):
+    """onnxruntime failed on a step: a model or server fault, not the client's."""

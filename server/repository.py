@@ -1,0 +1,97 @@
+"""The model repository: <root>/<name>/<version>/model.onnx, every version loaded at start-up."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.batcher import Batcher
+from server.card import BadModelFile, ModelCard, parse_card
+from server.config import ServerConfig
+from server.errors import NotFound
+from server.runtime import Device, DeviceUnavailable, Runtime, open_session
+from training.text import Tokenizer, tokenizer_from_spec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Model:
+    """A loaded model version: what it is, how to tokenize for it, and the only way to run it."""
+
+    card: ModelCard
+    tokenizer: Tokenizer
+    runtime: Runtime
+    batcher: Batcher
+
+
+def _version_key(version: str):
+    """Numeric versions sort as numbers (10 after 9); others after them, alphabetically."""
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)
+
+
+def _load_model(path: Path, config: ServerConfig, device: Device, io_binding: bool | None) -> Model:
+    name, version = path.parent.parent.name, path.parent.name
+    try:
+        session = open_session(str(path), device, config.threads)
+    except DeviceUnavailable:
+        raise
+    except Exception as err:  # onnxruntime's errors have no common type
+        raise BadModelFile(f"onnxruntime cannot load it: {err}") from None
+    card = parse_card(name, version, session.get_modelmeta().custom_metadata_map)
+    runtime = Runtime(session, card, device, config.max_sessions, io_binding)
+    return Model(card, tokenizer_from_spec(card.tokenizer), runtime, Batcher(runtime, f"{name}/{version}"))
+
+
+class Repository:
+    def __init__(self, models: dict[str, dict[str, Model]]):
+        self._models = models
+
+    @classmethod
+    def load(cls, config: ServerConfig, io_binding: bool | None = None) -> Repository:
+        """Loads every model file under the root; a file that cannot be served stops start-up with its path."""
+        root = Path(config.repository)
+        if not root.is_dir():
+            raise SystemExit(f"--repository {root}: no such directory")
+        device = Device.parse(config.device)
+        models: dict[str, dict[str, Model]] = {}
+        for path in sorted(root.glob("*/*/model.onnx")):
+            try:
+                model = _load_model(path, config, device, io_binding)
+            except BadModelFile as err:
+                raise SystemExit(f"{path}: {err}") from None
+            card = model.card
+            models.setdefault(card.name, {})[card.version] = model
+            log.info("loaded %s version %s (%s, providers %s)", card.name, card.version, card.task, ", ".join(model.runtime.providers))
+        if not models:
+            raise SystemExit(f"--repository {root}: no models found (expected {root}/<name>/<version>/model.onnx)")
+        return cls(models)
+
+    def all(self) -> list[Model]:
+        return [m for name in sorted(self._models) for m in self._sorted_versions(name)]
+
+    def versions(self, name: str) -> list[str]:
+        return [m.card.version for m in self._sorted_versions(name)]
+
+    def get(self, name: str, version: str = "") -> Model:
+        """The named version, or the newest when version is empty."""
+        if name not in self._models:
+            known = ", ".join(sorted(self._models)) or "none"
+            raise NotFound(f"model {name!r} not found (models served: {known})")
+        if not version:
+            return self._sorted_versions(name)[-1]
+        if version not in self._models[name]:
+            raise NotFound(f"model {name!r} has no version {version!r} (versions: {', '.join(self.versions(name))})")
+        return self._models[name][version]
+
+    def _sorted_versions(self, name: str) -> list[Model]:
+        return [self._models[name][v] for v in sorted(self._models[name], key=_version_key)]
+
+    def start(self) -> None:
+        for model in self.all():
+            model.batcher.start()
+
+    async def close(self) -> None:
+        for model in self.all():
+            await model.batcher.close()

@@ -1,0 +1,160 @@
+"""One onnxruntime session per model version, and the state slab that holds every sequence's state.
+
+A sequence owns one slot: row `slot` of each state tensor's slab. A step reads the slot's rows, runs the
+graph, and writes the next state back to the same slot, so no sequence can see another's state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from server.card import ModelCard, StateSpec
+from server.errors import ResourceExhausted
+
+
+class DeviceUnavailable(RuntimeError):
+    """The requested execution provider cannot run here; the server refuses to start rather than fall back."""
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    kind: str  # "cpu" or "cuda"
+    index: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Device:
+        kind, _, index = text.partition(":")
+        if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+            raise ValueError(f"--device {text!r}: expected cpu, cuda or cuda:N")
+        return cls(kind, int(index or 0))
+
+    def providers(self) -> list:
+        if self.kind == "cpu":
+            return ["CPUExecutionProvider"]
+        available = ort.get_available_providers()
+        if "CUDAExecutionProvider" not in available:
+            raise DeviceUnavailable(
+                f"--device cuda: this onnxruntime ({ort.__version__}) has no CUDA execution provider "
+                f"(available: {', '.join(available)}). Install the CUDA build with `pip install 'rnnserve[cuda]'` "
+                "(onnxruntime-gpu) on a machine with an NVIDIA GPU, or serve with --device cpu."
+            )
+        return [("CUDAExecutionProvider", {"device_id": self.index}), "CPUExecutionProvider"]
+
+
+class HostStateSlab:
+    """State rows in host memory, fed to onnxruntime as numpy views: the cheapest path on CPU."""
+
+    def __init__(self, specs: tuple[StateSpec, ...], capacity: int):
+        self._specs = specs
+        self._rows = {s.name: np.full((capacity, *s.shape), s.initial, np.float32) for s in specs}  # [capacity, ...]
+
+    def reset(self, slot: int) -> None:
+        for spec in self._specs:
+            self._rows[spec.name][slot] = spec.initial
+
+    def step(self, session: ort.InferenceSession, slot: int, tokens: np.ndarray) -> np.ndarray:
+        feeds = {spec.name: self._rows[spec.name][slot : slot + 1] for spec in self._specs}  # each [1, ...]
+        logits, *next_state = session.run(["logits", *(s.output for s in self._specs)], {"tokens": tokens, **feeds})
+        for spec, value in zip(self._specs, next_state):
+            self._rows[spec.name][slot] = value[0]
+        return logits
+
+
+class DeviceStateSlab:
+    """State rows resident on the execution device, bound to the graph by address (I/O binding).
+
+    Each state tensor has two halves, [2, capacity, ...]: a step reads the slot's row in the current
+    half and writes the next state into the other, then flips. State never crosses to the host, and
+    a reset costs nothing: a fresh slot reads a shared row holding the initial state.
+    """
+
+    def __init__(self, specs: tuple[StateSpec, ...], capacity: int, device: Device):
+        self._specs = specs
+        self._capacity = capacity
+        self._device = device
+        self._halves = {
+            s.name: ort.OrtValue.ortvalue_from_shape_and_type([2, capacity, *s.shape], np.float32, device.kind, device.index)
+            for s in specs
+        }
+        self._initial = {
+            s.name: ort.OrtValue.ortvalue_from_numpy(np.full((1, *s.shape), s.initial, np.float32), device.kind, device.index)
+            for s in specs
+        }
+        self._row_bytes = {s.name: int(np.prod(s.shape)) * 4 for s in specs}
+        self._current = np.zeros(capacity, np.int64)  # which half holds each slot's state
+        self._fresh = np.ones(capacity, bool)  # slot still at the initial state
+
+    def reset(self, slot: int) -> None:
+        self._fresh[slot] = True
+
+    def _row_address(self, name: str, half: int, slot: int) -> int:
+        return self._halves[name].data_ptr() + (half * self._capacity + slot) * self._row_bytes[name]
+
+    def step(self, session: ort.InferenceSession, slot: int, tokens: np.ndarray) -> np.ndarray:
+        kind, index = self._device.kind, self._device.index
+        half = int(self._current[slot])
+        binding = session.io_binding()
+        binding.bind_cpu_input("tokens", tokens)
+        binding.bind_output("logits", "cpu")  # sampling happens on the host
+        for spec in self._specs:
+            shape = [1, *spec.shape]
+            source = self._initial[spec.name].data_ptr() if self._fresh[slot] else self._row_address(spec.name, half, slot)
+            binding.bind_input(spec.name, kind, index, np.float32, shape, source)
+            binding.bind_output(spec.output, kind, index, np.float32, shape, self._row_address(spec.name, 1 - half, slot))
+        session.run_with_iobinding(binding)
+        self._current[slot] = 1 - half
+        self._fresh[slot] = False
+        return binding.get_outputs()[0].numpy()
+
+
+def open_session(path: str, device: Device, threads: int = 0) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(path, options, providers=device.providers())
+    if device.kind == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+        raise DeviceUnavailable(
+            f"--device cuda: onnxruntime could not start its CUDA provider for {path} (it fell back to "
+            f"{', '.join(session.get_providers())}); check the CUDA and cuDNN libraries onnxruntime-gpu needs."
+        )
+    return session
+
+
+class Runtime:
+    """Runs steps of one model version. Not thread-safe: the model's batcher calls it from one thread."""
+
+    def __init__(self, session: ort.InferenceSession, card: ModelCard, device: Device, capacity: int, io_binding: bool | None = None):
+        self.session = session
+        self.providers = tuple(session.get_providers())
+        use_binding = device.kind == "cuda" if io_binding is None else io_binding
+        self.slab = DeviceStateSlab(card.state, capacity, device) if use_binding else HostStateSlab(card.state, capacity)
+        self.capacity = capacity
+        self.calls = 0  # onnxruntime calls made, for clients and tests to see how work was batched
+        self._free = list(range(capacity - 1, -1, -1))
+        self._card = card
+
+    @property
+    def slots_in_use(self) -> int:
+        return self.capacity - len(self._free)
+
+    def allocate(self) -> int:
+        """A slot at the initial state, or RESOURCE_EXHAUSTED when every slot is owned."""
+        if not self._free:
+            raise ResourceExhausted(
+                f"model {self._card.name!r} version {self._card.version}: all {self.capacity} session slots are in use; "
+                "close sessions or start the server with a larger --max-sessions"
+            )
+        slot = self._free.pop()
+        self.slab.reset(slot)
+        return slot
+
+    def free(self, slot: int) -> None:
+        self._free.append(slot)
+
+    def step(self, slot: int, tokens: np.ndarray) -> np.ndarray:
+        """tokens [1, T] int64 → logits [1, T, V]; the slot's state advances by T steps."""
+        self.calls += 1
+        return self.slab.step(self.session, slot, tokens)

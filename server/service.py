@@ -1,0 +1,207 @@
+"""What the server does, free of gRPC: generate text, and consume streamed chunks step by step.
+
+The API layer converts protobuf to the request types here and the results back; everything between is
+request → session → batcher → runtime.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from server.config import ServerConfig
+from server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from server.repository import Model, Repository
+from server.sampling import Sampler, SamplingParams, StopMatcher, top_tokens
+from server.sessions import Session, SessionRegistry
+from training.text import IncrementalDecoder, UnknownText, token_text
+
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
+MAX_TEMPERATURE = 100.0
+DEFAULT_STREAM_TOP_K = 5
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingRequest:
+    """What a client asked for; None means the model's default."""
+
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    model: str
+    prompt: str
+    version: str = ""
+    sampling: SamplingRequest = SamplingRequest()
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedPiece:
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str = ""  # "", "length" or "stop"; set on the last piece only
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStart:
+    model: str
+    version: str = ""
+    session_id: str = ""
+    resume: bool = False
+    top_k: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    reset: bool = False
+    text: str = ""
+    tokens: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    token_id: int
+    text: str
+    probability: float
+
+
+@dataclass(frozen=True, slots=True)
+class StepPrediction:
+    token_id: int
+    token_text: str
+    next: tuple[Candidate, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkResult:
+    session_id: str
+    position: int
+    steps: tuple[StepPrediction, ...] = field(default=())
+
+
+class InferenceService:
+    def __init__(self, repository: Repository, sessions: SessionRegistry, config: ServerConfig):
+        self.repository = repository
+        self.sessions = sessions
+        self._config = config
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GeneratedPiece]:
+        """Consumes the prompt in one runtime call, then samples one token per step."""
+        model = self.repository.get(request.model, request.version)
+        params = self._sampling(model, request.sampling)
+        prompt = self._encode(model, request.prompt, "prompt")
+        if not prompt:
+            raise InvalidArgument("prompt", "must not be empty: the model needs at least one character to continue")
+        async with self.sessions.attach(model) as session:
+            logits = (await session.step(prompt))[-1]  # [V]
+            sampler, decoder, stopper = Sampler(params), IncrementalDecoder(model.tokenizer), StopMatcher(params.stop)
+            pending: list[int] = []
+            for generated in range(1, params.max_tokens + 1):
+                token = sampler.sample(logits)
+                pending.append(token)
+                text, stopped = stopper.push(decoder.feed(token))
+                if stopped or generated == params.max_tokens:
+                    if not stopped:
+                        text += stopper.push(decoder.flush())[0] + stopper.flush()
+                    yield GeneratedPiece(text, tuple(pending), "stop" if stopped else "length", len(prompt), generated)
+                    return
+                if text:
+                    yield GeneratedPiece(text, tuple(pending))
+                    pending = []
+                logits = (await session.step([token]))[-1]
+
+    @asynccontextmanager
+    async def open_stream(self, start: StreamStart):
+        """A session for one bidirectional stream, and the function that consumes each chunk."""
+        model = self.repository.get(start.model, start.version)
+        if not model.card.streaming:
+            raise FailedPrecondition(
+                f"model {model.card.name!r} cannot stream per step (it needs the whole input at once); "
+                "send the whole input in one call instead"
+            )
+        top_k = start.top_k or DEFAULT_STREAM_TOP_K
+        if top_k > model.card.vocab_size:
+            raise InvalidArgument("start.top_k", f"{top_k} is more than the vocabulary size {model.card.vocab_size}")
+        async with self.sessions.attach(model, start.session_id, start.resume) as session:
+            yield lambda chunk: self._consume(session, chunk, top_k)
+
+    def close_session(self, session_id: str) -> None:
+        self.sessions.close(session_id)
+
+    async def _consume(self, session: Session, chunk: Chunk, top_k: int) -> ChunkResult:
+        model = session.model
+        if chunk.text and chunk.tokens:
+            raise InvalidArgument("text", "send text or tokens in one message, not both")
+        tokens = self._encode(model, chunk.text, "text") if chunk.text else self._check_ids(model, chunk.tokens)
+        if chunk.reset:
+            session.reset()
+        if not tokens:
+            return ChunkResult(session.id, session.position)
+        ids, probs = top_tokens(await session.step(tokens), top_k)  # each [T, k]
+        tokenizer = model.tokenizer
+        steps = tuple(
+            StepPrediction(
+                token,
+                token_text(tokenizer, token),
+                tuple(Candidate(int(i), token_text(tokenizer, int(i)), float(p)) for i, p in zip(row_ids, row_probs)),
+            )
+            for token, row_ids, row_probs in zip(tokens, ids, probs)
+        )
+        return ChunkResult(session.id, session.position, steps)
+
+    def _encode(self, model: Model, text: str, field_name: str) -> list[int]:
+        try:
+            tokens = model.tokenizer.encode(text)
+        except UnknownText as err:
+            raise InvalidArgument(field_name, f"model {model.card.name!r} cannot encode it: {err}") from None
+        self._check_length(len(tokens), field_name)
+        return tokens
+
+    def _check_ids(self, model: Model, tokens: tuple[int, ...]) -> list[int]:
+        self._check_length(len(tokens), "tokens")
+        vocab = model.card.vocab_size
+        for position, token in enumerate(tokens):
+            if not 0 <= token < vocab:
+                raise InvalidArgument(f"tokens[{position}]", f"{token} is outside the vocabulary [0, {vocab})")
+        return list(tokens)
+
+    def _check_length(self, count: int, field_name: str) -> None:
+        limit = self._config.max_input_tokens
+        if count > limit:
+            raise ResourceExhausted(f"{field_name}: {count} tokens is over this server's limit of {limit} per message")
+
+    def _sampling(self, model: Model, asked: SamplingRequest) -> SamplingParams:
+        defaults = model.card.sampling
+        params = SamplingParams(
+            temperature=defaults.temperature if asked.temperature is None else asked.temperature,
+            top_k=defaults.top_k if asked.top_k is None else asked.top_k,
+            top_p=defaults.top_p if asked.top_p is None else asked.top_p,
+            seed=secrets.randbits(63) if asked.seed is None else asked.seed,
+            max_tokens=defaults.max_tokens if asked.max_tokens is None else asked.max_tokens,
+            stop=asked.stop,
+        )
+        if not (math.isfinite(params.temperature) and 0.0 <= params.temperature <= MAX_TEMPERATURE):
+            raise InvalidArgument("sampling.temperature", f"{params.temperature} is not in [0, {MAX_TEMPERATURE:g}] (0 is greedy)")
+        if not 0 <= params.top_k <= model.card.vocab_size:
+            raise InvalidArgument("sampling.top_k", f"{params.top_k} is not in [0, {model.card.vocab_size}] (0 is off)")
+        if not (math.isfinite(params.top_p) and 0.0 < params.top_p <= 1.0):
+            raise InvalidArgument("sampling.top_p", f"{params.top_p} is not in (0, 1] (1 is off)")
+        if not 1 <= params.max_tokens <= self._config.max_new_tokens:
+            raise InvalidArgument("sampling.max_tokens", f"{params.max_tokens} is not in [1, {self._config.max_new_tokens}]")
+        if len(params.stop) > MAX_STOP_STRINGS or any(not s or len(s) > MAX_STOP_CHARS for s in params.stop):
+            raise InvalidArgument(
+                "sampling.stop", f"at most {MAX_STOP_STRINGS} non-empty strings of at most {MAX_STOP_CHARS} characters each"
+            )
+        return params

@@ -1,0 +1,144 @@
+"""Every bad input gets a precise status, and the server answers correctly afterwards."""
+
+import queue
+
+import grpc
+import pytest
+
+from rnnserve.v1 import rnnserve_pb2 as pb
+from tests.conftest import status_of
+
+PROMPT = "The "
+
+
+@pytest.fixture(scope="module")
+def expected_text(server):
+    with server.client() as client:
+        return client.generate_text("lstm", PROMPT, temperature=0.0, max_tokens=20)
+
+
+@pytest.fixture
+def healthy_after(client, expected_text):
+    """After the test body, the server still generates exactly what it did before."""
+    yield
+    assert client.generate_text("lstm", PROMPT, temperature=0.0, max_tokens=20) == expected_text
+    assert client.get_model("lstm").active_sessions == 0
+
+
+def check(call, code: grpc.StatusCode, *words: str):
+    error = status_of(call)
+    assert error.code() == code, error.details()
+    for word in words:
+        assert word in error.details()
+
+
+@pytest.mark.usefixtures("healthy_after")
+class TestBadInput:
+    def test_unknown_model(self, client):
+        check(lambda: client.get_model("nope"), grpc.StatusCode.NOT_FOUND, "'nope'", "lstm")
+        check(lambda: client.generate_text("nope", "x"), grpc.StatusCode.NOT_FOUND, "'nope'")
+        check(lambda: list(client.stream("nope", ["x"])), grpc.StatusCode.NOT_FOUND, "'nope'")
+
+    def test_unknown_version(self, client):
+        check(lambda: client.generate_text("lstm", "x", version="7"), grpc.StatusCode.NOT_FOUND, "version '7'", "versions: 1")
+
+    def test_text_the_char_tokenizer_cannot_encode(self, client):
+        check(lambda: client.generate_text("gru", "snowman ☃"), grpc.StatusCode.INVALID_ARGUMENT, "prompt", "'☃'")
+        check(lambda: list(client.stream("gru", ["☃"])), grpc.StatusCode.INVALID_ARGUMENT, "text", "'☃'")
+
+    def test_token_ids_outside_the_vocabulary(self, client):
+        check(lambda: list(client.stream("lstm", [[5, 256]])), grpc.StatusCode.INVALID_ARGUMENT, "tokens[1]", "256", "[0, 256)")
+        check(lambda: list(client.stream("lstm", [[-1]])), grpc.StatusCode.INVALID_ARGUMENT, "tokens[0]")
+
+    @pytest.mark.parametrize(
+        "settings, field",
+        [
+            (dict(temperature=-0.5), "sampling.temperature"),
+            (dict(temperature=float("nan")), "sampling.temperature"),
+            (dict(temperature=1e9), "sampling.temperature"),
+            (dict(top_p=0.0), "sampling.top_p"),
+            (dict(top_p=1.5), "sampling.top_p"),
+            (dict(top_k=100_000), "sampling.top_k"),
+            (dict(max_tokens=0), "sampling.max_tokens"),
+            (dict(max_tokens=10_000_000), "sampling.max_tokens"),
+            (dict(stop=[""]), "sampling.stop"),
+        ],
+    )
+    def test_absurd_sampling_settings(self, client, settings, field):
+        check(lambda: client.generate_text("lstm", PROMPT, **settings), grpc.StatusCode.INVALID_ARGUMENT, field)
+
+    def test_empty_prompt(self, client):
+        check(lambda: client.generate_text("lstm", ""), grpc.StatusCode.INVALID_ARGUMENT, "prompt")
+
+    def test_text_and_tokens_in_one_message(self, client):
+        request = pb.StreamRequest(text="a", tokens=[1])
+        check(lambda: list(client.stream("lstm", [request])), grpc.StatusCode.INVALID_ARGUMENT, "text or tokens")
+
+    def test_stream_without_start(self, client):
+        stub_call = client._stub.Stream(iter([pb.StreamRequest(text="a")]))
+        check(lambda: list(stub_call), grpc.StatusCode.INVALID_ARGUMENT, "start")
+
+    def test_start_on_a_later_message(self, client):
+        later = pb.StreamRequest(text="b", start=pb.StreamStart(model="lstm"))
+        check(lambda: list(client.stream("lstm", ["a", later])), grpc.StatusCode.INVALID_ARGUMENT, "first message")
+
+    def test_stream_top_k_beyond_the_vocabulary(self, client):
+        check(lambda: list(client.stream("lstm", ["a"], top_k=1000)), grpc.StatusCode.INVALID_ARGUMENT, "top_k")
+
+    def test_unknown_session(self, client):
+        check(lambda: list(client.stream("lstm", ["a"], session_id="ghost", resume=True)), grpc.StatusCode.NOT_FOUND, "ghost")
+        check(lambda: client.close_session("ghost"), grpc.StatusCode.NOT_FOUND, "unknown or expired")
+
+
+def test_prompt_and_chunk_over_the_limit(make_server):
+    server = make_server(max_input_tokens=50)
+    with server.client() as client:
+        check(lambda: client.generate_text("lstm", "x" * 51), grpc.StatusCode.RESOURCE_EXHAUSTED, "51 tokens", "50")
+        check(lambda: list(client.stream("lstm", ["y" * 51])), grpc.StatusCode.RESOURCE_EXHAUSTED, "50")
+        assert client.generate_text("lstm", "x" * 50, temperature=0.0, max_tokens=3)
+
+
+def test_more_sessions_than_the_maximum(make_server):
+    server = make_server(max_sessions=2)
+    with server.client() as client:
+        boxes = [queue.Queue(), queue.Queue()]
+        streams = [client.stream("lstm", iter(box.get, None)) for box in boxes]
+        for box, stream in zip(boxes, streams):
+            box.put("a")
+            next(stream)
+        check(lambda: list(client.stream("lstm", ["b"])), grpc.StatusCode.RESOURCE_EXHAUSTED, "2 session slots", "--max-sessions")
+        check(lambda: client.generate_text("lstm", "b"), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        for box in boxes:
+            box.put(None)
+        for stream in streams:
+            list(stream)
+        assert client.generate_text("lstm", "b", max_tokens=3)
+
+
+def test_cancel_mid_stream_frees_the_session(make_server):
+    server = make_server(max_sessions=1)
+    with server.client() as client:
+        box = queue.Queue()
+        stream = client.stream("lstm", iter(box.get, None))
+        box.put("hello")
+        next(stream)
+        stream.cancel()
+        generation = client.generate("lstm", "x" * 10, max_tokens=4000)
+        next(generation)
+        generation.cancel()  # cancelled while generating: its session must be freed too
+        expected = client.generate_text("lstm", PROMPT, temperature=0.0, max_tokens=20)
+        assert client.get_model("lstm").active_sessions == 0
+    with server.client() as client:
+        assert client.generate_text("lstm", PROMPT, temperature=0.0, max_tokens=20) == expected
+
+
+def test_closing_a_session_held_by_an_open_stream_is_refused(client):
+    box = queue.Queue()
+    stream = client.stream("lstm", iter(box.get, None), session_id="held")
+    box.put("a")
+    next(stream)
+    check(lambda: client.close_session("held"), grpc.StatusCode.FAILED_PRECONDITION, "open stream")
+    check(lambda: list(client.stream("lstm", ["b"], session_id="held", resume=True)), grpc.StatusCode.FAILED_PRECONDITION)
+    box.put(None)
+    list(stream)
+    client.close_session("held")

@@ -1,0 +1,85 @@
+"""Generate over real gRPC against the model run in-process on onnxruntime."""
+
+import json
+
+import pytest
+
+from rnnserve.v1 import rnnserve_pb2 as pb
+from training.text import tokenizer_from_spec
+
+PROMPT = "The return statement "
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "rnn"])
+def test_greedy_text_equals_in_process_onnxruntime(name, client, reference):
+    info = client.get_model(name)
+    tokenizer = tokenizer_from_spec(json.loads(info.metadata_json)["tokenizer"])
+    expected_ids = reference(name).greedy(tokenizer.encode(PROMPT), 40)
+    pieces = list(client.generate(name, PROMPT, temperature=0.0, max_tokens=40))
+    assert [t for p in pieces for t in p.token_ids] == expected_ids
+    expected_text = b"".join(tokenizer.token_bytes(t) for t in expected_ids).decode("utf-8", errors="replace")
+    assert "".join(p.text for p in pieces) == expected_text
+    assert pieces[-1].finish_reason == pb.FINISH_REASON_LENGTH
+    assert pieces[-1].generated_tokens == 40 and pieces[-1].prompt_tokens == len(tokenizer.encode(PROMPT))
+
+
+def test_same_seed_same_text_different_seed_different_text(client):
+    settings = dict(temperature=1.0, max_tokens=60)
+    first = client.generate_text("lstm", PROMPT, seed=7, **settings)
+    again = client.generate_text("lstm", PROMPT, seed=7, **settings)
+    other = client.generate_text("lstm", PROMPT, seed=8, **settings)
+    assert first == again
+    assert first != other
+
+
+def test_seeded_sampling_matches_a_reference_sampler(client, reference):
+    """temperature + top-k + top-p through the server equal the same sampler over in-process logits."""
+    from server.sampling import Sampler, SamplingParams
+
+    params = SamplingParams(temperature=0.9, top_k=20, top_p=0.9, seed=123, max_tokens=30)
+    ref, sampler = reference("lstm"), Sampler(params)
+    logits, state = ref.run(list(PROMPT.encode()), ref.initial_state())
+    expected = []
+    for _ in range(30):
+        expected.append(sampler.sample(logits[-1]))
+        logits, state = ref.run([expected[-1]], state)
+    pieces = client.generate("lstm", PROMPT, temperature=0.9, top_k=20, top_p=0.9, seed=123, max_tokens=30)
+    assert [t for p in pieces for t in p.token_ids] == expected
+
+
+def test_stop_string_ends_generation_and_is_not_returned(client):
+    full = client.generate_text("lstm", PROMPT, temperature=0.0, max_tokens=80)
+    stop = full[10:13]
+    pieces = list(client.generate("lstm", PROMPT, temperature=0.0, max_tokens=80, stop=[stop]))
+    text = "".join(p.text for p in pieces)
+    assert text == full[: full.index(stop)]
+    assert pieces[-1].finish_reason == pb.FINISH_REASON_STOP
+
+
+def test_prompt_is_consumed_in_one_runtime_call(client):
+    before = client.get_model("rnn").runtime_calls
+    client.generate_text("rnn", "x" * 300, temperature=0.0, max_tokens=5)
+    # one call for all 300 prompt tokens, then one per generated token after the first
+    assert client.get_model("rnn").runtime_calls - before == 5
+
+
+def test_pieces_arrive_as_they_are_produced(client):
+    pieces = list(client.generate("lstm", PROMPT, temperature=0.0, max_tokens=30))
+    assert len(pieces) >= 20  # streamed, not one message at the end
+
+
+def test_model_defaults_apply_when_settings_are_unset(client):
+    info = client.get_model("lstm")
+    assert info.default_sampling.max_tokens == 200
+    pieces = list(client.generate("lstm", PROMPT, seed=1))
+    assert pieces[-1].generated_tokens == 200
+
+
+def test_list_and_get_models(client):
+    names = [m.name for m in client.list_models()]
+    assert names == ["gru", "korean", "lstm", "rnn"]
+    info = client.get_model("lstm")
+    assert (info.cell, info.layers, info.hidden, info.vocab_size) == ("lstm", 2, 32, 256)
+    assert [s.name for s in info.state] == ["h", "c"] and list(info.state[0].shape) == [2, 32]
+    assert list(info.providers) == ["CPUExecutionProvider"]
+    assert info.streaming and info.versions == ["1"]

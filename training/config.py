@@ -1,0 +1,37 @@
+"""Training configuration: one frozen dataclass, from which `rnnserve train` builds its flags (no torch here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rnnserve.options import option
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    corpus: str | None = option(None, "UTF-8 text file to train on (default: the built-in corpus, Python's help topics)")
+    tokenizer: str = option("byte", "byte (any UTF-8, vocabulary 256) or char (vocabulary built from the corpus)")
+    cell: str = option("lstm", "recurrent cell: rnn, lstm or gru")
+    layers: int = option(2, "stacked recurrent layers")
+    hidden: int = option(256, "units per recurrent layer")
+    embedding: int = option(64, "token embedding size")
+    dropout: float = option(0.1, "dropout between layers and before the head")
+    batch_size: int = option(32, "parallel text streams per step")
+    bptt: int = option(128, "steps to backpropagate through before the state is detached")
+    lr: float = option(3e-3, "peak Adam learning rate (linear warmup, then cosine decay to a tenth)")
+    warmup_steps: int = option(50, "learning-rate warmup steps")
+    clip: float = option(1.0, "gradient-norm clipping threshold (recurrent nets explode without it)")
+    minutes: float | None = option(None, "total time budget in minutes (counts time before a --resume)")
+    steps: int | None = option(None, "total step budget (default 1000 when --minutes is not given)")
+    eval_every: int = option(200, "steps between validation, sample and checkpoint")
+    val_fraction: float = option(0.05, "fraction of the corpus (its end) held out for validation")
+    seed: int = option(0, "random seed: the same seed and budget in steps give the same model")
+    out: str = option("runs/model.pt", "checkpoint path (written at every evaluation)")
+    resume: bool = option(False, "continue from the checkpoint at --out")
+    sample_chars: int = option(160, "characters of sample text printed at each evaluation")
+    quiet: bool = option(False, "no progress bar or samples")
+
+    def budget(self) -> tuple[int | None, float | None]:
+        """(total steps, total seconds); one may be None."""
+        steps = self.steps if self.steps is not None or self.minutes is not None else 1000
+        return steps, None if self.minutes is None else self.minutes * 60.0

@@ -1,0 +1,71 @@
+"""Recurrent language models: embedding → recurrent stack → linear head over the vocabulary."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+# cell → (PyTorch layer, names of its state tensors). The names become the ONNX state inputs.
+CELLS: dict[str, tuple[type[nn.RNNBase], tuple[str, ...]]] = {
+    "rnn": (nn.RNN, ("h",)),  # h_t = tanh(W_x·x_t + W_h·h_{t-1} + b)
+    "lstm": (nn.LSTM, ("h", "c")),
+    "gru": (nn.GRU, ("h",)),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int  # tokens the embedding and head cover
+    cell: str = "lstm"  # rnn | lstm | gru
+    layers: int = 2  # stacked recurrent layers
+    hidden: int = 256  # units per recurrent layer
+    embedding: int = 64  # size of the token embedding fed to the first layer
+    dropout: float = 0.1  # between layers and before the head; off at inference
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise ValueError(f"unknown cell {self.cell!r}: expected one of {', '.join(CELLS)}")
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return CELLS[self.cell][1]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class RecurrentLM(nn.Module):
+    """A character (or byte) language model over any cell type.
+
+    State is kept in PyTorch's layout here, each tensor [layers, B, hidden]; the export wrapper turns
+    it batch-major for serving.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        layer_type, _ = CELLS[config.cell]
+        self.embed = nn.Embedding(config.vocab_size, config.embedding)
+        self.rnn = layer_type(
+            config.embedding,
+            config.hidden,
+            num_layers=config.layers,
+            dropout=config.dropout if config.layers > 1 else 0.0,
+            batch_first=True,
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden, config.vocab_size)
+
+    def initial_state(self, batch: int) -> tuple[torch.Tensor, ...]:
+        zeros = torch.zeros(self.config.layers, batch, self.config.hidden, device=self.head.weight.device)
+        return tuple(zeros.clone() for _ in self.config.state_names)
+
+    def forward(self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...]):
+        """tokens [B, T] → logits [B, T, V], next state (each [layers, B, hidden])."""
+        x = self.drop(self.embed(tokens))  # [B, T, E]
+        packed_state = state if len(state) > 1 else state[0]
+        y, next_state = self.rnn(x, packed_state)  # y: [B, T, H]
+        next_state = next_state if isinstance(next_state, tuple) else (next_state,)
+        return self.head(self.drop(y)), next_state
