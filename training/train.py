@@ -158,6 +158,8 @@ def train(config: TrainConfig) -> dict:
         total=total_steps or round(total_s),
         initial=progress.step if total_steps else round(progress.elapsed_s),
         unit="step" if total_steps else "s",
+        # with a time budget the bar counts seconds; its rate would only say "1 s/s"
+        bar_format=None if total_steps else "{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]",
         disable=config.quiet,
         dynamic_ncols=True,
         mininterval=1.0,
@@ -185,7 +187,9 @@ def train(config: TrainConfig) -> dict:
             progress.elapsed_s += seconds
             loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
             bar.update(1 if total_steps else round(progress.elapsed_s) - bar.n)
-            bar.set_postfix(loss=f"{loss_ema:.3f}", chars_s=f"{inputs.numel() * chars_per_token / seconds:,.0f}")
+            bar.set_postfix(
+                step=progress.step, loss=f"{loss_ema:.3f}", chars_s=f"{inputs.numel() * chars_per_token / seconds:,.0f}"
+            )
             if progress.step % config.eval_every == 0:
                 checkpoint_now(loss_ema)
             if fraction_done() >= 1.0:
