@@ -136,7 +136,7 @@ def test_sigterm_shuts_down_gracefully(repository):
 
 def test_generated_protobuf_code_is_fresh(tmp_path):
     """The committed stubs equal what scripts/gen_protos.sh makes from protos/ now."""
-    subprocess.run(["bash", str(ROOT / "scripts" / "gen_protos.sh"), str(tmp_path)], check=True, env={**os.environ})
+    subprocess.run(["bash", str(ROOT / "scripts" / "gen_protos.sh"), str(tmp_path)], check=True, env={**os.environ, "PYTHON": sys.executable})
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert generated, "the generator wrote nothing"
     for relative in generated:

@@ -17,16 +17,17 @@ def test_builtin_corpus_is_english_text_without_download():
 
 def test_training_lowers_validation_loss(tmp_path, corpus_file):
     config = TrainConfig(
-        corpus=str(corpus_file), hidden=64, layers=2, embedding=16, batch_size=16, bptt=32, steps=120,
+        corpus=str(corpus_file), hidden=128, layers=1, embedding=16, batch_size=16, bptt=32, steps=150, lr=1e-2,
         eval_every=1000, out=str(tmp_path / "m.pt"), quiet=True,
     )
     metrics = train(config)
     # An untrained byte model predicts uniformly: ln(256) = 5.55 nats per token.
     assert metrics["val_loss_nats"] < math.log(256) - 2.0
-    assert metrics["val_bits_per_char"] < metrics["unigram_bits_per_char"]
+    # ...and it uses context: clearly below the text's unigram entropy
+    assert metrics["val_bits_per_char"] < metrics["unigram_bits_per_char"] - 0.3
     model, _, checkpoint = load_model(tmp_path / "m.pt")
-    assert checkpoint["progress"]["step"] == 120
-    assert model.config == ModelConfig(256, "lstm", 2, 64, 16, 0.1)
+    assert checkpoint["progress"]["step"] == 150
+    assert model.config == ModelConfig(256, "lstm", 1, 128, 16, 0.1)
 
 
 def test_same_seed_gives_the_same_model(tmp_path, corpus_file):

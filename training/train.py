@@ -100,9 +100,9 @@ def train(config: TrainConfig) -> dict:
     torch.manual_seed(config.seed)
     text = load_corpus(config.corpus)
     out = Path(config.out)
-    checkpoint = torch.load(out, map_location="cpu", weights_only=False) if config.resume else None
-    if config.resume and checkpoint is None:
+    if config.resume and not out.exists():
         raise SystemExit(f"--resume: no checkpoint at {out}")
+    checkpoint = torch.load(out, map_location="cpu", weights_only=False) if config.resume else None
     tokenizer = tokenizer_from_spec(checkpoint["tokenizer"]) if checkpoint else make_tokenizer(config.tokenizer, text)
     train_text, val_text = split_corpus(text, config.val_fraction)
     train_data = batchify(tokenizer.encode(train_text), config.batch_size)  # [B, N]
