@@ -43,11 +43,17 @@ def percentiles(samples_s: list[float]) -> dict:
     return {"p50_ms": round(float(np.percentile(ms, 50)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4)}
 
 
-def in_process_steps(path: Path, steps: int, threads: int) -> list[float]:
+def in_process_session(path: Path, threads: int) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
+    """The baseline: the model file run directly, state fed back by hand, as a user would write it."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     state = {i.name: np.zeros([1, *i.shape[1:]], np.float32) for i in session.get_inputs() if i.name != "tokens"}
+    return session, state
+
+
+def in_process_steps(path: Path, steps: int, threads: int) -> list[float]:
+    session, state = in_process_session(path, threads)
     token = np.array([[65]], np.int64)
     times = []
     for _ in range(steps):
@@ -60,10 +66,7 @@ def in_process_steps(path: Path, steps: int, threads: int) -> list[float]:
 
 def in_process_prompt(path: Path, length: int, threads: int) -> tuple[float, float]:
     """(one call over `length` tokens, `length` calls of one token), in seconds."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    state = {i.name: np.zeros([1, *i.shape[1:]], np.float32) for i in session.get_inputs() if i.name != "tokens"}
+    session, state = in_process_session(path, threads)
     tokens = np.full((1, length), 65, np.int64)
     started = time.perf_counter()
     session.run(None, {"tokens": tokens, **state})

@@ -11,6 +11,8 @@ import json
 import logging
 import sys
 
+import grpc
+
 from export.config import ExportConfig
 from rnnserve.options import add_flags, config_from
 from server.config import ServerConfig
@@ -135,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
+    except grpc.RpcError as err:
+        raise SystemExit(f"rnnserve {args.command}: {err.code().name}: {err.details()}") from None
     except ModuleNotFoundError as err:
         if err.name in ("torch", "onnx", "tqdm"):
             raise SystemExit(f"{NEEDS_TRAIN_EXTRA} ({err.name} is missing)") from None

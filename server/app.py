@@ -45,16 +45,21 @@ async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
     repository = Repository.load(config, io_binding)
     repository.start()
     sessions = SessionRegistry(config.session_ttl_s)
-    server = grpc.aio.server()
+    # No SO_REUSEPORT: a second server started on a busy port must fail, not silently share its traffic.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     rnnserve_pb2_grpc.add_RnnServeServicer_to_server(NativeServicer(InferenceService(repository, sessions, config)), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    try:
+        port = server.add_insecure_port(f"{config.host}:{config.port}")
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise SystemExit(f"cannot listen on {config.host}:{config.port} (in use, or not an address of this machine)")
+        await repository.close()
+        raise SystemExit(f"cannot listen on {config.host}:{config.port}: the port is in use or the address is not this machine's")
     await server.start()
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)

@@ -75,6 +75,13 @@ def test_cli_reports_a_missing_model_clearly(server):
     assert "NOT_FOUND" in done.stderr and "'nope'" in done.stderr
 
 
+def test_a_busy_port_is_refused_not_shared(server, repository):
+    port = server.target.rsplit(":", 1)[1]
+    done = run_cli("serve", "--repository", str(repository), "--port", port)
+    assert done.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
 @pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA")
 def test_cuda_without_a_gpu_fails_clearly(repository):
     done = run_cli("serve", "--repository", str(repository), "--port", "0", "--device", "cuda")
