@@ -13,6 +13,7 @@ import sys
 
 import grpc
 
+from client import RnnServeClient
 from export.config import ExportConfig
 from rnnserve.options import add_flags, config_from
 from server.config import ServerConfig
@@ -50,9 +51,7 @@ def _serve(args) -> None:
         raise SystemExit(str(err)) from None
 
 
-def _client(args):
-    from client import RnnServeClient
-
+def _client(args) -> RnnServeClient:
     return RnnServeClient(args.target)
 
 

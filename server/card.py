@@ -48,8 +48,11 @@ def parse_card(name: str, version: str, metadata: dict[str, str]) -> ModelCard:
         raise BadModelFile(f"no '{METADATA_KEY}' metadata entry: export the model with `rnnserve export`")
     try:
         doc = json.loads(metadata[METADATA_KEY])
-        if doc.get("schema_version") != SUPPORTED_SCHEMA:
-            raise BadModelFile(f"metadata schema_version {doc.get('schema_version')!r}, this server reads {SUPPORTED_SCHEMA}")
+    except json.JSONDecodeError as err:
+        raise BadModelFile(f"metadata is not JSON: {err}") from None
+    if doc.get("schema_version") != SUPPORTED_SCHEMA:
+        raise BadModelFile(f"metadata schema_version {doc.get('schema_version')!r}, this server reads {SUPPORTED_SCHEMA}")
+    try:
         return ModelCard(
             name=name,
             version=version,
@@ -64,7 +67,5 @@ def parse_card(name: str, version: str, metadata: dict[str, str]) -> ModelCard:
             sampling=SamplingDefaults(**doc["sampling"]),
             document=doc,
         )
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
-        if isinstance(err, BadModelFile):
-            raise
+    except (KeyError, IndexError, TypeError, ValueError) as err:
         raise BadModelFile(f"malformed metadata document: {err!r}") from None

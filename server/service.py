@@ -112,9 +112,11 @@ class InferenceService:
                 token = sampler.sample(logits)
                 pending.append(token)
                 text, stopped = stopper.push(decoder.feed(token))
-                if stopped or generated == params.max_tokens:
-                    if not stopped:
-                        text += stopper.push(decoder.flush())[0] + stopper.flush()
+                last = stopped or generated == params.max_tokens
+                if last and not stopped:  # out of tokens: release what the decoder and stop matcher held back
+                    tail, stopped = stopper.push(decoder.flush())
+                    text += tail if stopped else tail + stopper.flush()
+                if last:
                     yield GeneratedPiece(text, tuple(pending), "stop" if stopped else "length", len(prompt), generated)
                     return
                 if text:
