@@ -1,7 +1,7 @@
 """Per-step latency of one stream over gRPC, and prompt consumption, against in-process onnxruntime.
 
-    python bench/step_latency.py                      # an untrained 2-layer 512 LSTM (needs the [train] extra)
-    python bench/step_latency.py --repository runs/models --model lstm256
+    python -m bench.step_latency                      # an untrained 2-layer 512 LSTM (needs the [train] extra)
+    python -m bench.step_latency --repository runs/models --model lstm256
 
 The server runs in its own process; the client and the in-process baselines run here. Prints one JSON line
 per measurement with absolute figures and the ratio to its baseline measured in the same run.
@@ -12,44 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import queue
-import re
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
+from bench.common import add_model_flags, in_process_session, model_path, server_process
 from client import RnnServeClient
-
-
-def untrained_model(repository: Path, hidden: int, layers: int) -> str:
-    """Speed does not depend on the weights: export a fresh model instead of training one."""
-    import torch
-
-    from export.exporter import export_model
-    from training.models import ModelConfig, RecurrentLM
-
-    torch.manual_seed(0)
-    model = RecurrentLM(ModelConfig(256, "lstm", layers, hidden, 64))
-    export_model(model, {"kind": "byte"}, {}, repository / "bench" / "1" / "model.onnx")
-    return "bench"
 
 
 def percentiles(samples_s: list[float]) -> dict:
     ms = np.array(samples_s) * 1e3
     return {"p50_ms": round(float(np.percentile(ms, 50)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4)}
-
-
-def in_process_session(path: Path, threads: int) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
-    """The baseline: the model file run directly, state fed back by hand, as a user would write it."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    state = {i.name: np.zeros([1, *i.shape[1:]], np.float32) for i in session.get_inputs() if i.name != "tokens"}
-    return session, state
 
 
 def in_process_steps(path: Path, steps: int, threads: int) -> list[float]:
@@ -94,53 +68,39 @@ def server_steps(client: RnnServeClient, model: str, steps: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repository", help="model repository (default: export an untrained model to a temp dir)")
-    parser.add_argument("--model", default="bench", help="model name in the repository")
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--layers", type=int, default=2)
+    add_model_flags(parser)
     parser.add_argument("--steps", type=int, default=1000, help="steps measured per configuration")
     parser.add_argument("--prompt", type=int, default=2000, help="prompt length in characters")
-    parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
     args = parser.parse_args()
 
-    repository = Path(args.repository or tempfile.mkdtemp(prefix="rnnserve-bench-"))
-    model = args.model if args.repository else untrained_model(repository, args.hidden, args.layers)
+    repository, model = model_path(args)
     path = repository / model / "1" / "model.onnx"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "rnnserve", "serve", "--repository", str(repository), "--port", "0", "--threads", str(args.threads)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        target = next(m.group(1) for line in server.stdout if (m := re.search(r"listening on (\S+:\d+)", line)))
-        with RnnServeClient(target) as client:
-            server_steps(client, model, 100)  # warm up both sides
-            in_process_steps(path, 100, args.threads)
-            floor = percentiles(in_process_steps(path, args.steps, args.threads))
-            served = percentiles(server_steps(client, model, args.steps))
-            print(json.dumps({
-                "bench": "step_latency", "model": model, "steps": args.steps,
-                "grpc_stream": served, "in_process_onnxruntime": floor,
-                "ratio_p50": round(served["p50_ms"] / floor["p50_ms"], 2),
-                "ratio_p99": round(served["p99_ms"] / floor["p99_ms"], 2),
-            }))
+    with server_process(repository, "--threads", str(args.threads)) as target, RnnServeClient(target) as client:
+        server_steps(client, model, 100)  # warm up both sides
+        in_process_steps(path, 100, args.threads)
+        floor = percentiles(in_process_steps(path, args.steps, args.threads))
+        served = percentiles(server_steps(client, model, args.steps))
+        print(json.dumps({
+            "bench": "step_latency", "model": model, "steps": args.steps,
+            "grpc_stream": served, "in_process_onnxruntime": floor,
+            "ratio_p50": round(served["p50_ms"] / floor["p50_ms"], 2),
+            "ratio_p99": round(served["p99_ms"] / floor["p99_ms"], 2),
+        }))
 
-            whole_s, single_s = in_process_prompt(path, args.prompt, args.threads)
-            prompt = "A" * args.prompt
-            started = time.perf_counter()
-            client.generate_text(model, prompt, temperature=0.0, max_tokens=1)
-            served_prompt_s = time.perf_counter() - started
-            served_single_s = float(np.median(server_steps(client, model, 200))) * args.prompt
-            print(json.dumps({
-                "bench": "prompt_consumption", "model": model, "prompt_chars": args.prompt,
-                "grpc_generate_one_call_s": round(served_prompt_s, 4),
-                "grpc_single_steps_s_estimated": round(served_single_s, 4),
-                "speedup_over_single_steps": round(served_single_s / served_prompt_s, 1),
-                "in_process_one_call_s": round(whole_s, 4), "in_process_single_steps_s": round(single_s, 4),
-                "in_process_speedup": round(single_s / whole_s, 1),
-            }))
-    finally:
-        server.terminate()
-        server.wait(30)
+        whole_s, single_s = in_process_prompt(path, args.prompt, args.threads)
+        prompt = "A" * args.prompt
+        started = time.perf_counter()
+        client.generate_text(model, prompt, temperature=0.0, max_tokens=1)
+        served_prompt_s = time.perf_counter() - started
+        served_single_s = float(np.median(server_steps(client, model, 200))) * args.prompt
+        print(json.dumps({
+            "bench": "prompt_consumption", "model": model, "prompt_chars": args.prompt,
+            "grpc_generate_one_call_s": round(served_prompt_s, 4),
+            "grpc_single_steps_s_estimated": round(served_single_s, 4),
+            "speedup_over_single_steps": round(served_single_s / served_prompt_s, 1),
+            "in_process_one_call_s": round(whole_s, 4), "in_process_single_steps_s": round(single_s, 4),
+            "in_process_speedup": round(single_s / whole_s, 1),
+        }))
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
-"""Runs a model's steps in arrival order on one worker thread, so the event loop keeps serving.
+"""Continuous batching: the steps of all of a model's sessions run together, one onnxruntime call per
+batch, on one worker thread, so the event loop keeps serving while the runtime works.
 
-One batcher per model version owns every call into its runtime. A step resolves exactly once, with its
-own logits or its own error. Freeing a slot that still has a step queued or running (its stream was
-cancelled mid-step) waits behind that step, so it can never write into a slot a new session owns.
-(This issue runs one sequence per call; batching across sequences builds on this queue.)
+While the runtime is busy, new steps queue up; when it is free, the batcher takes every step that is
+ready (up to `max_batch`, optionally waiting `max_queue_delay_ms` for more), groups them by length T
+(a generation step, a chunk, a prompt), and runs each group as one call over a gather of the sessions'
+state rows. Each step resolves exactly once, with its own logits or its own error.
+
+Freeing a slot that still has a step queued or running (its stream was cancelled mid-step) waits
+behind that step, so a step can never write into a slot that a new session owns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -25,8 +29,8 @@ log = logging.getLogger(__name__)
 @dataclass(slots=True)
 class _Step:
     slot: int
-    tokens: np.ndarray  # [1, T] int64
-    result: asyncio.Future
+    tokens: np.ndarray  # [T] int64
+    result: asyncio.Future  # resolves to logits [T, V]
 
 
 @dataclass(slots=True)
@@ -35,9 +39,11 @@ class _Free:
 
 
 class Batcher:
-    def __init__(self, runtime: Runtime, name: str):
+    def __init__(self, runtime: Runtime, name: str, max_batch: int = 64, max_queue_delay_ms: float = 0.0):
         self._runtime = runtime
         self._name = name
+        self._max_batch = max(1, min(max_batch, runtime.max_batch))
+        self._max_queue_delay_s = max_queue_delay_ms / 1000.0
         self._queue: asyncio.Queue[_Step | _Free] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"runtime-{name}")
         self._task: asyncio.Task | None = None
@@ -46,11 +52,11 @@ class Batcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self._name}")
 
-    async def step(self, slot: int, tokens: np.ndarray) -> np.ndarray:
-        """logits [1, T, V] for `tokens` [1, T] continuing the slot's state."""
+    async def step(self, slot: int, tokens: list[int]) -> np.ndarray:
+        """logits [T, V] for `tokens` continuing the slot's state."""
         result = asyncio.get_running_loop().create_future()
         self._steps_per_slot[slot] += 1
-        self._queue.put_nowait(_Step(slot, tokens, result))
+        self._queue.put_nowait(_Step(slot, np.asarray(tokens, dtype=np.int64), result))
         return await result
 
     def free(self, slot: int) -> None:
@@ -66,26 +72,53 @@ class Batcher:
         self._executor.shutdown(wait=True)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            job = await self._queue.get()
-            if isinstance(job, _Free):
-                self._runtime.free(job.slot)
-                continue
-            try:
-                await self._run_step(job, loop)
-            finally:
+            batch, free = await self._take_batch()
+            live = [job for job in batch if not job.result.cancelled()]  # skip steps whose stream went away
+            by_length: dict[int, list[_Step]] = defaultdict(list)
+            for job in live:
+                by_length[job.tokens.size].append(job)
+            for group in by_length.values():
+                await self._run_group(group)
+            for job in batch:
                 self._steps_per_slot[job.slot] -= 1
+            if free is not None:
+                self._runtime.free(free.slot)
 
-    async def _run_step(self, job: _Step, loop: asyncio.AbstractEventLoop) -> None:
-        if job.result.cancelled():  # its stream went away before the step started
-            return
+    async def _take_batch(self) -> tuple[list[_Step], _Free | None]:
+        """The steps ready now, in order, stopping at a free so it runs after the steps before it."""
+        job = await self._queue.get()
+        batch: list[_Step] = []
+        deadline = asyncio.get_running_loop().time() + self._max_queue_delay_s
+        while True:
+            if isinstance(job, _Free):
+                return batch, job
+            batch.append(job)
+            if len(batch) >= self._max_batch:
+                return batch, None
+            try:
+                job = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    return batch, None
+                try:
+                    job = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    return batch, None
+
+    async def _run_group(self, group: list[_Step]) -> None:
+        slots = [job.slot for job in group]
+        tokens = np.stack([job.tokens for job in group])  # [B, T]
+        loop = asyncio.get_running_loop()
         try:
-            logits = await loop.run_in_executor(self._executor, self._runtime.step, job.slot, job.tokens)
-        except Exception as err:  # onnxruntime's own errors: this step fails, the batcher goes on
+            logits = await loop.run_in_executor(self._executor, self._runtime.step, slots, tokens)  # [B, T, V]
+        except Exception as err:  # onnxruntime's own errors: these steps fail, the batcher goes on
             log.exception("model %s: step failed", self._name)
+            for job in group:
+                if not job.result.done():
+                    job.result.set_exception(RuntimeFailure(f"model {self._name}: inference failed: {err}"))
+            return
+        for row, job in enumerate(group):
             if not job.result.done():
-                job.result.set_exception(RuntimeFailure(f"model {self._name}: inference failed: {err}"))
-        else:
-            if not job.result.done():
-                job.result.set_result(logits)
+                job.result.set_result(logits[row])

@@ -17,5 +17,7 @@ class ServerConfig:
     session_ttl_s: float = option(300.0, "how long a named session survives without a stream before it expires")
     max_input_tokens: int = option(8192, "largest prompt or stream chunk, in tokens")
     max_new_tokens: int = option(4096, "largest max_tokens a Generate request may ask for")
+    max_batch: int = option(64, "most sequence steps run in one onnxruntime call")
+    max_queue_delay_ms: float = option(0.0, "how long a step may wait for others to fill its batch (0: run what is ready)")
     threads: int = option(0, "onnxruntime intra-op threads per model (0: onnxruntime's default, one per core)")
     grace_s: float = option(10.0, "on SIGTERM, how long in-flight calls may take to finish")

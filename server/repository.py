@@ -41,7 +41,8 @@ def _load_model(path: Path, config: ServerConfig, device: Device, io_binding: bo
         raise BadModelFile(f"onnxruntime cannot load it: {err}") from None
     card = parse_card(name, version, session.get_modelmeta().custom_metadata_map)
     runtime = Runtime(session, card, device, config.max_sessions, io_binding)
-    return Model(card, tokenizer_from_spec(card.tokenizer), runtime, Batcher(runtime, f"{name}/{version}"))
+    batcher = Batcher(runtime, f"{name}/{version}", config.max_batch, config.max_queue_delay_ms)
+    return Model(card, tokenizer_from_spec(card.tokenizer), runtime, batcher)
 
 
 class Repository:

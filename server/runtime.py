@@ -1,7 +1,8 @@
 """One onnxruntime session per model version, and the state slab that holds every sequence's state.
 
-A sequence owns one slot: row `slot` of each state tensor's slab. A step reads the slot's rows, runs the
-graph, and writes the next state back to the same slot, so no sequence can see another's state.
+A sequence owns one slot: row `slot` of each state tensor's slab. A step reads its slots' rows, runs the
+graph once for all of them, and writes each next state back to its own slot, so no sequence can see
+another's state.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ class Device:
 
 
 class HostStateSlab:
-    """State rows in host memory, fed to onnxruntime as numpy views: the cheapest path on CPU."""
+    """State rows in host memory: a batch is a gather of its slots' rows, a step, a scatter back."""
+
+    max_batch = 1 << 16
 
     def __init__(self, specs: tuple[StateSpec, ...], capacity: int):
         self._specs = specs
@@ -55,11 +58,11 @@ class HostStateSlab:
         for spec in self._specs:
             self._rows[spec.name][slot] = spec.initial
 
-    def step(self, session: ort.InferenceSession, slot: int, tokens: np.ndarray) -> np.ndarray:
-        feeds = {spec.name: self._rows[spec.name][slot : slot + 1] for spec in self._specs}  # each [1, ...]
+    def step(self, session: ort.InferenceSession, slots: list[int], tokens: np.ndarray) -> np.ndarray:
+        feeds = {spec.name: self._rows[spec.name][slots] for spec in self._specs}  # gather: each [B, ...]
         logits, *next_state = session.run(["logits", *(s.output for s in self._specs)], {"tokens": tokens, **feeds})
         for spec, value in zip(self._specs, next_state):
-            self._rows[spec.name][slot] = value[0]
+            self._rows[spec.name][slots] = value  # scatter
         return logits
 
 
@@ -69,7 +72,10 @@ class DeviceStateSlab:
     Each state tensor has two halves, [2, capacity, ...]: a step reads the slot's row in the current
     half and writes the next state into the other, then flips. State never crosses to the host, and
     a reset costs nothing: a fresh slot reads a shared row holding the initial state.
+    Rows are bound one sequence at a time: gathering rows on the device needs a kernel (not yet here).
     """
+
+    max_batch = 1
 
     def __init__(self, specs: tuple[StateSpec, ...], capacity: int, device: Device):
         self._specs = specs
@@ -93,7 +99,8 @@ class DeviceStateSlab:
     def _row_address(self, name: str, half: int, slot: int) -> int:
         return self._halves[name].data_ptr() + (half * self._capacity + slot) * self._row_bytes[name]
 
-    def step(self, session: ort.InferenceSession, slot: int, tokens: np.ndarray) -> np.ndarray:
+    def step(self, session: ort.InferenceSession, slots: list[int], tokens: np.ndarray) -> np.ndarray:
+        (slot,) = slots
         kind, index = self._device.kind, self._device.index
         half = int(self._current[slot])
         binding = session.io_binding()
@@ -132,6 +139,7 @@ class Runtime:
         use_binding = device.kind == "cuda" if io_binding is None else io_binding
         self.slab = DeviceStateSlab(card.state, capacity, device) if use_binding else HostStateSlab(card.state, capacity)
         self.capacity = capacity
+        self.max_batch = self.slab.max_batch
         self.calls = 0  # onnxruntime calls made, for clients and tests to see how work was batched
         self._free = list(range(capacity - 1, -1, -1))
         self._card = card
@@ -154,7 +162,7 @@ class Runtime:
     def free(self, slot: int) -> None:
         self._free.append(slot)
 
-    def step(self, slot: int, tokens: np.ndarray) -> np.ndarray:
-        """tokens [1, T] int64 → logits [1, T, V]; the slot's state advances by T steps."""
+    def step(self, slots: list[int], tokens: np.ndarray) -> np.ndarray:
+        """tokens [B, T] int64 → logits [B, T, V]; each slot's state advances by T steps."""
         self.calls += 1
-        return self.slab.step(self.session, slot, tokens)
+        return self.slab.step(self.session, slots, tokens)

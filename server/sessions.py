@@ -29,9 +29,9 @@ class Session:
 
     async def step(self, tokens: list[int]) -> np.ndarray:
         """logits [T, V] after each of `tokens`, continuing this session's state."""
-        logits = await self.model.batcher.step(self.slot, np.asarray([tokens], dtype=np.int64))
+        logits = await self.model.batcher.step(self.slot, tokens)
         self.position += len(tokens)
-        return logits[0]
+        return logits
 
     def reset(self) -> None:
         self.model.runtime.slab.reset(self.slot)

@@ -1,0 +1,61 @@
+"""What every benchmark shares: a model to measure, a server in its own process, the in-process baseline."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repository", help="model repository (default: export an untrained model to a temp dir)")
+    parser.add_argument("--model", default="bench", help="model name in the repository")
+    parser.add_argument("--hidden", type=int, default=512, help="hidden size of the untrained model")
+    parser.add_argument("--layers", type=int, default=2, help="layers of the untrained model")
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
+
+
+def model_path(args) -> tuple[Path, str]:
+    """(repository, model name); without --repository, an untrained LSTM: speed does not depend on weights."""
+    if args.repository:
+        return Path(args.repository), args.model
+    import torch
+
+    from export.exporter import export_model
+    from training.models import ModelConfig, RecurrentLM
+
+    repository = Path(tempfile.mkdtemp(prefix="rnnserve-bench-"))
+    torch.manual_seed(0)
+    model = RecurrentLM(ModelConfig(256, "lstm", args.layers, args.hidden, 64))
+    export_model(model, {"kind": "byte"}, {}, repository / "bench" / "1" / "model.onnx")
+    return repository, "bench"
+
+
+@contextlib.contextmanager
+def server_process(repository: Path, *flags: str):
+    """`rnnserve serve` in its own process on a free port; yields its address."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rnnserve", "serve", "--repository", str(repository), "--port", "0", *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        yield next(m.group(1) for line in process.stdout if (m := re.search(r"listening on (\S+:\d+)", line)))
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def in_process_session(path: Path, threads: int, batch: int = 1) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
+    """The baseline: the model file run directly, state fed back by hand, as a user would write it."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    state = {i.name: np.zeros([batch, *i.shape[1:]], np.float32) for i in session.get_inputs() if i.name != "tokens"}
+    return session, state

@@ -1,0 +1,131 @@
+"""Generation throughput of many concurrent streams, against baselines measured in the same run.
+
+    python -m bench.throughput                        # an untrained 2-layer 512 LSTM (needs the [train] extra)
+    python -m bench.throughput --streams 1 16 64 256 --tokens 200
+
+For each number of concurrent Generate streams (a client process of its own, grpc.aio), prints one JSON
+line: generated tokens/s of rnnserve, of (a) a naive server — the same server with --max-batch 1, one
+onnxruntime call per session step, (b) in-process onnxruntime batched at the same batch size (the
+ceiling), (c) PyTorch eager in-process at the same batch size; the ratios; and whether the targets hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import add_model_flags, in_process_session, model_path, server_process
+
+TARGET_VS_NAIVE = 5.0
+TARGET_VS_CEILING = 0.7
+
+
+async def _generate_all(target: str, model: str, streams: int, tokens: int) -> float:
+    """Tokens/s of `streams` concurrent greedy generations (run in a client process of its own)."""
+    import grpc
+
+    from rnnserve.v1 import rnnserve_pb2 as pb
+    from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.RnnServeStub(channel)
+
+        async def one(i: int) -> int:
+            request = pb.GenerateRequest(
+                model=model, prompt=f"Stream {i}: ", sampling=pb.SamplingParams(temperature=0.0, max_tokens=tokens)
+            )
+            count = 0
+            async for piece in stub.Generate(request):
+                count += len(piece.token_ids)
+            return count
+
+        await one(0)  # warm up
+        started = time.perf_counter()
+        counts = await asyncio.gather(*(one(i) for i in range(streams)))
+        return sum(counts) / (time.perf_counter() - started)
+
+
+def served_tokens_per_s(target: str, model: str, streams: int, tokens: int) -> float:
+    code = (
+        "import asyncio, sys; from bench.throughput import _generate_all; "
+        f"print(asyncio.run(_generate_all({target!r}, {model!r}, {streams}, {tokens})))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def in_process_tokens_per_s(path: Path, batch: int, tokens: int, threads: int) -> float:
+    """One onnxruntime call per step over the whole batch, state fed back by hand: the ceiling."""
+    session, state = in_process_session(path, threads, batch)
+    step = np.full((batch, 1), 65, np.int64)
+    started = time.perf_counter()
+    for _ in range(tokens):
+        logits, *next_state = session.run(None, {"tokens": step, **state})
+        state = dict(zip(state, next_state))
+        step = logits[:, -1].argmax(-1)[:, None]
+    return batch * tokens / (time.perf_counter() - started)
+
+
+def torch_tokens_per_s(hidden: int, layers: int, batch: int, tokens: int) -> float | None:
+    try:
+        import torch
+
+        from training.models import ModelConfig, RecurrentLM
+    except ModuleNotFoundError:
+        return None
+    model = RecurrentLM(ModelConfig(256, "lstm", layers, hidden, 64)).eval()
+    state = model.initial_state(batch)
+    step = torch.full((batch, 1), 65)
+    with torch.no_grad():
+        started = time.perf_counter()
+        for _ in range(tokens):
+            logits, state = model(step, state)
+            step = logits[:, -1].argmax(-1, keepdim=True)
+    return batch * tokens / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_flags(parser)
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64, 256], help="concurrent streams")
+    parser.add_argument("--tokens", type=int, default=200, help="tokens generated per stream")
+    parser.add_argument("--max-batch", type=int, default=256, help="rnnserve's --max-batch")
+    args = parser.parse_args()
+
+    repository, model = model_path(args)
+    path = repository / model / "1" / "model.onnx"
+    threads = ("--threads", str(args.threads))
+    sessions = ("--max-sessions", str(max(args.streams) + 1))
+    results = {}
+    with server_process(repository, *threads, *sessions, "--max-batch", str(args.max_batch)) as target:
+        for streams in args.streams:
+            results[streams] = {"rnnserve": served_tokens_per_s(target, model, streams, args.tokens)}
+    with server_process(repository, *threads, *sessions, "--max-batch", "1") as target:
+        for streams in args.streams:
+            results[streams]["naive_server"] = served_tokens_per_s(target, model, streams, args.tokens)
+    for streams in args.streams:
+        figures = results[streams]
+        figures["in_process_onnxruntime_batched"] = in_process_tokens_per_s(path, streams, args.tokens, args.threads)
+        if not args.repository:
+            figures["pytorch_eager_batched"] = torch_tokens_per_s(args.hidden, args.layers, streams, args.tokens)
+        line = {"bench": "throughput", "model": model, "streams": streams, "tokens_per_stream": args.tokens}
+        line["tokens_per_s"] = {k: round(v, 1) for k, v in figures.items() if v is not None}
+        line["ratio_vs_naive_server"] = round(figures["rnnserve"] / figures["naive_server"], 2)
+        line["ratio_vs_in_process_batched"] = round(figures["rnnserve"] / figures["in_process_onnxruntime_batched"], 2)
+        if figures.get("pytorch_eager_batched"):
+            line["ratio_vs_pytorch_eager"] = round(figures["rnnserve"] / figures["pytorch_eager_batched"], 2)
+        if streams == 64:
+            line["target_5x_naive_met"] = line["ratio_vs_naive_server"] >= TARGET_VS_NAIVE
+            line["target_0.7x_in_process_met"] = line["ratio_vs_in_process_batched"] >= TARGET_VS_CEILING
+        print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Continuous batching: concurrent sessions share onnxruntime calls and get exactly what they get alone."""
+
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from tests.conftest import KOREAN, ServerThread
+
+PROMPTS = [
+    "The ", "x", "def f(x):\n    return", "Return the value of the named attribute", "안녕", "if", "while True:",
+    "A" * 60, "class C:", " ", "import sys\n", "print('hello')", "lambda", "The return statement", "0123456789",
+    KOREAN[:20],
+]
+
+
+def together(calls):
+    """Runs every call at once from its own thread; returns their results in order."""
+    results = [None] * len(calls)
+    barrier = threading.Barrier(len(calls))
+
+    def run(i):
+        barrier.wait()
+        try:
+            results[i] = calls[i]()
+        except Exception as err:  # re-raised below, in the test's thread
+            results[i] = err
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
+
+
+@pytest.fixture(scope="module")
+def server(base_config):
+    with ServerThread(replace(base_config, max_sessions=64)) as running:
+        yield running
+
+
+def test_32_concurrent_generations_equal_each_run_alone(server):
+    requests = [
+        dict(prompt=PROMPTS[i % len(PROMPTS)], max_tokens=20 + i, seed=i, temperature=0.0 if i % 2 else 0.8)
+        for i in range(32)
+    ]
+    with server.client() as client:
+
+        def generate(request):
+            return [t for piece in client.generate("lstm", **request) for t in piece.token_ids]
+
+        alone = [generate(r) for r in requests]
+        calls_before = client.get_model("lstm").runtime_calls
+        batched = together([lambda r=r: generate(r) for r in requests])
+        calls = client.get_model("lstm").runtime_calls - calls_before
+    assert batched == alone
+    steps = sum(r["max_tokens"] for r in requests)  # prompt call + one per generated token after the first
+    assert calls < steps / 2, f"{calls} onnxruntime calls for {steps} steps: the steps were not batched"
+
+
+def test_32_concurrent_streams_equal_each_run_alone(server):
+    texts = [PROMPTS[i % len(PROMPTS)] * (1 + i % 3) for i in range(32)]
+    chunkings = [[t[j : j + 1 + i % 5] for j in range(0, len(t), 1 + i % 5)] for i, t in enumerate(texts)]
+    with server.client() as client:
+
+        def stream(chunks):
+            return np.array([c.probability for r in client.stream("lstm", chunks) for s in r.steps for c in s.next])
+
+        alone = [stream(c) for c in chunkings]
+        batched = together([lambda c=c: stream(c) for c in chunkings])
+    for one, many in zip(alone, batched):
+        assert one.shape == many.shape
+        assert np.abs(one - many).max() < 1e-5
