@@ -10,15 +10,19 @@ per measurement with absolute figures and the ratio to its baseline measured in 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
-import queue
 import time
 from pathlib import Path
 
 import numpy as np
 
+import grpc
+
 from bench.common import add_model_flags, in_process_session, model_path, server_process
 from client import RnnServeClient
+from rnnserve.v1 import rnnserve_pb2 as pb
+from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
 
 
 def percentiles(samples_s: list[float]) -> dict:
@@ -52,18 +56,25 @@ def in_process_prompt(path: Path, length: int, threads: int) -> tuple[float, flo
     return whole, time.perf_counter() - started
 
 
-def server_steps(client: RnnServeClient, model: str, steps: int) -> list[float]:
-    box: queue.Queue = queue.Queue()
-    responses = client.stream(model, iter(box.get, None), top_k=1)
-    times = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        box.put("A")
-        next(responses)
-        times.append(time.perf_counter() - started)
-    box.put(None)
-    list(responses)
-    return times
+def server_steps(target: str, model: str, steps: int, text: str = "A") -> list[float]:
+    """Round trips of one-token messages on one Stream, from a grpc.aio client (no thread hop per message).
+    With empty text the server answers without running the model: the cost of gRPC and Python alone."""
+    return asyncio.run(_server_steps(target, model, steps, text))
+
+
+async def _server_steps(target: str, model: str, steps: int, text: str) -> list[float]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = pb_grpc.RnnServeStub(channel).Stream()
+        await call.write(pb.StreamRequest(start=pb.StreamStart(model=model, top_k=1)))
+        await call.read()
+        times = []
+        for _ in range(steps):
+            started = time.perf_counter()
+            await call.write(pb.StreamRequest(text=text))
+            await call.read()
+            times.append(time.perf_counter() - started)
+        await call.done_writing()
+        return times
 
 
 def main() -> None:
@@ -76,13 +87,14 @@ def main() -> None:
     repository, model = model_path(args)
     path = repository / model / "1" / "model.onnx"
     with server_process(repository, "--threads", str(args.threads)) as target, RnnServeClient(target) as client:
-        server_steps(client, model, 100)  # warm up both sides
+        server_steps(target, model, 100)  # warm up both sides
         in_process_steps(path, 100, args.threads)
         floor = percentiles(in_process_steps(path, args.steps, args.threads))
-        served = percentiles(server_steps(client, model, args.steps))
+        served = percentiles(server_steps(target, model, args.steps))
+        transport = percentiles(server_steps(target, model, args.steps, text=""))
         print(json.dumps({
             "bench": "step_latency", "model": model, "steps": args.steps,
-            "grpc_stream": served, "in_process_onnxruntime": floor,
+            "grpc_stream": served, "in_process_onnxruntime": floor, "grpc_round_trip_without_a_step": transport,
             "ratio_p50": round(served["p50_ms"] / floor["p50_ms"], 2),
             "ratio_p99": round(served["p99_ms"] / floor["p99_ms"], 2),
         }))
@@ -92,7 +104,7 @@ def main() -> None:
         started = time.perf_counter()
         client.generate_text(model, prompt, temperature=0.0, max_tokens=1)
         served_prompt_s = time.perf_counter() - started
-        served_single_s = float(np.median(server_steps(client, model, 200))) * args.prompt
+        served_single_s = float(np.median(server_steps(target, model, 200))) * args.prompt
         print(json.dumps({
             "bench": "prompt_consumption", "model": model, "prompt_chars": args.prompt,
             "grpc_generate_one_call_s": round(served_prompt_s, 4),

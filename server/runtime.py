@@ -121,6 +121,8 @@ def open_session(path: str, device: Device, threads: int = 0) -> ort.InferenceSe
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle intra-op threads would spin between steps, taking the cores the event loop needs to serve.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(path, options, providers=device.providers())
     if device.kind == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
         raise DeviceUnavailable(
