@@ -11,8 +11,9 @@ from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
 
 
 class RnnServeClient:
-    def __init__(self, target: str = "127.0.0.1:50051", timeout_s: float | None = None):
-        self._channel = grpc.insecure_channel(target)
+    def __init__(self, target: str = "127.0.0.1:50051", timeout_s: float | None = None, options: list | None = None):
+        """`options`: gRPC channel arguments, e.g. ("grpc.use_local_subchannel_pool", 1) for a connection of its own."""
+        self._channel = grpc.insecure_channel(target, options=options)
         self._stub = pb_grpc.RnnServeStub(self._channel)
         self._timeout_s = timeout_s
 

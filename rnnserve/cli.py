@@ -45,8 +45,13 @@ def _serve(args) -> None:
     from server.runtime import DeviceUnavailable
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = config_from(ServerConfig, args)
+    if config.workers > 1:
+        from server.workers import run_workers
+
+        raise SystemExit(run_workers(config))
     try:
-        asyncio.run(serve(config_from(ServerConfig, args)))
+        asyncio.run(serve(config))
     except DeviceUnavailable as err:
         raise SystemExit(str(err)) from None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from dataclasses import dataclass
 
@@ -45,8 +46,9 @@ async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
     repository = Repository.load(config, io_binding)
     repository.start()
     sessions = SessionRegistry(config.session_ttl_s)
-    # No SO_REUSEPORT: a second server started on a busy port must fail, not silently share its traffic.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    # SO_REUSEPORT only between our own workers: a stray second server on a busy port must fail,
+    # not silently take half of its traffic.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", int(config.workers > 1))])
     rnnserve_pb2_grpc.add_RnnServeServicer_to_server(NativeServicer(InferenceService(repository, sessions, config)), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -71,7 +73,10 @@ async def serve(config: ServerConfig) -> None:
     app = await start(config)
     models = ", ".join(f"{m.card.name}/{m.card.version}" for m in app.repository.all())
     providers = ", ".join(app.repository.all()[0].runtime.providers)
-    print(f"rnnserve listening on {config.host}:{app.port} — models: {models} — providers: {providers}", flush=True)
+    print(
+        f"rnnserve listening on {config.host}:{app.port} (pid {os.getpid()}) — models: {models} — providers: {providers}",
+        flush=True,
+    )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

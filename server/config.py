@@ -12,6 +12,7 @@ class ServerConfig:
     repository: str = option("models", "model repository: <repository>/<name>/<version>/model.onnx")
     host: str = option("127.0.0.1", "address to listen on (0.0.0.0 to accept remote clients)")
     port: int = option(50051, "port to listen on (0 picks a free port and prints it)")
+    workers: int = option(1, "server processes sharing the port (SO_REUSEPORT), each with its own models and sessions")
     device: str = option("cpu", "cpu, cuda or cuda:N; cuda fails loudly if onnxruntime has no CUDA provider")
     max_sessions: int = option(256, "concurrent sessions per model version (the state slab's rows)")
     session_ttl_s: float = option(300.0, "how long a named session survives without a stream before it expires")

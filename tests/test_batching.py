@@ -76,3 +76,40 @@ def test_32_concurrent_streams_equal_each_run_alone(server):
     for one, many in zip(alone, batched):
         assert one.shape == many.shape
         assert np.abs(one - many).max() < 1e-5
+
+
+def test_cancelling_streams_mid_batch_leaves_the_others_exact(server):
+    """Half of 16 concurrent streams are cancelled while their steps are being batched with the rest."""
+    import queue
+
+    texts = [PROMPTS[i % len(PROMPTS)] + " and then some more text" for i in range(16)]
+    with server.client() as client:
+        alone = [np.array([c.probability for r in client.stream("lstm", list(t)) for s in r.steps for c in s.next]) for t in texts]
+
+        def run(i):
+            box = queue.Queue()
+            responses = client.stream("lstm", iter(box.get, None))
+            got = []
+            for n, ch in enumerate(texts[i]):
+                box.put(ch)
+                got.append(next(responses))
+                if i % 2 and n == 5:
+                    responses.cancel()
+                    return None
+            box.put(None)
+            return np.array([c.probability for r in got for s in r.steps for c in s.next])
+
+        results = together([lambda i=i: run(i) for i in range(16)])
+    for i in range(0, 16, 2):
+        assert np.abs(results[i] - alone[i]).max() < 1e-5
+
+
+def test_a_client_that_never_reads_does_not_stall_others(server):
+    with server.client() as client:
+        expected = client.generate_text("lstm", "The ", temperature=0.0, max_tokens=50)
+        stalled = [client.generate("lstm", "x", max_tokens=4000, temperature=1.0, seed=i) for i in range(4)]
+        for call in stalled:
+            next(call)  # started, and never read again
+        assert client.generate_text("lstm", "The ", temperature=0.0, max_tokens=50) == expected
+        for call in stalled:
+            call.cancel()

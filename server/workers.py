@@ -1,0 +1,59 @@
+"""`rnnserve serve --workers N`: N server processes on one port, so every core serves.
+
+The kernel (SO_REUSEPORT) hands each new connection to one worker, and a connection stays with it: a
+stream, and every call on the same channel, is served by one process. Each worker has its own models,
+state slab and sessions, so a named session lives in the worker that created it; resuming it on a
+connection the kernel gave to another worker answers NOT_FOUND.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import multiprocessing
+import os
+import signal
+from multiprocessing.connection import wait
+
+from server.config import ServerConfig
+
+
+def run_workers(config: ServerConfig) -> int:
+    """Starts the workers, forwards SIGTERM/SIGINT to them, and returns the worst exit code."""
+    if config.port == 0:
+        raise SystemExit("--workers needs a fixed --port: every worker must listen on the same one")
+    if config.threads == 0:  # share the cores instead of every worker's onnxruntime taking all of them
+        config = dataclasses.replace(config, threads=max(1, (os.cpu_count() or 1) // config.workers))
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_worker, args=(config,), name=f"rnnserve-worker-{i}") for i in range(config.workers)]
+    for worker in workers:
+        worker.start()
+
+    signalled: set[int] = set()
+
+    def stop(signum, frame):
+        """One SIGTERM per worker: a second one during its graceful shutdown would kill it outright."""
+        for worker in workers:
+            if worker.is_alive() and worker.pid not in signalled:
+                signalled.add(worker.pid)
+                os.kill(worker.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    wait([w.sentinel for w in workers])  # the first to exit: a failed start, or the stop signal
+    stop(None, None)  # one worker gone means the rest stop too, rather than serve a part of the port
+    for worker in workers:
+        worker.join()
+    return max(abs(w.exitcode or 0) for w in workers)
+
+
+def _worker(config: ServerConfig) -> None:
+    from server.app import serve
+    from server.runtime import DeviceUnavailable
+
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s worker {os.getpid()} %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(config))
+    except DeviceUnavailable as err:
+        raise SystemExit(str(err)) from None

@@ -1,0 +1,78 @@
+"""`rnnserve serve --workers 2`: two processes on one port; a stream stays in the process that took it."""
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+
+import grpc
+import pytest
+
+from client import RnnServeClient
+
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # gRPC would otherwise share one connection
+
+
+def connect(target: str) -> RnnServeClient:
+    return RnnServeClient(target, timeout_s=30, options=OWN_CONNECTION)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def workers(repository):
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rnnserve", "serve", "--repository", str(repository), "--port", str(port), "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    pids = set()
+    for line in process.stdout:
+        if match := re.search(rf"listening on 127\.0\.0\.1:{port} \(pid (\d+)\)", line):
+            pids.add(match.group(1))
+        if len(pids) == 2:
+            break
+    yield process, f"127.0.0.1:{port}", pids
+    process.kill()
+
+
+def test_both_workers_listen_on_one_port(workers):
+    _, _, pids = workers
+    assert len(pids) == 2
+
+
+def test_every_connection_gets_the_same_answer_from_either_worker(workers, client):
+    _, target, _ = workers
+    expected = client.generate_text("lstm", "The ", temperature=0.0, max_tokens=30)
+    for _ in range(8):
+        with connect(target) as connection:
+            assert connection.generate_text("lstm", "The ", temperature=0.0, max_tokens=30) == expected
+
+
+def test_a_named_session_lives_in_the_worker_that_made_it(workers):
+    _, target, _ = workers
+    with connect(target) as owner:
+        list(owner.stream("lstm", ["abc"], session_id="in-one-worker"))
+        outcomes = set()
+        for _ in range(30):  # new connections land on either worker
+            with connect(target) as other:
+                try:
+                    list(other.stream("lstm", ["d"], session_id="in-one-worker", resume=True))
+                    outcomes.add("resumed")
+                except grpc.RpcError as err:
+                    assert err.code() == grpc.StatusCode.NOT_FOUND, err.details()
+                    outcomes.add("not found")
+            if len(outcomes) == 2:
+                break
+        assert outcomes == {"resumed", "not found"}
+
+
+def test_sigterm_stops_every_worker(workers):
+    process, _, _ = workers
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
