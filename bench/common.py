@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,11 +39,18 @@ def model_path(args) -> tuple[Path, str]:
     return repository, "bench"
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @contextlib.contextmanager
 def server_process(repository: Path, *flags: str):
-    """`rnnserve serve` in its own process on a free port; yields its address."""
+    """`rnnserve serve` in its own process (or processes, with --workers) on a free port; yields its address."""
+    port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "rnnserve", "serve", "--repository", str(repository), "--port", "0", *flags],
+        [sys.executable, "-m", "rnnserve", "serve", "--repository", str(repository), "--port", str(port), *flags],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:

@@ -2,6 +2,7 @@
 
     python -m bench.throughput                        # an untrained 2-layer 512 LSTM (needs the [train] extra)
     python -m bench.throughput --streams 1 16 64 256 --tokens 200
+    python -m bench.throughput --api stream --streams 64   # per-step bidirectional streams
 
 For each number of concurrent Generate streams (a client process of its own, grpc.aio), prints one JSON
 line: generated tokens/s of rnnserve, of (a) a naive server — the same server with --max-batch 1, one
@@ -52,10 +53,37 @@ async def _generate_all(target: str, model: str, streams: int, tokens: int) -> f
         return sum(counts) / (time.perf_counter() - started)
 
 
-def served_tokens_per_s(target: str, model: str, streams: int, tokens: int) -> float:
+async def _stream_all(target: str, model: str, streams: int, tokens: int) -> float:
+    """Steps/s of `streams` concurrent bidirectional streams, each sending one token and waiting for its answer."""
+    import grpc
+
+    from rnnserve.v1 import rnnserve_pb2 as pb
+    from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.RnnServeStub(channel)
+
+        async def one() -> int:
+            call = stub.Stream()
+            await call.write(pb.StreamRequest(start=pb.StreamStart(model=model, top_k=1)))
+            await call.read()
+            for _ in range(tokens):
+                await call.write(pb.StreamRequest(text="A"))
+                await call.read()
+            await call.done_writing()
+            return tokens
+
+        await one()  # warm up
+        started = time.perf_counter()
+        counts = await asyncio.gather(*(one() for _ in range(streams)))
+        return sum(counts) / (time.perf_counter() - started)
+
+
+def served_tokens_per_s(target: str, model: str, streams: int, tokens: int, api: str) -> float:
+    function = "_generate_all" if api == "generate" else "_stream_all"
     code = (
-        "import asyncio, sys; from bench.throughput import _generate_all; "
-        f"print(asyncio.run(_generate_all({target!r}, {model!r}, {streams}, {tokens})))"
+        f"import asyncio, sys; from bench.throughput import {function}; "
+        f"print(asyncio.run({function}({target!r}, {model!r}, {streams}, {tokens})))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(done.stdout.strip().splitlines()[-1])
@@ -97,6 +125,9 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64, 256], help="concurrent streams")
     parser.add_argument("--tokens", type=int, default=200, help="tokens generated per stream")
     parser.add_argument("--max-batch", type=int, default=256, help="rnnserve's --max-batch")
+    parser.add_argument("--api", choices=["generate", "stream"], default="generate",
+                        help="generate: server-streamed generations; stream: one token per message, answered per step")
+    parser.add_argument("--workers", type=int, default=1, help="rnnserve's --workers")
     args = parser.parse_args()
 
     repository, model = model_path(args)
@@ -104,18 +135,20 @@ def main() -> None:
     threads = ("--threads", str(args.threads))
     sessions = ("--max-sessions", str(max(args.streams) + 1))
     results = {}
-    with server_process(repository, *threads, *sessions, "--max-batch", str(args.max_batch)) as target:
+    workers = ("--workers", str(args.workers))
+    with server_process(repository, *threads, *sessions, *workers, "--max-batch", str(args.max_batch)) as target:
         for streams in args.streams:
-            results[streams] = {"rnnserve": served_tokens_per_s(target, model, streams, args.tokens)}
+            results[streams] = {"rnnserve": served_tokens_per_s(target, model, streams, args.tokens, args.api)}
     with server_process(repository, *threads, *sessions, "--max-batch", "1") as target:
         for streams in args.streams:
-            results[streams]["naive_server"] = served_tokens_per_s(target, model, streams, args.tokens)
+            results[streams]["naive_server"] = served_tokens_per_s(target, model, streams, args.tokens, args.api)
     for streams in args.streams:
         figures = results[streams]
         figures["in_process_onnxruntime_batched"] = in_process_tokens_per_s(path, streams, args.tokens, args.threads)
         if not args.repository:
             figures["pytorch_eager_batched"] = torch_tokens_per_s(args.hidden, args.layers, streams, args.tokens)
-        line = {"bench": "throughput", "model": model, "streams": streams, "tokens_per_stream": args.tokens}
+        line = {"bench": "throughput", "api": args.api, "model": model, "streams": streams, "tokens_per_stream": args.tokens}
+        line["workers"] = args.workers
         line["tokens_per_s"] = {k: round(v, 1) for k, v in figures.items() if v is not None}
         line["ratio_vs_naive_server"] = round(figures["rnnserve"] / figures["naive_server"], 2)
         line["ratio_vs_in_process_batched"] = round(figures["rnnserve"] / figures["in_process_onnxruntime_batched"], 2)
