@@ -25,6 +25,10 @@ from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
 
 
+TARGET_LATENCY_RATIO = 1.5
+TARGET_PROMPT_SPEEDUP = 20.0
+
+
 def percentiles(samples_s: list[float]) -> dict:
     ms = np.array(samples_s) * 1e3
     return {"p50_ms": round(float(np.percentile(ms, 50)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4)}
@@ -97,6 +101,7 @@ def main() -> None:
             "grpc_stream": served, "in_process_onnxruntime": floor, "grpc_round_trip_without_a_step": transport,
             "ratio_p50": round(served["p50_ms"] / floor["p50_ms"], 2),
             "ratio_p99": round(served["p99_ms"] / floor["p99_ms"], 2),
+            "target_p50_1.5x_met": served["p50_ms"] <= TARGET_LATENCY_RATIO * floor["p50_ms"],
         }))
 
         whole_s, single_s = in_process_prompt(path, args.prompt, args.threads)
@@ -112,6 +117,7 @@ def main() -> None:
             "speedup_over_single_steps": round(served_single_s / served_prompt_s, 1),
             "in_process_one_call_s": round(whole_s, 4), "in_process_single_steps_s": round(single_s, 4),
             "in_process_speedup": round(single_s / whole_s, 1),
+            "target_20x_met": served_single_s >= TARGET_PROMPT_SPEEDUP * served_prompt_s,
         }))
 
 
