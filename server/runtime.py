@@ -8,12 +8,15 @@ another's state.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from server.card import ModelCard, StateSpec
 from server.errors import ResourceExhausted
+
+SLAB_GRAPHS = Path(__file__).parent / "slab_graphs"  # made by scripts/gen_slab_graphs.py
 
 
 class DeviceUnavailable(RuntimeError):
@@ -67,54 +70,78 @@ class HostStateSlab:
 
 
 class DeviceStateSlab:
-    """State rows resident on the execution device, bound to the graph by address (I/O binding).
+    """State rows resident on the execution device; a batch is gathered, stepped and scattered there.
 
-    Each state tensor has two halves, [2, capacity, ...]: a step reads the slot's row in the current
-    half and writes the next state into the other, then flips. State never crosses to the host, and
-    a reset costs nothing: a fresh slot reads a shared row holding the initial state.
-    Rows are bound one sequence at a time: gathering rows on the device needs a kernel (not yet here).
+    Each state tensor is a flat [2, capacity + 1, row_size] buffer on the device: two halves, each ending
+    in a row that always holds the initial state. A step gathers its slots' rows (a fresh slot reads the
+    initial row, so a reset costs nothing), runs the model on them, and scatters the next state into the
+    other half, which becomes current. Gather and scatter are tiny onnxruntime graphs on the same device
+    (server/slab_graphs/), and every tensor is bound by address (I/O binding): state never crosses to the host.
     """
 
-    max_batch = 1
+    max_batch = 1 << 16
 
     def __init__(self, specs: tuple[StateSpec, ...], capacity: int, device: Device):
         self._specs = specs
         self._capacity = capacity
         self._device = device
+        providers = device.providers()
+        self._gather = ort.InferenceSession(str(SLAB_GRAPHS / "gather.onnx"), providers=providers)
+        self._scatter = ort.InferenceSession(str(SLAB_GRAPHS / "scatter.onnx"), providers=providers)
+        self._row_size = {s.name: int(np.prod(s.shape)) for s in specs}
         self._halves = {
-            s.name: ort.OrtValue.ortvalue_from_shape_and_type([2, capacity, *s.shape], np.float32, device.kind, device.index)
+            s.name: ort.OrtValue.ortvalue_from_numpy(
+                np.full((2, capacity + 1, self._row_size[s.name]), s.initial, np.float32), device.kind, device.index
+            )
             for s in specs
         }
-        self._initial = {
-            s.name: ort.OrtValue.ortvalue_from_numpy(np.full((1, *s.shape), s.initial, np.float32), device.kind, device.index)
-            for s in specs
-        }
-        self._row_bytes = {s.name: int(np.prod(s.shape)) * 4 for s in specs}
-        self._current = np.zeros(capacity, np.int64)  # which half holds each slot's state
+        self._current = 0  # which half holds every slot's state
         self._fresh = np.ones(capacity, bool)  # slot still at the initial state
 
     def reset(self, slot: int) -> None:
         self._fresh[slot] = True
 
-    def _row_address(self, name: str, half: int, slot: int) -> int:
-        return self._halves[name].data_ptr() + (half * self._capacity + slot) * self._row_bytes[name]
-
     def step(self, session: ort.InferenceSession, slots: list[int], tokens: np.ndarray) -> np.ndarray:
-        (slot,) = slots
-        kind, index = self._device.kind, self._device.index
-        half = int(self._current[slot])
+        slot_ids = np.asarray(slots, np.int64)
+        read = np.where(self._fresh[slot_ids], self._capacity, slot_ids)  # [B]: fresh slots read the initial row
+        rows = {spec.name: self._run_gather(spec.name, read) for spec in self._specs}  # each [B, row_size]
         binding = session.io_binding()
         binding.bind_cpu_input("tokens", tokens)
         binding.bind_output("logits", "cpu")  # sampling happens on the host
         for spec in self._specs:
-            shape = [1, *spec.shape]
-            source = self._initial[spec.name].data_ptr() if self._fresh[slot] else self._row_address(spec.name, half, slot)
-            binding.bind_input(spec.name, kind, index, np.float32, shape, source)
-            binding.bind_output(spec.output, kind, index, np.float32, shape, self._row_address(spec.name, 1 - half, slot))
+            shape = [len(slots), *spec.shape]
+            binding.bind_input(spec.name, self._device.kind, self._device.index, np.float32, shape, rows[spec.name].data_ptr())
+            binding.bind_output(spec.output, self._device.kind, self._device.index)
         session.run_with_iobinding(binding)
-        self._current[slot] = 1 - half
-        self._fresh[slot] = False
-        return binding.get_outputs()[0].numpy()
+        logits, *next_rows = binding.get_outputs()
+        for spec, value in zip(self._specs, next_rows):
+            self._run_scatter(spec.name, slot_ids[:, None], value)
+        self._current = 1 - self._current
+        self._fresh[slot_ids] = False
+        return logits.numpy()
+
+    def _half(self, name: str, half: int) -> tuple[list[int], int]:
+        """Shape and device address of one half of a state tensor's slab."""
+        rows = self._capacity + 1
+        return [rows, self._row_size[name]], self._halves[name].data_ptr() + half * rows * self._row_size[name] * 4
+
+    def _run_gather(self, name: str, read: np.ndarray) -> ort.OrtValue:
+        kind, index = self._device.kind, self._device.index
+        binding = self._gather.io_binding()
+        binding.bind_input("slab", kind, index, np.float32, *self._half(name, self._current))
+        binding.bind_cpu_input("indices", read)
+        binding.bind_output("rows", kind, index)
+        self._gather.run_with_iobinding(binding)
+        return binding.get_outputs()[0]
+
+    def _run_scatter(self, name: str, write: np.ndarray, rows: ort.OrtValue) -> None:
+        kind, index = self._device.kind, self._device.index
+        binding = self._scatter.io_binding()
+        binding.bind_input("slab", kind, index, np.float32, *self._half(name, self._current))
+        binding.bind_cpu_input("indices", write)
+        binding.bind_input("rows", kind, index, np.float32, [len(write), self._row_size[name]], rows.data_ptr())
+        binding.bind_output("next_slab", kind, index, np.float32, *self._half(name, 1 - self._current))
+        self._scatter.run_with_iobinding(binding)
 
 
 def open_session(path: str, device: Device, threads: int = 0) -> ort.InferenceSession:

@@ -150,6 +150,17 @@ def test_generated_protobuf_code_is_fresh(tmp_path):
         assert (ROOT / relative).read_bytes() == (tmp_path / relative).read_bytes(), f"{relative} is stale: run scripts/gen_protos.sh"
 
 
+def test_generated_slab_graphs_are_fresh(tmp_path):
+    """server/slab_graphs/*.onnx equal what scripts/gen_slab_graphs.py makes now."""
+    import onnx
+
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_slab_graphs.py"), str(tmp_path)], check=True)
+    for name in ("gather", "scatter"):
+        committed = onnx.load(str(ROOT / "server" / "slab_graphs" / f"{name}.onnx"))
+        fresh = onnx.load(str(tmp_path / f"{name}.onnx"))
+        assert committed.graph == fresh.graph, f"{name}.onnx is stale: run scripts/gen_slab_graphs.py"
+
+
 def test_serving_path_needs_neither_torch_nor_onnx():
     code = """
 import sys

@@ -4,6 +4,7 @@ import threading
 from dataclasses import replace
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from tests.conftest import KOREAN, ServerThread
@@ -38,9 +39,23 @@ def together(calls):
     return results
 
 
-@pytest.fixture(scope="module")
-def server(base_config):
-    with ServerThread(replace(base_config, max_sessions=64)) as running:
+HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        ("cpu", False),
+        ("cpu", True),
+        pytest.param(("cuda", None), marks=pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime's CUDA provider")),
+    ],
+    ids=["host-slab", "device-slab-on-cpu", "cuda"],
+)
+def server(base_config, request):
+    """Both state slabs: rows in host memory (the CPU default) and the device-resident one that CUDA uses,
+    run here on CPU memory through the same I/O-binding code, and on a GPU where there is one."""
+    device, io_binding = request.param
+    with ServerThread(replace(base_config, max_sessions=64, device=device), io_binding=io_binding) as running:
         yield running
 
 
