@@ -45,7 +45,10 @@ def _serve(args) -> None:
     from server.runtime import DeviceUnavailable
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = config_from(ServerConfig, args)
+    try:
+        config = config_from(ServerConfig, args)
+    except ValueError as err:
+        raise SystemExit(f"rnnserve serve: {err}") from None
     if config.workers > 1:
         from server.workers import run_workers
 

@@ -42,7 +42,7 @@ class Batcher:
     def __init__(self, runtime: Runtime, name: str, max_batch: int = 64, max_queue_delay_ms: float = 0.0):
         self._runtime = runtime
         self._name = name
-        self._max_batch = max(1, min(max_batch, runtime.max_batch))
+        self._max_batch = max(1, max_batch)
         self._max_queue_delay_s = max_queue_delay_ms / 1000.0
         self._queue: asyncio.Queue[_Step | _Free] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"runtime-{name}")

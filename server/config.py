@@ -22,3 +22,11 @@ class ServerConfig:
     max_queue_delay_ms: float = option(0.0, "how long a step may wait for others to fill its batch (0: run what is ready)")
     threads: int = option(0, "onnxruntime intra-op threads per model (0: onnxruntime's default, one per core)")
     grace_s: float = option(10.0, "on SIGTERM, how long in-flight calls may take to finish")
+
+    def __post_init__(self):
+        for name in ("workers", "max_sessions", "max_input_tokens", "max_new_tokens", "max_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        for name in ("session_ttl_s", "max_queue_delay_ms", "threads", "grace_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must not be negative, not {getattr(self, name)}")

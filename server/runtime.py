@@ -51,8 +51,6 @@ class Device:
 class HostStateSlab:
     """State rows in host memory: a batch is a gather of its slots' rows, a step, a scatter back."""
 
-    max_batch = 1 << 16
-
     def __init__(self, specs: tuple[StateSpec, ...], capacity: int):
         self._specs = specs
         self._rows = {s.name: np.full((capacity, *s.shape), s.initial, np.float32) for s in specs}  # [capacity, ...]
@@ -78,8 +76,6 @@ class DeviceStateSlab:
     other half, which becomes current. Gather and scatter are tiny onnxruntime graphs on the same device
     (server/slab_graphs/), and every tensor is bound by address (I/O binding): state never crosses to the host.
     """
-
-    max_batch = 1 << 16
 
     def __init__(self, specs: tuple[StateSpec, ...], capacity: int, device: Device):
         self._specs = specs
@@ -168,7 +164,6 @@ class Runtime:
         use_binding = device.kind == "cuda" if io_binding is None else io_binding
         self.slab = DeviceStateSlab(card.state, capacity, device) if use_binding else HostStateSlab(card.state, capacity)
         self.capacity = capacity
-        self.max_batch = self.slab.max_batch
         self.calls = 0  # onnxruntime calls made, for clients and tests to see how work was batched
         self._free = list(range(capacity - 1, -1, -1))
         self._card = card

@@ -75,6 +75,12 @@ def test_cli_reports_a_missing_model_clearly(server):
     assert "NOT_FOUND" in done.stderr and "'nope'" in done.stderr
 
 
+def test_nonsense_settings_are_refused_before_start(repository):
+    done = run_cli("serve", "--repository", str(repository), "--max-sessions", "0")
+    assert done.returncode != 0
+    assert "--max-sessions must be at least 1" in done.stderr
+
+
 def test_a_busy_port_is_refused_not_shared(server, repository):
     port = server.target.rsplit(":", 1)[1]
     done = run_cli("serve", "--repository", str(repository), "--port", port)
