@@ -21,6 +21,12 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", type=int, default=512, help="hidden size of the untrained model")
     parser.add_argument("--layers", type=int, default=2, help="layers of the untrained model")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N, for the server and the in-process baselines")
+
+
+def runtime_flags(args) -> tuple[str, ...]:
+    """The server flags that must match the in-process baselines."""
+    return ("--threads", str(args.threads), "--device", args.device)
 
 
 def model_path(args) -> tuple[Path, str]:
@@ -60,10 +66,12 @@ def server_process(repository: Path, *flags: str):
         process.wait(30)
 
 
-def in_process_session(path: Path, threads: int, batch: int = 1) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
+def in_process_session(path: Path, args, batch: int = 1) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
     """The baseline: the model file run directly, state fed back by hand, as a user would write it."""
+    from server.runtime import Device
+
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    options.intra_op_num_threads = args.threads
+    session = ort.InferenceSession(str(path), options, providers=Device.parse(args.device).providers())
     state = {i.name: np.zeros([batch, *i.shape[1:]], np.float32) for i in session.get_inputs() if i.name != "tokens"}
     return session, state

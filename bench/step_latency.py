@@ -19,7 +19,7 @@ import numpy as np
 
 import grpc
 
-from bench.common import add_model_flags, in_process_session, model_path, server_process
+from bench.common import add_model_flags, in_process_session, model_path, runtime_flags, server_process
 from client import RnnServeClient
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
@@ -34,8 +34,8 @@ def percentiles(samples_s: list[float]) -> dict:
     return {"p50_ms": round(float(np.percentile(ms, 50)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4)}
 
 
-def in_process_steps(path: Path, steps: int, threads: int) -> list[float]:
-    session, state = in_process_session(path, threads)
+def in_process_steps(path: Path, steps: int, args) -> list[float]:
+    session, state = in_process_session(path, args)
     token = np.array([[65]], np.int64)
     times = []
     for _ in range(steps):
@@ -46,9 +46,9 @@ def in_process_steps(path: Path, steps: int, threads: int) -> list[float]:
     return times
 
 
-def in_process_prompt(path: Path, length: int, threads: int) -> tuple[float, float]:
+def in_process_prompt(path: Path, length: int, args) -> tuple[float, float]:
     """(one call over `length` tokens, `length` calls of one token), in seconds."""
-    session, state = in_process_session(path, threads)
+    session, state = in_process_session(path, args)
     tokens = np.full((1, length), 65, np.int64)
     started = time.perf_counter()
     session.run(None, {"tokens": tokens, **state})
@@ -90,10 +90,10 @@ def main() -> None:
 
     repository, model = model_path(args)
     path = repository / model / "1" / "model.onnx"
-    with server_process(repository, "--threads", str(args.threads)) as target, RnnServeClient(target) as client:
+    with server_process(repository, *runtime_flags(args)) as target, RnnServeClient(target) as client:
         server_steps(target, model, 100)  # warm up both sides
-        in_process_steps(path, 100, args.threads)
-        floor = percentiles(in_process_steps(path, args.steps, args.threads))
+        in_process_steps(path, 100, args)
+        floor = percentiles(in_process_steps(path, args.steps, args))
         served = percentiles(server_steps(target, model, args.steps))
         transport = percentiles(server_steps(target, model, args.steps, text=""))
         print(json.dumps({
@@ -104,7 +104,7 @@ def main() -> None:
             "target_p50_1.5x_met": served["p50_ms"] <= TARGET_LATENCY_RATIO * floor["p50_ms"],
         }))
 
-        whole_s, single_s = in_process_prompt(path, args.prompt, args.threads)
+        whole_s, single_s = in_process_prompt(path, args.prompt, args)
         prompt = "A" * args.prompt
         started = time.perf_counter()
         client.generate_text(model, prompt, temperature=0.0, max_tokens=1)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import add_model_flags, in_process_session, model_path, server_process
+from bench.common import add_model_flags, in_process_session, model_path, runtime_flags, server_process
 
 TARGET_VS_NAIVE = 5.0
 TARGET_VS_CEILING = 0.7
@@ -89,9 +89,9 @@ def served_tokens_per_s(target: str, model: str, streams: int, tokens: int, api:
     return float(done.stdout.strip().splitlines()[-1])
 
 
-def in_process_tokens_per_s(path: Path, batch: int, tokens: int, threads: int) -> float:
+def in_process_tokens_per_s(path: Path, batch: int, tokens: int, args) -> float:
     """One onnxruntime call per step over the whole batch, state fed back by hand: the ceiling."""
-    session, state = in_process_session(path, threads, batch)
+    session, state = in_process_session(path, args, batch)
     step = np.full((batch, 1), 65, np.int64)
     started = time.perf_counter()
     for _ in range(tokens):
@@ -132,19 +132,19 @@ def main() -> None:
 
     repository, model = model_path(args)
     path = repository / model / "1" / "model.onnx"
-    threads = ("--threads", str(args.threads))
+    runtime = runtime_flags(args)
     sessions = ("--max-sessions", str(max(args.streams) + 1))
     results = {}
     workers = ("--workers", str(args.workers))
-    with server_process(repository, *threads, *sessions, *workers, "--max-batch", str(args.max_batch)) as target:
+    with server_process(repository, *runtime, *sessions, *workers, "--max-batch", str(args.max_batch)) as target:
         for streams in args.streams:
             results[streams] = {"rnnserve": served_tokens_per_s(target, model, streams, args.tokens, args.api)}
-    with server_process(repository, *threads, *sessions, "--max-batch", "1") as target:
+    with server_process(repository, *runtime, *sessions, "--max-batch", "1") as target:
         for streams in args.streams:
             results[streams]["naive_server"] = served_tokens_per_s(target, model, streams, args.tokens, args.api)
     for streams in args.streams:
         figures = results[streams]
-        figures["in_process_onnxruntime_batched"] = in_process_tokens_per_s(path, streams, args.tokens, args.threads)
+        figures["in_process_onnxruntime_batched"] = in_process_tokens_per_s(path, streams, args.tokens, args)
         if not args.repository:
             figures["pytorch_eager_batched"] = torch_tokens_per_s(args.hidden, args.layers, streams, args.tokens)
         line = {"bench": "throughput", "api": args.api, "model": model, "streams": streams, "tokens_per_stream": args.tokens}

@@ -1,0 +1,33 @@
+"""The benchmarks run end to end on a tiny model and print the figures and target verdicts they promise."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench(module: str, repository: Path, *flags: str) -> list[dict]:
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--repository", str(repository), "--model", "rnn", "--threads", "1", *flags],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def test_step_latency_bench(repository):
+    latency, prompt = bench("bench.step_latency", repository, "--steps", "30", "--prompt", "50")
+    assert latency["grpc_stream"]["p50_ms"] > 0 and latency["in_process_onnxruntime"]["p50_ms"] > 0
+    ratio = latency["grpc_stream"]["p50_ms"] / latency["in_process_onnxruntime"]["p50_ms"]
+    assert abs(latency["ratio_p50"] - ratio) < 0.02  # printed figures are rounded
+    assert isinstance(latency["target_p50_1.5x_met"], bool) and isinstance(prompt["target_20x_met"], bool)
+
+
+def test_throughput_bench(repository):
+    (line,) = bench("bench.throughput", repository, "--streams", "64", "--tokens", "5")
+    figures = line["tokens_per_s"]
+    assert set(figures) == {"rnnserve", "naive_server", "in_process_onnxruntime_batched"}
+    assert abs(line["ratio_vs_naive_server"] - figures["rnnserve"] / figures["naive_server"]) < 0.02
+    assert isinstance(line["target_5x_naive_met"], bool)
