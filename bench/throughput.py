@@ -3,6 +3,7 @@
     python -m bench.throughput                        # an untrained 2-layer 512 LSTM (needs the [train] extra)
     python -m bench.throughput --streams 1 16 64 256 --tokens 200
     python -m bench.throughput --api stream --streams 64   # per-step bidirectional streams
+    python -m bench.throughput --workers 2 --connections 8 --streams 64
 
 For each number of concurrent Generate streams (a client process of its own, grpc.aio), prints one JSON
 line: generated tokens/s of rnnserve, of (a) a naive server — the same server with --max-batch 1, one
@@ -28,43 +29,51 @@ TARGET_VS_NAIVE = 5.0
 TARGET_VS_CEILING = 0.7
 
 
-async def _generate_all(target: str, model: str, streams: int, tokens: int) -> float:
-    """Tokens/s of `streams` concurrent greedy generations (run in a client process of its own)."""
+def _channels(target: str, connections: int):
+    """`connections` channels with a TCP connection each (gRPC would otherwise share one), so that
+    `--workers` processes, which the kernel assigns per connection, all get streams."""
     import grpc
 
+    return [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(connections)]
+
+
+async def _generate_all(target: str, model: str, streams: int, tokens: int, connections: int = 1) -> float:
+    """Tokens/s of `streams` concurrent greedy generations (run in a client process of its own)."""
     from rnnserve.v1 import rnnserve_pb2 as pb
     from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
 
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.RnnServeStub(channel)
+    channels = _channels(target, connections)
+    stubs = [pb_grpc.RnnServeStub(channel) for channel in channels]
+    try:
 
         async def one(i: int) -> int:
             request = pb.GenerateRequest(
                 model=model, prompt=f"Stream {i}: ", sampling=pb.SamplingParams(temperature=0.0, max_tokens=tokens)
             )
             count = 0
-            async for piece in stub.Generate(request):
+            async for piece in stubs[i % connections].Generate(request):
                 count += len(piece.token_ids)
             return count
 
-        await one(0)  # warm up
+        await asyncio.gather(*(one(i) for i in range(connections)))  # warm up every connection
         started = time.perf_counter()
         counts = await asyncio.gather(*(one(i) for i in range(streams)))
         return sum(counts) / (time.perf_counter() - started)
+    finally:
+        await asyncio.gather(*(channel.close() for channel in channels))
 
 
-async def _stream_all(target: str, model: str, streams: int, tokens: int) -> float:
+async def _stream_all(target: str, model: str, streams: int, tokens: int, connections: int = 1) -> float:
     """Steps/s of `streams` concurrent bidirectional streams, each sending one token and waiting for its answer."""
-    import grpc
-
     from rnnserve.v1 import rnnserve_pb2 as pb
     from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
 
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.RnnServeStub(channel)
+    channels = _channels(target, connections)
+    stubs = [pb_grpc.RnnServeStub(channel) for channel in channels]
+    try:
 
-        async def one() -> int:
-            call = stub.Stream()
+        async def one(i: int) -> int:
+            call = stubs[i % connections].Stream()
             await call.write(pb.StreamRequest(start=pb.StreamStart(model=model, top_k=1)))
             await call.read()
             for _ in range(tokens):
@@ -73,17 +82,19 @@ async def _stream_all(target: str, model: str, streams: int, tokens: int) -> flo
             await call.done_writing()
             return tokens
 
-        await one()  # warm up
+        await asyncio.gather(*(one(i) for i in range(connections)))  # warm up every connection
         started = time.perf_counter()
-        counts = await asyncio.gather(*(one() for _ in range(streams)))
+        counts = await asyncio.gather(*(one(i) for i in range(streams)))
         return sum(counts) / (time.perf_counter() - started)
+    finally:
+        await asyncio.gather(*(channel.close() for channel in channels))
 
 
-def served_tokens_per_s(target: str, model: str, streams: int, tokens: int, api: str) -> float:
+def served_tokens_per_s(target: str, model: str, streams: int, tokens: int, api: str, connections: int) -> float:
     function = "_generate_all" if api == "generate" else "_stream_all"
     code = (
         f"import asyncio, sys; from bench.throughput import {function}; "
-        f"print(asyncio.run({function}({target!r}, {model!r}, {streams}, {tokens})))"
+        f"print(asyncio.run({function}({target!r}, {model!r}, {streams}, {tokens}, {min(connections, streams)})))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(done.stdout.strip().splitlines()[-1])
@@ -128,6 +139,8 @@ def main() -> None:
     parser.add_argument("--api", choices=["generate", "stream"], default="generate",
                         help="generate: server-streamed generations; stream: one token per message, answered per step")
     parser.add_argument("--workers", type=int, default=1, help="rnnserve's --workers")
+    parser.add_argument("--connections", type=int, default=1,
+                        help="client connections the streams are spread over (workers are assigned per connection)")
     args = parser.parse_args()
 
     repository, model = model_path(args)
@@ -138,17 +151,19 @@ def main() -> None:
     workers = ("--workers", str(args.workers))
     with server_process(repository, *runtime, *sessions, *workers, "--max-batch", str(args.max_batch)) as target:
         for streams in args.streams:
-            results[streams] = {"rnnserve": served_tokens_per_s(target, model, streams, args.tokens, args.api)}
+            results[streams] = {"rnnserve": served_tokens_per_s(target, model, streams, args.tokens, args.api, args.connections)}
     with server_process(repository, *runtime, *sessions, "--max-batch", "1") as target:
         for streams in args.streams:
-            results[streams]["naive_server"] = served_tokens_per_s(target, model, streams, args.tokens, args.api)
+            results[streams]["naive_server"] = served_tokens_per_s(
+                target, model, streams, args.tokens, args.api, args.connections
+            )
     for streams in args.streams:
         figures = results[streams]
         figures["in_process_onnxruntime_batched"] = in_process_tokens_per_s(path, streams, args.tokens, args)
         if not args.repository:
             figures["pytorch_eager_batched"] = torch_tokens_per_s(args.hidden, args.layers, streams, args.tokens)
         line = {"bench": "throughput", "api": args.api, "model": model, "streams": streams, "tokens_per_stream": args.tokens}
-        line["workers"] = args.workers
+        line["workers"], line["connections"] = args.workers, args.connections
         line["tokens_per_s"] = {k: round(v, 1) for k, v in figures.items() if v is not None}
         line["ratio_vs_naive_server"] = round(figures["rnnserve"] / figures["naive_server"], 2)
         line["ratio_vs_in_process_batched"] = round(figures["rnnserve"] / figures["in_process_onnxruntime_batched"], 2)

@@ -2,7 +2,6 @@
 
 import grpc
 import numpy as np
-import pytest
 
 from rnnserve.v1 import rnnserve_pb2 as pb
 from server.sampling import softmax
