@@ -53,14 +53,17 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def server_process(repository: Path, *flags: str):
-    """`rnnserve serve` in its own process (or processes, with --workers) on a free port; yields its address."""
+    """`rnnserve serve` in its own process (or processes, with --workers) on a free port.
+    Yields (address, pid of the process that serves it first)."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "rnnserve", "serve", "--repository", str(repository), "--port", str(port), *flags],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        yield next(m.group(1) for line in process.stdout if (m := re.search(r"listening on (\S+:\d+)", line)))
+        pattern = re.compile(r"listening on (\S+:\d+) \(pid (\d+)\)")
+        target, pid = next(m.groups() for line in process.stdout if (m := pattern.search(line)))
+        yield target, int(pid)
     finally:
         process.terminate()
         process.wait(30)

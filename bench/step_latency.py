@@ -88,7 +88,7 @@ def main() -> None:
 
     repository, model = model_path(args)
     path = repository / model / "1" / "model.onnx"
-    with server_process(repository, *runtime_flags(args)) as target, RnnServeClient(target) as client:
+    with server_process(repository, *runtime_flags(args)) as (target, _), RnnServeClient(target) as client:
         server_steps(target, model, 100)  # warm up both sides
         in_process_steps(path, 100, args)
         floor = percentiles(in_process_steps(path, args.steps, args))

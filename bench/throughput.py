@@ -149,10 +149,10 @@ def main() -> None:
     sessions = ("--max-sessions", str(max(args.streams) + 1))
     results = {}
     workers = ("--workers", str(args.workers))
-    with server_process(repository, *runtime, *sessions, *workers, "--max-batch", str(args.max_batch)) as target:
+    with server_process(repository, *runtime, *sessions, *workers, "--max-batch", str(args.max_batch)) as (target, _):
         for streams in args.streams:
             results[streams] = {"rnnserve": served_tokens_per_s(target, model, streams, args.tokens, args.api, args.connections)}
-    with server_process(repository, *runtime, *sessions, "--max-batch", "1") as target:
+    with server_process(repository, *runtime, *sessions, "--max-batch", "1") as (target, _):
         for streams in args.streams:
             results[streams]["naive_server"] = served_tokens_per_s(
                 target, model, streams, args.tokens, args.api, args.connections
