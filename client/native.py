@@ -63,6 +63,15 @@ class RnnServeClient:
 
         return self._stub.Stream(requests(), timeout=self._timeout_s)
 
+    def infer(self, model: str, text: str | list[int], version: str = "", top_k: int = 0) -> list[pb.StepPrediction]:
+        """The whole input at once from the initial state: every step's top-k outputs (tokens or labels)."""
+        request = pb.InferRequest(model=model, version=version, top_k=top_k)
+        if isinstance(text, str):
+            request.text = text
+        else:
+            request.tokens.extend(text)
+        return list(self._stub.Infer(request, timeout=self._timeout_s).steps)
+
     def close_session(self, session_id: str) -> None:
         self._stub.CloseSession(pb.CloseSessionRequest(session_id=session_id), timeout=self._timeout_s)
 

@@ -78,10 +78,20 @@ def _stream(args) -> None:
         lines = iter(sys.stdin.readline, "")
         responses = client.stream(args.model, lines, args.version, args.session_id, args.resume, args.top_k)
         for response in responses:
-            for step in response.steps:
-                candidates = "  ".join(f"{c.text!r} {c.probability:.2f}" for c in step.next)
-                print(f"{step.token_text!r:>8} → {candidates}")
+            _print_steps(response.steps)
             print(f"[session {response.session_id}, position {response.position}]", flush=True)
+
+
+def _infer(args) -> None:
+    """The whole text at once; every step's top outputs (next tokens, or labels)."""
+    with _client(args) as client:
+        _print_steps(client.infer(args.model, args.text, args.version, args.top_k))
+
+
+def _print_steps(steps) -> None:
+    for step in steps:
+        candidates = "  ".join(f"{c.text!r} {c.probability:.2f}" for c in step.next)
+        print(f"{step.token_text!r:>8} → {candidates}")
 
 
 def _models(args) -> None:
@@ -89,7 +99,7 @@ def _models(args) -> None:
         for info in client.list_models():
             print(
                 f"{info.name}/{info.version}  {info.task}  {info.cell} {info.layers}×{info.hidden}  "
-                f"tokenizer={info.tokenizer}  streaming={info.streaming}  providers={','.join(info.providers)}"
+                f"tokenizer={info.tokenizer}  calls={','.join(info.calls)}  providers={','.join(info.providers)}"
             )
 
 
@@ -116,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, run, help_text in (
         ("generate", _generate, "stream a generation from a server to the terminal"),
         ("stream", _stream, "send stdin line by line and show the model's per-step predictions"),
+        ("infer", _infer, "send a whole text at once and show every step's top outputs"),
         ("models", _models, "list the models a server serves"),
     ):
         sub = commands.add_parser(name, help=help_text)
@@ -132,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, help="same seed, same text")
     generate.add_argument("--max-tokens", type=int, help="tokens to generate (default: the model's)")
     generate.add_argument("--stop", action="append", help="stop before this string (repeatable)")
+    infer = commands.choices["infer"]
+    infer.add_argument("text", help="the whole input")
+    infer.add_argument("--top-k", type=int, default=5, help="outputs shown per step (default: 5)")
     stream = commands.choices["stream"]
     stream.add_argument("--session-id", default="", help="name the session so a later stream can --resume it")
     stream.add_argument("--resume", action="store_true", help="continue the named session's state")

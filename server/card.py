@@ -32,11 +32,22 @@ class ModelCard:
     task: str
     architecture: dict
     tokenizer: dict
-    vocab_size: int
-    state: tuple[StateSpec, ...]
+    vocab_size: int  # input tokens
+    output_size: int  # entries of each step's output distribution: tokens, or labels
+    labels: tuple[str, ...]  # names of the outputs for taggers and classifiers; empty when they are tokens
+    state: tuple[StateSpec, ...]  # empty for models that need the whole input (no state carried between calls)
     streaming: bool
     sampling: SamplingDefaults
     document: dict  # the whole metadata document, as stored
+
+    @property
+    def generates(self) -> bool:
+        """Text generation feeds each output back as the next input: outputs must be input tokens, step by step."""
+        return self.streaming and not self.labels
+
+    @property
+    def calls(self) -> tuple[str, ...]:
+        return ("Infer",) + (("Stream",) if self.streaming else ()) + (("Generate",) if self.generates else ())
 
 
 class BadModelFile(ValueError):
@@ -59,7 +70,9 @@ def parse_card(name: str, version: str, metadata: dict[str, str]) -> ModelCard:
             task=doc["task"],
             architecture=doc["architecture"],
             tokenizer=doc["tokenizer"],
-            vocab_size=int(doc["outputs"][0]["shape"][-1]),
+            vocab_size=int(doc["architecture"]["vocab_size"]),
+            output_size=int(doc["outputs"][0]["shape"][-1]),
+            labels=tuple(doc["outputs"][0].get("labels", ())),
             state=tuple(
                 StateSpec(s["name"], s["output"], tuple(s["shape"]), float(s.get("initial", 0.0))) for s in doc["state"]
             ),

@@ -64,6 +64,15 @@ class StreamStart:
 
 
 @dataclass(frozen=True, slots=True)
+class InferRequest:
+    model: str
+    version: str = ""
+    text: str = ""
+    tokens: tuple[int, ...] = ()
+    top_k: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Chunk:
     reset: bool = False
     text: str = ""
@@ -100,6 +109,10 @@ class InferenceService:
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GeneratedPiece]:
         """Consumes the prompt in one runtime call, then samples one token per step."""
         model = self.repository.get(request.model, request.version)
+        if not model.card.generates:
+            raise FailedPrecondition(
+                f"model {model.card.name!r} ({model.card.task}) does not generate text: it supports {', '.join(model.card.calls)}"
+            )
         params = self._sampling(model, request.sampling)
         prompt = self._encode(model, request.prompt, "prompt")
         if not prompt:
@@ -130,38 +143,63 @@ class InferenceService:
         model = self.repository.get(start.model, start.version)
         if not model.card.streaming:
             raise FailedPrecondition(
-                f"model {model.card.name!r} cannot stream per step (it needs the whole input at once); "
-                "send the whole input in one call instead"
+                f"model {model.card.name!r} cannot stream per step (it needs the whole input at once): "
+                "send the whole input in one Infer call instead"
             )
-        top_k = start.top_k or DEFAULT_STREAM_TOP_K
-        if top_k > model.card.vocab_size:
-            raise InvalidArgument("start.top_k", f"{top_k} is more than the vocabulary size {model.card.vocab_size}")
+        top_k = self._top_k(model, start.top_k, "start.top_k")
         async with self.sessions.attach(model, start.session_id, start.resume) as session:
             yield lambda chunk: self._consume(session, chunk, top_k)
+
+    async def infer(self, request: InferRequest) -> tuple[StepPrediction, ...]:
+        """The whole input in one call from the initial state, on a session of its own."""
+        model = self.repository.get(request.model, request.version)
+        top_k = self._top_k(model, request.top_k, "top_k")
+        tokens = self._input_tokens(model, request.text, request.tokens)
+        if not tokens:
+            raise InvalidArgument("text", "the input is empty")
+        async with self.sessions.attach(model) as session:
+            return self._predictions(model, tokens, await session.step(tokens), top_k)
 
     def close_session(self, session_id: str) -> None:
         self.sessions.close(session_id)
 
     async def _consume(self, session: Session, chunk: Chunk, top_k: int) -> ChunkResult:
         model = session.model
-        if chunk.text and chunk.tokens:
-            raise InvalidArgument("text", "send text or tokens in one message, not both")
-        tokens = self._encode(model, chunk.text, "text") if chunk.text else self._check_ids(model, chunk.tokens)
+        tokens = self._input_tokens(model, chunk.text, chunk.tokens)
         if chunk.reset:
             session.reset()
         if not tokens:
             return ChunkResult(session.id, session.position)
-        ids, probs = top_tokens(await session.step(tokens), top_k)  # each [T, k]
-        tokenizer = model.tokenizer
-        steps = tuple(
+        steps = self._predictions(model, tokens, await session.step(tokens), top_k)
+        return ChunkResult(session.id, session.position, steps)
+
+    def _predictions(self, model: Model, tokens: list[int], logits, top_k: int) -> tuple[StepPrediction, ...]:
+        """logits [T, outputs] → each step's input and its top-k outputs, named as tokens or as labels."""
+        ids, probs = top_tokens(logits, top_k)  # each [T, k]
+        tokenizer, labels = model.tokenizer, model.card.labels
+
+        def name(output: int) -> str:
+            return labels[output] if labels else token_text(tokenizer, output)
+
+        return tuple(
             StepPrediction(
                 token,
                 token_text(tokenizer, token),
-                tuple(Candidate(int(i), token_text(tokenizer, int(i)), float(p)) for i, p in zip(row_ids, row_probs)),
+                tuple(Candidate(int(i), name(int(i)), float(p)) for i, p in zip(row_ids, row_probs)),
             )
             for token, row_ids, row_probs in zip(tokens, ids, probs)
         )
-        return ChunkResult(session.id, session.position, steps)
+
+    def _input_tokens(self, model: Model, text: str, tokens: tuple[int, ...]) -> list[int]:
+        if text and tokens:
+            raise InvalidArgument("text", "send text or tokens in one message, not both")
+        return self._encode(model, text, "text") if text else self._check_ids(model, tokens)
+
+    def _top_k(self, model: Model, asked: int, field_name: str) -> int:
+        top_k = asked or DEFAULT_STREAM_TOP_K
+        if top_k > model.card.output_size:
+            raise InvalidArgument(field_name, f"{top_k} is more than the {model.card.output_size} outputs of the model")
+        return top_k
 
     def _encode(self, model: Model, text: str, field_name: str) -> list[int]:
         try:

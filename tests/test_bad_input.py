@@ -154,3 +154,11 @@ def test_closing_a_session_held_by_an_open_stream_is_refused(client):
     box.put(None)
     list(stream)
     client.close_session("held")
+
+
+@pytest.mark.usefixtures("healthy_after")
+def test_infer_bad_input(client):
+    check(lambda: client.infer("nope", "x"), grpc.StatusCode.NOT_FOUND, "'nope'")
+    check(lambda: client.infer("lstm", ""), grpc.StatusCode.INVALID_ARGUMENT, "empty")
+    check(lambda: client.infer("lstm", [999]), grpc.StatusCode.INVALID_ARGUMENT, "tokens[0]")
+    check(lambda: client.infer("gru", "☃"), grpc.StatusCode.INVALID_ARGUMENT, "'☃'")

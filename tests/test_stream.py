@@ -2,6 +2,7 @@
 
 import grpc
 import numpy as np
+import pytest
 
 from rnnserve.v1 import rnnserve_pb2 as pb
 from server.sampling import softmax
@@ -102,3 +103,17 @@ def test_interleaved_streams_keep_their_own_state(client):
     outbox_b.put(None)
     assert np.abs(predictions(got_a)[1] - alone_a).max() < 1e-6
     assert np.abs(predictions(got_b)[1] - alone_b).max() < 1e-6
+
+
+def test_infer_takes_the_whole_input_from_the_initial_state(client):
+    text = "The whole input at once."
+    streamed = [c.probability for r in client.stream("lstm", [text[:7], text[7:]], top_k=4) for s in r.steps for c in s.next]
+    inferred = client.infer("lstm", text, top_k=4)
+    assert [s.token_text for s in inferred] == list(text)
+    assert [c.probability for s in inferred for c in s.next] == pytest.approx(streamed, abs=1e-6)
+    assert client.infer("lstm", [ord(ch) for ch in "ab"])[1].token_text == "b"
+
+
+def test_every_model_says_which_calls_it_supports(client):
+    info = client.get_model("lstm")
+    assert list(info.calls) == ["Infer", "Stream", "Generate"] and not info.labels

@@ -59,6 +59,11 @@ class RnnServeStub:
                 request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.CloseSessionRequest.SerializeToString,
                 response_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.CloseSessionResponse.FromString,
                 _registered_method=True)
+        self.Infer = channel.unary_unary(
+                '/rnnserve.v1.RnnServe/Infer',
+                request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.InferRequest.SerializeToString,
+                response_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.InferResponse.FromString,
+                _registered_method=True)
 
 
 class RnnServeServicer:
@@ -100,6 +105,14 @@ class RnnServeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Infer(self, request, context):
+        """The whole input at once, from the model's initial state: the output distribution at every step.
+        Every model supports it, including those that cannot stream per step (bidirectional ones).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RnnServeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +140,11 @@ def add_RnnServeServicer_to_server(servicer, server):
                     servicer.CloseSession,
                     request_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.CloseSessionRequest.FromString,
                     response_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.CloseSessionResponse.SerializeToString,
+            ),
+            'Infer': grpc.unary_unary_rpc_method_handler(
+                    servicer.Infer,
+                    request_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.InferRequest.FromString,
+                    response_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.InferResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +282,33 @@ class RnnServe:
             '/rnnserve.v1.RnnServe/CloseSession',
             rnnserve_dot_v1_dot_rnnserve__pb2.CloseSessionRequest.SerializeToString,
             rnnserve_dot_v1_dot_rnnserve__pb2.CloseSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Infer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rnnserve.v1.RnnServe/Infer',
+            rnnserve_dot_v1_dot_rnnserve__pb2.InferRequest.SerializeToString,
+            rnnserve_dot_v1_dot_rnnserve__pb2.InferResponse.FromString,
             options,
             channel_credentials,
             insecure,

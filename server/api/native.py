@@ -9,7 +9,17 @@ from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
 from server.api.status import streaming, unary
 from server.errors import InvalidArgument
 from server.repository import Model
-from server.service import Chunk, ChunkResult, GeneratedPiece, GenerateRequest, InferenceService, SamplingRequest, StreamStart
+from server.service import (
+    Chunk,
+    ChunkResult,
+    GeneratedPiece,
+    GenerateRequest,
+    InferenceService,
+    InferRequest,
+    SamplingRequest,
+    StepPrediction,
+    StreamStart,
+)
 
 FINISH_REASONS = {"": pb.FINISH_REASON_UNSPECIFIED, "length": pb.FINISH_REASON_LENGTH, "stop": pb.FINISH_REASON_STOP}
 
@@ -44,6 +54,11 @@ class NativeServicer(pb_grpc.RnnServeServicer):
                 if request.HasField("start"):
                     raise InvalidArgument("start", "only the first message of a stream may carry `start`")
                 yield stream_response(await consume(chunk(request)))
+
+    @unary
+    async def Infer(self, request: pb.InferRequest, context) -> pb.InferResponse:
+        steps = await self._service.infer(infer_request(request))
+        return pb.InferResponse(steps=[step_prediction(step) for step in steps])
 
     @unary
     async def CloseSession(self, request: pb.CloseSessionRequest, context) -> pb.CloseSessionResponse:
@@ -90,18 +105,21 @@ def chunk(message: pb.StreamRequest) -> Chunk:
     return Chunk(message.reset, message.text, tuple(message.tokens))
 
 
+def infer_request(message: pb.InferRequest) -> InferRequest:
+    return InferRequest(message.model, message.version, message.text, tuple(message.tokens), message.top_k)
+
+
 def stream_response(result: ChunkResult) -> pb.StreamResponse:
     return pb.StreamResponse(
-        session_id=result.session_id,
-        position=result.position,
-        steps=[
-            pb.StepPrediction(
-                token_id=step.token_id,
-                token_text=step.token_text,
-                next=[pb.TokenProbability(token_id=c.token_id, text=c.text, probability=c.probability) for c in step.next],
-            )
-            for step in result.steps
-        ],
+        session_id=result.session_id, position=result.position, steps=[step_prediction(s) for s in result.steps]
+    )
+
+
+def step_prediction(step: StepPrediction) -> pb.StepPrediction:
+    return pb.StepPrediction(
+        token_id=step.token_id,
+        token_text=step.token_text,
+        next=[pb.TokenProbability(token_id=c.token_id, text=c.text, probability=c.probability) for c in step.next],
     )
 
 
@@ -128,4 +146,6 @@ def model_info(model: Model, versions: list[str]) -> pb.ModelInfo:
         active_sessions=runtime.slots_in_use,
         max_sessions=runtime.capacity,
         runtime_calls=runtime.calls,
+        calls=card.calls,
+        labels=card.labels,
     )
