@@ -29,65 +29,54 @@ TARGET_VS_NAIVE = 5.0
 TARGET_VS_CEILING = 0.7
 
 
-def _channels(target: str, connections: int):
-    """`connections` channels with a TCP connection each (gRPC would otherwise share one), so that
-    `--workers` processes, which the kernel assigns per connection, all get streams."""
+async def _tokens_per_s(target: str, streams: int, connections: int, one) -> float:
+    """Runs `one(stub, i)` for every stream at once, spread over `connections` TCP connections (gRPC would
+    otherwise share one, and `--workers` processes are assigned per connection); returns tokens per second."""
     import grpc
 
-    return [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(connections)]
+    from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
+
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(connections)]
+    stubs = [pb_grpc.RnnServeStub(channel) for channel in channels]
+    try:
+        await asyncio.gather(*(one(stub, i) for i, stub in enumerate(stubs)))  # warm up every connection
+        started = time.perf_counter()
+        counts = await asyncio.gather(*(one(stubs[i % connections], i) for i in range(streams)))
+        return sum(counts) / (time.perf_counter() - started)
+    finally:
+        await asyncio.gather(*(channel.close() for channel in channels))
 
 
 async def _generate_all(target: str, model: str, streams: int, tokens: int, connections: int = 1) -> float:
     """Tokens/s of `streams` concurrent greedy generations (run in a client process of its own)."""
     from rnnserve.v1 import rnnserve_pb2 as pb
-    from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
 
-    channels = _channels(target, connections)
-    stubs = [pb_grpc.RnnServeStub(channel) for channel in channels]
-    try:
+    async def one(stub, i: int) -> int:
+        sampling = pb.SamplingParams(temperature=0.0, max_tokens=tokens)
+        count = 0
+        async for piece in stub.Generate(pb.GenerateRequest(model=model, prompt=f"Stream {i}: ", sampling=sampling)):
+            count += len(piece.token_ids)
+        return count
 
-        async def one(i: int) -> int:
-            request = pb.GenerateRequest(
-                model=model, prompt=f"Stream {i}: ", sampling=pb.SamplingParams(temperature=0.0, max_tokens=tokens)
-            )
-            count = 0
-            async for piece in stubs[i % connections].Generate(request):
-                count += len(piece.token_ids)
-            return count
-
-        await asyncio.gather(*(one(i) for i in range(connections)))  # warm up every connection
-        started = time.perf_counter()
-        counts = await asyncio.gather(*(one(i) for i in range(streams)))
-        return sum(counts) / (time.perf_counter() - started)
-    finally:
-        await asyncio.gather(*(channel.close() for channel in channels))
+    return await _tokens_per_s(target, streams, connections, one)
 
 
 async def _stream_all(target: str, model: str, streams: int, tokens: int, connections: int = 1) -> float:
     """Steps/s of `streams` concurrent bidirectional streams, each sending one token and waiting for its answer."""
     from rnnserve.v1 import rnnserve_pb2 as pb
-    from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
 
-    channels = _channels(target, connections)
-    stubs = [pb_grpc.RnnServeStub(channel) for channel in channels]
-    try:
-
-        async def one(i: int) -> int:
-            call = stubs[i % connections].Stream()
-            await call.write(pb.StreamRequest(start=pb.StreamStart(model=model, top_k=1)))
+    async def one(stub, i: int) -> int:
+        call = stub.Stream()
+        await call.write(pb.StreamRequest(start=pb.StreamStart(model=model, top_k=1)))
+        await call.read()
+        for _ in range(tokens):
+            await call.write(pb.StreamRequest(text="A"))
             await call.read()
-            for _ in range(tokens):
-                await call.write(pb.StreamRequest(text="A"))
-                await call.read()
-            await call.done_writing()
-            return tokens
+        await call.done_writing()
+        return tokens
 
-        await asyncio.gather(*(one(i) for i in range(connections)))  # warm up every connection
-        started = time.perf_counter()
-        counts = await asyncio.gather(*(one(i) for i in range(streams)))
-        return sum(counts) / (time.perf_counter() - started)
-    finally:
-        await asyncio.gather(*(channel.close() for channel in channels))
+    return await _tokens_per_s(target, streams, connections, one)
 
 
 def served_tokens_per_s(target: str, model: str, streams: int, tokens: int, api: str, connections: int) -> float:
