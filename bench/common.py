@@ -36,11 +36,11 @@ def model_path(args) -> tuple[Path, str]:
     import torch
 
     from export.exporter import export_model
-    from training.models import ModelConfig, RecurrentLM
+    from training.models import ModelConfig, RecurrentNet
 
     repository = Path(tempfile.mkdtemp(prefix="rnnserve-bench-"))
     torch.manual_seed(0)
-    model = RecurrentLM(ModelConfig(256, "lstm", args.layers, args.hidden, 64))
+    model = RecurrentNet(ModelConfig(256, "lstm", args.layers, args.hidden, 64))
     export_model(model, {"kind": "byte"}, {}, repository / "bench" / "1" / "model.onnx")
     return repository, "bench"
 

@@ -105,10 +105,10 @@ def torch_tokens_per_s(hidden: int, layers: int, batch: int, tokens: int) -> flo
     try:
         import torch
 
-        from training.models import ModelConfig, RecurrentLM
+        from training.models import ModelConfig, RecurrentNet
     except ModuleNotFoundError:
         return None
-    model = RecurrentLM(ModelConfig(256, "lstm", layers, hidden, 64)).eval()
+    model = RecurrentNet(ModelConfig(256, "lstm", layers, hidden, 64)).eval()
     state = model.initial_state(batch)
     step = torch.full((batch, 1), 65)
     with torch.no_grad():

@@ -11,7 +11,7 @@ from export.config import ExportConfig
 from export.graphs import export_step_graph
 from export.metadata import attach, language_model_document
 from export.verify import check_parity, parity_report
-from training.models import RecurrentLM
+from training.models import RecurrentNet
 from training.train import load_model
 
 
@@ -25,7 +25,7 @@ def export(config: ExportConfig) -> tuple[Path, dict]:
     return target, export_model(model, tokenizer.spec(), checkpoint["progress"]["metrics"], target)
 
 
-def export_model(model: RecurrentLM, tokenizer_spec: dict, training_metrics: dict, target: Path) -> dict:
+def export_model(model: RecurrentNet, tokenizer_spec: dict, training_metrics: dict, target: Path) -> dict:
     """Exports, parity-checks, checks and writes one model file; returns the parity report."""
     graph = export_step_graph(model)
     report = parity_report(model, graph)

@@ -8,16 +8,16 @@ import warnings
 import torch
 from torch import nn
 
-from training.models import RecurrentLM
+from training.models import RecurrentNet
 
 OPSET = 17
 
 
 class StepGraph(nn.Module):
-    """Wraps a RecurrentLM so every state tensor is [batch, layers, hidden]: one sequence is one row,
+    """Wraps a RecurrentNet so every state tensor is [batch, layers, hidden]: one sequence is one row,
     which is what lets the server keep all sequences' states in one slab and gather rows into a batch."""
 
-    def __init__(self, model: RecurrentLM):
+    def __init__(self, model: RecurrentNet):
         super().__init__()
         self.model = model
 
@@ -31,7 +31,7 @@ def state_output_name(name: str) -> str:
     return f"{name}_next"
 
 
-def export_step_graph(model: RecurrentLM) -> bytes:
+def export_step_graph(model: RecurrentNet) -> bytes:
     """The serialized ONNX model, T and batch dynamic.
 
     dynamo=False maps nn.LSTM/GRU/RNN to ONNX's fused recurrent operators, which onnxruntime runs fast;

@@ -7,7 +7,7 @@ import onnxruntime as ort
 import torch
 
 from export.graphs import state_output_name
-from training.models import RecurrentLM
+from training.models import RecurrentNet
 
 TOLERANCE = 1e-4
 
@@ -16,7 +16,7 @@ class ParityError(RuntimeError):
     pass
 
 
-def parity_report(model: RecurrentLM, model_bytes: bytes, steps: int = 24, batch: int = 3, seed: int = 0) -> dict:
+def parity_report(model: RecurrentNet, model_bytes: bytes, steps: int = 24, batch: int = 3, seed: int = 0) -> dict:
     """Max abs differences of logits and final state between PyTorch and onnxruntime.
 
     The initial state is random, not zeros, so a graph that ignored its state inputs would fail.

@@ -9,6 +9,7 @@ from rnnserve.options import option
 
 @dataclass(frozen=True)
 class TrainConfig:
+    task: str = option("language_model", "language_model, or boundary_tagger: restore the spaces of text that has none")
     corpus: str | None = option(None, "UTF-8 text file to train on (default: the built-in corpus, Python's help topics)")
     tokenizer: str = option("byte", "byte (any UTF-8, vocabulary 256) or char (vocabulary built from the corpus)")
     cell: str = option("lstm", "recurrent cell: rnn, lstm or gru")
@@ -16,6 +17,7 @@ class TrainConfig:
     hidden: int = option(256, "units per recurrent layer")
     embedding: int = option(64, "token embedding size")
     dropout: float = option(0.1, "dropout between layers and before the head")
+    bidirectional: bool = option(False, "read the input both ways (taggers): more accurate, but served whole-sequence only")
     batch_size: int = option(16, "parallel text streams per step")
     bptt: int = option(64, "steps to backpropagate through before the state is detached")
     lr: float = option(5e-3, "peak Adam learning rate (linear warmup, then cosine decay to a tenth)")

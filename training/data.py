@@ -56,8 +56,7 @@ def batchify(ids: list[int], batch_size: int) -> torch.Tensor:
     return torch.tensor(ids[: columns * batch_size], dtype=torch.long).view(batch_size, columns)
 
 
-def chunks(data: torch.Tensor, bptt: int):
-    """Yields (inputs, targets) windows of `bptt` steps: targets are inputs shifted by one. # [B, T]"""
-    for start in range(0, data.size(1) - 1, bptt):
-        length = min(bptt, data.size(1) - 1 - start)
-        yield data[:, start : start + length], data[:, start + 1 : start + 1 + length]
+def chunks(inputs: torch.Tensor, targets: torch.Tensor, bptt: int):
+    """Yields aligned (inputs, targets) windows of `bptt` steps, each [B, T]."""
+    for start in range(0, inputs.size(1), bptt):
+        yield inputs[:, start : start + bptt], targets[:, start : start + bptt]

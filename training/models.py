@@ -1,4 +1,7 @@
-"""Recurrent language models: embedding → recurrent stack → linear head over the vocabulary."""
+"""Recurrent networks: embedding → recurrent stack → linear head, for every cell and every task.
+
+A language model's head covers the vocabulary (the next token); a tagger's covers its labels.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ class ModelConfig:
     hidden: int = 256  # units per recurrent layer
     embedding: int = 64  # size of the token embedding fed to the first layer
     dropout: float = 0.1  # between layers and before the head; off at inference
+    outputs: int = 0  # size of the head; 0: the vocabulary (a language model)
+    bidirectional: bool = False  # reads the whole input both ways: more accurate, cannot stream per step
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -32,15 +37,23 @@ class ModelConfig:
     def state_names(self) -> tuple[str, ...]:
         return CELLS[self.cell][1]
 
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self) -> int:
+        return self.outputs or self.vocab_size
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-class RecurrentLM(nn.Module):
-    """A character (or byte) language model over any cell type.
+class RecurrentNet(nn.Module):
+    """Per-step outputs over any cell type: next-token logits, or label logits.
 
-    State is kept in PyTorch's layout here, each tensor [layers, B, hidden]; the export wrapper turns
-    it batch-major for serving.
+    State is kept in PyTorch's layout here, each tensor [layers·directions, B, hidden]; the export wrapper
+    turns it batch-major for serving.
     """
 
     def __init__(self, config: ModelConfig):
@@ -54,18 +67,20 @@ class RecurrentLM(nn.Module):
             num_layers=config.layers,
             dropout=config.dropout if config.layers > 1 else 0.0,
             batch_first=True,
+            bidirectional=config.bidirectional,
         )
         self.drop = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.hidden, config.vocab_size)
+        self.head = nn.Linear(config.hidden * config.directions, config.output_size)
 
     def initial_state(self, batch: int) -> tuple[torch.Tensor, ...]:
-        zeros = torch.zeros(self.config.layers, batch, self.config.hidden, device=self.head.weight.device)
+        rows = self.config.layers * self.config.directions
+        zeros = torch.zeros(rows, batch, self.config.hidden, device=self.head.weight.device)
         return tuple(zeros.clone() for _ in self.config.state_names)
 
     def forward(self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...]):
-        """tokens [B, T] → logits [B, T, V], next state (each [layers, B, hidden])."""
+        """tokens [B, T] → logits [B, T, outputs], next state (each [layers·directions, B, hidden])."""
         x = self.drop(self.embed(tokens))  # [B, T, E]
         packed_state = state if len(state) > 1 else state[0]
-        y, next_state = self.rnn(x, packed_state)  # y: [B, T, H]
+        y, next_state = self.rnn(x, packed_state)  # y: [B, T, H·directions]
         next_state = next_state if isinstance(next_state, tuple) else (next_state,)
         return self.head(self.drop(y)), next_state

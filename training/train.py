@@ -13,11 +13,10 @@ from torch import nn
 from tqdm import tqdm
 
 from training.config import TrainConfig
-from training.data import batchify, chunks, load_corpus, split_corpus, unigram_entropy_bits
-from training.models import ModelConfig, RecurrentLM
-from training.text import IncrementalDecoder, Tokenizer, make_tokenizer, tokenizer_from_spec
-
-LN2 = math.log(2)
+from training.data import batchify, chunks, load_corpus, split_corpus
+from training.models import ModelConfig, RecurrentNet
+from training.tasks import Split, task_named
+from training.text import Tokenizer, make_tokenizer, tokenizer_from_spec
 
 
 @dataclass
@@ -38,34 +37,19 @@ def lr_factor(config: TrainConfig, step: int, fraction_done: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: RecurrentLM, data: torch.Tensor, bptt: int) -> float:
-    """Mean validation loss in nats per token."""
+def evaluate(model: RecurrentNet, inputs: torch.Tensor, targets: torch.Tensor, bptt: int) -> tuple[float, torch.Tensor]:
+    """Mean validation loss in nats per step, and the most probable output at every step (row by row)."""
     model.eval()
-    state = model.initial_state(data.size(0))
-    total, count = 0.0, 0
-    for inputs, targets in chunks(data, bptt):
-        logits, state = model(inputs, state)
-        total += nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
-        count += targets.numel()
+    state = model.initial_state(inputs.size(0))
+    total, count, predicted = 0.0, 0, []
+    for window, expected in chunks(inputs, targets, bptt):
+        logits, next_state = model(window, state if not model.config.bidirectional else model.initial_state(inputs.size(0)))
+        state = next_state
+        total += nn.functional.cross_entropy(logits.flatten(0, 1), expected.flatten(), reduction="sum").item()
+        count += expected.numel()
+        predicted.append(logits.argmax(-1))
     model.train()
-    return total / count
-
-
-@torch.no_grad()
-def sample(model: RecurrentLM, tokenizer: Tokenizer, prompt: str, chars: int, temperature: float = 0.8) -> str:
-    """Text continuing `prompt`, sampled step by step from the PyTorch model."""
-    model.eval()
-    decoder = IncrementalDecoder(tokenizer)
-    tokens = torch.tensor([tokenizer.encode(prompt)])
-    logits, state = model(tokens, model.initial_state(1))
-    text = ""
-    while len(text) < chars:
-        probs = torch.softmax(logits[0, -1] / temperature, dim=-1)
-        token = int(torch.multinomial(probs, 1))
-        text += decoder.feed(token)
-        logits, state = model(torch.tensor([[token]]), state)
-    model.train()
-    return text
+    return total / count, torch.cat(predicted, dim=1).flatten()
 
 
 def save_checkpoint(path: Path, model, optimizer, tokenizer, config: TrainConfig, progress: Progress) -> None:
@@ -87,12 +71,38 @@ def save_checkpoint(path: Path, model, optimizer, tokenizer, config: TrainConfig
     os.replace(tmp, path)
 
 
-def load_model(path: str | Path) -> tuple[RecurrentLM, Tokenizer, dict]:
+def load_model(path: str | Path) -> tuple[RecurrentNet, Tokenizer, dict]:
     """A checkpoint carries its own constructor arguments: model, tokenizer and metrics come back whole."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    model = RecurrentLM(ModelConfig(**checkpoint["model_config"]))
+    model = RecurrentNet(ModelConfig(**checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model_state"])
     return model.eval(), tokenizer_from_spec(checkpoint["tokenizer"]), checkpoint
+
+
+@dataclass
+class Data:
+    """A corpus cut for one task: training streams [B, N], validation streams, and the validation split."""
+
+    train_inputs: torch.Tensor
+    train_targets: torch.Tensor
+    val_inputs: torch.Tensor
+    val_targets: torch.Tensor
+    val: Split
+    val_text: str
+
+
+def prepare(task, tokenizer: Tokenizer, text: str, config: TrainConfig) -> Data:
+    train_text, val_text = split_corpus(text, config.val_fraction)
+    train, val = task.split(tokenizer, train_text), task.split(tokenizer, val_text)
+    val_rows = min(16, max(1, len(val.inputs) // (2 * config.bptt)))
+    return Data(
+        batchify(train.inputs, config.batch_size),
+        batchify(train.targets, config.batch_size),
+        batchify(val.inputs, val_rows),
+        batchify(val.targets, val_rows),
+        val,
+        val_text,
+    )
 
 
 def train(config: TrainConfig) -> dict:
@@ -103,19 +113,22 @@ def train(config: TrainConfig) -> dict:
     if config.resume and not out.exists():
         raise SystemExit(f"--resume: no checkpoint at {out}")
     checkpoint = torch.load(out, map_location="cpu", weights_only=False) if config.resume else None
-    tokenizer = tokenizer_from_spec(checkpoint["tokenizer"]) if checkpoint else make_tokenizer(config.tokenizer, text)
-    train_text, val_text = split_corpus(text, config.val_fraction)
-    train_data = batchify(tokenizer.encode(train_text), config.batch_size)  # [B, N]
-    val_ids = tokenizer.encode(val_text)
-    val_data = batchify(val_ids, min(16, max(1, len(val_ids) // (2 * config.bptt))))
-    chars_per_token = len(val_text) / len(val_ids)
+    task = task_named(checkpoint["train_config"].get("task", "language_model") if checkpoint else config.task)
+    tokenizer = (
+        tokenizer_from_spec(checkpoint["tokenizer"]) if checkpoint else make_tokenizer(config.tokenizer, task.tokenizer_text(text))
+    )
+    data = prepare(task, tokenizer, text, config)
+    chars_per_token = data.val.chars / len(data.val.inputs)
 
     model_config = (
         ModelConfig(**checkpoint["model_config"])
         if checkpoint
-        else ModelConfig(tokenizer.vocab_size, config.cell, config.layers, config.hidden, config.embedding, config.dropout)
+        else ModelConfig(
+            tokenizer.vocab_size, config.cell, config.layers, config.hidden, config.embedding, config.dropout,
+            outputs=len(task.labels), bidirectional=config.bidirectional,
+        )
     )
-    model = RecurrentLM(model_config)
+    model = RecurrentNet(model_config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     progress = Progress()
     if checkpoint:
@@ -125,8 +138,7 @@ def train(config: TrainConfig) -> dict:
         torch.set_rng_state(checkpoint["rng_state"])
 
     total_steps, total_s = config.budget()
-    unigram_bpc = unigram_entropy_bits(text)
-    windows = list(chunks(train_data, config.bptt))
+    windows = list(chunks(data.train_inputs, data.train_targets, config.bptt))
     log = (lambda msg: None) if config.quiet else tqdm.write
 
     def fraction_done() -> float:
@@ -135,23 +147,21 @@ def train(config: TrainConfig) -> dict:
         return max(done)
 
     def checkpoint_now(train_loss: float) -> None:
-        val_loss = evaluate(model, val_data, config.bptt)
+        val_loss, predicted = evaluate(model, data.val_inputs, data.val_targets, config.bptt)
         progress.metrics = {
+            "task": task.name,
             "train_loss_nats": round(train_loss, 4),
-            "val_loss_nats": round(val_loss, 4),
-            "val_bits_per_char": round(val_loss / LN2 / chars_per_token, 4),
-            "unigram_bits_per_char": round(unigram_bpc, 4),
+            **task.metrics(val_loss, predicted, data.val, text),
             "steps": progress.step,
             "train_seconds": round(progress.elapsed_s, 1),
             "corpus": config.corpus or "builtin:pydoc_data.topics",
             "corpus_chars": len(text),
         }
-        log(
-            f"step {progress.step}: val loss {val_loss:.3f} nats, {progress.metrics['val_bits_per_char']:.3f} bits/char "
-            f"(unigram {unigram_bpc:.3f})"
-        )
+        log(f"step {progress.step}: {task.summary(progress.metrics)}")
         if not config.quiet:
-            log("  sample: " + repr(sample(model, tokenizer, "The ", config.sample_chars)))
+            model.eval()
+            log("  sample: " + repr(task.sample(model, tokenizer, data.val_text, config.sample_chars)))
+            model.train()
         save_checkpoint(out, model, optimizer, tokenizer, config, progress)
 
     bar = tqdm(
@@ -173,7 +183,8 @@ def train(config: TrainConfig) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * lr_factor(config, progress.step, fraction_done())
             # Detach: gradients stop at the chunk boundary (truncated BPTT) while the state carries on.
-            state = tuple(s.detach() for s in state)
+            # A bidirectional model reads each window on its own: its backward half cannot carry state.
+            state = model.initial_state(config.batch_size) if model_config.bidirectional else tuple(s.detach() for s in state)
             logits, state = model(inputs, state)
             loss = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
             optimizer.zero_grad(set_to_none=True)
