@@ -22,6 +22,8 @@ class StepGraph(nn.Module):
         self.model = model
 
     def forward(self, tokens: torch.Tensor, *state: torch.Tensor):
+        if not state:  # a whole-sequence graph (bidirectional): every call starts from the initial state
+            return self.model(tokens, None)[0]
         torch_state = tuple(s.transpose(0, 1).contiguous() for s in state)  # each [layers, B, H]
         logits, next_state = self.model(tokens, torch_state)  # [B, T, V]
         return (logits, *(s.transpose(0, 1) for s in next_state))  # each [B, layers, H]
@@ -32,18 +34,20 @@ def state_output_name(name: str) -> str:
 
 
 def export_step_graph(model: RecurrentNet) -> bytes:
-    """The serialized ONNX model, T and batch dynamic.
+    """The serialized ONNX model, T and batch dynamic: a step graph (state in, next state out), or for a
+    bidirectional model a whole-sequence graph with no state.
 
     dynamo=False maps nn.LSTM/GRU/RNN to ONNX's fused recurrent operators, which onnxruntime runs fast;
     the parity check in export/verify.py decides whether the result is right.
     """
     config = model.config
+    names = config.served_state_names
     graph = StepGraph(model.eval())
     tokens = torch.zeros(2, 3, dtype=torch.long)
-    state = tuple(torch.zeros(2, config.layers, config.hidden) for _ in config.state_names)
-    state_outputs = [state_output_name(n) for n in config.state_names]
+    state = tuple(torch.zeros(2, config.layers, config.hidden) for _ in names)
+    state_outputs = [state_output_name(n) for n in names]
     dynamic = {"tokens": {0: "batch", 1: "T"}, "logits": {0: "batch", 1: "T"}}
-    dynamic |= {n: {0: "batch"} for n in (*config.state_names, *state_outputs)}
+    dynamic |= {n: {0: "batch"} for n in (*names, *state_outputs)}
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the recurrent-op and batch_first notices are expected here
@@ -53,7 +57,7 @@ def export_step_graph(model: RecurrentNet) -> bytes:
             buffer,
             dynamo=False,
             opset_version=OPSET,
-            input_names=["tokens", *config.state_names],
+            input_names=["tokens", *names],
             output_names=["logits", *state_outputs],
             dynamic_axes=dynamic,
         )

@@ -19,10 +19,19 @@ SCHEMA_VERSION = 1
 DEFAULT_SAMPLING = {"temperature": 0.8, "top_k": 0, "top_p": 1.0, "max_tokens": 200}
 
 
-def language_model_document(config: ModelConfig, tokenizer_spec: dict, training: dict, parity: dict) -> dict:
-    return {
+OUTPUT_MEANINGS = {
+    "language_model": "unnormalised log-probabilities of the next token after each step",
+    "boundary_tagger": "unnormalised log-probabilities of each label at each step: does a word end here",
+}
+
+
+def model_document(config: ModelConfig, task: str, labels: tuple[str, ...], tokenizer_spec: dict, training: dict, parity: dict) -> dict:
+    output = {"name": "logits", "shape": ["batch", "T", config.output_size], "meaning": OUTPUT_MEANINGS[task]}
+    if labels:
+        output["labels"] = list(labels)
+    document = {
         "schema_version": SCHEMA_VERSION,
-        "task": "language_model",
+        "task": task,
         "architecture": config.to_dict(),
         "tokenizer": tokenizer_spec,
         "inputs": [{"name": "tokens", "dtype": "int64", "shape": ["batch", "T"]}],
@@ -34,21 +43,17 @@ def language_model_document(config: ModelConfig, tokenizer_spec: dict, training:
                 "dtype": "float32",
                 "initial": 0.0,
             }
-            for name in config.state_names
+            for name in config.served_state_names
         ],
-        "outputs": [
-            {
-                "name": "logits",
-                "shape": ["batch", "T", config.vocab_size],
-                "meaning": "unnormalised log-probabilities of the next token after each step",
-            }
-        ],
-        "streaming": True,
-        "sampling": DEFAULT_SAMPLING,
+        "outputs": [output],
+        "streaming": not config.bidirectional,
         "training": training,
         "parity": parity,
         "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__, "opset": OPSET},
     }
+    if not labels:  # it generates text
+        document["sampling"] = DEFAULT_SAMPLING
+    return document
 
 
 def attach(model_bytes: bytes, document: dict) -> onnx.ModelProto:

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 
 METADATA_KEY = "rnnserve"
+NO_SAMPLING = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "max_tokens": 1}  # for models that do not generate
 SUPPORTED_SCHEMA = 1
 
 
@@ -77,7 +78,7 @@ def parse_card(name: str, version: str, metadata: dict[str, str]) -> ModelCard:
                 StateSpec(s["name"], s["output"], tuple(s["shape"]), float(s.get("initial", 0.0))) for s in doc["state"]
             ),
             streaming=bool(doc["streaming"]),
-            sampling=SamplingDefaults(**doc["sampling"]),
+            sampling=SamplingDefaults(**doc.get("sampling", NO_SAMPLING)),
             document=doc,
         )
     except (KeyError, IndexError, TypeError, ValueError) as err:

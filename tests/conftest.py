@@ -44,7 +44,8 @@ def corpus_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory, corpus_file) -> Path:
-    """lstm (byte), gru (char), rnn (byte), and a byte LSTM that has learnt some Korean."""
+    """lstm (byte), gru (char), rnn (byte), a byte LSTM that has learnt some Korean, and word-boundary
+    taggers: `tagger` (unidirectional, streams) and `tagger_bi` (bidirectional, whole input only)."""
     tmp = tmp_path_factory.mktemp("train")
     repo = tmp_path_factory.mktemp("models")
     _train_and_export(tmp, repo, "lstm", cell="lstm", corpus=str(corpus_file))
@@ -56,6 +57,11 @@ def repository(tmp_path_factory, corpus_file) -> Path:
         tmp, repo, "korean", cell="lstm", layers=1, hidden=64, steps=300, lr=1e-2, dropout=0.0, warmup_steps=10, bptt=64,
         corpus=str(korean),
     )
+    for name, bidirectional in (("tagger", False), ("tagger_bi", True)):
+        _train_and_export(
+            tmp, repo, name, task="boundary_tagger", tokenizer="char", bidirectional=bidirectional, layers=1, hidden=64,
+            steps=300, bptt=64, batch_size=16, corpus=str(corpus_file),
+        )
     return repo
 
 

@@ -38,6 +38,12 @@ class ModelConfig:
         return CELLS[self.cell][1]
 
     @property
+    def served_state_names(self) -> tuple[str, ...]:
+        """The state a served graph carries between calls: none for a bidirectional model, which must
+        see the whole input at once."""
+        return () if self.bidirectional else self.state_names
+
+    @property
     def directions(self) -> int:
         return 2 if self.bidirectional else 1
 
@@ -77,10 +83,11 @@ class RecurrentNet(nn.Module):
         zeros = torch.zeros(rows, batch, self.config.hidden, device=self.head.weight.device)
         return tuple(zeros.clone() for _ in self.config.state_names)
 
-    def forward(self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...]):
-        """tokens [B, T] → logits [B, T, outputs], next state (each [layers·directions, B, hidden])."""
+    def forward(self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...] | None):
+        """tokens [B, T] → logits [B, T, outputs], next state (each [layers·directions, B, hidden]).
+        A state of None starts from zeros."""
         x = self.drop(self.embed(tokens))  # [B, T, E]
-        packed_state = state if len(state) > 1 else state[0]
+        packed_state = None if state is None else state if len(state) > 1 else state[0]
         y, next_state = self.rnn(x, packed_state)  # y: [B, T, H·directions]
         next_state = next_state if isinstance(next_state, tuple) else (next_state,)
         return self.head(self.drop(y)), next_state
