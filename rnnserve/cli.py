@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 
 import grpc
@@ -166,3 +167,6 @@ def main(argv: list[str] | None = None) -> None:
         raise
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except BrokenPipeError:  # piped into a command that stopped reading (`| head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None

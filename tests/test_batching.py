@@ -128,3 +128,22 @@ def test_a_client_that_never_reads_does_not_stall_others(server):
         assert client.generate_text("lstm", "The ", temperature=0.0, max_tokens=50) == expected
         for call in stalled:
             call.cancel()
+
+
+def test_concurrent_tagging_equals_each_run_alone(server):
+    """The tagger shapes batch too: streamed per character (unidirectional) and whole inputs (bidirectional)."""
+    texts = ["".join(PROMPTS[i % len(PROMPTS)].split()) + "thereturnstatement"[: 3 + i] for i in range(16)]
+    texts = ["".join(ch for ch in t if ch.isascii()) for t in texts]
+    with server.client() as client:
+
+        def tag_stream(text):
+            return np.array([c.probability for r in client.stream("tagger", list(text), top_k=2) for s in r.steps for c in s.next])
+
+        def tag_whole(text):
+            return np.array([c.probability for s in client.infer("tagger_bi", text, top_k=2) for c in s.next])
+
+        for tag in (tag_stream, tag_whole):
+            alone = [tag(t) for t in texts]
+            batched = together([lambda t=t: tag(t) for t in texts])
+            for one, many in zip(alone, batched, strict=True):
+                assert np.abs(one - many).max() < 1e-5

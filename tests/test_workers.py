@@ -1,10 +1,15 @@
 """`rnnserve serve --workers 2`: two processes on one port; a stream stays in the process that took it."""
 
+import contextlib
+import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import grpc
 import pytest
@@ -29,16 +34,23 @@ def workers(repository):
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "rnnserve", "serve", "--repository", str(repository), "--port", str(port), "--workers", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
-    pids = set()
-    for line in process.stdout:
-        if match := re.search(rf"listening on 127\.0\.0\.1:{port} \(pid (\d+)\)", line):
-            pids.add(match.group(1))
-        if len(pids) == 2:
-            break
-    yield process, f"127.0.0.1:{port}", pids
-    process.kill()
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    pids, seen, deadline = set(), [], time.monotonic() + 60
+    try:
+        while len(pids) < 2:
+            try:
+                seen.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                pytest.fail("the workers did not both start within 60 s; they printed:\n" + "".join(seen))
+            if match := re.search(rf"listening on 127\.0\.0\.1:{port} \(pid (\d+)\)", seen[-1]):
+                pids.add(match.group(1))
+        yield process, f"127.0.0.1:{port}", pids
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # the parent and its workers, whatever state they are in
 
 
 def test_both_workers_listen_on_one_port(workers):
