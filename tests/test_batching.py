@@ -144,6 +144,6 @@ def test_concurrent_tagging_equals_each_run_alone(server):
 
         for tag in (tag_stream, tag_whole):
             alone = [tag(t) for t in texts]
-            batched = together([lambda t=t: tag(t) for t in texts])
+            batched = together([lambda t=t, tag=tag: tag(t) for t in texts])
             for one, many in zip(alone, batched, strict=True):
                 assert np.abs(one - many).max() < 1e-5
