@@ -5,7 +5,6 @@ import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +13,7 @@ import time
 import grpc
 import pytest
 
+from bench.common import free_port
 from client import RnnServeClient
 
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # gRPC would otherwise share one connection
@@ -21,12 +21,6 @@ OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # gRPC would otherwise
 
 def connect(target: str) -> RnnServeClient:
     return RnnServeClient(target, timeout_s=30, options=OWN_CONNECTION)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from pathlib import Path
@@ -34,6 +35,7 @@ def split_corpus(text: str, val_fraction: float) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
+@functools.lru_cache(maxsize=4)  # asked at every evaluation about the same corpus
 def unigram_entropy_bits(text: str) -> float:
     """Bits per character of the text's own character frequencies: what a model without context gets."""
     counts = Counter(text)

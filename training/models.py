@@ -83,6 +83,14 @@ class RecurrentNet(nn.Module):
         zeros = torch.zeros(rows, batch, self.config.hidden, device=self.head.weight.device)
         return tuple(zeros.clone() for _ in self.config.state_names)
 
+    def carried(self, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """The state the next window of a long text starts from. Detached: gradients stop at the window
+        boundary (truncated BPTT) while the state carries on. A bidirectional model reads each window on
+        its own (its backward half cannot carry state), so it starts fresh."""
+        if self.config.bidirectional:
+            return self.initial_state(state[0].size(1))
+        return tuple(s.detach() for s in state)
+
     def forward(self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...] | None):
         """tokens [B, T] → logits [B, T, outputs], next state (each [layers·directions, B, hidden]).
         A state of None starts from zeros."""

@@ -43,8 +43,7 @@ def evaluate(model: RecurrentNet, inputs: torch.Tensor, targets: torch.Tensor, b
     state = model.initial_state(inputs.size(0))
     total, count, predicted = 0.0, 0, []
     for window, expected in chunks(inputs, targets, bptt):
-        logits, next_state = model(window, state if not model.config.bidirectional else model.initial_state(inputs.size(0)))
-        state = next_state
+        logits, state = model(window, model.carried(state))
         total += nn.functional.cross_entropy(logits.flatten(0, 1), expected.flatten(), reduction="sum").item()
         count += expected.numel()
         predicted.append(logits.argmax(-1))
@@ -182,10 +181,7 @@ def train(config: TrainConfig) -> dict:
             started = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * lr_factor(config, progress.step, fraction_done())
-            # Detach: gradients stop at the chunk boundary (truncated BPTT) while the state carries on.
-            # A bidirectional model reads each window on its own: its backward half cannot carry state.
-            state = model.initial_state(config.batch_size) if model_config.bidirectional else tuple(s.detach() for s in state)
-            logits, state = model(inputs, state)
+            logits, state = model(inputs, model.carried(state))
             loss = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
