@@ -6,9 +6,7 @@ Training and export import torch lazily, so serving and the client work from the
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import logging
 import os
 import sys
 
@@ -42,10 +40,6 @@ def _export(args) -> None:
 
 
 def _serve(args) -> None:
-    from server.app import serve
-    from server.runtime import DeviceUnavailable
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = config_from(ServerConfig, args)
     except ValueError as err:
@@ -54,10 +48,9 @@ def _serve(args) -> None:
         from server.workers import run_workers
 
         raise SystemExit(run_workers(config))
-    try:
-        asyncio.run(serve(config))
-    except DeviceUnavailable as err:
-        raise SystemExit(str(err)) from None
+    from server.app import run
+
+    run(config)
 
 
 def _client(args) -> RnnServeClient:

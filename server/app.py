@@ -84,3 +84,15 @@ async def serve(config: ServerConfig) -> None:
     await stopping.wait()
     print(f"rnnserve shutting down (in-flight calls have {config.grace_s:g} s to finish)", flush=True)
     await app.stop(config.grace_s)
+
+
+def run(config: ServerConfig) -> None:
+    """The process entry point, for `rnnserve serve` and for each of its --workers: logging, the server, and
+    a clear exit when the requested device cannot run."""
+    from server.runtime import DeviceUnavailable
+
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s pid {os.getpid()} %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(config))
+    except DeviceUnavailable as err:
+        raise SystemExit(str(err)) from None

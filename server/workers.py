@@ -8,9 +8,7 @@ connection the kernel gave to another worker answers NOT_FOUND.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import logging
 import multiprocessing
 import os
 import signal
@@ -49,11 +47,6 @@ def run_workers(config: ServerConfig) -> int:
 
 
 def _worker(config: ServerConfig) -> None:
-    from server.app import serve
-    from server.runtime import DeviceUnavailable
+    from server.app import run
 
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s worker {os.getpid()} %(name)s: %(message)s")
-    try:
-        asyncio.run(serve(config))
-    except DeviceUnavailable as err:
-        raise SystemExit(str(err)) from None
+    run(config)
