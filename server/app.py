@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from dataclasses import dataclass
 
 import grpc
@@ -68,21 +69,24 @@ async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
     return App(server, port, health_servicer, repository, sessions)
 
 
+def announce(line: str) -> None:
+    """One write per line, so the lines of --workers sharing one stdout pipe never interleave (print may write
+    the text and its newline apart)."""
+    os.write(sys.stdout.fileno(), (line + "\n").encode())
+
+
 async def serve(config: ServerConfig) -> None:
     """Runs until SIGTERM or SIGINT, then shuts down gracefully."""
     app = await start(config)
     models = ", ".join(f"{m.card.name}/{m.card.version}" for m in app.repository.all())
     providers = ", ".join(app.repository.all()[0].runtime.providers)
-    print(
-        f"rnnserve listening on {config.host}:{app.port} (pid {os.getpid()}) — models: {models} — providers: {providers}",
-        flush=True,
-    )
+    announce(f"rnnserve listening on {config.host}:{app.port} (pid {os.getpid()}) — models: {models} — providers: {providers}")
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
-    print(f"rnnserve shutting down (in-flight calls have {config.grace_s:g} s to finish)", flush=True)
+    announce(f"rnnserve shutting down (in-flight calls have {config.grace_s:g} s to finish)")
     await app.stop(config.grace_s)
 
 

@@ -39,8 +39,7 @@ def workers(repository):
                 seen.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 pytest.fail("the workers did not both start within 60 s; they printed:\n" + "".join(seen))
-            if match := re.search(rf"listening on 127\.0\.0\.1:{port} \(pid (\d+)\)", seen[-1]):
-                pids.add(match.group(1))
+            pids.update(re.findall(rf"listening on 127\.0\.0\.1:{port} \(pid (\d+)\)", seen[-1]))
         yield process, f"127.0.0.1:{port}", pids
     finally:
         with contextlib.suppress(ProcessLookupError):
