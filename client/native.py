@@ -32,13 +32,19 @@ class RnnServeClient:
     def get_model(self, model: str, version: str = "") -> pb.ModelInfo:
         return self._stub.GetModel(pb.GetModelRequest(model=model, version=version), timeout=self._timeout_s)
 
-    def generate(self, model: str, prompt: str, version: str = "", **sampling) -> Iterator[pb.GenerateResponse]:
-        """Yields pieces as the server produces them. `sampling`: temperature, top_k, top_p, seed, max_tokens, stop."""
-        request = pb.GenerateRequest(model=model, version=version, prompt=prompt, sampling=pb.SamplingParams(**sampling))
+    def generate(
+        self, model: str, prompt: str = "", version: str = "", label: str = "", source: str = "", **sampling
+    ) -> Iterator[pb.GenerateResponse]:
+        """Yields pieces as the server produces them. `label`: the kind of text a conditional language model
+        writes; `source`: what an encoder–decoder transduces (its pieces carry attention weights).
+        `sampling`: temperature, top_k, top_p, seed, max_tokens, stop."""
+        request = pb.GenerateRequest(
+            model=model, version=version, prompt=prompt, label=label, source=source, sampling=pb.SamplingParams(**sampling)
+        )
         return self._stub.Generate(request, timeout=self._timeout_s)
 
-    def generate_text(self, model: str, prompt: str, version: str = "", **sampling) -> str:
-        return "".join(piece.text for piece in self.generate(model, prompt, version, **sampling))
+    def generate_text(self, model: str, prompt: str = "", version: str = "", label: str = "", source: str = "", **sampling) -> str:
+        return "".join(piece.text for piece in self.generate(model, prompt, version, label, source, **sampling))
 
     def stream(
         self,
@@ -65,12 +71,19 @@ class RnnServeClient:
 
     def infer(self, model: str, text: str | list[int], version: str = "", top_k: int = 0) -> list[pb.StepPrediction]:
         """The whole input at once from the initial state: every step's top-k outputs (tokens or labels)."""
+        return list(self.infer_response(model, text, version, top_k).steps)
+
+    def classify(self, model: str, text: str, version: str = "") -> list[pb.TokenProbability]:
+        """A classifier's answer for a whole text: every class with its probability, most probable first."""
+        return list(self.infer_response(model, text, version, top_k=1).classes)
+
+    def infer_response(self, model: str, text: str | list[int], version: str = "", top_k: int = 0) -> pb.InferResponse:
         request = pb.InferRequest(model=model, version=version, top_k=top_k)
         if isinstance(text, str):
             request.text = text
         else:
             request.tokens.extend(text)
-        return list(self._stub.Infer(request, timeout=self._timeout_s).steps)
+        return self._stub.Infer(request, timeout=self._timeout_s)
 
     def close_session(self, session_id: str) -> None:
         self._stub.CloseSession(pb.CloseSessionRequest(session_id=session_id), timeout=self._timeout_s)

@@ -1,64 +1,160 @@
-"""PyTorch → ONNX step graph: (tokens, state) → (logits, next state), with batch-major state."""
+"""PyTorch → ONNX graphs with batch-major state (one sequence is one row, which is what lets the server keep
+all sequences' states in one slab and gather rows into a batch).
+
+Every model has a step graph, (tokens, state) → (per-step outputs, next state). A model whose initial state
+depends on a request also has an encoder graph: a class label → the state (conditional language model), or
+a source text → the decoder's state and the memory it attends over (encoder–decoder).
+"""
 
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from training.models import RecurrentNet
-
 OPSET = 17
-
-
-class StepGraph(nn.Module):
-    """Wraps a RecurrentNet so every state tensor is [batch, layers, hidden]: one sequence is one row,
-    which is what lets the server keep all sequences' states in one slab and gather rows into a batch."""
-
-    def __init__(self, model: RecurrentNet):
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens: torch.Tensor, *state: torch.Tensor):
-        if not state:  # a whole-sequence graph (bidirectional): every call starts from the initial state
-            return self.model(tokens, None)[0]
-        torch_state = tuple(s.transpose(0, 1).contiguous() for s in state)  # each [layers, B, H]
-        logits, next_state = self.model(tokens, torch_state)  # [B, T, V]
-        return (logits, *(s.transpose(0, 1) for s in next_state))  # each [B, layers, H]
+ENCODER_FILE = "encoder.onnx"
 
 
 def state_output_name(name: str) -> str:
     return f"{name}_next"
 
 
-def export_step_graph(model: RecurrentNet) -> bytes:
-    """The serialized ONNX model, T and batch dynamic: a step graph (state in, next state out), or for a
-    bidirectional model a whole-sequence graph with no state.
+@dataclass
+class GraphSpec:
+    """A graph to export and check: the wrapper module, how to make inputs for it, and what flows where."""
+
+    module: nn.Module
+    input_names: list[str]
+    output_names: list[str]
+    dynamic: dict[str, dict[int, str]]
+    sample: Callable[[int, int, torch.Generator], dict[str, torch.Tensor]]  # (batch, steps, generator) → inputs
+    state: dict[str, str] = field(default_factory=dict)  # state input → the output carried into it next step
+    per_step: tuple[str, ...] = ()  # outputs with a T axis (axis 1)
+
+
+class _StepGraph(nn.Module):
+    """RecurrentNet, batch-major: (tokens, *state [B, layers, H]) → (logits, *next state)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, *state: torch.Tensor):
+        if not state:  # a whole-sequence graph (bidirectional): every call starts from the initial state
+            return self.model(tokens, None)[0]
+        logits, next_state = self.model(tokens, tuple(s.transpose(0, 1).contiguous() for s in state))
+        return (logits, *(s.transpose(0, 1) for s in next_state))
+
+
+class _DecoderStepGraph(nn.Module):
+    """EncoderDecoder's decoder, batch-major: (tokens, *recurrent, memory, mask) → (logits, *next recurrent,
+    attention). Memory and mask do not change from step to step: the server keeps them, they are not output."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, *state: torch.Tensor):
+        *recurrent, memory, mask = state
+        logits, next_state, attention = self.model(
+            tokens, (*(s.transpose(0, 1).contiguous() for s in recurrent), memory, mask), attention=True
+        )
+        return (logits, *(s.transpose(0, 1) for s in next_state[: len(recurrent)]), attention)
+
+
+class _EncoderGraph(nn.Module):
+    """label [B] → initial state, or source [B, S] → (*recurrent, memory, mask); batch-major."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        if self.model.config.encoder_decoder:
+            *recurrent, memory, mask = self.model.encode(x)
+            return (*(s.transpose(0, 1) for s in recurrent), memory, mask)
+        return tuple(s.transpose(0, 1) for s in self.model.initial_state(x.size(0), x))
+
+
+def _random_state(model, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random, not zeros, so a graph that ignored its state inputs would fail the parity check."""
+    config = model.config
+    state = {n: 0.5 * torch.randn(batch, config.layers, config.hidden, generator=generator) for n in config.served_state_names}
+    if config.encoder_decoder:
+        source = 7
+        state["memory"] = torch.randn(batch, source, config.hidden, generator=generator)
+        lengths = torch.randint(1, source + 1, (batch,), generator=generator)
+        state["mask"] = (torch.arange(source)[None, :] < lengths[:, None]).float()
+    return state
+
+
+def step_graph(model) -> GraphSpec:
+    config = model.config
+    recurrent = list(config.served_state_names)
+    names = [*recurrent, "memory", "mask"] if config.encoder_decoder else recurrent
+    outputs = ["logits", *(state_output_name(n) for n in recurrent)] + (["attention"] if config.encoder_decoder else [])
+    dynamic = {"tokens": {0: "batch", 1: "T"}, "logits": {0: "batch", 1: "T"}}
+    dynamic |= {n: {0: "batch"} for n in (*recurrent, *(state_output_name(n) for n in recurrent))}
+    if config.encoder_decoder:
+        dynamic |= {"memory": {0: "batch", 1: "S"}, "mask": {0: "batch", 1: "S"}, "attention": {0: "batch", 1: "T", 2: "S"}}
+
+    def sample(batch: int, steps: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {"tokens": torch.randint(0, config.vocab_size, (batch, steps), generator=generator)} | _random_state(model, batch, generator)
+
+    module = _DecoderStepGraph(model) if config.encoder_decoder else _StepGraph(model)
+    return GraphSpec(
+        module.eval(), ["tokens", *names], outputs, dynamic, sample,
+        state={n: state_output_name(n) for n in recurrent},
+        per_step=("logits", "attention") if config.encoder_decoder else ("logits",),
+    )
+
+
+def encoder_graph(model) -> GraphSpec | None:
+    """None for a model whose every sequence starts from zeros."""
+    config = model.config
+    recurrent = list(config.state_names)
+    if config.encoder_decoder:
+
+        def sample(batch: int, steps: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+            return {"source": torch.randint(0, config.vocab_size - 2, (1, steps), generator=generator)}  # one unpadded source
+
+        outputs = [*recurrent, "memory", "mask"]
+        dynamic = {"source": {0: "batch", 1: "S"}, "memory": {0: "batch", 1: "S"}, "mask": {0: "batch", 1: "S"}}
+        dynamic |= {n: {0: "batch"} for n in recurrent}
+        return GraphSpec(_EncoderGraph(model).eval(), ["source"], outputs, dynamic, sample)
+    if config.conditions:
+
+        def sample(batch: int, steps: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+            return {"label": torch.arange(config.conditions)}
+
+        dynamic = {"label": {0: "batch"}} | {n: {0: "batch"} for n in recurrent}
+        return GraphSpec(_EncoderGraph(model).eval(), ["label"], recurrent, dynamic, sample)
+    return None
+
+
+def to_onnx(spec: GraphSpec) -> bytes:
+    """The serialized ONNX graph, batch and T dynamic.
 
     dynamo=False maps nn.LSTM/GRU/RNN to ONNX's fused recurrent operators, which onnxruntime runs fast;
     the parity check in export/verify.py decides whether the result is right.
     """
-    config = model.config
-    names = config.served_state_names
-    graph = StepGraph(model.eval())
-    tokens = torch.zeros(2, 3, dtype=torch.long)
-    state = tuple(torch.zeros(2, config.layers, config.hidden) for _ in names)
-    state_outputs = [state_output_name(n) for n in names]
-    dynamic = {"tokens": {0: "batch", 1: "T"}, "logits": {0: "batch", 1: "T"}}
-    dynamic |= {n: {0: "batch"} for n in (*names, *state_outputs)}
+    example = spec.sample(2, 3, torch.Generator().manual_seed(0))
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the recurrent-op and batch_first notices are expected here
         torch.onnx.export(
-            graph,
-            (tokens, *state),
+            spec.module,
+            tuple(example[n] for n in spec.input_names),
             buffer,
             dynamo=False,
             opset_version=OPSET,
-            input_names=["tokens", *names],
-            output_names=["logits", *state_outputs],
-            dynamic_axes=dynamic,
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_axes=spec.dynamic,
         )
     return buffer.getvalue()

@@ -11,7 +11,7 @@ import json
 import onnx
 import torch
 
-from export.graphs import OPSET, state_output_name
+from export.graphs import ENCODER_FILE, OPSET, state_output_name
 from training.models import ModelConfig
 
 METADATA_KEY = "rnnserve"
@@ -22,37 +22,49 @@ DEFAULT_SAMPLING = {"temperature": 0.8, "top_k": 0, "top_p": 1.0, "max_tokens": 
 OUTPUT_MEANINGS = {
     "language_model": "unnormalised log-probabilities of the next token after each step",
     "boundary_tagger": "unnormalised log-probabilities of each label at each step: does a word end here",
+    "text_classifier": "unnormalised log-probabilities of each class after each step: the running guess of what the text is",
+    "conditional_language_model": "unnormalised log-probabilities of the next token after each step",
+    "date_normaliser": "unnormalised log-probabilities of the next output token after each step",
 }
+GREEDY = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "max_tokens": 32}
 
 
-def model_document(config: ModelConfig, task: str, labels: tuple[str, ...], tokenizer_spec: dict, training: dict, parity: dict) -> dict:
-    output = {"name": "logits", "shape": ["batch", "T", config.output_size], "meaning": OUTPUT_MEANINGS[task]}
-    if labels:
-        output["labels"] = list(labels)
-    document = {
-        "schema_version": SCHEMA_VERSION,
-        "task": task,
-        "architecture": config.to_dict(),
-        "tokenizer": tokenizer_spec,
+def model_document(config: ModelConfig, task, tokenizer_spec: dict, training: dict, parity: dict) -> dict:
+    output = {"name": "logits", "shape": ["batch", "T", config.output_size], "meaning": OUTPUT_MEANINGS[task.name]}
+    if task.labels:
+        output["labels"] = list(task.labels)
+    state = [
+        {"name": name, "output": state_output_name(name), "shape": [config.layers, config.hidden], "dtype": "float32", "initial": 0.0}
+        for name in config.served_state_names
+    ]
+    outputs = [output]
+    document = {"schema_version": SCHEMA_VERSION, "task": task.name, "architecture": config.to_dict(), "tokenizer": tokenizer_spec}
+    if config.special_tokens:
+        document["special_tokens"] = {"bos": config.bos, "eos": config.eos}
+    if config.conditions:
+        document["encoder"] = {"file": ENCODER_FILE, "input": "label", "labels": list(task.conditions)}
+    if config.encoder_decoder:
+        source = task.max_source_tokens
+        # the memory and its mask do not change while decoding: no output feeds them back
+        state += [
+            {"name": "memory", "output": "", "shape": [source, config.hidden], "dtype": "float32", "initial": 0.0},
+            {"name": "mask", "output": "", "shape": [source], "dtype": "float32", "initial": 0.0},
+        ]
+        outputs.append({"name": "attention", "shape": ["batch", "T", "S"], "meaning": "each output step's weights over the source tokens"})
+        document["encoder"] = {"file": ENCODER_FILE, "input": "source", "max_source_tokens": source}
+    document |= {
         "inputs": [{"name": "tokens", "dtype": "int64", "shape": ["batch", "T"]}],
-        "state": [
-            {
-                "name": name,
-                "output": state_output_name(name),
-                "shape": [config.layers, config.hidden],
-                "dtype": "float32",
-                "initial": 0.0,
-            }
-            for name in config.served_state_names
-        ],
-        "outputs": [output],
+        "state": state,
+        "outputs": outputs,
         "streaming": not config.bidirectional,
         "training": training,
         "parity": parity,
         "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__, "opset": OPSET},
     }
-    if not labels:  # it generates text
-        document["sampling"] = DEFAULT_SAMPLING
+    if task.classifies_whole_text:  # its answer for a whole text: see training.tasks.sequence_probabilities
+        document["sequence_output"] = "mean" if config.bidirectional else "last"
+    if not task.labels:  # it generates text
+        document["sampling"] = GREEDY if config.encoder_decoder else DEFAULT_SAMPLING
     return document
 
 

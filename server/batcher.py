@@ -6,8 +6,8 @@ ready (up to `max_batch`, optionally waiting `max_queue_delay_ms` for more), gro
 (a generation step, a chunk, a prompt), and runs each group as one call over a gather of the sessions'
 state rows. Each step resolves exactly once, with its own logits or its own error.
 
-Freeing a slot that still has a step queued or running (its stream was cancelled mid-step) waits
-behind that step, so a step can never write into a slot that a new session owns.
+Freeing a slot that still has a step (or an encoding) queued or running, because its stream was cancelled
+mid-step, waits behind it, so nothing can write into a slot that a new session owns.
 """
 
 from __future__ import annotations
@@ -30,12 +30,19 @@ log = logging.getLogger(__name__)
 class _Step:
     slot: int
     tokens: np.ndarray  # [T] int64
-    result: asyncio.Future  # resolves to logits [T, V]
+    result: asyncio.Future  # resolves to this step's outputs: [logits [T, V], *extra outputs [T, ...]]
 
 
 @dataclass(slots=True)
 class _Free:
     slot: int
+
+
+@dataclass(slots=True)
+class _Encode:
+    slot: int
+    inputs: dict[str, np.ndarray]
+    result: asyncio.Future  # resolves to None once the slot's state is written
 
 
 class Batcher:
@@ -44,7 +51,7 @@ class Batcher:
         self._name = name
         self._max_batch = max(1, max_batch)
         self._max_queue_delay_s = max_queue_delay_ms / 1000.0
-        self._queue: asyncio.Queue[_Step | _Free] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Step | _Free | _Encode] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"runtime-{name}")
         self._task: asyncio.Task | None = None
         self._steps_per_slot: Counter[int] = Counter()  # steps queued or running
@@ -52,12 +59,21 @@ class Batcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self._name}")
 
-    async def step(self, slot: int, tokens: list[int]) -> np.ndarray:
-        """logits [T, V] for `tokens` continuing the slot's state."""
+    async def step(self, slot: int, tokens: list[int]) -> list[np.ndarray]:
+        """[logits [T, V], *extra outputs] for `tokens` continuing the slot's state."""
         result = asyncio.get_running_loop().create_future()
         self._steps_per_slot[slot] += 1
         self._queue.put_nowait(_Step(slot, np.asarray(tokens, dtype=np.int64), result))
         return await result
+
+    async def encode(self, slot: int, inputs: dict[str, np.ndarray]) -> None:
+        """Writes the slot's initial state with the model's encoder. It runs in queue order on the runtime's
+        thread, so never while a step reads the slab, and a free queued after it waits for it. One call per
+        request: encodings are not batched."""
+        result = asyncio.get_running_loop().create_future()
+        self._steps_per_slot[slot] += 1
+        self._queue.put_nowait(_Encode(slot, inputs, result))
+        await result
 
     def free(self, slot: int) -> None:
         if self._steps_per_slot[slot]:
@@ -73,7 +89,7 @@ class Batcher:
 
     async def _run(self) -> None:
         while True:
-            batch, free = await self._take_batch()
+            batch, barrier = await self._take_batch()
             live = [job for job in batch if not job.result.cancelled()]  # skip steps whose stream went away
             by_length: dict[int, list[_Step]] = defaultdict(list)
             for job in live:
@@ -82,16 +98,19 @@ class Batcher:
                 await self._run_group(group)
             for job in batch:
                 self._steps_per_slot[job.slot] -= 1
-            if free is not None:
-                self._runtime.free(free.slot)
+            if isinstance(barrier, _Encode):
+                await self._run_encode(barrier)
+                self._steps_per_slot[barrier.slot] -= 1
+            elif isinstance(barrier, _Free):
+                self._runtime.free(barrier.slot)
 
-    async def _take_batch(self) -> tuple[list[_Step], _Free | None]:
-        """The steps ready now, in order, stopping at a free so it runs after the steps before it."""
+    async def _take_batch(self) -> tuple[list[_Step], _Free | _Encode | None]:
+        """The steps ready now, in order, stopping at a free or an encoding so it runs after the steps before it."""
         job = await self._queue.get()
         batch: list[_Step] = []
         deadline = asyncio.get_running_loop().time() + self._max_queue_delay_s
         while True:
-            if isinstance(job, _Free):
+            if not isinstance(job, _Step):
                 return batch, job
             batch.append(job)
             if len(batch) >= self._max_batch:
@@ -107,12 +126,25 @@ class Batcher:
                 except TimeoutError:
                     return batch, None
 
+    async def _run_encode(self, job: _Encode) -> None:
+        if job.result.cancelled():  # its request went away
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._runtime.encode, job.slot, job.inputs)
+        except Exception as err:
+            log.exception("model %s: encoder failed", self._name)
+            if not job.result.done():
+                job.result.set_exception(RuntimeFailure(f"model {self._name}: encoding failed: {err}"))
+            return
+        if not job.result.done():
+            job.result.set_result(None)
+
     async def _run_group(self, group: list[_Step]) -> None:
         slots = [job.slot for job in group]
         tokens = np.stack([job.tokens for job in group])  # [B, T]
         loop = asyncio.get_running_loop()
         try:
-            logits = await loop.run_in_executor(self._executor, self._runtime.step, slots, tokens)  # [B, T, V]
+            outputs = await loop.run_in_executor(self._executor, self._runtime.step, slots, tokens)  # each [B, T, ...]
         except Exception as err:  # onnxruntime's own errors: these steps fail, the batcher goes on
             log.exception("model %s: step failed", self._name)
             for job in group:
@@ -121,4 +153,4 @@ class Batcher:
             return
         for row, job in enumerate(group):
             if not job.result.done():
-                job.result.set_result(logits[row])
+                job.result.set_result([output[row] for output in outputs])

@@ -13,7 +13,7 @@ SUPPORTED_SCHEMA = 1
 @dataclass(frozen=True, slots=True)
 class StateSpec:
     name: str  # graph input holding this state
-    output: str  # graph output holding the next state
+    output: str  # graph output holding the next state; "" for state that stays as the encoder wrote it
     shape: tuple[int, ...]  # one sequence's row, without the batch dimension
     initial: float  # value of a fresh sequence's state
 
@@ -24,6 +24,17 @@ class SamplingDefaults:
     top_k: int
     top_p: float
     max_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderSpec:
+    """A second graph that writes a sequence's initial state from what a request names: a class label
+    (input "label"), or a source text (input "source", for an encoder–decoder)."""
+
+    file: str
+    input: str  # "label" or "source"
+    labels: tuple[str, ...] = ()  # the class labels, for input "label"
+    max_source_tokens: int = 0  # for input "source": the memory rows each sequence keeps
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +51,11 @@ class ModelCard:
     streaming: bool
     sampling: SamplingDefaults
     document: dict  # the whole metadata document, as stored
+    encoder: EncoderSpec | None = None
+    bos: int | None = None  # the first input of a decoder or conditional language model
+    eos: int | None = None  # the output that ends a decoder's text
+    extra_outputs: tuple[str, ...] = ()  # per-step outputs besides logits, e.g. "attention"
+    sequence_output: str = ""  # classifiers: the answer for a whole text is the "last" step's, or the "mean" of all steps
 
     @property
     def generates(self) -> bool:
@@ -48,7 +64,14 @@ class ModelCard:
 
     @property
     def calls(self) -> tuple[str, ...]:
+        if self.encoder is not None:  # every sequence starts from what a Generate request names
+            return ("Generate",)
         return ("Infer",) + (("Stream",) if self.streaming else ()) + (("Generate",) if self.generates else ())
+
+    @property
+    def text_vocab_size(self) -> int:
+        """Token ids the tokenizer can write as text: all but the special tokens."""
+        return self.vocab_size - (0 if self.bos is None else 2)
 
 
 class BadModelFile(ValueError):
@@ -80,6 +103,19 @@ def parse_card(name: str, version: str, metadata: dict[str, str]) -> ModelCard:
             streaming=bool(doc["streaming"]),
             sampling=SamplingDefaults(**doc.get("sampling", NO_SAMPLING)),
             document=doc,
+            encoder=_encoder(doc.get("encoder")),
+            bos=doc.get("special_tokens", {}).get("bos"),
+            eos=doc.get("special_tokens", {}).get("eos"),
+            extra_outputs=tuple(o["name"] for o in doc["outputs"][1:]),
+            sequence_output=doc.get("sequence_output", ""),
         )
     except (KeyError, IndexError, TypeError, ValueError) as err:
         raise BadModelFile(f"malformed metadata document: {err!r}") from None
+
+
+def _encoder(entry: dict | None) -> EncoderSpec | None:
+    if entry is None:
+        return None
+    if entry["input"] not in ("label", "source"):
+        raise ValueError(f"encoder input {entry['input']!r}: this server knows 'label' and 'source'")
+    return EncoderSpec(entry["file"], entry["input"], tuple(entry.get("labels", ())), int(entry.get("max_source_tokens", 0)))

@@ -40,7 +40,18 @@ def _load_model(path: Path, config: ServerConfig, device: Device, io_binding: bo
     except Exception as err:  # onnxruntime's errors have no common type
         raise BadModelFile(f"onnxruntime cannot load it: {err}") from None
     card = parse_card(name, version, session.get_modelmeta().custom_metadata_map)
-    runtime = Runtime(session, card, device, config.max_sessions, io_binding)
+    encoder = None
+    if card.encoder is not None:
+        encoder_path = path.parent / card.encoder.file
+        if not encoder_path.exists():
+            raise BadModelFile(f"its encoder graph {encoder_path.name} is missing: export the model again")
+        try:
+            encoder = open_session(str(encoder_path), device, config.threads)
+        except DeviceUnavailable:
+            raise
+        except Exception as err:
+            raise BadModelFile(f"onnxruntime cannot load its encoder graph: {err}") from None
+    runtime = Runtime(session, card, device, config.max_sessions, io_binding, encoder)
     batcher = Batcher(runtime, f"{name}/{version}", config.max_batch, config.max_queue_delay_ms)
     return Model(card, tokenizer_from_spec(card.tokenizer), runtime, batcher)
 

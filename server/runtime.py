@@ -59,12 +59,23 @@ class HostStateSlab:
         for spec in self._specs:
             self._rows[spec.name][slot] = spec.initial
 
-    def step(self, session: ort.InferenceSession, slots: list[int], tokens: np.ndarray) -> np.ndarray:
+    def write(self, slot: int, values: dict[str, np.ndarray]) -> None:
+        """Sets a slot's state from an encoder's outputs (each without its batch axis); a value shorter than
+        the row along its first axis (a short source's memory) fills its start, the rest is initial."""
+        for spec in self._specs:
+            if spec.name in values:
+                value = values[spec.name]
+                row = self._rows[spec.name][slot]
+                row[...] = spec.initial
+                row[: value.shape[0]] = value
+
+    def step(self, session: ort.InferenceSession, slots: list[int], tokens: np.ndarray, extra_outputs: tuple[str, ...] = ()) -> list[np.ndarray]:
         feeds = {spec.name: self._rows[spec.name][slots] for spec in self._specs}  # gather: each [B, ...]
-        logits, *next_state = session.run(["logits", *(s.output for s in self._specs)], {"tokens": tokens, **feeds})
-        for spec, value in zip(self._specs, next_state):
+        carried = [s for s in self._specs if s.output]
+        logits, *rest = session.run(["logits", *extra_outputs, *(s.output for s in carried)], {"tokens": tokens, **feeds})
+        for spec, value in zip(carried, rest[len(extra_outputs) :]):
             self._rows[spec.name][slots] = value  # scatter
-        return logits
+        return [logits, *rest[: len(extra_outputs)]]
 
 
 class DeviceStateSlab:
@@ -97,7 +108,7 @@ class DeviceStateSlab:
     def reset(self, slot: int) -> None:
         self._fresh[slot] = True
 
-    def step(self, session: ort.InferenceSession, slots: list[int], tokens: np.ndarray) -> np.ndarray:
+    def step(self, session: ort.InferenceSession, slots: list[int], tokens: np.ndarray, extra_outputs: tuple[str, ...] = ()) -> list[np.ndarray]:
         slot_ids = np.asarray(slots, np.int64)
         read = np.where(self._fresh[slot_ids], self._capacity, slot_ids)  # [B]: fresh slots read the initial row
         rows = {spec.name: self._run_gather(spec.name, read) for spec in self._specs}  # each [B, row_size]
@@ -114,7 +125,7 @@ class DeviceStateSlab:
             self._run_scatter(spec.name, slot_ids[:, None], value)
         self._current = 1 - self._current
         self._fresh[slot_ids] = False
-        return logits.numpy()
+        return [logits.numpy()]
 
     def _half(self, name: str, half: int) -> tuple[list[int], int]:
         """Shape and device address of one half of a state tensor's slab."""
@@ -156,12 +167,20 @@ def open_session(path: str, device: Device, threads: int = 0) -> ort.InferenceSe
 
 
 class Runtime:
-    """Runs steps of one model version. Not thread-safe: the model's batcher calls it from one thread."""
+    """Runs steps of one model version (and its encoder, if it has one). Not thread-safe: the model's batcher
+    calls it from one thread."""
 
-    def __init__(self, session: ort.InferenceSession, card: ModelCard, device: Device, capacity: int, io_binding: bool | None = None):
+    def __init__(
+        self, session: ort.InferenceSession, card: ModelCard, device: Device, capacity: int, io_binding: bool | None = None,
+        encoder: ort.InferenceSession | None = None,
+    ):
         self.session = session
+        self.encoder = encoder
         self.providers = tuple(session.get_providers())
         use_binding = device.kind == "cuda" if io_binding is None else io_binding
+        # The device-resident slab serves models whose state is all carried step to step; a model with an
+        # encoder keeps its state in host memory (its memory rows are written once per request).
+        use_binding = use_binding and encoder is None and not card.extra_outputs
         self.slab = DeviceStateSlab(card.state, capacity, device) if use_binding else HostStateSlab(card.state, capacity)
         self.capacity = capacity
         self.calls = 0  # onnxruntime calls made, for clients and tests to see how work was batched
@@ -186,7 +205,14 @@ class Runtime:
     def free(self, slot: int) -> None:
         self._free.append(slot)
 
-    def step(self, slots: list[int], tokens: np.ndarray) -> np.ndarray:
-        """tokens [B, T] int64 → logits [B, T, V]; each slot's state advances by T steps."""
+    def step(self, slots: list[int], tokens: np.ndarray) -> list[np.ndarray]:
+        """tokens [B, T] int64 → [logits [B, T, V], *extra outputs [B, T, ...]]; each slot's state advances by T steps."""
         self.calls += 1
-        return self.slab.step(self.session, slots, tokens)
+        return self.slab.step(self.session, slots, tokens, self._card.extra_outputs)
+
+    def encode(self, slot: int, inputs: dict[str, np.ndarray]) -> None:
+        """Runs the encoder on one sequence's request (batch 1) and writes its outputs as the slot's state."""
+        self.calls += 1
+        names = [o.name for o in self.encoder.get_outputs()]
+        outputs = self.encoder.run(names, inputs)
+        self.slab.write(slot, {name: value[0] for name, value in zip(names, outputs)})

@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from server.config import ServerConfig
 from server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from server.repository import Model, Repository
-from server.sampling import Sampler, SamplingParams, StopMatcher, top_tokens
+from server.sampling import Sampler, SamplingParams, StopMatcher, softmax, top_tokens
 from server.sessions import Session, SessionRegistry
 from training.text import IncrementalDecoder, UnknownText, token_text
 
@@ -43,15 +45,19 @@ class GenerateRequest:
     prompt: str
     version: str = ""
     sampling: SamplingRequest = SamplingRequest()
+    label: str = ""  # conditional language models: the kind of text to write
+    source: str = ""  # encoder–decoders: the text to transduce
 
 
 @dataclass(frozen=True, slots=True)
 class GeneratedPiece:
     text: str
     token_ids: tuple[int, ...]
-    finish_reason: str = ""  # "", "length" or "stop"; set on the last piece only
+    finish_reason: str = ""  # "", "length", "stop" or "end"; set on the last piece only
     prompt_tokens: int = 0
     generated_tokens: int = 0
+    attention: tuple[tuple[float, ...], ...] = ()  # encoder–decoders: per token, its weights over the source
+    source_tokens: tuple[str, ...] = ()  # encoder–decoders, first piece only
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +104,13 @@ class ChunkResult:
     session_id: str
     position: int
     steps: tuple[StepPrediction, ...] = field(default=())
+    classes: tuple[Candidate, ...] = ()  # classifiers: every class's probability for all input so far
+
+
+@dataclass(frozen=True, slots=True)
+class InferResult:
+    steps: tuple[StepPrediction, ...]
+    classes: tuple[Candidate, ...] = ()  # classifiers: every class's probability for the whole input
 
 
 class InferenceService:
@@ -107,40 +120,92 @@ class InferenceService:
         self._config = config
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GeneratedPiece]:
-        """Consumes the prompt in one runtime call, then samples one token per step."""
+        """Consumes the prompt in one runtime call (after the encoder, for a model that has one), then
+        samples one token per step."""
         model = self.repository.get(request.model, request.version)
-        if not model.card.generates:
+        card = model.card
+        if not card.generates:
             raise FailedPrecondition(
-                f"model {model.card.name!r} ({model.card.task}) does not generate text: it supports {', '.join(model.card.calls)}"
+                f"model {card.name!r} ({card.task}) does not generate text: it supports {', '.join(card.calls)}"
             )
         params = self._sampling(model, request.sampling)
+        encoder_inputs, source_tokens = self._encoder_inputs(model, request)
         prompt = self._encode(model, request.prompt, "prompt")
+        if card.bos is not None:
+            prompt = [card.bos, *prompt]
         if not prompt:
             raise InvalidArgument("prompt", "must not be empty: the model needs at least one character to continue")
         async with self.sessions.attach(model) as session:
-            logits = (await session.step(prompt))[-1]  # [V]
+            if encoder_inputs:
+                await session.encode(encoder_inputs)
+            outputs = await session.step_outputs(prompt)
             sampler, decoder, stopper = Sampler(params), IncrementalDecoder(model.tokenizer), StopMatcher(params.stop)
             pending: list[int] = []
+            attention: list[tuple[float, ...]] = []
             for generated in range(1, params.max_tokens + 1):
-                token = sampler.sample(logits)
-                pending.append(token)
-                text, stopped = stopper.push(decoder.feed(token))
-                last = stopped or generated == params.max_tokens
-                if last and not stopped:  # out of tokens: release what the decoder and stop matcher held back
+                token = sampler.sample(self._writable(card, outputs[0][-1]))
+                ended = token == card.eos
+                if ended:
+                    text, stopped = stopper.push(decoder.flush())
+                else:
+                    pending.append(token)
+                    if len(outputs) > 1:  # where the decoder looked while choosing this token
+                        attention.append(tuple(outputs[1][-1][: len(source_tokens)].tolist()))
+                    text, stopped = stopper.push(decoder.feed(token))
+                last = ended or stopped or generated == params.max_tokens
+                if last and not stopped:  # release what the decoder and stop matcher held back
                     tail, stopped = stopper.push(decoder.flush())
                     text += tail if stopped else tail + stopper.flush()
+                if last or text:
+                    reason = "stop" if stopped else "end" if ended else "length" if last else ""
+                    yield GeneratedPiece(
+                        text, tuple(pending), reason, len(prompt) if last else 0, generated if last else 0,
+                        tuple(attention), source_tokens,
+                    )
+                    pending, attention, source_tokens = [], [], ()
                 if last:
-                    yield GeneratedPiece(text, tuple(pending), "stop" if stopped else "length", len(prompt), generated)
                     return
-                if text:
-                    yield GeneratedPiece(text, tuple(pending))
-                    pending = []
-                logits = (await session.step([token]))[-1]
+                outputs = await session.step_outputs([token])
+
+    def _writable(self, card, logits: np.ndarray) -> np.ndarray:
+        """Logits with <bos> ruled out: a model never writes its start token."""
+        if card.bos is None:
+            return logits
+        logits = logits.copy()
+        logits[card.bos] = -np.inf
+        return logits
+
+    def _encoder_inputs(self, model: Model, request: GenerateRequest) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+        """What the model's encoder reads from the request (none for a plain language model), and the
+        source's tokens as text."""
+        card, encoder = model.card, model.card.encoder
+        kind = encoder.input if encoder else None
+        for field_name, value in (("label", request.label), ("source", request.source)):
+            if value and kind != field_name:
+                raise InvalidArgument(field_name, f"model {card.name!r} ({card.task}) takes no {field_name}")
+        if kind == "label":
+            if request.label not in encoder.labels:
+                raise InvalidArgument(
+                    "label", f"{request.label!r} is not one of the kinds of text model {card.name!r} writes: {', '.join(encoder.labels)}"
+                )
+            return {"label": np.array([encoder.labels.index(request.label)], np.int64)}, ()
+        if kind == "source":
+            source = self._encode(model, request.source, "source")
+            if not source:
+                raise InvalidArgument("source", f"model {card.name!r} ({card.task}) transduces a source text: send one")
+            if len(source) > encoder.max_source_tokens:
+                raise InvalidArgument(
+                    "source", f"{len(source)} tokens is longer than the {encoder.max_source_tokens} model {card.name!r} reads"
+                )
+            return {"source": np.array([source], np.int64)}, tuple(token_text(model.tokenizer, t) for t in source)
+        return {}, ()
 
     @asynccontextmanager
     async def open_stream(self, start: StreamStart):
         """A session for one bidirectional stream, and the function that consumes each chunk."""
         model = self.repository.get(start.model, start.version)
+        if model.card.encoder is not None:
+            self._check_call(model, "Stream")
         if not model.card.streaming:
             raise FailedPrecondition(
                 f"model {model.card.name!r} cannot stream per step (it needs the whole input at once): "
@@ -150,15 +215,17 @@ class InferenceService:
         async with self.sessions.attach(model, start.session_id, start.resume) as session:
             yield lambda chunk: self._consume(session, chunk, top_k)
 
-    async def infer(self, request: InferRequest) -> tuple[StepPrediction, ...]:
+    async def infer(self, request: InferRequest) -> InferResult:
         """The whole input in one call from the initial state, on a session of its own."""
         model = self.repository.get(request.model, request.version)
+        self._check_call(model, "Infer")
         top_k = self._top_k(model, request.top_k, "top_k")
         tokens = self._input_tokens(model, request.text, request.tokens)
         if not tokens:
             raise InvalidArgument("text", "the input is empty")
         async with self.sessions.attach(model) as session:
-            return self._predictions(model, tokens, await session.step(tokens), top_k)
+            logits = await session.step(tokens)
+        return InferResult(self._predictions(model, tokens, logits, top_k), self._classes(model, logits))
 
     def close_session(self, session_id: str) -> None:
         self.sessions.close(session_id)
@@ -170,8 +237,24 @@ class InferenceService:
             session.reset()
         if not tokens:
             return ChunkResult(session.id, session.position)
-        steps = self._predictions(model, tokens, await session.step(tokens), top_k)
-        return ChunkResult(session.id, session.position, steps)
+        logits = await session.step(tokens)
+        return ChunkResult(session.id, session.position, self._predictions(model, tokens, logits, top_k), self._classes(model, logits))
+
+    def _classes(self, model: Model, logits: np.ndarray) -> tuple[Candidate, ...]:
+        """A classifier's answer for all it has read: every class with its probability, most probable first."""
+        card = model.card
+        if not card.sequence_output:
+            return ()
+        per_step = softmax(logits.astype(np.float64))  # [T, C]
+        probabilities = per_step.mean(0) if card.sequence_output == "mean" else per_step[-1]
+        return tuple(Candidate(int(i), card.labels[i], float(probabilities[i])) for i in np.argsort(-probabilities))
+
+    def _check_call(self, model: Model, call: str) -> None:
+        if call not in model.card.calls:
+            card = model.card
+            raise FailedPrecondition(
+                f"model {card.name!r} ({card.task}) does not support {call}: it supports {', '.join(card.calls)}"
+            )
 
     def _predictions(self, model: Model, tokens: list[int], logits, top_k: int) -> tuple[StepPrediction, ...]:
         """logits [T, outputs] → each step's input and its top-k outputs, named as tokens or as labels."""
@@ -196,7 +279,7 @@ class InferenceService:
         return self._encode(model, text, "text") if text else self._check_ids(model, tokens)
 
     def _top_k(self, model: Model, asked: int, field_name: str) -> int:
-        top_k = asked or DEFAULT_STREAM_TOP_K
+        top_k = asked or min(DEFAULT_STREAM_TOP_K, model.card.output_size)
         if top_k > model.card.output_size:
             raise InvalidArgument(field_name, f"{top_k} is more than the {model.card.output_size} outputs of the model")
         return top_k
@@ -211,7 +294,7 @@ class InferenceService:
 
     def _check_ids(self, model: Model, tokens: tuple[int, ...]) -> list[int]:
         self._check_length(len(tokens), "tokens")
-        vocab = model.card.vocab_size
+        vocab = model.card.text_vocab_size
         for position, token in enumerate(tokens):
             if not 0 <= token < vocab:
                 raise InvalidArgument(f"tokens[{position}]", f"{token} is outside the vocabulary [0, {vocab})")

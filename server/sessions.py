@@ -29,9 +29,17 @@ class Session:
 
     async def step(self, tokens: list[int]) -> np.ndarray:
         """logits [T, V] after each of `tokens`, continuing this session's state."""
-        logits = await self.model.batcher.step(self.slot, tokens)
+        return (await self.step_outputs(tokens))[0]
+
+    async def step_outputs(self, tokens: list[int]) -> list[np.ndarray]:
+        """[logits [T, V], *the model's extra outputs (e.g. attention [T, S])] after each of `tokens`."""
+        outputs = await self.model.batcher.step(self.slot, tokens)
         self.position += len(tokens)
-        return logits
+        return outputs
+
+    async def encode(self, inputs: dict[str, np.ndarray]) -> None:
+        """Sets this session's initial state from a request (a class label, a source text) with the model's encoder."""
+        await self.model.batcher.encode(self.slot, inputs)
 
     def reset(self) -> None:
         self.model.runtime.slab.reset(self.slot)

@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.graphs import export_step_graph
+from export.graphs import step_graph, to_onnx
 from export.verify import ParityError, check_parity, parity_report
 from training.train import load_model
 
@@ -77,7 +77,7 @@ def test_parity_check_fails_loudly_on_a_wrong_graph(checkpoints):
     other, _, _ = load_model(checkpoints["lstm"])
     with torch.no_grad():
         other.head.bias.add_(0.01)  # a graph that is off by a little
-    report = parity_report(lstm, export_step_graph(other))
+    report = parity_report(step_graph(lstm), to_onnx(step_graph(other)))
     assert not report["passed"]
     with pytest.raises(ParityError, match="differs from PyTorch"):
         check_parity(report)

@@ -1,6 +1,11 @@
-"""Recurrent networks: embedding → recurrent stack → linear head, for every cell and every task.
+"""Recurrent networks for every task.
 
-A language model's head covers the vocabulary (the next token); a tagger's covers its labels.
+RecurrentNet: embedding → recurrent stack → linear head. A language model's head covers the vocabulary (the
+next token); a tagger's or classifier's covers its labels. Its initial state is zeros, or learnt per class
+label for a conditional language model.
+
+EncoderDecoder: a bidirectional encoder over a source text and a decoder that attends over the encoder's
+states at every step (Luong attention), for transductions such as date normalisation.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ class ModelConfig:
     dropout: float = 0.1  # between layers and before the head; off at inference
     outputs: int = 0  # size of the head; 0: the vocabulary (a language model)
     bidirectional: bool = False  # reads the whole input both ways: more accurate, cannot stream per step
+    conditions: int = 0  # class labels, each with a learnt initial state (a conditional language model)
+    special_tokens: bool = False  # the last two token ids are <bos> and <eos>, past the tokenizer's vocabulary
+    encoder_decoder: bool = False  # an EncoderDecoder (bidirectional encoder, attentive decoder)
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -50,6 +58,16 @@ class ModelConfig:
     @property
     def output_size(self) -> int:
         return self.outputs or self.vocab_size
+
+    @property
+    def bos(self) -> int:
+        """The token a decoder or conditional language model reads first."""
+        return self.vocab_size - 2
+
+    @property
+    def eos(self) -> int:
+        """The token a decoder writes last."""
+        return self.vocab_size - 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,17 +96,31 @@ class RecurrentNet(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden * config.directions, config.output_size)
 
-    def initial_state(self, batch: int) -> tuple[torch.Tensor, ...]:
-        rows = self.config.layers * self.config.directions
-        zeros = torch.zeros(rows, batch, self.config.hidden, device=self.head.weight.device)
-        return tuple(zeros.clone() for _ in self.config.state_names)
+        if config.conditions:
+            self.condition = nn.Embedding(config.conditions, len(config.state_names) * config.layers * config.hidden)
+
+    def initial_state(self, batch: int, condition: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Zeros, or for a conditional model the learnt state of each row's class label (condition [B])."""
+        config = self.config
+        if config.conditions:
+            if condition is None:
+                raise ValueError("a conditional model starts from a class label: pass condition")
+            # [B, states·layers·hidden] → one [layers, B, hidden] tensor per state name
+            rows = torch.tanh(self.condition(condition)).view(-1, len(config.state_names), config.layers, config.hidden)
+            return tuple(rows[:, i].transpose(0, 1).contiguous() for i in range(len(config.state_names)))
+        zeros = torch.zeros(config.layers * config.directions, batch, config.hidden, device=self.head.weight.device)
+        return tuple(zeros.clone() for _ in config.state_names)
+
+    def start(self, batch) -> tuple[torch.Tensor, ...]:
+        """The state a training example starts from."""
+        return self.initial_state(batch.inputs.size(0), batch.condition)
 
     def carried(self, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """The state the next window of a long text starts from. Detached: gradients stop at the window
         boundary (truncated BPTT) while the state carries on. A bidirectional model reads each window on
         its own (its backward half cannot carry state), so it starts fresh."""
         if self.config.bidirectional:
-            return self.initial_state(state[0].size(1))
+            return tuple(torch.zeros_like(s) for s in state)
         return tuple(s.detach() for s in state)
 
     def forward(self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...] | None):
@@ -99,3 +131,75 @@ class RecurrentNet(nn.Module):
         y, next_state = self.rnn(x, packed_state)  # y: [B, T, H·directions]
         next_state = next_state if isinstance(next_state, tuple) else (next_state,)
         return self.head(self.drop(y)), next_state
+
+
+class EncoderDecoder(nn.Module):
+    """A bidirectional encoder over the source; a decoder that attends over the encoder's states at every
+    step (Luong's "general" attention: score = decoder output · W·encoder state).
+
+    The decoder's state is its recurrent state plus the memory it attends over and the memory's mask, so a
+    served sequence carries everything it needs from one step to the next:
+      state = (*recurrent [layers, B, hidden] each, memory [B, S, hidden], mask [B, S]).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        layer_type, _ = CELLS[config.cell]
+        dropout = config.dropout if config.layers > 1 else 0.0
+        self.embed = nn.Embedding(config.vocab_size, config.embedding)  # source and target share their bytes
+        self.encoder = layer_type(config.embedding, config.hidden, config.layers, dropout=dropout, batch_first=True, bidirectional=True)
+        self.bridge = nn.Linear(2 * config.hidden, config.hidden)  # both directions' final state → the decoder's first
+        self.keys = nn.Linear(2 * config.hidden, config.hidden, bias=False)  # encoder states → memory
+        self.decoder = layer_type(config.embedding, config.hidden, config.layers, dropout=dropout, batch_first=True)
+        self.combine = nn.Linear(2 * config.hidden, config.hidden)
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden, config.output_size)
+
+    def encode(self, source: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """source [B, S] (right-padded to the longest when lengths is given) → the decoder's initial state."""
+        config = self.config
+        x = self.drop(self.embed(source))
+        if lengths is not None:  # training batches: padding must not reach the backward direction
+            x = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        states, final = self.encoder(x)
+        if lengths is not None:
+            states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True, total_length=source.size(1))
+        final = final if isinstance(final, tuple) else (final,)
+        batch = source.size(0)
+        # each final tensor [layers·2, B, H] → both directions side by side [layers, B, 2H] → [layers, B, H]
+        recurrent = tuple(
+            torch.tanh(self.bridge(f.view(config.layers, 2, batch, config.hidden).permute(0, 2, 1, 3).reshape(config.layers, batch, -1)))
+            for f in final
+        )
+        memory = self.keys(states)  # [B, S, H]
+        if lengths is None:
+            mask = torch.ones(source.shape, dtype=memory.dtype, device=source.device)
+        else:
+            mask = (torch.arange(source.size(1), device=source.device)[None, :] < lengths[:, None]).to(memory.dtype)
+        return (*recurrent, memory, mask)
+
+    def start(self, batch) -> tuple[torch.Tensor, ...]:
+        return self.encode(batch.source, batch.source_lengths)
+
+    def carried(self, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return tuple(s.detach() for s in state)
+
+    def forward(self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...], attention: bool = False):
+        """tokens [B, T] → logits [B, T, V] and the next state (and with attention=True, the attention
+        weights [B, T, S] over the memory)."""
+        *recurrent, memory, mask = state
+        packed_state = recurrent[0] if len(recurrent) == 1 else tuple(recurrent)
+        y, next_recurrent = self.decoder(self.drop(self.embed(tokens)), packed_state)  # y [B, T, H]
+        next_recurrent = next_recurrent if isinstance(next_recurrent, tuple) else (next_recurrent,)
+        scores = y @ memory.transpose(1, 2) + (mask[:, None, :] - 1.0) * 1e9  # padded positions get no weight
+        weights = torch.softmax(scores, dim=-1)  # [B, T, S]
+        context = weights @ memory  # [B, T, H]
+        out = torch.tanh(self.combine(torch.cat([y, context], dim=-1)))
+        logits = self.head(self.drop(out))
+        next_state = (*next_recurrent, memory, mask)
+        return (logits, next_state, weights) if attention else (logits, next_state)
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    return EncoderDecoder(config) if config.encoder_decoder else RecurrentNet(config)

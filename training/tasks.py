@@ -1,46 +1,131 @@
-"""What a model learns from a corpus: its inputs and targets, how its quality is measured, what a sample
-looks like, and what its outputs mean (for the metadata the server reads)."""
+"""What a model learns: where its examples come from, how they are cut into batches, how its quality is
+measured, what a sample looks like, and what its outputs mean (for the metadata the server reads).
+
+Two ways to feed a model:
+- streams (language model, tagger): a long text cut into parallel streams, read window after window with
+  the state carried across windows (truncated BPTT);
+- examples (classifier, conditional language model, date normaliser): independent examples, each starting
+  from its own initial state: zeros, a class label's learnt state, or the encoding of a source text.
+"""
 
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 
 import torch
 
-from training.data import unigram_entropy_bits
-from training.models import RecurrentNet
+from training.config import TrainConfig
+from training.data import batchify, chunks, date_pair, labelled_corpus, load_corpus, split_corpus, unigram_entropy_bits
+from training.models import ModelConfig
 from training.text import IncrementalDecoder, Tokenizer
 
 LN2 = math.log(2)
+IGNORE = -100  # target of a padded position: no loss, no metric
+EXAMPLE_BATCHES_PER_EPOCH = 500
 
 
-@dataclass(frozen=True)
-class Split:
-    inputs: list[int]  # token ids the model reads
-    targets: list[int]  # what it should output at each step: the next token, or a label
-    chars: int  # characters of text behind them, for per-character figures
+@dataclass
+class Batch:
+    inputs: torch.Tensor  # [B, T] token ids
+    targets: torch.Tensor  # [B, T]: the next token, or a label, or IGNORE
+    fresh: bool = True  # starts from the initial state; otherwise carries the previous batch's state
+    condition: torch.Tensor | None = None  # [B] class labels of a conditional language model
+    source: torch.Tensor | None = None  # [B, S] source tokens of an encoder–decoder, right-padded
+    source_lengths: torch.Tensor | None = None  # [B]
+
+
+class TaskData:
+    """A task's training batches (epoch by epoch, the same for the same seed) and validation batches."""
+
+    chars_per_token: float = 1.0
+
+    val_batches: list[Batch]
+    corpus: str = ""  # the text behind it, for per-character figures
+    val_text: str = ""
+
+    def train_batches(self, epoch: int):
+        raise NotImplementedError
+
+
+class Streams(TaskData):
+    def __init__(self, inputs: list[int], targets: list[int], val_inputs: list[int], val_targets: list[int], config: TrainConfig):
+        train = batchify(inputs, config.batch_size), batchify(targets, config.batch_size)
+        val_rows = min(16, max(1, len(val_inputs) // (2 * config.bptt)))
+        val = batchify(val_inputs, val_rows), batchify(val_targets, val_rows)
+        self._train = [Batch(x, y, fresh=i == 0) for i, (x, y) in enumerate(chunks(*train, config.bptt))]
+        self.val_batches = [Batch(x, y, fresh=i == 0) for i, (x, y) in enumerate(chunks(*val, config.bptt))]
+
+    def train_batches(self, epoch: int):
+        return iter(self._train)
+
+
+class Examples(TaskData):
+    """Random examples for training (a fixed number of batches per epoch), a fixed held-out set for validation."""
+
+    def __init__(self, make_batch, val_batches: list[Batch], config: TrainConfig):
+        self._make_batch = make_batch  # (random.Random, batch size) → Batch
+        self._config = config
+        self.val_batches = val_batches
+
+    def train_batches(self, epoch: int):
+        rng = random.Random(self._config.seed * 1_000_003 + epoch)
+        return (self._make_batch(rng, self._config.batch_size) for _ in range(EXAMPLE_BATCHES_PER_EPOCH))
+
+
+def _batched(items: list, size: int):
+    return (items[i : i + size] for i in range(0, len(items), size))
+
+
+def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
 class LanguageModel:
     """Predict the next token at every step."""
 
     name = "language_model"
-    labels: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()  # names of the outputs, for a tagger or classifier
+    conditions: tuple[str, ...] = ()  # names of the class labels a conditional model starts from
+    max_source_tokens = 0  # an encoder–decoder's longest source
+    classifies_whole_text = False  # its outputs name one class for the whole input
+    builtin_corpus = "builtin:pydoc_data.topics"
 
-    def split(self, tokenizer: Tokenizer, text: str) -> Split:
-        ids = tokenizer.encode(text)
-        return Split(ids[:-1], ids[1:], len(text))
+    def corpus(self, config: TrainConfig) -> str:
+        return load_corpus(config.corpus)
 
     def tokenizer_text(self, text: str) -> str:
         return text
 
-    def metrics(self, loss: float, predicted: torch.Tensor, split: Split, corpus: str) -> dict:
-        chars_per_token = split.chars / len(split.inputs)
+    def model_config(self, vocab_size: int, config: TrainConfig) -> ModelConfig:
+        return ModelConfig(
+            vocab_size, config.cell, config.layers, config.hidden, config.embedding, config.dropout,
+            outputs=len(self.labels), bidirectional=config.bidirectional,
+        )
+
+    def data(self, tokenizer: Tokenizer, text: str, config: TrainConfig) -> TaskData:
+        train_text, val_text = split_corpus(text, config.val_fraction)
+        train, val = self._pairs(tokenizer, train_text), self._pairs(tokenizer, val_text)
+        data = Streams(*train, *val, config)
+        data.chars_per_token = self._chars(val_text) / len(val[0])
+        data.val_text = val_text
+        data.corpus = text
+        return data
+
+    def _pairs(self, tokenizer: Tokenizer, text: str) -> tuple[list[int], list[int]]:
+        ids = tokenizer.encode(text)
+        return ids[:-1], ids[1:]
+
+    def _chars(self, text: str) -> int:
+        return len(text)
+
+    def metrics(self, loss: float, logits: list[torch.Tensor], data: TaskData, model) -> dict:
         return {
             "val_loss_nats": round(loss, 4),
-            "val_bits_per_char": round(loss / LN2 / chars_per_token, 4),
-            "unigram_bits_per_char": round(unigram_entropy_bits(corpus), 4),
+            "val_bits_per_char": round(loss / LN2 / data.chars_per_token, 4),
+            "unigram_bits_per_char": round(unigram_entropy_bits(data.corpus), 4),
         }
 
     def summary(self, metrics: dict) -> str:
@@ -50,25 +135,30 @@ class LanguageModel:
         )
 
     @torch.no_grad()
-    def sample(self, model: RecurrentNet, tokenizer: Tokenizer, val_text: str, chars: int, temperature: float = 0.8) -> str:
+    def sample(self, model, tokenizer: Tokenizer, data: TaskData, chars: int, temperature: float = 0.8) -> str:
         """Text continuing "The ", sampled step by step from the PyTorch model."""
-        decoder = IncrementalDecoder(tokenizer)
         logits, state = model(torch.tensor([tokenizer.encode("The ")]), model.initial_state(1))
-        text = ""
-        while len(text) < chars:
-            token = int(torch.multinomial(torch.softmax(logits[0, -1] / temperature, dim=-1), 1))
-            text += decoder.feed(token)
-            logits, state = model(torch.tensor([[token]]), state)
-        return text
+        return _sample_text(model, tokenizer, logits, state, chars, temperature)
 
 
-class BoundaryTagger:
+def _sample_text(model, tokenizer: Tokenizer, logits, state, chars: int, temperature: float) -> str:
+    decoder = IncrementalDecoder(tokenizer)
+    text = ""
+    while len(text) < chars:
+        probabilities = torch.softmax(logits[0, -1, : tokenizer.vocab_size] / temperature, dim=-1)
+        token = int(torch.multinomial(probabilities, 1))
+        text += decoder.feed(token)
+        logits, state = model(torch.tensor([[token]]), state)
+    return text
+
+
+class BoundaryTagger(LanguageModel):
     """Restore word boundaries: read text with its whitespace removed, tag after which character a space belongs."""
 
     name = "boundary_tagger"
     labels = ("no_boundary", "boundary")
 
-    def split(self, tokenizer: Tokenizer, text: str) -> Split:
+    def _pairs(self, tokenizer: Tokenizer, text: str) -> tuple[list[int], list[int]]:
         inputs: list[int] = []
         targets: list[int] = []
         words = text.split()
@@ -76,13 +166,17 @@ class BoundaryTagger:
             ids = tokenizer.encode(word)
             inputs += ids
             targets += [0] * (len(ids) - 1) + [int(index < len(words) - 1)]  # the label sits on a word's last token
-        return Split(inputs, targets, sum(len(w) for w in words))
+        return inputs, targets
+
+    def _chars(self, text: str) -> int:
+        return sum(len(w) for w in text.split())
 
     def tokenizer_text(self, text: str) -> str:
         return "".join(text.split())
 
-    def metrics(self, loss: float, predicted: torch.Tensor, split: Split, corpus: str) -> dict:
-        truth = torch.tensor(split.targets[: predicted.numel()])
+    def metrics(self, loss: float, logits: list[torch.Tensor], data: TaskData, model) -> dict:
+        predicted = torch.cat([lg.argmax(-1) for lg in logits], dim=1).flatten()
+        truth = torch.cat([b.targets for b in data.val_batches], dim=1).flatten()
         hits = int(((predicted == 1) & (truth == 1)).sum())
         precision = hits / max(1, int((predicted == 1).sum()))
         recall = hits / max(1, int((truth == 1).sum()))
@@ -101,15 +195,224 @@ class BoundaryTagger:
         )
 
     @torch.no_grad()
-    def sample(self, model: RecurrentNet, tokenizer: Tokenizer, val_text: str, chars: int) -> str:
+    def sample(self, model, tokenizer: Tokenizer, data: TaskData, chars: int) -> str:
         """The start of the held-out text with its spaces removed, and put back where the model says."""
-        joined = "".join(val_text.split())[:chars]
+        joined = "".join(data.val_text.split())[:chars]
         logits, _ = model(torch.tensor([tokenizer.encode(joined)]), model.initial_state(1))
         boundaries = logits[0].argmax(-1).tolist()
         return "".join(ch + (" " if boundary else "") for ch, boundary in zip(joined, boundaries))
 
 
-TASKS = {task.name: task for task in (LanguageModel(), BoundaryTagger())}
+class _LabelledText(LanguageModel):
+    """Snippets of the built-in labelled corpus: prose, Python and C."""
+
+    kinds = ("prose", "python", "c")
+    builtin_corpus = "builtin:prose (help topics), python (standard library), c (Python's headers)"
+    VAL_SNIPPETS = 64  # per label
+
+    def corpus(self, config: TrainConfig) -> str:
+        if config.corpus is not None:
+            raise SystemExit(f"--task {self.name} learns from the built-in labelled corpus: drop --corpus")
+        return "\n".join(labelled_corpus().values())
+
+    def data(self, tokenizer: Tokenizer, text: str, config: TrainConfig) -> TaskData:
+        length = config.bptt
+        texts = labelled_corpus()
+        parts = [split_corpus(texts[kind], config.val_fraction) for kind in self.kinds]
+        train_ids = [tokenizer.encode(train) for train, _ in parts]
+        val_ids = [tokenizer.encode(val) for _, val in parts]
+
+        def batch(windows: list[tuple[int, list[int]]]) -> Batch:
+            return self._batch([label for label, _ in windows], [ids for _, ids in windows], tokenizer.vocab_size)
+
+        def make_batch(rng: random.Random, size: int) -> Batch:
+            labels = [rng.randrange(len(self.kinds)) for _ in range(size)]
+            return batch([(lab, _window(train_ids[lab], rng.randrange(len(train_ids[lab]) - length), length)) for lab in labels])
+
+        held_out = [
+            (lab, _window(ids, start, length))
+            for lab, ids in enumerate(val_ids)
+            for start in range(0, len(ids) - length, max(1, (len(ids) - length) // self.VAL_SNIPPETS))[: self.VAL_SNIPPETS]
+        ]
+        data = Examples(make_batch, [batch(b) for b in _batched(held_out, 64)], config)
+        data.corpus = text
+        return data
+
+    def _batch(self, labels: list[int], windows: list[list[int]], bos: int) -> Batch:
+        raise NotImplementedError
+
+
+def _window(ids: list[int], start: int, length: int) -> list[int]:
+    return ids[start : start + length]
+
+
+class TextClassifier(_LabelledText):
+    """Tell which kind of text a snippet is. Every step is trained to name the snippet's kind, so the output
+    after any prefix is the running guess, and the output after the last step is the answer."""
+
+    name = "text_classifier"
+    labels = _LabelledText.kinds
+    classifies_whole_text = True
+
+    def _batch(self, labels: list[int], windows: list[list[int]], bos: int) -> Batch:
+        inputs = torch.tensor(windows)
+        return Batch(inputs, torch.tensor(labels)[:, None].expand_as(inputs).contiguous())
+
+    def metrics(self, loss: float, logits: list[torch.Tensor], data: TaskData, model) -> dict:
+        truth = torch.cat([b.targets[:, 0] for b in data.val_batches])
+        probabilities = torch.cat([torch.softmax(lg, -1) for lg in logits])  # [N, T, C]
+        whole = sequence_probabilities(probabilities, model.config.bidirectional).argmax(-1)
+        after_16 = probabilities[:, 15].argmax(-1)
+        return {
+            "val_loss_nats": round(loss, 4),
+            "accuracy": round(float((whole == truth).float().mean()), 4),
+            "accuracy_after_16_chars": round(float((after_16 == truth).float().mean()), 4),
+            "snippet_chars": probabilities.size(1),
+            "val_snippets": len(truth),
+        }
+
+    def summary(self, metrics: dict) -> str:
+        return (
+            f"val loss {metrics['val_loss_nats']:.3f} nats, accuracy {metrics['accuracy']:.3f} on "
+            f"{metrics['val_snippets']} snippets of {metrics['snippet_chars']} chars (after 16 chars: {metrics['accuracy_after_16_chars']:.3f})"
+        )
+
+    @torch.no_grad()
+    def sample(self, model, tokenizer: Tokenizer, data: TaskData, chars: int) -> str:
+        batch = data.val_batches[0]
+        logits, _ = model(batch.inputs[:1], model.start(Batch(batch.inputs[:1], batch.targets[:1])))
+        guess = self.labels[int(sequence_probabilities(torch.softmax(logits, -1), model.config.bidirectional)[0].argmax())]
+        return f"{tokenizer_decode(tokenizer, batch.inputs[0].tolist())!r} → {guess}"
+
+
+def sequence_probabilities(probabilities: torch.Tensor, bidirectional: bool) -> torch.Tensor:
+    """[B, T, C] per-step class probabilities → [B, C] for the whole input: the last step of a model that
+    reads left to right (it has seen everything), the mean over steps of a bidirectional one."""
+    return probabilities.mean(1) if bidirectional else probabilities[:, -1]
+
+
+def tokenizer_decode(tokenizer: Tokenizer, ids: list[int]) -> str:
+    return b"".join(tokenizer.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
+
+
+class ConditionalLanguageModel(_LabelledText):
+    """Write a kind of text on demand: the state starts from the requested label's learnt state, the first
+    input is <bos>, and each step predicts the next token."""
+
+    name = "conditional_language_model"
+    conditions = _LabelledText.kinds
+
+    def model_config(self, vocab_size: int, config: TrainConfig) -> ModelConfig:
+        return ModelConfig(
+            vocab_size + 2, config.cell, config.layers, config.hidden, config.embedding, config.dropout,
+            conditions=len(self.conditions), special_tokens=True,
+        )
+
+    def _batch(self, labels: list[int], windows: list[list[int]], bos: int) -> Batch:
+        inputs = torch.tensor([[bos, *w[:-1]] for w in windows])
+        return Batch(inputs, torch.tensor(windows), condition=torch.tensor(labels))
+
+    def metrics(self, loss: float, logits: list[torch.Tensor], data: TaskData, model) -> dict:
+        return {"val_loss_nats": round(loss, 4), "val_bits_per_char": round(loss / LN2, 4)}
+
+    def summary(self, metrics: dict) -> str:
+        return f"val loss {metrics['val_loss_nats']:.3f} nats, {metrics['val_bits_per_char']:.3f} bits/char"
+
+    @torch.no_grad()
+    def sample(self, model, tokenizer: Tokenizer, data: TaskData, chars: int, temperature: float = 0.8) -> str:
+        texts = []
+        for index, label in enumerate(self.conditions):
+            state = model.initial_state(1, torch.tensor([index]))
+            logits, state = model(torch.tensor([[model.config.bos]]), state)
+            texts.append(f"{label}: {_sample_text(model, tokenizer, logits, state, chars // len(self.conditions), temperature)!r}")
+        return "  ".join(texts)
+
+
+class DateNormaliser(LanguageModel):
+    """Rewrite a date written any common way as ISO 8601 (an encoder–decoder with attention). Training dates
+    and held-out dates never overlap: every 20th day of the calendar is kept for validation."""
+
+    name = "date_normaliser"
+    builtin_corpus = "generated:dates"
+    max_source_tokens = 48
+    VAL_EXAMPLES = 512
+
+    def corpus(self, config: TrainConfig) -> str:
+        if config.corpus is not None:
+            raise SystemExit("--task date_normaliser makes its own examples: drop --corpus")
+        rng = random.Random(0)
+        return "\n".join(" ".join(date_pair(rng, held_out=False)) for _ in range(5000))
+
+    def model_config(self, vocab_size: int, config: TrainConfig) -> ModelConfig:
+        return ModelConfig(
+            vocab_size + 2, config.cell, config.layers, config.hidden, config.embedding, config.dropout,
+            special_tokens=True, encoder_decoder=True,
+        )
+
+    def data(self, tokenizer: Tokenizer, text: str, config: TrainConfig) -> TaskData:
+        bos, eos = tokenizer.vocab_size, tokenizer.vocab_size + 1
+
+        def batch(pairs: list[tuple[str, str]]) -> Batch:
+            sources = [tokenizer.encode(s) for s, _ in pairs]
+            targets = [tokenizer.encode(t) for _, t in pairs]
+            return Batch(
+                _pad([[bos, *t] for t in targets], eos),
+                _pad([[*t, eos] for t in targets], IGNORE),
+                source=_pad(sources, eos),
+                source_lengths=torch.tensor([len(s) for s in sources]),
+            )
+
+        rng = random.Random(config.seed + 12_345)
+        held_out = [date_pair(rng, held_out=True) for _ in range(self.VAL_EXAMPLES)]
+        data = Examples(lambda rng, size: batch([date_pair(rng, held_out=False) for _ in range(size)]), [
+            batch(list(b)) for b in _batched(held_out, 128)
+        ], config)
+        data.held_out = held_out
+        return data
+
+    def metrics(self, loss: float, logits: list[torch.Tensor], data: TaskData, model) -> dict:
+        """Exact match under teacher forcing equals exact match of greedy decoding: if every step's most
+        probable token is the target's, greedy decoding writes exactly the target, and only then."""
+        exact = []
+        for lg, batch in zip(logits, data.val_batches):
+            wrong = (lg.argmax(-1) != batch.targets) & (batch.targets != IGNORE)
+            exact.append(~wrong.any(dim=1))
+        exact_all = torch.cat(exact)
+        return {
+            "val_loss_nats": round(loss, 4),
+            "exact_match": round(float(exact_all.float().mean()), 4),
+            "val_examples": len(exact_all),
+        }
+
+    def summary(self, metrics: dict) -> str:
+        return f"val loss {metrics['val_loss_nats']:.3f} nats, exact match {metrics['exact_match']:.3f} on {metrics['val_examples']} held-out dates"
+
+    @torch.no_grad()
+    def sample(self, model, tokenizer: Tokenizer, data: TaskData, chars: int) -> str:
+        return "  ".join(
+            f"{source!r} → {greedy_decode(model, tokenizer, source)!r}" for source, _ in data.held_out[:3]
+        )
+
+
+@torch.no_grad()
+def greedy_decode(model, tokenizer: Tokenizer, source: str, max_tokens: int = 32) -> str:
+    """The encoder–decoder's most probable output, token by token (the reference the server must match)."""
+    config = model.config
+    state = model.encode(torch.tensor([tokenizer.encode(source)]))
+    token, out = config.bos, []
+    for _ in range(max_tokens):
+        logits, state = model(torch.tensor([[token]]), state)
+        token = int(logits[0, -1].argmax())
+        if token == config.eos:
+            break
+        out.append(token)
+    return tokenizer_decode(tokenizer, out)
+
+
+TASKS = {
+    task.name: task
+    for task in (LanguageModel(), BoundaryTagger(), TextClassifier(), ConditionalLanguageModel(), DateNormaliser())
+}
 
 
 def task_named(name: str):

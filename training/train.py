@@ -13,9 +13,8 @@ from torch import nn
 from tqdm import tqdm
 
 from training.config import TrainConfig
-from training.data import batchify, chunks, load_corpus, split_corpus
-from training.models import ModelConfig, RecurrentNet
-from training.tasks import Split, task_named
+from training.models import ModelConfig, build_model
+from training.tasks import IGNORE, Batch, task_named
 from training.text import Tokenizer, make_tokenizer, tokenizer_from_spec
 
 
@@ -37,18 +36,18 @@ def lr_factor(config: TrainConfig, step: int, fraction_done: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: RecurrentNet, inputs: torch.Tensor, targets: torch.Tensor, bptt: int) -> tuple[float, torch.Tensor]:
-    """Mean validation loss in nats per step, and the most probable output at every step (row by row)."""
+def evaluate(model, batches: list[Batch]) -> tuple[float, list[torch.Tensor]]:
+    """Mean validation loss in nats per (unpadded) step, and every batch's logits."""
     model.eval()
-    state = model.initial_state(inputs.size(0))
-    total, count, predicted = 0.0, 0, []
-    for window, expected in chunks(inputs, targets, bptt):
-        logits, state = model(window, model.carried(state))
-        total += nn.functional.cross_entropy(logits.flatten(0, 1), expected.flatten(), reduction="sum").item()
-        count += expected.numel()
-        predicted.append(logits.argmax(-1))
+    state, total, count, logits_all = None, 0.0, 0, []
+    for batch in batches:
+        state = model.start(batch) if batch.fresh else model.carried(state)
+        logits, state = model(batch.inputs, state)
+        total += nn.functional.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE, reduction="sum").item()
+        count += int((batch.targets != IGNORE).sum())
+        logits_all.append(logits)
     model.train()
-    return total / count, torch.cat(predicted, dim=1).flatten()
+    return total / count, logits_all
 
 
 def save_checkpoint(path: Path, model, optimizer, tokenizer, config: TrainConfig, progress: Progress) -> None:
@@ -70,64 +69,29 @@ def save_checkpoint(path: Path, model, optimizer, tokenizer, config: TrainConfig
     os.replace(tmp, path)
 
 
-def load_model(path: str | Path) -> tuple[RecurrentNet, Tokenizer, dict]:
+def load_model(path: str | Path) -> tuple[nn.Module, Tokenizer, dict]:
     """A checkpoint carries its own constructor arguments: model, tokenizer and metrics come back whole."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    model = RecurrentNet(ModelConfig(**checkpoint["model_config"]))
+    model = build_model(ModelConfig(**checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model_state"])
     return model.eval(), tokenizer_from_spec(checkpoint["tokenizer"]), checkpoint
-
-
-@dataclass
-class Data:
-    """A corpus cut for one task: training streams [B, N], validation streams, and the validation split."""
-
-    train_inputs: torch.Tensor
-    train_targets: torch.Tensor
-    val_inputs: torch.Tensor
-    val_targets: torch.Tensor
-    val: Split
-    val_text: str
-
-
-def prepare(task, tokenizer: Tokenizer, text: str, config: TrainConfig) -> Data:
-    train_text, val_text = split_corpus(text, config.val_fraction)
-    train, val = task.split(tokenizer, train_text), task.split(tokenizer, val_text)
-    val_rows = min(16, max(1, len(val.inputs) // (2 * config.bptt)))
-    return Data(
-        batchify(train.inputs, config.batch_size),
-        batchify(train.targets, config.batch_size),
-        batchify(val.inputs, val_rows),
-        batchify(val.targets, val_rows),
-        val,
-        val_text,
-    )
 
 
 def train(config: TrainConfig) -> dict:
     """Trains until the step or time budget is spent; returns the final metrics."""
     torch.manual_seed(config.seed)
-    text = load_corpus(config.corpus)
     out = Path(config.out)
     if config.resume and not out.exists():
         raise SystemExit(f"--resume: no checkpoint at {out}")
     checkpoint = torch.load(out, map_location="cpu", weights_only=False) if config.resume else None
     task = task_named(checkpoint["train_config"].get("task", "language_model") if checkpoint else config.task)
+    text = task.corpus(config)
     tokenizer = (
         tokenizer_from_spec(checkpoint["tokenizer"]) if checkpoint else make_tokenizer(config.tokenizer, task.tokenizer_text(text))
     )
-    data = prepare(task, tokenizer, text, config)
-    chars_per_token = data.val.chars / len(data.val.inputs)
-
-    model_config = (
-        ModelConfig(**checkpoint["model_config"])
-        if checkpoint
-        else ModelConfig(
-            tokenizer.vocab_size, config.cell, config.layers, config.hidden, config.embedding, config.dropout,
-            outputs=len(task.labels), bidirectional=config.bidirectional,
-        )
-    )
-    model = RecurrentNet(model_config)
+    data = task.data(tokenizer, text, config)
+    model_config = ModelConfig(**checkpoint["model_config"]) if checkpoint else task.model_config(tokenizer.vocab_size, config)
+    model = build_model(model_config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     progress = Progress()
     if checkpoint:
@@ -137,7 +101,6 @@ def train(config: TrainConfig) -> dict:
         torch.set_rng_state(checkpoint["rng_state"])
 
     total_steps, total_s = config.budget()
-    windows = list(chunks(data.train_inputs, data.train_targets, config.bptt))
     log = (lambda msg: None) if config.quiet else tqdm.write
 
     def fraction_done() -> float:
@@ -146,20 +109,20 @@ def train(config: TrainConfig) -> dict:
         return max(done)
 
     def checkpoint_now(train_loss: float) -> None:
-        val_loss, predicted = evaluate(model, data.val_inputs, data.val_targets, config.bptt)
+        val_loss, logits = evaluate(model, data.val_batches)
         progress.metrics = {
             "task": task.name,
             "train_loss_nats": round(train_loss, 4),
-            **task.metrics(val_loss, predicted, data.val, text),
+            **task.metrics(val_loss, logits, data, model),
             "steps": progress.step,
             "train_seconds": round(progress.elapsed_s, 1),
-            "corpus": config.corpus or "builtin:pydoc_data.topics",
+            "corpus": config.corpus or task.builtin_corpus,
             "corpus_chars": len(text),
         }
         log(f"step {progress.step}: {task.summary(progress.metrics)}")
         if not config.quiet:
             model.eval()
-            log("  sample: " + repr(task.sample(model, tokenizer, data.val_text, config.sample_chars)))
+            log("  sample: " + repr(task.sample(model, tokenizer, data, config.sample_chars)))
             model.train()
         save_checkpoint(out, model, optimizer, tokenizer, config, progress)
 
@@ -176,13 +139,16 @@ def train(config: TrainConfig) -> dict:
     model.train()
     loss_ema = None
     while fraction_done() < 1.0:
-        state = model.initial_state(config.batch_size)
-        for inputs, targets in windows[progress.chunk :]:
+        state = None
+        for index, batch in enumerate(data.train_batches(progress.epoch)):
+            if index < progress.chunk:  # resuming: the batches this epoch already trained on
+                continue
             started = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * lr_factor(config, progress.step, fraction_done())
-            logits, state = model(inputs, model.carried(state))
-            loss = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+            state = model.start(batch) if batch.fresh or state is None else model.carried(state)
+            logits, state = model(batch.inputs, state)
+            loss = nn.functional.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), config.clip)
@@ -195,7 +161,7 @@ def train(config: TrainConfig) -> dict:
             loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
             bar.update(1 if total_steps else round(progress.elapsed_s) - bar.n)
             bar.set_postfix(
-                step=progress.step, loss=f"{loss_ema:.3f}", chars_s=f"{inputs.numel() * chars_per_token / seconds:,.0f}"
+                step=progress.step, loss=f"{loss_ema:.3f}", chars_s=f"{batch.inputs.numel() * data.chars_per_token / seconds:,.0f}"
             )
             if progress.step % config.eval_every == 0:
                 checkpoint_now(loss_ema)

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1arnnserve/v1/rnnserve.proto\x12\x0brnnserve.v1\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.rnnserve.v1.ModelInfo\"1\n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"9\n\x0bStateTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\"\xc8\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\rH\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\tB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x07\n\x05_seedB\r\n\x0b_max_tokens\"\xa1\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08versions\x18\x03 \x03(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x0c\n\x04\x63\x65ll\x18\x05 \x01(\t\x12\x0e\n\x06layers\x18\x06 \x01(\r\x12\x0e\n\x06hidden\x18\x07 \x01(\r\x12\x11\n\ttokenizer\x18\x08 \x01(\t\x12\x12\n\nvocab_size\x18\t \x01(\r\x12\'\n\x05state\x18\n \x03(\x0b\x32\x18.rnnserve.v1.StateTensor\x12\x11\n\tstreaming\x18\x0b \x01(\x08\x12\x11\n\tproviders\x18\x0c \x03(\t\x12\x35\n\x10\x64\x65\x66\x61ult_sampling\x18\r \x01(\x0b\x32\x1b.rnnserve.v1.SamplingParams\x12\x15\n\rmetadata_json\x18\x0e \x01(\t\x12\x17\n\x0f\x61\x63tive_sessions\x18\x0f \x01(\r\x12\x14\n\x0cmax_sessions\x18\x10 \x01(\r\x12\x15\n\rruntime_calls\x18\x11 \x01(\x04\x12\r\n\x05\x63\x61lls\x18\x12 \x03(\t\x12\x0e\n\x06labels\x18\x13 \x03(\t\"p\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12-\n\x08sampling\x18\x04 \x01(\x0b\x32\x1b.rnnserve.v1.SamplingParams\"\x96\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x03\x12\x30\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x19.rnnserve.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x04 \x01(\r\x12\x18\n\x10generated_tokens\x18\x05 \x01(\r\"`\n\x0bStreamStart\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0e\n\x06resume\x18\x04 \x01(\x08\x12\r\n\x05top_k\x18\x05 \x01(\r\"e\n\rStreamRequest\x12\'\n\x05start\x18\x01 \x01(\x0b\x32\x18.rnnserve.v1.StreamStart\x12\r\n\x05reset\x18\x02 \x01(\x08\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x0e\n\x06tokens\x18\x04 \x03(\x03\"G\n\x10TokenProbability\x12\x10\n\x08token_id\x18\x01 \x01(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"c\n\x0eStepPrediction\x12\x10\n\x08token_id\x18\x01 \x01(\x03\x12\x12\n\ntoken_text\x18\x02 \x01(\t\x12+\n\x04next\x18\x03 \x03(\x0b\x32\x1d.rnnserve.v1.TokenProbability\"b\n\x0eStreamResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x04\x12*\n\x05steps\x18\x03 \x03(\x0b\x32\x1b.rnnserve.v1.StepPrediction\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse\"[\n\x0cInferRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x0e\n\x06tokens\x18\x04 \x03(\x03\x12\r\n\x05top_k\x18\x05 \x01(\r\";\n\rInferResponse\x12*\n\x05steps\x18\x01 \x03(\x0b\x32\x1b.rnnserve.v1.StepPrediction*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x32\xc2\x03\n\x08RnnServe\x12M\n\nListModels\x12\x1e.rnnserve.v1.ListModelsRequest\x1a\x1f.rnnserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.rnnserve.v1.GetModelRequest\x1a\x16.rnnserve.v1.ModelInfo\x12I\n\x08Generate\x12\x1c.rnnserve.v1.GenerateRequest\x1a\x1d.rnnserve.v1.GenerateResponse0\x01\x12\x45\n\x06Stream\x12\x1a.rnnserve.v1.StreamRequest\x1a\x1b.rnnserve.v1.StreamResponse(\x01\x30\x01\x12S\n\x0c\x43loseSession\x12 .rnnserve.v1.CloseSessionRequest\x1a!.rnnserve.v1.CloseSessionResponse\x12>\n\x05Infer\x12\x19.rnnserve.v1.InferRequest\x1a\x1a.rnnserve.v1.InferResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1arnnserve/v1/rnnserve.proto\x12\x0brnnserve.v1\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.rnnserve.v1.ModelInfo\"1\n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"9\n\x0bStateTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\"\xc8\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\rH\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\tB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x07\n\x05_seedB\r\n\x0b_max_tokens\"\xd0\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08versions\x18\x03 \x03(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x0c\n\x04\x63\x65ll\x18\x05 \x01(\t\x12\x0e\n\x06layers\x18\x06 \x01(\r\x12\x0e\n\x06hidden\x18\x07 \x01(\r\x12\x11\n\ttokenizer\x18\x08 \x01(\t\x12\x12\n\nvocab_size\x18\t \x01(\r\x12\'\n\x05state\x18\n \x03(\x0b\x32\x18.rnnserve.v1.StateTensor\x12\x11\n\tstreaming\x18\x0b \x01(\x08\x12\x11\n\tproviders\x18\x0c \x03(\t\x12\x35\n\x10\x64\x65\x66\x61ult_sampling\x18\r \x01(\x0b\x32\x1b.rnnserve.v1.SamplingParams\x12\x15\n\rmetadata_json\x18\x0e \x01(\t\x12\x17\n\x0f\x61\x63tive_sessions\x18\x0f \x01(\r\x12\x14\n\x0cmax_sessions\x18\x10 \x01(\r\x12\x15\n\rruntime_calls\x18\x11 \x01(\x04\x12\r\n\x05\x63\x61lls\x18\x12 \x03(\t\x12\x0e\n\x06labels\x18\x13 \x03(\t\x12\x12\n\nconditions\x18\x14 \x03(\t\x12\x19\n\x11max_source_tokens\x18\x15 \x01(\r\"\x8f\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12-\n\x08sampling\x18\x04 \x01(\x0b\x32\x1b.rnnserve.v1.SamplingParams\x12\r\n\x05label\x18\x05 \x01(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\"\x1c\n\tAttention\x12\x0f\n\x07weights\x18\x01 \x03(\x02\"\xd8\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x03\x12\x30\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x19.rnnserve.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x04 \x01(\r\x12\x18\n\x10generated_tokens\x18\x05 \x01(\r\x12)\n\tattention\x18\x06 \x03(\x0b\x32\x16.rnnserve.v1.Attention\x12\x15\n\rsource_tokens\x18\x07 \x03(\t\"`\n\x0bStreamStart\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0e\n\x06resume\x18\x04 \x01(\x08\x12\r\n\x05top_k\x18\x05 \x01(\r\"e\n\rStreamRequest\x12\'\n\x05start\x18\x01 \x01(\x0b\x32\x18.rnnserve.v1.StreamStart\x12\r\n\x05reset\x18\x02 \x01(\x08\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x0e\n\x06tokens\x18\x04 \x03(\x03\"G\n\x10TokenProbability\x12\x10\n\x08token_id\x18\x01 \x01(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"c\n\x0eStepPrediction\x12\x10\n\x08token_id\x18\x01 \x01(\x03\x12\x12\n\ntoken_text\x18\x02 \x01(\t\x12+\n\x04next\x18\x03 \x03(\x0b\x32\x1d.rnnserve.v1.TokenProbability\"\x92\x01\n\x0eStreamResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x04\x12*\n\x05steps\x18\x03 \x03(\x0b\x32\x1b.rnnserve.v1.StepPrediction\x12.\n\x07\x63lasses\x18\x04 \x03(\x0b\x32\x1d.rnnserve.v1.TokenProbability\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse\"[\n\x0cInferRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x0e\n\x06tokens\x18\x04 \x03(\x03\x12\r\n\x05top_k\x18\x05 \x01(\r\"k\n\rInferResponse\x12*\n\x05steps\x18\x01 \x03(\x0b\x32\x1b.rnnserve.v1.StepPrediction\x12.\n\x07\x63lasses\x18\x02 \x03(\x0b\x32\x1d.rnnserve.v1.TokenProbability*v\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x15\n\x11\x46INISH_REASON_END\x10\x03\x32\xc2\x03\n\x08RnnServe\x12M\n\nListModels\x12\x1e.rnnserve.v1.ListModelsRequest\x1a\x1f.rnnserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.rnnserve.v1.GetModelRequest\x1a\x16.rnnserve.v1.ModelInfo\x12I\n\x08Generate\x12\x1c.rnnserve.v1.GenerateRequest\x1a\x1d.rnnserve.v1.GenerateResponse0\x01\x12\x45\n\x06Stream\x12\x1a.rnnserve.v1.StreamRequest\x1a\x1b.rnnserve.v1.StreamResponse(\x01\x30\x01\x12S\n\x0c\x43loseSession\x12 .rnnserve.v1.CloseSessionRequest\x1a!.rnnserve.v1.CloseSessionResponse\x12>\n\x05Infer\x12\x19.rnnserve.v1.InferRequest\x1a\x1a.rnnserve.v1.InferResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rnnserve.v1.rnnserve_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1822
-  _globals['_FINISHREASON']._serialized_end=1917
+  _globals['_FINISHREASON']._serialized_start=2094
+  _globals['_FINISHREASON']._serialized_end=2212
   _globals['_LISTMODELSREQUEST']._serialized_start=43
   _globals['_LISTMODELSREQUEST']._serialized_end=62
   _globals['_LISTMODELSRESPONSE']._serialized_start=64
@@ -44,29 +44,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS']._serialized_start=237
   _globals['_SAMPLINGPARAMS']._serialized_end=437
   _globals['_MODELINFO']._serialized_start=440
-  _globals['_MODELINFO']._serialized_end=857
-  _globals['_GENERATEREQUEST']._serialized_start=859
-  _globals['_GENERATEREQUEST']._serialized_end=971
-  _globals['_GENERATERESPONSE']._serialized_start=974
-  _globals['_GENERATERESPONSE']._serialized_end=1124
-  _globals['_STREAMSTART']._serialized_start=1126
-  _globals['_STREAMSTART']._serialized_end=1222
-  _globals['_STREAMREQUEST']._serialized_start=1224
-  _globals['_STREAMREQUEST']._serialized_end=1325
-  _globals['_TOKENPROBABILITY']._serialized_start=1327
-  _globals['_TOKENPROBABILITY']._serialized_end=1398
-  _globals['_STEPPREDICTION']._serialized_start=1400
-  _globals['_STEPPREDICTION']._serialized_end=1499
-  _globals['_STREAMRESPONSE']._serialized_start=1501
-  _globals['_STREAMRESPONSE']._serialized_end=1599
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=1601
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=1642
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1644
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1666
-  _globals['_INFERREQUEST']._serialized_start=1668
-  _globals['_INFERREQUEST']._serialized_end=1759
-  _globals['_INFERRESPONSE']._serialized_start=1761
-  _globals['_INFERRESPONSE']._serialized_end=1820
-  _globals['_RNNSERVE']._serialized_start=1920
-  _globals['_RNNSERVE']._serialized_end=2370
+  _globals['_MODELINFO']._serialized_end=904
+  _globals['_GENERATEREQUEST']._serialized_start=907
+  _globals['_GENERATEREQUEST']._serialized_end=1050
+  _globals['_ATTENTION']._serialized_start=1052
+  _globals['_ATTENTION']._serialized_end=1080
+  _globals['_GENERATERESPONSE']._serialized_start=1083
+  _globals['_GENERATERESPONSE']._serialized_end=1299
+  _globals['_STREAMSTART']._serialized_start=1301
+  _globals['_STREAMSTART']._serialized_end=1397
+  _globals['_STREAMREQUEST']._serialized_start=1399
+  _globals['_STREAMREQUEST']._serialized_end=1500
+  _globals['_TOKENPROBABILITY']._serialized_start=1502
+  _globals['_TOKENPROBABILITY']._serialized_end=1573
+  _globals['_STEPPREDICTION']._serialized_start=1575
+  _globals['_STEPPREDICTION']._serialized_end=1674
+  _globals['_STREAMRESPONSE']._serialized_start=1677
+  _globals['_STREAMRESPONSE']._serialized_end=1823
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=1825
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=1866
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1868
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1890
+  _globals['_INFERREQUEST']._serialized_start=1892
+  _globals['_INFERREQUEST']._serialized_end=1983
+  _globals['_INFERRESPONSE']._serialized_start=1985
+  _globals['_INFERRESPONSE']._serialized_end=2092
+  _globals['_RNNSERVE']._serialized_start=2215
+  _globals['_RNNSERVE']._serialized_end=2665
 # @@protoc_insertion_point(module_scope)

@@ -85,6 +85,8 @@ class RnnServeServicer:
 
     def Generate(self, request, context):
         """Prompt in, a stream of text pieces out. The prompt is consumed in one runtime call.
+        A conditional language model also takes the class `label` to write; an encoder–decoder takes the
+        `source` to transduce, and returns with each token the attention it paid to the source.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -10,6 +10,7 @@ from server.api.status import streaming, unary
 from server.errors import InvalidArgument
 from server.repository import Model
 from server.service import (
+    Candidate,
     Chunk,
     ChunkResult,
     GeneratedPiece,
@@ -21,7 +22,12 @@ from server.service import (
     StreamStart,
 )
 
-FINISH_REASONS = {"": pb.FINISH_REASON_UNSPECIFIED, "length": pb.FINISH_REASON_LENGTH, "stop": pb.FINISH_REASON_STOP}
+FINISH_REASONS = {
+    "": pb.FINISH_REASON_UNSPECIFIED,
+    "length": pb.FINISH_REASON_LENGTH,
+    "stop": pb.FINISH_REASON_STOP,
+    "end": pb.FINISH_REASON_END,
+}
 
 
 class NativeServicer(pb_grpc.RnnServeServicer):
@@ -57,8 +63,8 @@ class NativeServicer(pb_grpc.RnnServeServicer):
 
     @unary
     async def Infer(self, request: pb.InferRequest, context) -> pb.InferResponse:
-        steps = await self._service.infer(infer_request(request))
-        return pb.InferResponse(steps=[step_prediction(step) for step in steps])
+        result = await self._service.infer(infer_request(request))
+        return pb.InferResponse(steps=[step_prediction(step) for step in result.steps], classes=candidates(result.classes))
 
     @unary
     async def CloseSession(self, request: pb.CloseSessionRequest, context) -> pb.CloseSessionResponse:
@@ -70,7 +76,9 @@ class NativeServicer(pb_grpc.RnnServeServicer):
 
 
 def generate_request(request: pb.GenerateRequest) -> GenerateRequest:
-    return GenerateRequest(request.model, request.prompt, request.version, sampling_request(request.sampling))
+    return GenerateRequest(
+        request.model, request.prompt, request.version, sampling_request(request.sampling), request.label, request.source
+    )
 
 
 def sampling_request(message: pb.SamplingParams) -> SamplingRequest:
@@ -94,6 +102,8 @@ def generate_response(piece: GeneratedPiece) -> pb.GenerateResponse:
         finish_reason=FINISH_REASONS[piece.finish_reason],
         prompt_tokens=piece.prompt_tokens,
         generated_tokens=piece.generated_tokens,
+        attention=[pb.Attention(weights=row) for row in piece.attention],
+        source_tokens=piece.source_tokens,
     )
 
 
@@ -111,16 +121,19 @@ def infer_request(message: pb.InferRequest) -> InferRequest:
 
 def stream_response(result: ChunkResult) -> pb.StreamResponse:
     return pb.StreamResponse(
-        session_id=result.session_id, position=result.position, steps=[step_prediction(s) for s in result.steps]
+        session_id=result.session_id,
+        position=result.position,
+        steps=[step_prediction(s) for s in result.steps],
+        classes=candidates(result.classes),
     )
 
 
 def step_prediction(step: StepPrediction) -> pb.StepPrediction:
-    return pb.StepPrediction(
-        token_id=step.token_id,
-        token_text=step.token_text,
-        next=[pb.TokenProbability(token_id=c.token_id, text=c.text, probability=c.probability) for c in step.next],
-    )
+    return pb.StepPrediction(token_id=step.token_id, token_text=step.token_text, next=candidates(step.next))
+
+
+def candidates(items: tuple[Candidate, ...]) -> list[pb.TokenProbability]:
+    return [pb.TokenProbability(token_id=c.token_id, text=c.text, probability=c.probability) for c in items]
 
 
 def model_info(model: Model, versions: list[str]) -> pb.ModelInfo:
@@ -148,4 +161,6 @@ def model_info(model: Model, versions: list[str]) -> pb.ModelInfo:
         runtime_calls=runtime.calls,
         calls=card.calls,
         labels=card.labels,
+        conditions=card.encoder.labels if card.encoder else (),
+        max_source_tokens=card.encoder.max_source_tokens if card.encoder else 0,
     )
