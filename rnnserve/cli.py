@@ -59,11 +59,24 @@ def _client(args) -> RnnServeClient:
 
 def _generate(args) -> None:
     sampling = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "seed", "max_tokens") if getattr(args, k) is not None}
+    source_tokens, looked_at = [], []
     with _client(args) as client:
-        for piece in client.generate(args.model, args.prompt, args.version, stop=args.stop or [], **sampling):
+        pieces = client.generate(args.model, args.prompt, args.version, args.label, args.source, stop=args.stop or [], **sampling)
+        for piece in pieces:
             sys.stdout.write(piece.text)
             sys.stdout.flush()
+            source_tokens += piece.source_tokens
+            looked_at += [(piece.text, attention.weights) for attention in piece.attention]
     sys.stdout.write("\n")
+    if args.attention:
+        _print_attention(source_tokens, looked_at)
+
+
+def _print_attention(source_tokens: list[str], looked_at: list[tuple[str, list[float]]]) -> None:
+    """For each output token, the source tokens it attended to most."""
+    for text, weights in looked_at:
+        top = sorted(range(len(weights)), key=lambda i: -weights[i])[:3]
+        print(f"{text!r:>8} ← " + "  ".join(f"{source_tokens[i]!r}@{i} {weights[i]:.2f}" for i in top))
 
 
 def _stream(args) -> None:
@@ -73,13 +86,21 @@ def _stream(args) -> None:
         responses = client.stream(args.model, lines, args.version, args.session_id, args.resume, args.top_k)
         for response in responses:
             _print_steps(response.steps)
+            _print_classes("so far", response.classes)
             print(f"[session {response.session_id}, position {response.position}]", flush=True)
 
 
 def _infer(args) -> None:
     """The whole text at once; every step's top outputs (next tokens, or labels)."""
     with _client(args) as client:
-        _print_steps(client.infer(args.model, args.text, args.version, args.top_k))
+        response = client.infer_response(args.model, args.text, args.version, args.top_k)
+    _print_steps(response.steps)
+    _print_classes("whole text", response.classes)
+
+
+def _print_classes(what: str, classes) -> None:
+    if classes:
+        print(f"[{what}: " + ", ".join(f"{c.text} {c.probability:.3f}" for c in classes) + "]")
 
 
 def _print_steps(steps) -> None:
@@ -100,12 +121,14 @@ def _models(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnnserve",
-        description="Train recurrent language models, export them to ONNX, serve them over gRPC with per-step "
-        "streaming, and talk to a server. `rnnserve COMMAND --help` explains each command.",
+        description="Train recurrent models (language models, taggers, classifiers, encoder–decoders), export them to "
+        "ONNX, serve them over gRPC with per-step streaming, and talk to a server. `rnnserve COMMAND --help` explains each command.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a character-level language model (needs the [train] extra)")
+    train = commands.add_parser(
+        "train", help="train a language model, tagger, classifier or encoder–decoder (needs the [train] extra)"
+    )
     train.set_defaults(run=_train)
     add_flags(train, TrainConfig)
 
@@ -130,7 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--model", required=True, help="model name")
             sub.add_argument("--version", default="", help="model version (default: the newest)")
     generate = commands.choices["generate"]
-    generate.add_argument("prompt", help="text to continue")
+    generate.add_argument("prompt", nargs="?", default="", help="text to continue (a language model needs one)")
+    generate.add_argument("--label", default="", help="conditional language models: the kind of text to write")
+    generate.add_argument("--source", default="", help="encoder–decoders: the text to transduce")
+    generate.add_argument("--attention", action="store_true", help="encoder–decoders: show where each output token looked")
     generate.add_argument("--temperature", type=float, help="0 is greedy (default: the model's)")
     generate.add_argument("--top-k", type=int, help="sample from the k most probable tokens (0: off)")
     generate.add_argument("--top-p", type=float, help="nucleus sampling mass (1: off)")

@@ -142,6 +142,7 @@ class InferenceService:
             sampler, decoder, stopper = Sampler(params), IncrementalDecoder(model.tokenizer), StopMatcher(params.stop)
             pending: list[int] = []
             attention: list[tuple[float, ...]] = []
+            source_length = len(source_tokens)
             for generated in range(1, params.max_tokens + 1):
                 token = sampler.sample(self._writable(card, outputs[0][-1]))
                 ended = token == card.eos
@@ -150,7 +151,7 @@ class InferenceService:
                 else:
                     pending.append(token)
                     if len(outputs) > 1:  # where the decoder looked while choosing this token
-                        attention.append(tuple(outputs[1][-1][: len(source_tokens)].tolist()))
+                        attention.append(tuple(outputs[1][-1][:source_length].tolist()))
                     text, stopped = stopper.push(decoder.feed(token))
                 last = ended or stopped or generated == params.max_tokens
                 if last and not stopped:  # release what the decoder and stop matcher held back

@@ -44,8 +44,10 @@ def corpus_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory, corpus_file) -> Path:
-    """lstm (byte), gru (char), rnn (byte), a byte LSTM that has learnt some Korean, and word-boundary
-    taggers: `tagger` (unidirectional, streams) and `tagger_bi` (bidirectional, whole input only)."""
+    """lstm (byte), gru (char), rnn (byte), a byte LSTM that has learnt some Korean, word-boundary
+    taggers (`tagger` unidirectional, streams; `tagger_bi` bidirectional, whole input only), text-kind
+    classifiers (`kind`, `kind_bi`), a conditional language model (`writer`) and a date-normalising
+    encoder–decoder (`dates`)."""
     tmp = tmp_path_factory.mktemp("train")
     repo = tmp_path_factory.mktemp("models")
     _train_and_export(tmp, repo, "lstm", cell="lstm", corpus=str(corpus_file))
@@ -62,6 +64,15 @@ def repository(tmp_path_factory, corpus_file) -> Path:
             tmp, repo, name, task="boundary_tagger", tokenizer="char", bidirectional=bidirectional, layers=1, hidden=64,
             steps=300, bptt=64, batch_size=16, corpus=str(corpus_file),
         )
+    for name, bidirectional in (("kind", False), ("kind_bi", True)):
+        _train_and_export(
+            tmp, repo, name, task="text_classifier", cell="gru", bidirectional=bidirectional, layers=1, hidden=48, steps=200,
+            bptt=48, batch_size=16, lr=1e-2,
+        )
+    _train_and_export(tmp, repo, "writer", task="conditional_language_model", layers=1, steps=30)
+    _train_and_export(
+        tmp, repo, "dates", task="date_normaliser", cell="gru", layers=1, hidden=64, steps=250, batch_size=32, lr=1e-2, dropout=0.0
+    )
     return repo
 
 

@@ -9,17 +9,27 @@ from rnnserve.options import option
 
 @dataclass(frozen=True)
 class TrainConfig:
-    task: str = option("language_model", "language_model, or boundary_tagger: restore the spaces of text that has none")
-    corpus: str | None = option(None, "UTF-8 text file to train on (default: the built-in corpus, Python's help topics)")
+    task: str = option(
+        "language_model",
+        "language_model (next character); boundary_tagger (restore the spaces of text that has none); text_classifier "
+        "(prose, Python or C?); conditional_language_model (write prose, Python or C on demand); date_normaliser "
+        "(an encoder–decoder with attention: any written date → YYYY-MM-DD)",
+    )
+    corpus: str | None = option(
+        None, "UTF-8 text file to train on (default: the built-in corpus, Python's help topics; the classifier, conditional "
+        "model and date normaliser use their own built-in data)"
+    )
     tokenizer: str = option("byte", "byte (any UTF-8, vocabulary 256) or char (vocabulary built from the corpus)")
     cell: str = option("lstm", "recurrent cell: rnn, lstm or gru")
     layers: int = option(2, "stacked recurrent layers")
     hidden: int = option(256, "units per recurrent layer")
     embedding: int = option(64, "token embedding size")
     dropout: float = option(0.1, "dropout between layers and before the head")
-    bidirectional: bool = option(False, "read the input both ways (taggers): more accurate, but served whole-sequence only")
+    bidirectional: bool = option(
+        False, "read the input both ways (taggers, classifiers): more accurate, but served whole-sequence only"
+    )
     batch_size: int = option(16, "parallel text streams per step")
-    bptt: int = option(64, "steps to backpropagate through before the state is detached")
+    bptt: int = option(64, "steps to backpropagate through before the state is detached (classifier: snippet length)")
     lr: float = option(5e-3, "peak Adam learning rate (linear warmup, then cosine decay to a tenth)")
     warmup_steps: int = option(50, "learning-rate warmup steps")
     clip: float = option(1.0, "gradient-norm clipping threshold (recurrent nets explode without it)")

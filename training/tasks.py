@@ -100,6 +100,8 @@ class LanguageModel:
         return text
 
     def model_config(self, vocab_size: int, config: TrainConfig) -> ModelConfig:
+        if config.bidirectional and not self.labels:
+            raise SystemExit(f"--bidirectional: a {self.name} must not see what it predicts; only taggers and classifiers read both ways")
         return ModelConfig(
             vocab_size, config.cell, config.layers, config.hidden, config.embedding, config.dropout,
             outputs=len(self.labels), bidirectional=config.bidirectional,
@@ -303,6 +305,8 @@ class ConditionalLanguageModel(_LabelledText):
     conditions = _LabelledText.kinds
 
     def model_config(self, vocab_size: int, config: TrainConfig) -> ModelConfig:
+        if config.bidirectional:
+            raise SystemExit(f"--bidirectional: a {self.name} must not see what it predicts")
         return ModelConfig(
             vocab_size + 2, config.cell, config.layers, config.hidden, config.embedding, config.dropout,
             conditions=len(self.conditions), special_tokens=True,
@@ -344,6 +348,8 @@ class DateNormaliser(LanguageModel):
         return "\n".join(" ".join(date_pair(rng, held_out=False)) for _ in range(5000))
 
     def model_config(self, vocab_size: int, config: TrainConfig) -> ModelConfig:
+        if config.bidirectional:
+            raise SystemExit("--bidirectional: the date normaliser's encoder always reads both ways; drop the flag")
         return ModelConfig(
             vocab_size + 2, config.cell, config.layers, config.hidden, config.embedding, config.dropout,
             special_tokens=True, encoder_decoder=True,
