@@ -43,7 +43,8 @@ class TaskData:
 
     val_batches: list[Batch]
     corpus: str = ""  # the text behind it, for per-character figures
-    val_text: str = ""
+    val_text: str = ""  # the held-out text, for samples
+    held_out: tuple[tuple[str, str], ...] = ()  # held-out (source, target) pairs, for samples
 
     def train_batches(self, epoch: int):
         raise NotImplementedError
@@ -236,9 +237,7 @@ class _LabelledText(LanguageModel):
             for lab, ids in enumerate(val_ids)
             for start in range(0, len(ids) - length, max(1, (len(ids) - length) // self.VAL_SNIPPETS))[: self.VAL_SNIPPETS]
         ]
-        data = Examples(make_batch, [batch(b) for b in _batched(held_out, 64)], config)
-        data.corpus = text
-        return data
+        return Examples(make_batch, [batch(b) for b in _batched(held_out, 64)], config)
 
     def _batch(self, labels: list[int], windows: list[list[int]], bos: int) -> Batch:
         raise NotImplementedError
@@ -264,7 +263,7 @@ class TextClassifier(_LabelledText):
         truth = torch.cat([b.targets[:, 0] for b in data.val_batches])
         probabilities = torch.cat([torch.softmax(lg, -1) for lg in logits])  # [N, T, C]
         whole = sequence_probabilities(probabilities, model.config.bidirectional).argmax(-1)
-        after_16 = probabilities[:, 15].argmax(-1)
+        after_16 = probabilities[:, min(15, probabilities.size(1) - 1)].argmax(-1)
         return {
             "val_loss_nats": round(loss, 4),
             "accuracy": round(float((whole == truth).float().mean()), 4),
@@ -373,7 +372,7 @@ class DateNormaliser(LanguageModel):
         data = Examples(lambda rng, size: batch([date_pair(rng, held_out=False) for _ in range(size)]), [
             batch(list(b)) for b in _batched(held_out, 128)
         ], config)
-        data.held_out = held_out
+        data.held_out = tuple(held_out)
         return data
 
     def metrics(self, loss: float, logits: list[torch.Tensor], data: TaskData, model) -> dict:
