@@ -176,6 +176,7 @@ class Runtime:
     ):
         self.session = session
         self.encoder = encoder
+        self._encoder_outputs = [o.name for o in encoder.get_outputs()] if encoder else []  # state tensors it writes
         self.providers = tuple(session.get_providers())
         use_binding = device.kind == "cuda" if io_binding is None else io_binding
         # The device-resident slab serves models whose state is all carried step to step; a model with an
@@ -213,6 +214,5 @@ class Runtime:
     def encode(self, slot: int, inputs: dict[str, np.ndarray]) -> None:
         """Runs the encoder on one sequence's request (batch 1) and writes its outputs as the slot's state."""
         self.calls += 1
-        names = [o.name for o in self.encoder.get_outputs()]
-        outputs = self.encoder.run(names, inputs)
-        self.slab.write(slot, {name: value[0] for name, value in zip(names, outputs)})
+        outputs = self.encoder.run(self._encoder_outputs, inputs)
+        self.slab.write(slot, {name: value[0] for name, value in zip(self._encoder_outputs, outputs)})

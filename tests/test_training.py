@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
+from training.batches import Batch, batchify, chunks
 from training.config import TrainConfig
-from training.data import batchify, builtin_corpus, chunks, unigram_entropy_bits
+from training.data import builtin_corpus, unigram_entropy_bits
 from training.models import ModelConfig, RecurrentNet
-from training.tasks import Batch
 from training.train import evaluate, load_model, train
 
 

@@ -1,4 +1,4 @@
-"""Corpora and batching for truncated backpropagation through time."""
+"""Corpora: the built-in help topics, the labelled prose/Python/C texts, and generated dates."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import functools
 import math
 from collections import Counter
 from pathlib import Path
-
-import torch
 
 
 def builtin_corpus() -> str:
@@ -41,27 +39,6 @@ def unigram_entropy_bits(text: str) -> float:
     counts = Counter(text)
     total = len(text)
     return -sum(n / total * math.log2(n / total) for n in counts.values())
-
-
-def batchify(ids: list[int], batch_size: int) -> torch.Tensor:
-    """Cuts a token stream into `batch_size` parallel streams.
-
-    ids 0..11, batch_size 3 →  [[0 1 2 3],
-                                [4 5 6 7],
-                                [8 9 10 11]]
-    Each row is read left to right across training steps, so the recurrent state carried from one
-    chunk to the next belongs to the text that really follows it.
-    """
-    columns = len(ids) // batch_size
-    if columns < 2:
-        raise SystemExit(f"corpus too small: {len(ids)} tokens for batch size {batch_size}")
-    return torch.tensor(ids[: columns * batch_size], dtype=torch.long).view(batch_size, columns)
-
-
-def chunks(inputs: torch.Tensor, targets: torch.Tensor, bptt: int):
-    """Yields aligned (inputs, targets) windows of `bptt` steps, each [B, T]."""
-    for start in range(0, inputs.size(1), bptt):
-        yield inputs[:, start : start + bptt], targets[:, start : start + bptt]
 
 
 LABELLED_CHARS = 600_000  # per kind of text: enough to learn from, balanced, loaded in a blink

@@ -1,87 +1,20 @@
-"""What a model learns: where its examples come from, how they are cut into batches, how its quality is
-measured, what a sample looks like, and what its outputs mean (for the metadata the server reads).
-
-Two ways to feed a model:
-- streams (language model, tagger): a long text cut into parallel streams, read window after window with
-  the state carried across windows (truncated BPTT);
-- examples (classifier, conditional language model, date normaliser): independent examples, each starting
-  from its own initial state: zeros, a class label's learnt state, or the encoding of a source text.
-"""
+"""What a model learns: where its examples come from, which way they are fed (training/batches.py), how its
+quality is measured, what a sample looks like, and what its outputs mean (for the metadata the server reads)."""
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 
 import torch
 
+from training.batches import IGNORE, Batch, Examples, Streams, TaskData, batched, pad
 from training.config import TrainConfig
-from training.data import batchify, chunks, date_pair, labelled_corpus, load_corpus, split_corpus, unigram_entropy_bits
+from training.data import date_pair, labelled_corpus, load_corpus, split_corpus, unigram_entropy_bits
 from training.models import ModelConfig
 from training.text import IncrementalDecoder, Tokenizer
 
 LN2 = math.log(2)
-IGNORE = -100  # target of a padded position: no loss, no metric
-EXAMPLE_BATCHES_PER_EPOCH = 500
-
-
-@dataclass
-class Batch:
-    inputs: torch.Tensor  # [B, T] token ids
-    targets: torch.Tensor  # [B, T]: the next token, or a label, or IGNORE
-    fresh: bool = True  # starts from the initial state; otherwise carries the previous batch's state
-    condition: torch.Tensor | None = None  # [B] class labels of a conditional language model
-    source: torch.Tensor | None = None  # [B, S] source tokens of an encoder–decoder, right-padded
-    source_lengths: torch.Tensor | None = None  # [B]
-
-
-class TaskData:
-    """A task's training batches (epoch by epoch, the same for the same seed) and validation batches."""
-
-    chars_per_token: float = 1.0
-
-    val_batches: list[Batch]
-    corpus: str = ""  # the text behind it, for per-character figures
-    val_text: str = ""  # the held-out text, for samples
-    held_out: tuple[tuple[str, str], ...] = ()  # held-out (source, target) pairs, for samples
-
-    def train_batches(self, epoch: int):
-        raise NotImplementedError
-
-
-class Streams(TaskData):
-    def __init__(self, inputs: list[int], targets: list[int], val_inputs: list[int], val_targets: list[int], config: TrainConfig):
-        train = batchify(inputs, config.batch_size), batchify(targets, config.batch_size)
-        val_rows = min(16, max(1, len(val_inputs) // (2 * config.bptt)))
-        val = batchify(val_inputs, val_rows), batchify(val_targets, val_rows)
-        self._train = [Batch(x, y, fresh=i == 0) for i, (x, y) in enumerate(chunks(*train, config.bptt))]
-        self.val_batches = [Batch(x, y, fresh=i == 0) for i, (x, y) in enumerate(chunks(*val, config.bptt))]
-
-    def train_batches(self, epoch: int):
-        return iter(self._train)
-
-
-class Examples(TaskData):
-    """Random examples for training (a fixed number of batches per epoch), a fixed held-out set for validation."""
-
-    def __init__(self, make_batch, val_batches: list[Batch], config: TrainConfig):
-        self._make_batch = make_batch  # (random.Random, batch size) → Batch
-        self._config = config
-        self.val_batches = val_batches
-
-    def train_batches(self, epoch: int):
-        rng = random.Random(self._config.seed * 1_000_003 + epoch)
-        return (self._make_batch(rng, self._config.batch_size) for _ in range(EXAMPLE_BATCHES_PER_EPOCH))
-
-
-def _batched(items: list, size: int):
-    return (items[i : i + size] for i in range(0, len(items), size))
-
-
-def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
 class LanguageModel:
@@ -92,6 +25,8 @@ class LanguageModel:
     conditions: tuple[str, ...] = ()  # names of the class labels a conditional model starts from
     max_source_tokens = 0  # an encoder–decoder's longest source
     classifies_whole_text = False  # its outputs name one class for the whole input
+    encoder_decoder = False  # an EncoderDecoder: a source in, a text out
+    bidirectional_refusal = "--bidirectional: a {name} must not see what it predicts; only taggers and classifiers read both ways"
     builtin_corpus = "builtin:pydoc_data.topics"
 
     def corpus(self, config: TrainConfig) -> str:
@@ -101,11 +36,14 @@ class LanguageModel:
         return text
 
     def model_config(self, vocab_size: int, config: TrainConfig) -> ModelConfig:
+        """A model that generates from a label or a source also reads <bos> and writes <eos>, past the tokenizer's vocabulary."""
         if config.bidirectional and not self.labels:
-            raise SystemExit(f"--bidirectional: a {self.name} must not see what it predicts; only taggers and classifiers read both ways")
+            raise SystemExit(self.bidirectional_refusal.format(name=self.name))
+        special_tokens = bool(self.conditions) or self.encoder_decoder
         return ModelConfig(
-            vocab_size, config.cell, config.layers, config.hidden, config.embedding, config.dropout,
-            outputs=len(self.labels), bidirectional=config.bidirectional,
+            vocab_size + 2 * special_tokens, config.cell, config.layers, config.hidden, config.embedding, config.dropout,
+            outputs=len(self.labels), bidirectional=config.bidirectional, conditions=len(self.conditions),
+            special_tokens=special_tokens, encoder_decoder=self.encoder_decoder,
         )
 
     def data(self, tokenizer: Tokenizer, text: str, config: TrainConfig) -> TaskData:
@@ -237,7 +175,7 @@ class _LabelledText(LanguageModel):
             for lab, ids in enumerate(val_ids)
             for start in range(0, len(ids) - length, max(1, (len(ids) - length) // self.VAL_SNIPPETS))[: self.VAL_SNIPPETS]
         ]
-        return Examples(make_batch, [batch(b) for b in _batched(held_out, 64)], config)
+        return Examples(make_batch, [batch(b) for b in batched(held_out, 64)], config)
 
     def _batch(self, labels: list[int], windows: list[list[int]], bos: int) -> Batch:
         raise NotImplementedError
@@ -302,14 +240,7 @@ class ConditionalLanguageModel(_LabelledText):
 
     name = "conditional_language_model"
     conditions = _LabelledText.kinds
-
-    def model_config(self, vocab_size: int, config: TrainConfig) -> ModelConfig:
-        if config.bidirectional:
-            raise SystemExit(f"--bidirectional: a {self.name} must not see what it predicts")
-        return ModelConfig(
-            vocab_size + 2, config.cell, config.layers, config.hidden, config.embedding, config.dropout,
-            conditions=len(self.conditions), special_tokens=True,
-        )
+    bidirectional_refusal = "--bidirectional: a {name} must not see what it predicts"
 
     def _batch(self, labels: list[int], windows: list[list[int]], bos: int) -> Batch:
         inputs = torch.tensor([[bos, *w[:-1]] for w in windows])
@@ -337,6 +268,8 @@ class DateNormaliser(LanguageModel):
 
     name = "date_normaliser"
     builtin_corpus = "generated:dates"
+    encoder_decoder = True
+    bidirectional_refusal = "--bidirectional: the date normaliser's encoder always reads both ways; drop the flag"
     max_source_tokens = 48
     VAL_EXAMPLES = 512
 
@@ -346,14 +279,6 @@ class DateNormaliser(LanguageModel):
         rng = random.Random(0)
         return "\n".join(" ".join(date_pair(rng, held_out=False)) for _ in range(5000))
 
-    def model_config(self, vocab_size: int, config: TrainConfig) -> ModelConfig:
-        if config.bidirectional:
-            raise SystemExit("--bidirectional: the date normaliser's encoder always reads both ways; drop the flag")
-        return ModelConfig(
-            vocab_size + 2, config.cell, config.layers, config.hidden, config.embedding, config.dropout,
-            special_tokens=True, encoder_decoder=True,
-        )
-
     def data(self, tokenizer: Tokenizer, text: str, config: TrainConfig) -> TaskData:
         bos, eos = tokenizer.vocab_size, tokenizer.vocab_size + 1
 
@@ -361,16 +286,16 @@ class DateNormaliser(LanguageModel):
             sources = [tokenizer.encode(s) for s, _ in pairs]
             targets = [tokenizer.encode(t) for _, t in pairs]
             return Batch(
-                _pad([[bos, *t] for t in targets], eos),
-                _pad([[*t, eos] for t in targets], IGNORE),
-                source=_pad(sources, eos),
+                pad([[bos, *t] for t in targets], eos),
+                pad([[*t, eos] for t in targets], IGNORE),
+                source=pad(sources, eos),
                 source_lengths=torch.tensor([len(s) for s in sources]),
             )
 
         rng = random.Random(config.seed + 12_345)
         held_out = [date_pair(rng, held_out=True) for _ in range(self.VAL_EXAMPLES)]
         data = Examples(lambda rng, size: batch([date_pair(rng, held_out=False) for _ in range(size)]), [
-            batch(list(b)) for b in _batched(held_out, 128)
+            batch(list(b)) for b in batched(held_out, 128)
         ], config)
         data.held_out = tuple(held_out)
         return data

@@ -12,9 +12,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from training.batches import IGNORE, Batch
 from training.config import TrainConfig
 from training.models import ModelConfig, build_model
-from training.tasks import IGNORE, Batch, task_named
+from training.tasks import task_named
 from training.text import Tokenizer, make_tokenizer, tokenizer_from_spec
 
 

@@ -1,0 +1,97 @@
+"""How examples reach a model, in `Batch`es. Two ways:
+- streams (language model, tagger): a long text cut into parallel streams, read window after window with
+  the state carried across windows (truncated BPTT);
+- examples (classifier, conditional language model, date normaliser): independent examples, each starting
+  from its own initial state: zeros, a class label's learnt state, or the encoding of a source text.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from training.config import TrainConfig
+
+IGNORE = -100  # target of a padded position: no loss, no metric
+EXAMPLE_BATCHES_PER_EPOCH = 500
+
+
+@dataclass
+class Batch:
+    inputs: torch.Tensor  # [B, T] token ids
+    targets: torch.Tensor  # [B, T]: the next token, or a label, or IGNORE
+    fresh: bool = True  # starts from the initial state; otherwise carries the previous batch's state
+    condition: torch.Tensor | None = None  # [B] class labels of a conditional language model
+    source: torch.Tensor | None = None  # [B, S] source tokens of an encoder–decoder, right-padded
+    source_lengths: torch.Tensor | None = None  # [B]
+
+
+class TaskData:
+    """A task's training batches (epoch by epoch, the same for the same seed) and validation batches."""
+
+    chars_per_token: float = 1.0
+
+    val_batches: list[Batch]
+    corpus: str = ""  # the text behind it, for per-character figures
+    val_text: str = ""  # the held-out text, for samples
+    held_out: tuple[tuple[str, str], ...] = ()  # held-out (source, target) pairs, for samples
+
+    def train_batches(self, epoch: int):
+        raise NotImplementedError
+
+
+class Streams(TaskData):
+    def __init__(self, inputs: list[int], targets: list[int], val_inputs: list[int], val_targets: list[int], config: TrainConfig):
+        train = batchify(inputs, config.batch_size), batchify(targets, config.batch_size)
+        val_rows = min(16, max(1, len(val_inputs) // (2 * config.bptt)))
+        val = batchify(val_inputs, val_rows), batchify(val_targets, val_rows)
+        self._train = [Batch(x, y, fresh=i == 0) for i, (x, y) in enumerate(chunks(*train, config.bptt))]
+        self.val_batches = [Batch(x, y, fresh=i == 0) for i, (x, y) in enumerate(chunks(*val, config.bptt))]
+
+    def train_batches(self, epoch: int):
+        return iter(self._train)
+
+
+class Examples(TaskData):
+    """Random examples for training (a fixed number of batches per epoch), a fixed held-out set for validation."""
+
+    def __init__(self, make_batch, val_batches: list[Batch], config: TrainConfig):
+        self._make_batch = make_batch  # (random.Random, batch size) → Batch
+        self._config = config
+        self.val_batches = val_batches
+
+    def train_batches(self, epoch: int):
+        rng = random.Random(self._config.seed * 1_000_003 + epoch)
+        return (self._make_batch(rng, self._config.batch_size) for _ in range(EXAMPLE_BATCHES_PER_EPOCH))
+
+
+def batched(items: list, size: int):
+    return (items[i : i + size] for i in range(0, len(items), size))
+
+
+def pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+def batchify(ids: list[int], batch_size: int) -> torch.Tensor:
+    """Cuts a token stream into `batch_size` parallel streams.
+
+    ids 0..11, batch_size 3 →  [[0 1 2 3],
+                                [4 5 6 7],
+                                [8 9 10 11]]
+    Each row is read left to right across training steps, so the recurrent state carried from one
+    chunk to the next belongs to the text that really follows it.
+    """
+    columns = len(ids) // batch_size
+    if columns < 2:
+        raise SystemExit(f"corpus too small: {len(ids)} tokens for batch size {batch_size}")
+    return torch.tensor(ids[: columns * batch_size], dtype=torch.long).view(batch_size, columns)
+
+
+def chunks(inputs: torch.Tensor, targets: torch.Tensor, bptt: int):
+    """Yields aligned (inputs, targets) windows of `bptt` steps, each [B, T]."""
+    for start in range(0, inputs.size(1), bptt):
+        yield inputs[:, start : start + bptt], targets[:, start : start + bptt]
