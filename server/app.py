@@ -14,9 +14,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from rnnserve.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from rnnserve.v1 import rnnserve_pb2, rnnserve_pb2_grpc
+from server.api.kserve import KServeServicer
 from server.api.native import NativeServicer
 from server.config import ServerConfig
+from server.metrics import Metrics, MetricsServer
 from server.repository import Repository
 from server.service import InferenceService
 from server.sessions import SessionRegistry
@@ -24,6 +27,7 @@ from server.sessions import SessionRegistry
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = rnnserve_pb2.DESCRIPTOR.services_by_name["RnnServe"].full_name
+KSERVE_SERVICE_NAME = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
 @dataclass
@@ -33,28 +37,39 @@ class App:
     health: health.aio.HealthServicer
     repository: Repository
     sessions: SessionRegistry
+    kserve: KServeServicer
+    metrics: Metrics
+    metrics_server: MetricsServer | None
 
     async def stop(self, grace_s: float) -> None:
         """Stops taking calls, lets in-flight ones finish for `grace_s`, cancels the rest, frees everything."""
+        self.kserve.serving = False
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
         self.sessions.close_all()
         await self.repository.close()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
 
 
 async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
     """Loads every model and starts serving; returns once the port is bound."""
-    repository = Repository.load(config, io_binding)
+    metrics = Metrics()
+    repository = Repository.load(config, io_binding, metrics)
     repository.start()
     sessions = SessionRegistry(config.session_ttl_s)
+    service = InferenceService(repository, sessions, config)
     # SO_REUSEPORT only between our own workers: a stray second server on a busy port must fail,
     # not silently take half of its traffic.
     server = grpc.aio.server(options=[("grpc.so_reuseport", int(config.workers > 1))])
-    rnnserve_pb2_grpc.add_RnnServeServicer_to_server(NativeServicer(InferenceService(repository, sessions, config)), server)
+    rnnserve_pb2_grpc.add_RnnServeServicer_to_server(NativeServicer(service, metrics), server)
+    kserve = KServeServicer(service, config, metrics)
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+        [SERVICE_NAME, KSERVE_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
     )
     try:
         port = server.add_insecure_port(f"{config.host}:{config.port}")
@@ -63,10 +78,17 @@ async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
     if port == 0:
         await repository.close()
         raise SystemExit(f"cannot listen on {config.host}:{config.port}: the port is in use or the address is not this machine's")
+    metrics_server = None
+    if config.metrics_port >= 0:
+        try:
+            metrics_server = metrics.serve(config.host, config.metrics_port)
+        except OSError as err:
+            await repository.close()
+            raise SystemExit(f"cannot serve metrics on {config.host}:{config.metrics_port}: {err.strerror}") from None
     await server.start()
-    for service in ("", SERVICE_NAME):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return App(server, port, health_servicer, repository, sessions)
+    for name in ("", SERVICE_NAME, KSERVE_SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return App(server, port, health_servicer, repository, sessions, kserve, metrics, metrics_server)
 
 
 def announce(line: str) -> None:
@@ -81,6 +103,8 @@ async def serve(config: ServerConfig) -> None:
     models = ", ".join(f"{m.card.name}/{m.card.version}" for m in app.repository.all())
     providers = ", ".join(app.repository.all()[0].runtime.providers)
     announce(f"rnnserve listening on {config.host}:{app.port} (pid {os.getpid()}) — models: {models} — providers: {providers}")
+    if app.metrics_server is not None:
+        announce(f"rnnserve metrics on http://{config.host}:{app.metrics_server.port}/metrics (pid {os.getpid()})")
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

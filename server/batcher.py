@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from server.errors import RuntimeFailure
+from server.metrics import ModelMetrics
 from server.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ class _Step:
     slot: int
     tokens: np.ndarray  # [T] int64
     result: asyncio.Future  # resolves to this step's outputs: [logits [T, V], *extra outputs [T, ...]]
+    queued: float  # time.perf_counter() when it joined the queue
 
 
 @dataclass(slots=True)
@@ -46,8 +49,9 @@ class _Encode:
 
 
 class Batcher:
-    def __init__(self, runtime: Runtime, name: str, max_batch: int = 64, max_queue_delay_ms: float = 0.0):
+    def __init__(self, runtime: Runtime, name: str, metrics: ModelMetrics, max_batch: int = 64, max_queue_delay_ms: float = 0.0):
         self._runtime = runtime
+        self._metrics = metrics
         self._name = name
         self._max_batch = max(1, max_batch)
         self._max_queue_delay_s = max_queue_delay_ms / 1000.0
@@ -55,6 +59,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"runtime-{name}")
         self._task: asyncio.Task | None = None
         self._steps_per_slot: Counter[int] = Counter()  # steps queued or running
+        metrics.watch(self._queue.qsize, lambda: runtime.slots_in_use, runtime.capacity)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self._name}")
@@ -63,7 +68,7 @@ class Batcher:
         """[logits [T, V], *extra outputs] for `tokens` continuing the slot's state."""
         result = asyncio.get_running_loop().create_future()
         self._steps_per_slot[slot] += 1
-        self._queue.put_nowait(_Step(slot, np.asarray(tokens, dtype=np.int64), result))
+        self._queue.put_nowait(_Step(slot, np.asarray(tokens, dtype=np.int64), result, time.perf_counter()))
         return await result
 
     async def encode(self, slot: int, inputs: dict[str, np.ndarray]) -> None:
@@ -143,6 +148,7 @@ class Batcher:
         slots = [job.slot for job in group]
         tokens = np.stack([job.tokens for job in group])  # [B, T]
         loop = asyncio.get_running_loop()
+        began = time.perf_counter()
         try:
             outputs = await loop.run_in_executor(self._executor, self._runtime.step, slots, tokens)  # each [B, T, ...]
         except Exception as err:  # onnxruntime's own errors: these steps fail, the batcher goes on
@@ -151,6 +157,7 @@ class Batcher:
                 if not job.result.done():
                     job.result.set_exception(RuntimeFailure(f"model {self._name}: inference failed: {err}"))
             return
+        self._metrics.batch(tokens.size, len(group), [began - job.queued for job in group], time.perf_counter() - began)
         for row, job in enumerate(group):
             if not job.result.done():
                 job.result.set_result([output[row] for output in outputs])

@@ -15,18 +15,21 @@ class ServerConfig:
     workers: int = option(1, "server processes sharing the port (SO_REUSEPORT), each with its own models and sessions")
     device: str = option("cpu", "cpu, cuda or cuda:N; cuda fails loudly if onnxruntime has no CUDA provider")
     max_sessions: int = option(256, "concurrent sessions per model version (the state slab's rows)")
-    session_ttl_s: float = option(300.0, "how long a named session survives without a stream before it expires")
+    session_ttl_s: float = option(300.0, "how long a named session or KServe sequence may sit idle before it expires")
     max_input_tokens: int = option(8192, "largest prompt or stream chunk, in tokens")
     max_new_tokens: int = option(4096, "largest max_tokens a Generate request may ask for")
     max_batch: int = option(64, "most sequence steps run in one onnxruntime call")
     max_queue_delay_ms: float = option(0.0, "how long a step may wait for others to fill its batch (0: run what is ready)")
     threads: int = option(0, "onnxruntime intra-op threads per model (0: onnxruntime's default, one per core)")
     grace_s: float = option(10.0, "on SIGTERM, how long in-flight calls may take to finish")
+    metrics_port: int = option(-1, "port of the Prometheus /metrics HTTP endpoint on --host (0 picks a free one; -1: none)")
 
     def __post_init__(self):
         for name in ("workers", "max_sessions", "max_input_tokens", "max_new_tokens", "max_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        if self.metrics_port < -1:
+            raise ValueError(f"--metrics-port must be a port, 0 (a free one) or -1 (none), not {self.metrics_port}")
         for name in ("session_ttl_s", "max_queue_delay_ms", "threads", "grace_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, not {getattr(self, name)}")

@@ -10,6 +10,7 @@ from server.batcher import Batcher
 from server.card import BadModelFile, ModelCard, parse_card
 from server.config import ServerConfig
 from server.errors import NotFound
+from server.metrics import Metrics, ModelMetrics
 from server.runtime import Device, DeviceUnavailable, Runtime, open_session
 from training.text import Tokenizer, tokenizer_from_spec
 
@@ -24,6 +25,7 @@ class Model:
     tokenizer: Tokenizer
     runtime: Runtime
     batcher: Batcher
+    metrics: ModelMetrics
 
 
 def _version_key(version: str):
@@ -31,7 +33,7 @@ def _version_key(version: str):
     return (0, int(version), "") if version.isdigit() else (1, 0, version)
 
 
-def _load_model(path: Path, config: ServerConfig, device: Device, io_binding: bool | None) -> Model:
+def _load_model(path: Path, config: ServerConfig, device: Device, io_binding: bool | None, metrics: Metrics) -> Model:
     name, version = path.parent.parent.name, path.parent.name
     try:
         session = open_session(str(path), device, config.threads)
@@ -52,8 +54,9 @@ def _load_model(path: Path, config: ServerConfig, device: Device, io_binding: bo
         except Exception as err:
             raise BadModelFile(f"onnxruntime cannot load its encoder graph: {err}") from None
     runtime = Runtime(session, card, device, config.max_sessions, io_binding, encoder)
-    batcher = Batcher(runtime, f"{name}/{version}", config.max_batch, config.max_queue_delay_ms)
-    return Model(card, tokenizer_from_spec(card.tokenizer), runtime, batcher)
+    model_metrics = metrics.model(name, version)
+    batcher = Batcher(runtime, f"{name}/{version}", model_metrics, config.max_batch, config.max_queue_delay_ms)
+    return Model(card, tokenizer_from_spec(card.tokenizer), runtime, batcher, model_metrics)
 
 
 class Repository:
@@ -61,8 +64,9 @@ class Repository:
         self._models = models
 
     @classmethod
-    def load(cls, config: ServerConfig, io_binding: bool | None = None) -> Repository:
+    def load(cls, config: ServerConfig, io_binding: bool | None = None, metrics: Metrics | None = None) -> Repository:
         """Loads every model file under the root; a file that cannot be served stops start-up with its path."""
+        metrics = metrics or Metrics()
         root = Path(config.repository)
         if not root.is_dir():
             raise SystemExit(f"--repository {root}: no such directory")
@@ -70,7 +74,7 @@ class Repository:
         models: dict[str, dict[str, Model]] = {}
         for path in sorted(root.glob("*/*/model.onnx")):
             try:
-                model = _load_model(path, config, device, io_binding)
+                model = _load_model(path, config, device, io_binding, metrics)
             except BadModelFile as err:
                 raise SystemExit(f"{path}: {err}") from None
             card = model.card

@@ -6,6 +6,7 @@ request → session → batcher → runtime.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import secrets
 from collections.abc import AsyncIterator
@@ -113,6 +114,33 @@ class InferResult:
     classes: tuple[Candidate, ...] = ()  # classifiers: every class's probability for the whole input
 
 
+@dataclass(frozen=True, slots=True)
+class SequenceControl:
+    """Triton's sequence parameters: which sequence a request continues, and whether it starts or ends it."""
+
+    id: str = ""  # "" when the request belongs to no sequence
+    start: bool = False
+    end: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TensorRequest:
+    """The model's inputs as a batch of rows (the KServe API): token ids [B, T], or one text per row."""
+
+    model: str
+    version: str = ""
+    tokens: np.ndarray | None = None  # [B, T] int64
+    texts: tuple[str, ...] = ()
+    sequence: SequenceControl = SequenceControl()
+    owner: object = None  # the stream a sequence started here belongs to
+
+
+@dataclass(frozen=True, slots=True)
+class TensorResult:
+    model: Model
+    logits: np.ndarray  # [B, T, outputs] float32
+
+
 class InferenceService:
     def __init__(self, repository: Repository, sessions: SessionRegistry, config: ServerConfig):
         self.repository = repository
@@ -145,6 +173,7 @@ class InferenceService:
             source_length = len(source_tokens)
             for generated in range(1, params.max_tokens + 1):
                 token = sampler.sample(self._writable(card, outputs[0][-1]))
+                model.metrics.tokens_generated.inc()
                 ended = token == card.eos
                 if ended:
                     text, stopped = stopper.push(decoder.flush())
@@ -227,6 +256,55 @@ class InferenceService:
         async with self.sessions.attach(model) as session:
             logits = await session.step(tokens)
         return InferResult(self._predictions(model, tokens, logits, top_k), self._classes(model, logits))
+
+    async def run_tensors(self, request: TensorRequest) -> TensorResult:
+        """Each row from the initial state on a session of its own (batched together), or, for a sequence,
+        its one row continuing the sequence's state."""
+        model = self.repository.get(request.model, request.version)
+        card, sequence = model.card, request.sequence
+        if card.encoder is not None:
+            raise FailedPrecondition(
+                f"model {card.name!r} ({card.task}) starts each sequence from a {card.encoder.input} that only rnnserve's "
+                "Generate call takes: use rnnserve.v1.RnnServe/Generate"
+            )
+        if sequence.id and not card.streaming:
+            raise FailedPrecondition(
+                f"model {card.name!r} needs the whole input at once, so it keeps no sequences: send each input "
+                "in one ModelInfer without sequence parameters"
+            )
+        rows = self._tensor_rows(model, request)
+        width = len(rows[0])
+        if sequence.id:
+            if len(rows) != 1:
+                raise InvalidArgument("inputs", f"a sequence's request carries one row (batch size 1), not {len(rows)}")
+            async with self.sessions.sequence(model, sequence.id, sequence.start, sequence.end, request.owner) as session:
+                results = [await session.step(rows[0]) if width else None]
+        elif width:
+            results = await asyncio.gather(*(self._run_alone(model, row) for row in rows))
+        else:
+            results = [None] * len(rows)
+        empty = np.zeros((0, card.output_size), np.float32)
+        return TensorResult(model, np.stack([empty if r is None else r for r in results]))
+
+    async def _run_alone(self, model: Model, row: list[int]) -> np.ndarray:
+        async with self.sessions.attach(model) as session:
+            return await session.step(row)
+
+    def _tensor_rows(self, model: Model, request: TensorRequest) -> list[list[int]]:
+        if (request.tokens is None) == (not request.texts):
+            raise InvalidArgument("inputs", "send exactly one of the inputs tokens (INT64) or text (BYTES)")
+        if request.tokens is not None:
+            if request.tokens.shape[0] == 0:
+                raise InvalidArgument("tokens", "the batch is empty: send at least one row")
+            return [self._check_ids(model, tuple(row)) for row in request.tokens.tolist()]
+        rows = [self._encode(model, text, "text") for text in request.texts]
+        lengths = sorted({len(row) for row in rows})
+        if len(lengths) > 1:
+            raise InvalidArgument(
+                "text", f"the rows encode to different numbers of tokens ({', '.join(map(str, lengths))}); the outputs of "
+                "one request are one tensor, so send rows of different lengths in separate requests"
+            )
+        return rows
 
     def close_session(self, session_id: str) -> None:
         self.sessions.close(session_id)

@@ -1,13 +1,17 @@
 """Sessions: a sequence's claim on a slot of its model's state slab, from open to close or expiry.
 
 An ephemeral session lives as long as its call. A named session outlives its stream for an idle TTL so
-a later stream can resume it; at most one stream is attached to it at a time.
+a later stream can resume it; at most one stream is attached to it at a time. A KServe sequence is a
+named session keyed by its model and sequence id: `sequence_start` opens it, `sequence_end` or the idle
+TTL ends it, and one request at a time is attached to it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import OrderedDict
+from collections.abc import Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -16,13 +20,24 @@ import numpy as np
 from server.errors import AlreadyExists, FailedPrecondition, NotFound
 from server.repository import Model
 
+REMEMBERED_ENDINGS = 10_000  # ended ids kept to tell a client why its session or sequence is gone
+WHY_GONE = {
+    "expired": "expired: it was idle longer than {ttl:g} s (--session-ttl-s)",
+    "end": "has ended (a request carried sequence_end)",
+    "restarted": "was started again",
+    "stream_closed": "was ended when the ModelStreamInfer stream that started it closed",
+    "closed": "was closed",
+}
+
 
 @dataclass(eq=False)
 class Session:
     id: str
     model: Model
     slot: int
-    named: bool
+    kind: str  # "call" (lives as long as one call), "named" (a native session id), "sequence" (a KServe sequence)
+    key: Hashable = None  # its key among the sessions that outlive a call
+    owner: object = None  # the stream whose end ends this sequence, if one started it
     position: int = 0  # steps consumed since creation or the last reset
     attached: bool = True
     expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
@@ -49,7 +64,8 @@ class Session:
 class SessionRegistry:
     def __init__(self, ttl_s: float):
         self._ttl_s = ttl_s
-        self._named: dict[str, Session] = {}
+        self._named: dict[Hashable, Session] = {}  # sessions that outlive a call: native ids and KServe sequences
+        self._ended: OrderedDict[Hashable, str] = OrderedDict()  # recently ended keys → why
 
     @asynccontextmanager
     async def attach(self, model: Model, session_id: str = "", resume: bool = False):
@@ -60,56 +76,111 @@ class SessionRegistry:
         finally:
             self._detach(session)
 
+    @asynccontextmanager
+    async def sequence(self, model: Model, sequence_id: str, start: bool, end: bool, owner: object = None):
+        """A KServe sequence for one request. `start` opens it (afresh, if it is live); without `start` it must
+        be live. `end` ends it after the request; otherwise it waits, idle, for its next request."""
+        key = ("sequence", model.card.name, sequence_id)
+        name = f"sequence {sequence_id} of model {model.card.name!r}"
+        session = self._named.get(key)
+        if session is not None and session.attached:
+            raise FailedPrecondition(
+                f"{name} has a request in progress: send a sequence's requests one after another "
+                "(on one ModelStreamInfer stream they are run in order)"
+            )
+        if start:
+            if session is not None:
+                self._free(session, "restarted")
+            session = self._create(model, name, "sequence", key)
+            session.owner = owner
+        else:
+            if session is None:
+                raise NotFound(f"{name} {self._why_gone(key, 'was never started')}: start it with sequence_start")
+            self._attach(session, model, name)
+        try:
+            yield session
+        finally:
+            if end:
+                self._free(session, "end")
+            else:
+                self._detach(session)
+
+    def end_owned_by(self, owner: object) -> None:
+        """Ends the sequences a closing stream started and left open."""
+        for session in [s for s in self._named.values() if s.owner is owner]:
+            self._free(session, "stream_closed")
+
     def close(self, session_id: str) -> None:
         session = self._named.get(session_id)
         if session is None:
             raise NotFound(self._unknown(session_id))
         if session.attached:
             raise FailedPrecondition(f"session {session_id!r} is attached to an open stream: end that stream first")
-        self._free(session)
+        self._free(session, "closed")
 
     def close_all(self) -> None:
         for session in list(self._named.values()):
-            self._free(session)
+            self._free(session, "shutdown")
 
     def _open(self, model: Model, session_id: str) -> Session:
         if session_id in self._named:
             raise AlreadyExists(f"session {session_id!r} already exists: set resume to continue it, or choose another id")
-        session = Session(session_id or uuid.uuid4().hex, model, model.runtime.allocate(), named=bool(session_id))
-        if session.named:
-            self._named[session.id] = session
+        if session_id:
+            return self._create(model, session_id, "named", session_id)
+        return self._create(model, uuid.uuid4().hex, "call")
+
+    def _create(self, model: Model, session_id: str, kind: str, key: Hashable = None) -> Session:
+        session = Session(session_id, model, model.runtime.allocate(), kind, key)
+        if key is not None:
+            self._named[key] = session
+            self._ended.pop(key, None)
+        model.metrics.session_started(kind)
         return session
 
     def _resume(self, model: Model, session_id: str) -> Session:
         session = self._named.get(session_id) if session_id else None
         if session is None:
             raise NotFound(self._unknown(session_id))
-        if session.model is not model:
-            card = session.model.card
-            raise FailedPrecondition(f"session {session_id!r} belongs to model {card.name!r} version {card.version}")
         if session.attached:
             raise FailedPrecondition(f"session {session_id!r} is attached to another open stream")
+        self._attach(session, model, f"session {session_id!r}")
+        return session
+
+    def _attach(self, session: Session, model: Model, name: str) -> None:
+        if session.model is not model:
+            card = session.model.card
+            raise FailedPrecondition(f"{name} belongs to model {card.name!r} version {card.version}")
         if session.expiry is not None:
             session.expiry.cancel()
         session.attached = True
-        return session
 
     def _detach(self, session: Session) -> None:
         session.attached = False
-        if not session.named:
-            self._free(session)
-        elif session.id in self._named:
+        if session.key is None:
+            self._free(session, "end")
+        elif self._named.get(session.key) is session:
             session.expiry = asyncio.get_running_loop().call_later(self._ttl_s, self._expire, session)
 
     def _expire(self, session: Session) -> None:
-        if not session.attached and self._named.get(session.id) is session:
-            self._free(session)
+        if not session.attached and self._named.get(session.key) is session:
+            self._free(session, "expired")
 
-    def _free(self, session: Session) -> None:
-        self._named.pop(session.id, None)
+    def _free(self, session: Session, reason: str) -> None:
+        if session.key is not None:
+            if self._named.get(session.key) is not session:
+                return  # already freed
+            del self._named[session.key]
+            self._ended[session.key] = reason
+            if len(self._ended) > REMEMBERED_ENDINGS:
+                self._ended.popitem(last=False)
         if session.expiry is not None:
             session.expiry.cancel()
         session.model.batcher.free(session.slot)
+        session.model.metrics.session_ended(session.kind, reason)
+
+    def _why_gone(self, key: Hashable, otherwise: str) -> str:
+        reason = self._ended.get(key)
+        return WHY_GONE[reason].format(ttl=self._ttl_s) if reason in WHY_GONE else otherwise
 
     def _unknown(self, session_id: str) -> str:
         if not session_id:

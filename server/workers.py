@@ -24,7 +24,9 @@ def run_workers(config: ServerConfig) -> int:
     if config.threads == 0:  # share the cores instead of every worker's onnxruntime taking all of them
         config = dataclasses.replace(config, threads=max(1, (os.cpu_count() or 1) // config.workers))
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_worker, args=(config,), name=f"rnnserve-worker-{i}") for i in range(config.workers)]
+    workers = [
+        context.Process(target=_worker, args=(_worker_config(config, i),), name=f"rnnserve-worker-{i}") for i in range(config.workers)
+    ]
     for worker in workers:
         worker.start()
 
@@ -44,6 +46,13 @@ def run_workers(config: ServerConfig) -> int:
     for worker in workers:
         worker.join()
     return max(abs(w.exitcode or 0) for w in workers)
+
+
+def _worker_config(config: ServerConfig, index: int) -> ServerConfig:
+    """Each worker has its own metrics, so each serves them on a port of its own: --metrics-port + index."""
+    if config.metrics_port > 0:
+        return dataclasses.replace(config, metrics_port=config.metrics_port + index)
+    return config
 
 
 def _worker(config: ServerConfig) -> None:

@@ -5,7 +5,7 @@ import warnings
 
 from rnnserve.v1 import rnnserve_pb2 as rnnserve_dot_v1_dot_rnnserve__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.81.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from contextlib import AsyncExitStack
 
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
-from server.api.status import streaming, unary
+from server.api.status import counted, streaming, unary
 from server.errors import InvalidArgument
+from server.metrics import Metrics
 from server.repository import Model
 from server.service import (
     Candidate,
@@ -30,9 +32,13 @@ FINISH_REASONS = {
 }
 
 
+API = "native"
+
+
 class NativeServicer(pb_grpc.RnnServeServicer):
-    def __init__(self, service: InferenceService):
+    def __init__(self, service: InferenceService, metrics: Metrics):
         self._service = service
+        self._metrics = metrics
 
     @unary
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
@@ -44,8 +50,9 @@ class NativeServicer(pb_grpc.RnnServeServicer):
 
     @streaming
     async def Generate(self, request: pb.GenerateRequest, context):
-        async for piece in self._service.generate(generate_request(request)):
-            yield generate_response(piece)
+        with self._counted("Generate", request.model, request.version):
+            async for piece in self._service.generate(generate_request(request)):
+                yield generate_response(piece)
 
     @streaming
     async def Stream(self, requests, context):
@@ -54,22 +61,32 @@ class NativeServicer(pb_grpc.RnnServeServicer):
             return
         if not first.HasField("start") or not first.start.model:
             raise InvalidArgument("start.model", "the first message of a stream must name the model in `start`")
-        async with self._service.open_stream(stream_start(first.start)) as consume:
-            yield stream_response(await consume(chunk(first)))
+        model, version = first.start.model, first.start.version
+        async with AsyncExitStack() as stack:
+            with self._counted("Stream", model, version):  # each chunk is one request; the first also opens the stream
+                consume = await stack.enter_async_context(self._service.open_stream(stream_start(first.start)))
+                result = await consume(chunk(first))
+            yield stream_response(result)
             async for request in requests:
                 if request.HasField("start"):
                     raise InvalidArgument("start", "only the first message of a stream may carry `start`")
-                yield stream_response(await consume(chunk(request)))
+                with self._counted("Stream", model, version):
+                    result = await consume(chunk(request))
+                yield stream_response(result)
 
     @unary
     async def Infer(self, request: pb.InferRequest, context) -> pb.InferResponse:
-        result = await self._service.infer(infer_request(request))
+        with self._counted("Infer", request.model, request.version):
+            result = await self._service.infer(infer_request(request))
         return pb.InferResponse(steps=[step_prediction(step) for step in result.steps], classes=candidates(result.classes))
 
     @unary
     async def CloseSession(self, request: pb.CloseSessionRequest, context) -> pb.CloseSessionResponse:
         self._service.close_session(request.session_id)
         return pb.CloseSessionResponse()
+
+    def _counted(self, method: str, model: str, version: str):
+        return counted(self._metrics, self._service.repository, API, method, model, version)
 
     def _model_info(self, model: Model) -> pb.ModelInfo:
         return model_info(model, self._service.repository.versions(model.card.name))

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import functools
 import logging
+from contextlib import contextmanager
 
 import grpc
 
 from server import errors
+from server.metrics import Metrics
+from server.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -50,3 +53,23 @@ def streaming(method):
             await _abort(context, err)
 
     return wrapper
+
+
+@contextmanager
+def counted(metrics: Metrics, repository: Repository, api: str, method: str, model: str, version: str):
+    """Counts one inference request as a success, or as a failure under the status it gets. A model that
+    does not exist is counted as "" so that clients cannot create series at will."""
+    try:
+        card = repository.get(model, version).card
+        labels = (card.name, card.version)
+    except errors.NotFound:
+        labels = ("", "")
+    try:
+        yield
+    except errors.ServeError as err:
+        metrics.request_failure.labels(*labels, api, method, STATUS.get(type(err), grpc.StatusCode.INTERNAL).name).inc()
+        raise
+    except BaseException:
+        metrics.request_failure.labels(*labels, api, method, "CANCELLED").inc()
+        raise
+    metrics.request_success.labels(*labels, api, method).inc()

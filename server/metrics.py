@@ -1,0 +1,136 @@
+"""Prometheus metrics: what the server did (requests, steps, batches, sessions) for operators to scrape.
+
+Names follow Triton's `nv_inference_*` metrics where Triton has a counterpart, so its dashboards need only
+the `_total` suffix that Prometheus client libraries give counters; what Triton lacks (sequence life
+cycles, slots, batch sizes, latency histograms) is `rnnserve_*`. Each server has a registry of its own, so
+several servers can share a process (the tests do).
+"""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+prometheus_client.disable_created_metrics()  # no `_created` series beside every counter
+
+MODEL = ("model", "version")
+SECONDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = registry = CollectorRegistry()
+        self.request_success = Counter(
+            "nv_inference_request_success", "Inference requests that succeeded (a streamed message counts as one).",
+            [*MODEL, "api", "method"], registry=registry,
+        )
+        self.request_failure = Counter(
+            "nv_inference_request_failure", "Inference requests that failed, by the gRPC status they got.",
+            [*MODEL, "api", "method", "reason"], registry=registry,
+        )
+        self.inference_count = Counter(
+            "nv_inference_count", "Sequence steps (tokens) run, summed over batches.", MODEL, registry=registry
+        )
+        self.exec_count = Counter("nv_inference_exec_count", "onnxruntime calls (batches) run.", MODEL, registry=registry)
+        self.queue_duration_us = Counter(
+            "nv_inference_queue_duration_us", "Microseconds steps waited in the batcher's queue, summed.", MODEL, registry=registry
+        )
+        self.compute_infer_duration_us = Counter(
+            "nv_inference_compute_infer_duration_us", "Microseconds spent in onnxruntime calls, summed.", MODEL, registry=registry
+        )
+        self.pending = Gauge(
+            "nv_inference_pending_request_count", "Steps waiting in the batcher's queue now.", MODEL, registry=registry
+        )
+        self.step_seconds = Histogram(
+            "rnnserve_step_duration_seconds", "Duration of one onnxruntime call (one batch of steps).", MODEL,
+            buckets=SECONDS, registry=registry,
+        )
+        self.queue_seconds = Histogram(
+            "rnnserve_queue_duration_seconds", "Time a step waited in the batcher's queue before its call began.", MODEL,
+            buckets=SECONDS, registry=registry,
+        )
+        self.batch_size = Histogram(
+            "rnnserve_batch_size", "Sequences in one onnxruntime call.", MODEL, buckets=BATCH_SIZES, registry=registry
+        )
+        self.tokens_generated = Counter("rnnserve_tokens_generated", "Tokens sampled by Generate.", MODEL, registry=registry)
+        session_kind = (*MODEL, "kind")  # call (one request), named (a native session), sequence (a KServe sequence)
+        self.sessions_active = Gauge("rnnserve_sessions_active", "Sessions that hold a slot now.", session_kind, registry=registry)
+        self.sessions_started = Counter("rnnserve_sessions_started", "Sessions started.", session_kind, registry=registry)
+        self.sessions_ended = Counter(
+            "rnnserve_sessions_ended",
+            "Sessions ended other than by expiry: end (the call or sequence_end), closed (CloseSession), "
+            "restarted (sequence_start on a live sequence), stream_closed (its ModelStreamInfer ended), shutdown.",
+            [*session_kind, "reason"], registry=registry,
+        )
+        self.sessions_expired = Counter(
+            "rnnserve_sessions_expired", "Sessions freed after the idle time-out.", session_kind, registry=registry
+        )
+        self.slots_in_use = Gauge("rnnserve_slots_in_use", "Rows of the state slab in use.", MODEL, registry=registry)
+        self.slots_capacity = Gauge("rnnserve_slots_capacity", "Rows of the state slab (--max-sessions).", MODEL, registry=registry)
+
+    def model(self, name: str, version: str) -> ModelMetrics:
+        return ModelMetrics(self, (name, version))
+
+    def serve(self, host: str, port: int) -> MetricsServer:
+        server, thread = prometheus_client.start_http_server(port, host, registry=self.registry)
+        return MetricsServer(server, thread)
+
+
+class ModelMetrics:
+    """One model version's series, bound once so the hot path only adds and observes."""
+
+    def __init__(self, metrics: Metrics, labels: tuple[str, str]):
+        self._metrics = metrics
+        self.labels = labels
+        self._inference_count = metrics.inference_count.labels(*labels)
+        self._exec_count = metrics.exec_count.labels(*labels)
+        self._queue_us = metrics.queue_duration_us.labels(*labels)
+        self._compute_us = metrics.compute_infer_duration_us.labels(*labels)
+        self._step_seconds = metrics.step_seconds.labels(*labels)
+        self._queue_seconds = metrics.queue_seconds.labels(*labels)
+        self._batch_size = metrics.batch_size.labels(*labels)
+        self.tokens_generated = metrics.tokens_generated.labels(*labels)
+
+    def watch(self, pending, slots_in_use, capacity: int) -> None:
+        """Gauges read when scraped: the batcher's queue and the slab's rows."""
+        self._metrics.pending.labels(*self.labels).set_function(pending)
+        self._metrics.slots_in_use.labels(*self.labels).set_function(slots_in_use)
+        self._metrics.slots_capacity.labels(*self.labels).set(capacity)
+
+    def batch(self, steps: int, rows: int, waits_s: list[float], call_s: float) -> None:
+        """One onnxruntime call of `rows` sequences and `steps` steps in all, after each row's queue wait."""
+        self._exec_count.inc()
+        self._inference_count.inc(steps)
+        self._batch_size.observe(rows)
+        self._step_seconds.observe(call_s)
+        self._compute_us.inc(call_s * 1e6)
+        for wait in waits_s:
+            self._queue_seconds.observe(wait)
+        self._queue_us.inc(sum(waits_s) * 1e6)
+
+    def session_started(self, kind: str) -> None:
+        self._metrics.sessions_started.labels(*self.labels, kind).inc()
+        self._metrics.sessions_active.labels(*self.labels, kind).inc()
+
+    def session_ended(self, kind: str, reason: str) -> None:
+        if reason == "expired":
+            self._metrics.sessions_expired.labels(*self.labels, kind).inc()
+        else:
+            self._metrics.sessions_ended.labels(*self.labels, kind, reason).inc()
+        self._metrics.sessions_active.labels(*self.labels, kind).dec()
+
+
+class MetricsServer:
+    def __init__(self, server: WSGIServer, thread: threading.Thread):
+        self._server = server
+        self._thread = thread
+        self.port = server.server_port
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)

@@ -1,0 +1,341 @@
+"""The KServe v2 service (inference.GRPCInferenceService) over real gRPC: metadata, tensors in both forms,
+Triton's sequences (start, continue, end, expiry, restart, stream ownership), precise errors, metrics."""
+
+import re
+import struct
+import threading
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+
+from rnnserve.inference import grpc_service_pb2 as pb
+from rnnserve.inference import grpc_service_pb2_grpc as pb_grpc
+from rnnserve.inference import model_config_pb2 as config_pb
+from tests.conftest import status_of
+
+INVALID, NOT_FOUND, FAILED = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION
+
+
+@pytest.fixture(scope="module")
+def kserve(server):
+    with grpc.insecure_channel(server.target) as channel:
+        yield pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def request(model="lstm", tokens=None, text=None, raw=True, sequence=None, start=False, end=False, id="", outputs=()):
+    """A ModelInferRequest as a Triton client builds it: raw contents unless raw=False."""
+    message = pb.ModelInferRequest(model_name=model, id=id)
+    if tokens is not None:
+        array = np.asarray(tokens, np.int64).reshape(1, -1) if np.ndim(tokens) == 1 else np.asarray(tokens, np.int64)
+        tensor = message.inputs.add(name="tokens", datatype="INT64", shape=array.shape)
+        if raw:
+            message.raw_input_contents.append(array.tobytes())
+        else:
+            tensor.contents.int64_contents.extend(array.ravel().tolist())
+    if text is not None:
+        rows = [text] if isinstance(text, str) else text
+        tensor = message.inputs.add(name="text", datatype="BYTES", shape=[len(rows), 1])
+        encoded = [row.encode() for row in rows]
+        if raw:
+            message.raw_input_contents.append(b"".join(struct.pack("<I", len(e)) + e for e in encoded))
+        else:
+            tensor.contents.bytes_contents.extend(encoded)
+    if sequence is not None:
+        if isinstance(sequence, str):
+            message.parameters["sequence_id"].string_param = sequence
+        else:
+            message.parameters["sequence_id"].int64_param = sequence
+        message.parameters["sequence_start"].bool_param = start
+        message.parameters["sequence_end"].bool_param = end
+    for name, top_k in outputs:
+        output = message.outputs.add(name=name)
+        if top_k:
+            output.parameters["classification"].int64_param = top_k
+    return message
+
+
+def logits_of(response: pb.ModelInferResponse) -> np.ndarray:
+    output = response.outputs[0]
+    assert (output.name, output.datatype) == ("logits", "FP32")
+    if response.raw_output_contents:
+        values = np.frombuffer(response.raw_output_contents[0], "<f4")
+    else:
+        values = np.array(output.contents.fp32_contents, np.float32)
+    return values.reshape(tuple(output.shape))
+
+
+def reference_logits(reference, name: str, chunks: list[list[int]]) -> list[np.ndarray]:
+    ref = reference(name)
+    state, out = ref.initial_state(), []
+    for chunk in chunks:
+        logits, state = ref.run(chunk, state)
+        out.append(logits)
+    return out
+
+
+def test_server_and_model_metadata(kserve, repository):
+    assert kserve.ServerLive(pb.ServerLiveRequest()).live
+    assert kserve.ServerReady(pb.ServerReadyRequest()).ready
+    meta = kserve.ServerMetadata(pb.ServerMetadataRequest())
+    assert meta.name == "rnnserve" and "sequence" in meta.extensions
+    assert kserve.ModelReady(pb.ModelReadyRequest(name="lstm")).ready
+    assert not kserve.ModelReady(pb.ModelReadyRequest(name="nope")).ready
+    model = kserve.ModelMetadata(pb.ModelMetadataRequest(name="lstm"))
+    assert (model.name, list(model.versions), model.platform) == ("lstm", ["1"], "onnxruntime_onnx")
+    assert [(t.name, t.datatype, list(t.shape)) for t in model.inputs] == [("tokens", "INT64", [-1, -1]), ("text", "BYTES", [-1, 1])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in model.outputs] == [("logits", "FP32", [-1, -1, 256])]
+    error = status_of(lambda: kserve.ModelMetadata(pb.ModelMetadataRequest(name="nope")))
+    assert error.code() == NOT_FOUND and "'nope' not found" in error.details()
+
+
+def test_model_config_describes_batching_and_implicit_state(kserve):
+    config = kserve.ModelConfig(pb.ModelConfigRequest(name="lstm")).config
+    assert config.max_batch_size == 64 and config.platform == "onnxruntime_onnx"
+    assert [(i.name, i.data_type, list(i.dims), i.optional) for i in config.input] == [
+        ("tokens", config_pb.TYPE_INT64, [-1], True), ("text", config_pb.TYPE_STRING, [1], True)
+    ]
+    assert config.sequence_batching.max_sequence_idle_microseconds == 300_000_000
+    assert [(s.input_name, list(s.dims)) for s in config.sequence_batching.state] == [("h", [2, 32]), ("c", [2, 32])]
+    whole = kserve.ModelConfig(pb.ModelConfigRequest(name="tagger_bi")).config
+    assert not whole.HasField("sequence_batching")  # it keeps no sequences
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_model_infer_without_a_sequence_equals_the_reference(kserve, reference, raw):
+    rows = [list(b"def f(x):"), list(b"import os"), list(b"the help ")]
+    response = kserve.ModelInfer(request(tokens=rows, raw=raw, id="r1"))
+    assert response.id == "r1" and response.model_version == "1"
+    assert bool(response.raw_output_contents) == raw  # answered in the form it was asked in
+    logits = logits_of(response)
+    assert logits.shape == (3, 9, 256)
+    for row, tokens in enumerate(rows):
+        assert np.abs(logits[row] - reference_logits(reference, "lstm", [tokens])[0]).max() < 1e-5
+    by_text = logits_of(kserve.ModelInfer(request(text=["def f(x):", "import os", "the help "], raw=raw)))
+    assert np.abs(by_text - logits).max() < 1e-6
+
+
+def test_a_sequence_continues_its_state_across_requests(kserve, reference):
+    chunks = [list(b"The first "), list(b"and "), list(b"the last.")]
+    expected = reference_logits(reference, "lstm", chunks)
+    for index, chunk in enumerate(chunks):
+        message = request(tokens=chunk, sequence=1001, start=index == 0, end=index == len(chunks) - 1)
+        assert np.abs(logits_of(kserve.ModelInfer(message))[0] - expected[index]).max() < 1e-5
+    error = status_of(lambda: kserve.ModelInfer(request(tokens=[65], sequence=1001)))
+    assert error.code() == NOT_FOUND and "sequence 1001 of model 'lstm' has ended" in error.details()
+    error = status_of(lambda: kserve.ModelInfer(request(tokens=[65], sequence="never-started")))
+    assert error.code() == NOT_FOUND and "was never started: start it with sequence_start" in error.details()
+
+
+def test_string_ids_and_sequence_start_on_a_live_sequence_starts_afresh(kserve, reference):
+    fresh = reference_logits(reference, "lstm", [list(b"abc")])[0]
+    kserve.ModelInfer(request(tokens=list(b"some context"), sequence="user-7", start=True))
+    again = logits_of(kserve.ModelInfer(request(tokens=list(b"abc"), sequence="user-7", start=True)))[0]
+    assert np.abs(again - fresh).max() < 1e-5  # the old state is gone, not continued
+    kserve.ModelInfer(request(tokens=[], sequence="user-7", end=True))  # an empty request may just end it
+
+
+def test_idle_sequences_expire_and_say_so(make_server):
+    running = make_server(session_ttl_s=0.2, metrics_port=0)
+    with grpc.insecure_channel(running.target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub.ModelInfer(request(tokens=[72], sequence=5, start=True))
+        time.sleep(0.6)
+        error = status_of(lambda: stub.ModelInfer(request(tokens=[72], sequence=5)))
+    assert error.code() == NOT_FOUND
+    assert "sequence 5 of model 'lstm' expired: it was idle longer than 0.2 s" in error.details()
+    assert scrape(running, "rnnserve_sessions_expired_total", model="lstm", kind="sequence") == 1
+    assert scrape(running, "rnnserve_slots_in_use", model="lstm") == 0
+
+
+def test_bad_requests_get_precise_errors_and_leave_other_sequences_alone(kserve, reference):
+    chunks = [list(b"Before the errors, "), list(b"after them.")]
+    expected = reference_logits(reference, "lstm", chunks)
+    kserve.ModelInfer(request(tokens=chunks[0], sequence=77, start=True))
+
+    def int32_tokens():
+        message = request(tokens=[1, 2])
+        message.inputs[0].datatype = "INT32"
+        return message
+
+    def short_raw():
+        message = request(tokens=[1, 2])
+        message.raw_input_contents[0] = message.raw_input_contents[0][:12]
+        return message
+
+    def miscounted():
+        message = request(tokens=[1, 2], raw=False)
+        message.inputs[0].shape[:] = [1, 3]
+        return message
+
+    def sequence_id_as_float():
+        message = request(tokens=[1], sequence=77)
+        message.parameters["sequence_id"].double_param = 77.0
+        return message
+
+    def unknown_input():
+        message = request(tokens=[1])
+        message.inputs[0].name = "input_ids"
+        return message
+
+    def end_without_id():
+        message = request(tokens=[1])
+        message.parameters["sequence_end"].bool_param = True
+        return message
+
+    cases = [
+        (int32_tokens(), INVALID, "inputs[tokens]: datatype INT32: this input is tokens (INT64 [-1, -1])"),
+        (short_raw(), INVALID, "inputs[tokens]: raw contents of 12 bytes; 2 INT64 elements take 16"),
+        (miscounted(), INVALID, "inputs[tokens]: 2 elements for shape [1, 3], which holds 3"),
+        (pb.ModelInferRequest(model_name="lstm"), INVALID, "send exactly one of the inputs"),
+        (unknown_input(), INVALID, "inputs[input_ids]: model 'lstm' has no such input; it takes tokens (INT64 [-1, -1]) or text"),
+        (request(tokens=[1, 999]), INVALID, "tokens[1]: 999 is outside the vocabulary [0, 256)"),
+        (request(tokens=[[1], [2]], sequence=77), INVALID, "a sequence's request carries one row (batch size 1), not 2"),
+        (sequence_id_as_float(), INVALID, "parameters[sequence_id]: must be an int64_param or a string_param, not double_param"),
+        (end_without_id(), INVALID, "parameters[sequence_end]: needs a sequence_id"),
+        (request(tokens=[1], outputs=[("probs", 0)]), INVALID, "outputs[probs]: model 'lstm' has no such output; its outputs: logits"),
+        (request(tokens=[1], outputs=[("logits", 999)]), INVALID, "outputs[logits].parameters[classification]: 999 is not in [1, 256]"),
+        (request("tagger_bi", text="a b", sequence=3, start=True), FAILED, "needs the whole input at once, so it keeps no sequences"),
+        (request("dates", text="5 March 2024"), FAILED, "use rnnserve.v1.RnnServe/Generate"),
+        (request("nope", tokens=[1]), NOT_FOUND, "model 'nope' not found"),
+    ]
+    for message, code, words in cases:
+        error = status_of(lambda message=message: kserve.ModelInfer(message))
+        assert error.code() == code and words in error.details(), (words, error.details())
+    after = logits_of(kserve.ModelInfer(request(tokens=chunks[1], sequence=77, end=True)))[0]
+    assert np.abs(after - expected[1]).max() < 1e-5
+
+
+def test_whole_sequence_models_answer_model_infer(kserve, server, repository):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(repository / "tagger_bi" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    text = "wordsrunonwithoutspaces"
+    tokens = server.app.repository.get("tagger_bi").tokenizer.encode(text)
+    expected = session.run(None, {"tokens": np.array([tokens], np.int64)})[0]
+    assert np.abs(logits_of(kserve.ModelInfer(request("tagger_bi", text=text))) - expected).max() < 1e-5
+
+
+def test_classification_names_the_top_k_outputs(kserve, reference):
+    tokens = list(b"x = 1")
+    response = kserve.ModelInfer(request(tokens=tokens, outputs=[("logits", 3)]))
+    output = response.outputs[0]
+    assert (output.name, output.datatype, list(output.shape)) == ("logits", "BYTES", [1, 5, 3])
+    raw, elements, offset = response.raw_output_contents[0], [], 0
+    while offset < len(raw):
+        (length,) = struct.unpack_from("<I", raw, offset)
+        elements.append(raw[offset + 4 : offset + 4 + length].decode())
+        offset += 4 + length
+    logits = reference_logits(reference, "lstm", [tokens])[0]
+    top = np.argsort(-logits, axis=-1)[:, :3].ravel()
+    assert [int(e.split(":")[1]) for e in elements] == top.tolist()
+    assert abs(float(elements[0].split(":")[0]) - logits[0, top[0]]) < 1e-4
+    assert elements[0].split(":", 2)[2] == chr(top[0])
+
+
+def stream_messages(stub, messages, hold_open=None):
+    """Sends `messages` on one ModelStreamInfer stream and returns every response."""
+    def requests():
+        yield from messages
+        if hold_open is not None:
+            hold_open()
+
+    return list(stub.ModelStreamInfer(requests()))
+
+
+def test_stream_runs_each_sequence_in_order_and_errors_do_not_end_it(kserve, reference):
+    a = [list(b"alpha one "), list(b"alpha two")]
+    b = [list(b"beta one "), list(b"beta two")]
+    messages = [
+        request(tokens=a[0], sequence=201, start=True, id="a0"),
+        request(tokens=b[0], sequence=202, start=True, id="b0"),
+        request(tokens=[1, 999], sequence=201, id="bad"),  # an error in the middle of sequence 201
+        request(tokens=a[1], sequence=201, end=True, id="a1"),
+        request(tokens=b[1], sequence=202, end=True, id="b1"),
+    ]
+    responses = {r.infer_response.id: r for r in stream_messages(kserve, messages)}
+    assert set(responses) == {"a0", "b0", "bad", "a1", "b1"}
+    assert "999 is outside the vocabulary" in responses["bad"].error_message
+    for name, chunks in (("a", a), ("b", b)):
+        expected = reference_logits(reference, "lstm", chunks)
+        for index in range(2):
+            response = responses[f"{name}{index}"]
+            assert response.error_message == ""
+            assert np.abs(logits_of(response.infer_response)[0] - expected[index]).max() < 1e-5
+
+
+def test_a_closed_stream_ends_the_sequences_it_left_open(make_server):
+    running = make_server(metrics_port=0)
+    with grpc.insecure_channel(running.target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stream_messages(stub, [request(tokens=[72, 105], sequence=s, start=True) for s in (1, 2, 3)])
+        assert scrape(running, "rnnserve_slots_in_use", model="lstm") == 0
+        assert scrape(running, "rnnserve_sessions_ended_total", model="lstm", kind="sequence", reason="stream_closed") == 3
+        error = status_of(lambda: stub.ModelInfer(request(tokens=[72], sequence=2)))
+        assert "was ended when the ModelStreamInfer stream that started it closed" in error.details()
+        # a sequence started with ModelInfer is not the stream's: it outlives the stream
+        stub.ModelInfer(request(tokens=[72], sequence=9, start=True))
+        stream_messages(stub, [request(tokens=[105], sequence=9)])
+        stub.ModelInfer(request(tokens=[33], sequence=9, end=True))
+
+
+def test_a_disconnected_stream_frees_its_sequences(make_server):
+    running = make_server(metrics_port=0)
+    with grpc.insecure_channel(running.target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        forever = threading.Event()
+
+        def requests():
+            yield request(tokens=[72], sequence=11, start=True)
+            yield request(tokens=[72], sequence=12, start=True)
+            forever.wait(30)
+
+        call = stub.ModelStreamInfer(requests())
+        assert [r.error_message for r in (next(call), next(call))] == ["", ""]
+        assert scrape(running, "rnnserve_sessions_active", model="lstm", kind="sequence") == 2
+        call.cancel()  # the client goes away without ending its sequences
+        deadline = time.monotonic() + 10
+        while scrape(running, "rnnserve_sessions_active", model="lstm", kind="sequence") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        forever.set()
+    assert scrape(running, "rnnserve_sessions_active", model="lstm", kind="sequence") == 0
+    assert scrape(running, "rnnserve_slots_in_use", model="lstm") == 0
+
+
+def scrape(running, name: str, **labels) -> float:
+    """The value of one series on the server's /metrics page (0 when it has none yet)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{running.app.metrics_server.port}/metrics", timeout=10).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line) or re.fullmatch(rf"{name} (\S+)", line)
+        if not match:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1))) if match.re.groups == 2 else {}
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match.groups()[-1])
+    return total
+
+
+def test_metrics_count_requests_steps_batches_and_tokens(make_server):
+    running = make_server(metrics_port=0)
+    with grpc.insecure_channel(running.target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(3):
+            stub.ModelInfer(request(tokens=list(b"hello")))
+        status_of(lambda: stub.ModelInfer(request(tokens=[999])))
+    with running.client() as native:
+        pieces = list(native.generate("lstm", "Hi", max_tokens=7, temperature=0))
+    assert sum(p.generated_tokens for p in pieces) == 7
+    labels = dict(model="lstm", version="1")
+    assert scrape(running, "nv_inference_request_success_total", api="kserve", method="ModelInfer", **labels) == 3
+    assert scrape(running, "nv_inference_request_failure_total", api="kserve", method="ModelInfer", reason="INVALID_ARGUMENT", **labels) == 1
+    assert scrape(running, "nv_inference_request_success_total", api="native", method="Generate", **labels) == 1
+    assert scrape(running, "rnnserve_tokens_generated_total", **labels) == 7
+    # 3 × 5 tokens, the 2-token prompt, then one step per generated token but the last
+    assert scrape(running, "nv_inference_count_total", **labels) == 15 + 2 + 6
+    assert scrape(running, "nv_inference_exec_count_total", **labels) == scrape(running, "rnnserve_batch_size_count", **labels) == 3 + 1 + 6
+    assert scrape(running, "rnnserve_step_duration_seconds_count", **labels) == 10
+    assert scrape(running, "rnnserve_sessions_started_total", kind="call", **labels) == 4
+    assert scrape(running, "rnnserve_slots_capacity", **labels) == 8
