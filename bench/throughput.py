@@ -3,6 +3,7 @@
     python -m bench.throughput                        # an untrained 2-layer 512 LSTM (needs the [train] extra)
     python -m bench.throughput --streams 1 16 64 256 --tokens 200
     python -m bench.throughput --api stream --streams 64   # per-step bidirectional streams
+    python -m bench.throughput --api kserve --streams 64   # the same over KServe's ModelStreamInfer, one sequence per stream
     python -m bench.throughput --workers 2 --connections 8 --streams 64
 
 For each number of concurrent Generate streams (a client process of its own, grpc.aio), prints one JSON
@@ -29,7 +30,7 @@ TARGET_VS_NAIVE = 5.0
 TARGET_VS_CEILING = 0.7
 
 
-async def _tokens_per_s(target: str, streams: int, connections: int, one) -> float:
+async def _tokens_per_s(target: str, streams: int, connections: int, one, stub_type=None) -> float:
     """Runs `one(stub, i)` for every stream at once, spread over `connections` TCP connections (gRPC would
     otherwise share one, and `--workers` processes are assigned per connection); returns tokens per second."""
     import grpc
@@ -38,7 +39,7 @@ async def _tokens_per_s(target: str, streams: int, connections: int, one) -> flo
 
     options = [("grpc.use_local_subchannel_pool", 1)]
     channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(connections)]
-    stubs = [pb_grpc.RnnServeStub(channel) for channel in channels]
+    stubs = [(stub_type or pb_grpc.RnnServeStub)(channel) for channel in channels]
     try:
         await asyncio.gather(*(one(stub, i) for i, stub in enumerate(stubs)))  # warm up every connection
         started = time.perf_counter()
@@ -79,8 +80,30 @@ async def _stream_all(target: str, model: str, streams: int, tokens: int, connec
     return await _tokens_per_s(target, streams, connections, one)
 
 
+async def _kserve_all(target: str, model: str, streams: int, tokens: int, connections: int = 1) -> float:
+    """As _stream_all, over KServe's ModelStreamInfer: a Triton sequence per stream, one token per request."""
+    from rnnserve.inference import grpc_service_pb2 as pb
+    from rnnserve.inference import grpc_service_pb2_grpc as pb_grpc
+
+    async def one(stub, i: int) -> int:
+        call = stub.ModelStreamInfer()
+        for step in range(tokens):
+            request = pb.ModelInferRequest(model_name=model, raw_input_contents=[np.array([[65]], np.int64).tobytes()])
+            request.inputs.add(name="tokens", datatype="INT64", shape=[1, 1])
+            request.parameters["sequence_id"].int64_param = i + 1
+            request.parameters["sequence_start"].bool_param = step == 0
+            request.parameters["sequence_end"].bool_param = step == tokens - 1
+            await call.write(request)
+            response = await call.read()
+            assert not response.error_message, response.error_message
+        await call.done_writing()
+        return tokens
+
+    return await _tokens_per_s(target, streams, connections, one, pb_grpc.GRPCInferenceServiceStub)
+
+
 def served_tokens_per_s(target: str, model: str, streams: int, tokens: int, api: str, connections: int) -> float:
-    function = "_generate_all" if api == "generate" else "_stream_all"
+    function = {"generate": "_generate_all", "stream": "_stream_all", "kserve": "_kserve_all"}[api]
     code = (
         f"import asyncio, sys; from bench.throughput import {function}; "
         f"print(asyncio.run({function}({target!r}, {model!r}, {streams}, {tokens}, {min(connections, streams)})))"
@@ -125,8 +148,9 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64, 256], help="concurrent streams")
     parser.add_argument("--tokens", type=int, default=200, help="tokens generated per stream")
     parser.add_argument("--max-batch", type=int, default=256, help="rnnserve's --max-batch")
-    parser.add_argument("--api", choices=["generate", "stream"], default="generate",
-                        help="generate: server-streamed generations; stream: one token per message, answered per step")
+    parser.add_argument("--api", choices=["generate", "stream", "kserve"], default="generate",
+                        help="generate: server-streamed generations; stream: one token per message, answered per step; "
+                        "kserve: the same over KServe's ModelStreamInfer with Triton's sequence parameters")
     parser.add_argument("--workers", type=int, default=1, help="rnnserve's --workers")
     parser.add_argument("--connections", type=int, default=1,
                         help="client connections the streams are spread over (workers are assigned per connection)")

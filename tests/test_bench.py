@@ -31,3 +31,9 @@ def test_throughput_bench(repository):
     assert set(figures) == {"rnnserve", "naive_server", "in_process_onnxruntime_batched"}
     assert abs(line["ratio_vs_naive_server"] - figures["rnnserve"] / figures["naive_server"]) < 0.02
     assert isinstance(line["target_5x_naive_met"], bool)
+
+
+def test_throughput_bench_over_kserve(repository):
+    (line,) = bench("bench.throughput", repository, "--api", "kserve", "--streams", "4", "--tokens", "5")
+    assert line["api"] == "kserve" and line["tokens_per_s"]["rnnserve"] > 0
+    assert abs(line["ratio_vs_naive_server"] - line["tokens_per_s"]["rnnserve"] / line["tokens_per_s"]["naive_server"]) < 0.02

@@ -1,0 +1,82 @@
+"""Calls made with Triton's own client library (tritonclient.grpc), unmodified, for test_triton_client.py.
+
+They run in a process of their own: tritonclient registers Triton's .proto files (package `inference`) in
+protobuf's default descriptor pool, where the server's own stubs for the same package already are, and
+one process cannot hold both. Results come back as plain values and numpy arrays.
+"""
+
+from __future__ import annotations
+
+import queue
+
+import numpy as np
+import tritonclient.grpc as triton
+
+
+def server_facts(target: str, model: str) -> dict:
+    with triton.InferenceServerClient(target) as client:
+        metadata = client.get_model_metadata(model, as_json=True)
+        config = client.get_model_config(model, as_json=True)["config"]
+        return {
+            "live": client.is_server_live(),
+            "ready": client.is_server_ready(),
+            "model_ready": client.is_model_ready(model),
+            "extensions": client.get_server_metadata(as_json=True)["extensions"],
+            "inputs": [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in metadata["inputs"]],
+            "outputs": [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in metadata["outputs"]],
+            "max_batch_size": config["max_batch_size"],
+            "idle_us": int(config["sequence_batching"]["max_sequence_idle_microseconds"]),
+        }
+
+
+def _tokens(chunk: list[int]) -> triton.InferInput:
+    tensor = triton.InferInput("tokens", [1, len(chunk)], "INT64")
+    tensor.set_data_from_numpy(np.array([chunk], np.int64))
+    return tensor
+
+
+def infer_sequence(target: str, model: str, chunks: list[list[int]], sequence_id: int | str) -> list[np.ndarray]:
+    """One `infer` per chunk, the first with sequence_start and the last with sequence_end."""
+    with triton.InferenceServerClient(target) as client:
+        return [
+            client.infer(
+                model, [_tokens(chunk)], outputs=[triton.InferRequestedOutput("logits")], sequence_id=sequence_id,
+                sequence_start=index == 0, sequence_end=index == len(chunks) - 1,
+            ).as_numpy("logits")
+            for index, chunk in enumerate(chunks)
+        ]
+
+
+def infer_text(target: str, model: str, text: str) -> np.ndarray:
+    """A whole text as a BYTES input, with no sequence."""
+    tensor = triton.InferInput("text", [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[text.encode()]], dtype=object))
+    with triton.InferenceServerClient(target) as client:
+        return client.infer(model, [tensor]).as_numpy("logits")
+
+
+def stream_sequence(target: str, model: str, chunks: list[list[int]], sequence_id: int) -> list:
+    """The whole sequence with start_stream + async_stream_infer, and one bad request after the first chunk:
+    per request, in order, its logits or its error message."""
+    answers: queue.Queue = queue.Queue()
+    with triton.InferenceServerClient(target) as client:
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        sent = []
+        for index, chunk in enumerate(chunks):
+            client.async_stream_infer(
+                model, [_tokens(chunk)], request_id=f"chunk-{index}", sequence_id=sequence_id,
+                sequence_start=index == 0, sequence_end=index == len(chunks) - 1,
+            )
+            sent.append(f"chunk-{index}")
+            if index == 0:
+                client.async_stream_infer(model, [_tokens([10**6])], request_id="bad", sequence_id=sequence_id)
+                sent.append("bad")
+        received = [answers.get(timeout=30) for _ in sent]
+        client.stop_stream()
+    by_id, errors = {}, []
+    for result, error in received:
+        if error is not None:
+            errors.append(str(error))
+        else:
+            by_id[result.get_response().id] = result.as_numpy("logits")
+    return [by_id[name] for name in sent if name != "bad"], errors
