@@ -235,14 +235,9 @@ def test_classification_names_the_top_k_outputs(kserve, reference):
     assert elements[0].split(":", 2)[2] == chr(top[0])
 
 
-def stream_messages(stub, messages, hold_open=None):
-    """Sends `messages` on one ModelStreamInfer stream and returns every response."""
-    def requests():
-        yield from messages
-        if hold_open is not None:
-            hold_open()
-
-    return list(stub.ModelStreamInfer(requests()))
+def stream_messages(stub, messages):
+    """Sends `messages` on one ModelStreamInfer stream, closes it, and returns every response."""
+    return list(stub.ModelStreamInfer(iter(messages)))
 
 
 def test_stream_runs_each_sequence_in_order_and_errors_do_not_end_it(kserve, reference):

@@ -44,12 +44,10 @@ class TensorSpec:
     config_type: int  # Triton's DataType
 
 
-def inputs_of(card: ModelCard) -> tuple[TensorSpec, ...]:
-    """Either input does: token ids, or text the server tokenizes."""
-    return (
-        TensorSpec("tokens", "INT64", (-1, -1), config_pb.TYPE_INT64),
-        TensorSpec("text", "BYTES", (-1, 1), config_pb.TYPE_STRING),
-    )
+INPUTS = (  # every model takes either: token ids, or text the server tokenizes
+    TensorSpec("tokens", "INT64", (-1, -1), config_pb.TYPE_INT64),
+    TensorSpec("text", "BYTES", (-1, 1), config_pb.TYPE_STRING),
+)
 
 
 def outputs_of(card: ModelCard) -> tuple[TensorSpec, ...]:
@@ -92,7 +90,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             name=card.name,
             versions=self._repository.versions(card.name),
             platform=PLATFORM,
-            inputs=described(inputs_of(card)),
+            inputs=described(INPUTS),
             outputs=described(outputs_of(card)),
         )
 
@@ -130,17 +128,19 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             responses.put_nowait(response)
 
         async def read() -> None:
-            async for request in requests:
-                await in_flight.acquire()
-                key = (request.model_name, sequence_key(request))
-                task = asyncio.create_task(answer(request, last_of_sequence.get(key) if key[1] else None))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                if key[1]:
-                    last_of_sequence[key] = task
-                    task.add_done_callback(lambda t, key=key: last_of_sequence.get(key) is t and last_of_sequence.pop(key))
-            await asyncio.gather(*tasks)
-            responses.put_nowait(None)
+            try:
+                async for request in requests:
+                    await in_flight.acquire()
+                    key = (request.model_name, sequence_key(request))
+                    task = asyncio.create_task(answer(request, last_of_sequence.get(key) if key[1] else None))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    if key[1]:
+                        last_of_sequence[key] = task
+                        task.add_done_callback(lambda t, key=key: last_of_sequence.get(key) is t and last_of_sequence.pop(key))
+                await asyncio.gather(*tasks)
+            finally:
+                responses.put_nowait(None)  # the last response: the stream's end, or the reader's failure
 
         reader = asyncio.create_task(read())
         try:
@@ -169,7 +169,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             backend="onnxruntime",
             max_batch_size=self._config.max_batch,
             default_model_filename="model.onnx",
-            input=[config_pb.ModelInput(name=s.name, data_type=s.config_type, dims=s.shape[1:], optional=True) for s in inputs_of(card)],
+            input=[config_pb.ModelInput(name=s.name, data_type=s.config_type, dims=s.shape[1:], optional=True) for s in INPUTS],
             output=[config_pb.ModelOutput(name=s.name, data_type=s.config_type, dims=s.shape[1:]) for s in outputs_of(card)],
             instance_group=[self._instance_group()],
             parameters={"task": config_pb.ModelParameter(string_value=card.task)},
@@ -245,7 +245,7 @@ def tensor_request(card: ModelCard, request: pb.ModelInferRequest, owner: object
         raise InvalidArgument(
             "raw_input_contents", f"{len(raw)} entries for {len(request.inputs)} inputs: send one per input, in order, or none"
         )
-    specs = {s.name: s for s in inputs_of(card)}
+    specs = {s.name: s for s in INPUTS}
     arrays: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(request.inputs):
         spec = specs.get(tensor.name)
