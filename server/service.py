@@ -131,6 +131,7 @@ class TensorRequest:
     version: str = ""
     tokens: np.ndarray | None = None  # [B, T] int64
     texts: tuple[str, ...] = ()
+    starts: tuple[str, ...] = ()  # models with an encoder: each row's label or source, read when its sequence starts
     sequence: SequenceControl = SequenceControl()
     owner: object = None  # the stream a sequence started here belongs to
 
@@ -138,7 +139,7 @@ class TensorRequest:
 @dataclass(frozen=True, slots=True)
 class TensorResult:
     model: Model
-    logits: np.ndarray  # [B, T, outputs] float32
+    outputs: dict[str, np.ndarray]  # "logits" [B, T, outputs], and any extra output (attention [B, T, source rows])
 
 
 class InferenceService:
@@ -157,7 +158,7 @@ class InferenceService:
                 f"model {card.name!r} ({card.task}) does not generate text: it supports {', '.join(card.calls)}"
             )
         params = self._sampling(model, request.sampling)
-        encoder_inputs, source_tokens = self._encoder_inputs(model, request)
+        encoder_inputs, source_tokens = self._encoder_inputs(model, request.label, request.source)
         prompt = self._encode(model, request.prompt, "prompt")
         if card.bos is not None:
             prompt = [card.bos, *prompt]
@@ -205,22 +206,22 @@ class InferenceService:
         logits[card.bos] = -np.inf
         return logits
 
-    def _encoder_inputs(self, model: Model, request: GenerateRequest) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
-        """What the model's encoder reads from the request (none for a plain language model), and the
-        source's tokens as text."""
+    def _encoder_inputs(self, model: Model, label: str = "", source: str = "") -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+        """What the model's encoder reads from a request's label or source (none for a plain language model),
+        and the source's tokens as text."""
         card, encoder = model.card, model.card.encoder
         kind = encoder.input if encoder else None
-        for field_name, value in (("label", request.label), ("source", request.source)):
+        for field_name, value in (("label", label), ("source", source)):
             if value and kind != field_name:
                 raise InvalidArgument(field_name, f"model {card.name!r} ({card.task}) takes no {field_name}")
         if kind == "label":
-            if request.label not in encoder.labels:
+            if label not in encoder.labels:
                 raise InvalidArgument(
-                    "label", f"{request.label!r} is not one of the kinds of text model {card.name!r} writes: {', '.join(encoder.labels)}"
+                    "label", f"{label!r} is not one of the kinds of text model {card.name!r} writes: {', '.join(encoder.labels)}"
                 )
-            return {"label": np.array([encoder.labels.index(request.label)], np.int64)}, ()
+            return {"label": np.array([encoder.labels.index(label)], np.int64)}, ()
         if kind == "source":
-            source = self._encode(model, request.source, "source")
+            source = self._encode(model, source, "source")
             if not source:
                 raise InvalidArgument("source", f"model {card.name!r} ({card.task}) transduces a source text: send one")
             if len(source) > encoder.max_source_tokens:
@@ -259,36 +260,58 @@ class InferenceService:
 
     async def run_tensors(self, request: TensorRequest) -> TensorResult:
         """Each row from the initial state on a session of its own (batched together), or, for a sequence,
-        its one row continuing the sequence's state."""
+        its one row continuing the sequence's state. A model with an encoder starts each row's state from its
+        label or source."""
         model = self.repository.get(request.model, request.version)
         card, sequence = model.card, request.sequence
-        if card.encoder is not None:
-            raise FailedPrecondition(
-                f"model {card.name!r} ({card.task}) starts each sequence from a {card.encoder.input} that only rnnserve's "
-                "Generate call takes: use rnnserve.v1.RnnServe/Generate"
-            )
         if sequence.id and not card.streaming:
             raise FailedPrecondition(
                 f"model {card.name!r} needs the whole input at once, so it keeps no sequences: send each input "
                 "in one ModelInfer without sequence parameters"
             )
         rows = self._tensor_rows(model, request)
-        width = len(rows[0])
+        if sequence.id and len(rows) != 1:
+            raise InvalidArgument("inputs", f"a sequence's request carries one row (batch size 1), not {len(rows)}")
+        starts = self._tensor_starts(model, request, len(rows))
         if sequence.id:
-            if len(rows) != 1:
-                raise InvalidArgument("inputs", f"a sequence's request carries one row (batch size 1), not {len(rows)}")
             async with self.sessions.sequence(model, sequence.id, sequence.start, sequence.end, request.owner) as session:
-                results = [await session.step(rows[0]) if width else None]
-        elif width:
-            results = await asyncio.gather(*(self._run_alone(model, row) for row in rows))
+                results = [await self._run_row(session, rows[0], starts[0])]
         else:
-            results = [None] * len(rows)
-        empty = np.zeros((0, card.output_size), np.float32)
-        return TensorResult(model, np.stack([empty if r is None else r for r in results]))
+            results = await asyncio.gather(*(self._run_alone(model, row, start) for row, start in zip(rows, starts)))
+        return TensorResult(model, self._stacked(card, results))
 
-    async def _run_alone(self, model: Model, row: list[int]) -> np.ndarray:
+    def _stacked(self, card, results: list[list[np.ndarray] | None]) -> dict[str, np.ndarray]:
+        """Each output over the batch's rows; a row of zero steps (None) has empty outputs of the right width."""
+        widths = {"logits": card.output_size, "attention": card.encoder.max_source_tokens if card.encoder else 0}
+        return {
+            name: np.stack([np.zeros((0, widths[name]), np.float32) if r is None else r[i] for r in results])
+            for i, name in enumerate(("logits", *card.extra_outputs))
+        }
+
+    def _tensor_starts(self, model: Model, request: TensorRequest, rows: int) -> list[dict[str, np.ndarray]]:
+        """Each row's encoder inputs (empty where the row continues a sequence, or the model has no encoder)."""
+        encoder, starting = model.card.encoder, not request.sequence.id or request.sequence.start
+        if encoder is None:
+            return [{}] * rows
+        if not starting:
+            if request.starts:
+                raise InvalidArgument(encoder.input, "is read only when a sequence starts: send it with sequence_start")
+            return [{}] * rows
+        if len(request.starts) != rows:
+            raise InvalidArgument(
+                encoder.input, f"model {model.card.name!r} starts each sequence from a {encoder.input}: send one per row "
+                f"({rows}) with every request that starts a sequence (or belongs to none)"
+            )
+        return [self._encoder_inputs(model, **{encoder.input: start})[0] for start in request.starts]
+
+    async def _run_alone(self, model: Model, row: list[int], start: dict[str, np.ndarray]) -> list[np.ndarray] | None:
         async with self.sessions.attach(model) as session:
-            return await session.step(row)
+            return await self._run_row(session, row, start)
+
+    async def _run_row(self, session: Session, row: list[int], start: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+        if start:
+            await session.encode(start)
+        return await session.step_outputs(row) if row else None
 
     def _tensor_rows(self, model: Model, request: TensorRequest) -> list[list[int]]:
         if (request.tokens is None) == (not request.texts):
@@ -296,7 +319,8 @@ class InferenceService:
         if request.tokens is not None:
             if request.tokens.shape[0] == 0:
                 raise InvalidArgument("tokens", "the batch is empty: send at least one row")
-            return [self._check_ids(model, tuple(row)) for row in request.tokens.tolist()]
+            # every id the graph reads, its start token included: a decoder's first input is <bos>
+            return [self._check_ids(model, tuple(row), model.card.vocab_size) for row in request.tokens.tolist()]
         rows = [self._encode(model, text, "text") for text in request.texts]
         lengths = sorted({len(row) for row in rows})
         if len(lengths) > 1:
@@ -371,9 +395,9 @@ class InferenceService:
         self._check_length(len(tokens), field_name)
         return tokens
 
-    def _check_ids(self, model: Model, tokens: tuple[int, ...]) -> list[int]:
+    def _check_ids(self, model: Model, tokens: tuple[int, ...], vocab: int | None = None) -> list[int]:
         self._check_length(len(tokens), "tokens")
-        vocab = model.card.text_vocab_size
+        vocab = vocab or model.card.text_vocab_size
         for position, token in enumerate(tokens):
             if not 0 <= token < vocab:
                 raise InvalidArgument(f"tokens[{position}]", f"{token} is outside the vocabulary [0, {vocab})")

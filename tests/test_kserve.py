@@ -25,8 +25,9 @@ def kserve(server):
         yield pb_grpc.GRPCInferenceServiceStub(channel)
 
 
-def request(model="lstm", tokens=None, text=None, raw=True, sequence=None, start=False, end=False, id="", outputs=()):
-    """A ModelInferRequest as a Triton client builds it: raw contents unless raw=False."""
+def request(model="lstm", tokens=None, text=None, raw=True, sequence=None, start=False, end=False, id="", outputs=(), starts=None):
+    """A ModelInferRequest as a Triton client builds it: raw contents unless raw=False. `starts`: (input, text),
+    the label or source a sequence of a model with an encoder starts from."""
     message = pb.ModelInferRequest(model_name=model, id=id)
     if tokens is not None:
         array = np.asarray(tokens, np.int64).reshape(1, -1) if np.ndim(tokens) == 1 else np.asarray(tokens, np.int64)
@@ -35,9 +36,9 @@ def request(model="lstm", tokens=None, text=None, raw=True, sequence=None, start
             message.raw_input_contents.append(array.tobytes())
         else:
             tensor.contents.int64_contents.extend(array.ravel().tolist())
-    if text is not None:
-        rows = [text] if isinstance(text, str) else text
-        tensor = message.inputs.add(name="text", datatype="BYTES", shape=[len(rows), 1])
+    for name, value in ([("text", text)] if text is not None else []) + ([starts] if starts else []):
+        rows = [value] if isinstance(value, str) else value
+        tensor = message.inputs.add(name=name, datatype="BYTES", shape=[len(rows), 1])
         encoded = [row.encode() for row in rows]
         if raw:
             message.raw_input_contents.append(b"".join(struct.pack("<I", len(e)) + e for e in encoded))
@@ -198,7 +199,9 @@ def test_bad_requests_get_precise_errors_and_leave_other_sequences_alone(kserve,
         (request(tokens=[1], outputs=[("probs", 0)]), INVALID, "outputs[probs]: model 'lstm' has no such output; its outputs: logits"),
         (request(tokens=[1], outputs=[("logits", 999)]), INVALID, "outputs[logits].parameters[classification]: 999 is not in [1, 256]"),
         (request("tagger_bi", text="a b", sequence=3, start=True), FAILED, "needs the whole input at once, so it keeps no sequences"),
-        (request("dates", text="5 March 2024"), FAILED, "use rnnserve.v1.RnnServe/Generate"),
+        (request("dates", tokens=[1]), INVALID, "source: model 'dates' starts each sequence from a source: send one per row"),
+        (request("writer", tokens=[1], starts=("label", "poetry")), INVALID, "'poetry' is not one of the kinds of text model 'writer' writes"),
+        (request(tokens=[1], sequence=77, starts=("label", "c")), INVALID, "inputs[label]: model 'lstm' has no such input"),
         (request("nope", tokens=[1]), NOT_FOUND, "model 'nope' not found"),
     ]
     for message, code, words in cases:
@@ -233,6 +236,32 @@ def test_classification_names_the_top_k_outputs(kserve, reference):
     assert [int(e.split(":")[1]) for e in elements] == top.tolist()
     assert abs(float(elements[0].split(":")[0]) - logits[0, top[0]]) < 1e-4
     assert elements[0].split(":", 2)[2] == chr(top[0])
+
+
+@pytest.mark.parametrize("model, start", [("dates", ("source", "Tuesday, March 5th, 2024")), ("writer", ("label", "python"))])
+def test_models_with_an_encoder_decode_over_kserve_as_generate_does(kserve, client, model, start):
+    """A sequence starts from its label or source; the client feeds <bos>, then each greedy token back."""
+    config = kserve.ModelConfig(pb.ModelConfigRequest(name=model)).config
+    bos, eos = (int(config.parameters[name].string_value) for name in ("bos_token", "eos_token"))
+    written, token = [], bos
+    for step in range(30):
+        response = kserve.ModelInfer(request(model, tokens=[token], sequence=f"{model}-1", start=step == 0, starts=start if step == 0 else None))
+        if model == "dates":
+            attention = response.outputs[1]
+            assert (attention.name, list(attention.shape)) == ("attention", [1, 1, 48])
+            assert abs(np.frombuffer(response.raw_output_contents[1], "<f4").sum() - 1) < 1e-4
+        logits = logits_of(response)[0, -1].copy()
+        logits[bos] = -np.inf
+        token = int(np.argmax(logits))
+        if token == eos:
+            break
+        written.append(token)
+    kserve.ModelInfer(request(model, tokens=[], sequence=f"{model}-1", end=True))
+    native = client.generate(model, **{start[0]: start[1]}, temperature=0, max_tokens=30)
+    assert written == [t for piece in native for t in piece.token_ids]
+    error = status_of(lambda: kserve.ModelInfer(request(model, tokens=[token], sequence=f"{model}-1", starts=start)))
+    assert error.code() == INVALID  # read only at the start
+    assert f"{start[0]}: is read only when a sequence starts" in error.details()
 
 
 def stream_messages(stub, messages):

@@ -3,7 +3,8 @@ expect it: protobuf tensors ⇄ domain requests, Triton's sequence parameters �
 
 Every model takes `tokens` (INT64 [batch, steps]) or `text` (BYTES [batch, 1]) and answers `logits`
 (FP32 [batch, steps, outputs]); its recurrent state stays on the server, in the sequence that Triton's
-`sequence_id`, `sequence_start` and `sequence_end` parameters name.
+`sequence_id`, `sequence_start` and `sequence_end` parameters name. A model with an encoder also reads a
+`label` or `source` when a sequence starts, and an encoder–decoder also answers `attention`.
 """
 
 from __future__ import annotations
@@ -44,14 +45,23 @@ class TensorSpec:
     config_type: int  # Triton's DataType
 
 
-INPUTS = (  # every model takes either: token ids, or text the server tokenizes
-    TensorSpec("tokens", "INT64", (-1, -1), config_pb.TYPE_INT64),
-    TensorSpec("text", "BYTES", (-1, 1), config_pb.TYPE_STRING),
-)
+def inputs_of(card: ModelCard) -> tuple[TensorSpec, ...]:
+    """Token ids or text the server tokenizes (either), and for a model with an encoder the label or source
+    each sequence starts from."""
+    inputs = (
+        TensorSpec("tokens", "INT64", (-1, -1), config_pb.TYPE_INT64),
+        TensorSpec("text", "BYTES", (-1, 1), config_pb.TYPE_STRING),
+    )
+    if card.encoder is not None:
+        inputs += (TensorSpec(card.encoder.input, "BYTES", (-1, 1), config_pb.TYPE_STRING),)
+    return inputs
 
 
 def outputs_of(card: ModelCard) -> tuple[TensorSpec, ...]:
-    return (TensorSpec("logits", "FP32", (-1, -1, card.output_size), config_pb.TYPE_FP32),)
+    outputs = (TensorSpec("logits", "FP32", (-1, -1, card.output_size), config_pb.TYPE_FP32),)
+    if "attention" in card.extra_outputs:  # over the source's rows, padded to the longest source the model reads
+        outputs += (TensorSpec("attention", "FP32", (-1, -1, card.encoder.max_source_tokens), config_pb.TYPE_FP32),)
+    return outputs
 
 
 class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -90,7 +100,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             name=card.name,
             versions=self._repository.versions(card.name),
             platform=PLATFORM,
-            inputs=described(INPUTS),
+            inputs=described(inputs_of(card)),
             outputs=described(outputs_of(card)),
         )
 
@@ -169,12 +179,12 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             backend="onnxruntime",
             max_batch_size=self._config.max_batch,
             default_model_filename="model.onnx",
-            input=[config_pb.ModelInput(name=s.name, data_type=s.config_type, dims=s.shape[1:], optional=True) for s in INPUTS],
+            input=[config_pb.ModelInput(name=s.name, data_type=s.config_type, dims=s.shape[1:], optional=True) for s in inputs_of(card)],
             output=[config_pb.ModelOutput(name=s.name, data_type=s.config_type, dims=s.shape[1:]) for s in outputs_of(card)],
             instance_group=[self._instance_group()],
-            parameters={"task": config_pb.ModelParameter(string_value=card.task)},
+            parameters={name: config_pb.ModelParameter(string_value=str(value)) for name, value in self._parameters(card).items()},
         )
-        if card.streaming and card.encoder is None:
+        if card.streaming:
             config.sequence_batching.CopyFrom(
                 config_pb.ModelSequenceBatching(
                     max_sequence_idle_microseconds=int(self._config.session_ttl_s * 1e6),
@@ -195,6 +205,17 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
                 )
             )
         return config
+
+    def _parameters(self, card: ModelCard) -> dict[str, object]:
+        """What a client needs beyond the tensors: the task, a decoder's start and end tokens, the labels."""
+        parameters: dict[str, object] = {"task": card.task}
+        if card.bos is not None:
+            parameters.update(bos_token=card.bos, eos_token=card.eos)
+        if card.encoder is not None and card.encoder.labels:
+            parameters["labels"] = ",".join(card.encoder.labels)
+        if card.encoder is not None and card.encoder.max_source_tokens:
+            parameters["max_source_tokens"] = card.encoder.max_source_tokens
+        return parameters
 
     def _instance_group(self) -> config_pb.ModelInstanceGroup:
         device = Device.parse(self._config.device)
@@ -245,7 +266,7 @@ def tensor_request(card: ModelCard, request: pb.ModelInferRequest, owner: object
         raise InvalidArgument(
             "raw_input_contents", f"{len(raw)} entries for {len(request.inputs)} inputs: send one per input, in order, or none"
         )
-    specs = {s.name: s for s in INPUTS}
+    specs = {s.name: s for s in inputs_of(card)}
     arrays: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(request.inputs):
         spec = specs.get(tensor.name)
@@ -256,14 +277,20 @@ def tensor_request(card: ModelCard, request: pb.ModelInferRequest, owner: object
         if tensor.name in arrays:
             raise InvalidArgument(f"inputs[{tensor.name}]", "is sent twice")
         arrays[tensor.name] = input_array(spec, tensor, raw[index] if raw else None)
-    tokens, text = arrays.get("tokens"), arrays.get("text")
-    texts = ()
-    if text is not None:
-        try:
-            texts = tuple(element.decode("utf-8") for element in text[:, 0])
-        except UnicodeDecodeError as err:
-            raise InvalidArgument("inputs[text]", f"is not UTF-8: {err}") from None
-    return TensorRequest(card.name, card.version, tokens, texts, sequence_control(request), owner)
+    starts = card.encoder.input if card.encoder else ""
+    return TensorRequest(
+        card.name, card.version, arrays.get("tokens"), strings(arrays, "text"), strings(arrays, starts), sequence_control(request), owner
+    )
+
+
+def strings(arrays: dict[str, np.ndarray], name: str) -> tuple[str, ...]:
+    """A BYTES input [batch, 1] as one string per row."""
+    if name not in arrays:
+        return ()
+    try:
+        return tuple(element.decode("utf-8") for element in arrays[name][:, 0])
+    except UnicodeDecodeError as err:
+        raise InvalidArgument(f"inputs[{name}]", f"is not UTF-8: {err}") from None
 
 
 def describe(spec: TensorSpec) -> str:
@@ -330,6 +357,8 @@ def requested_outputs(card: ModelCard, request: pb.ModelInferRequest) -> list[tu
         top_k = 0
         if classes is not None:
             top_k = classes.int64_param or classes.uint64_param
+            if output.name != "logits":
+                raise InvalidArgument(f"{field}.parameters[classification]", "only logits can be classified")
             if not 1 <= top_k <= card.output_size:
                 raise InvalidArgument(f"{field}.parameters[classification]", f"{top_k} is not in [1, {card.output_size}]")
         wanted.append((output.name, top_k))
@@ -352,7 +381,7 @@ def infer_response(request: pb.ModelInferRequest, result: TensorResult, wanted: 
     card = result.model.card
     response = pb.ModelInferResponse(model_name=card.name, model_version=card.version, id=request.id)
     for name, top_k in wanted:
-        array = result.logits if not top_k else classification(result, top_k)
+        array = result.outputs[name] if not top_k else classification(result, name, top_k)
         datatype = "BYTES" if top_k else "FP32"
         output = response.outputs.add(name=name, datatype=datatype, shape=array.shape)
         if raw:
@@ -364,18 +393,18 @@ def infer_response(request: pb.ModelInferRequest, result: TensorResult, wanted: 
     return response
 
 
-def classification(result: TensorResult, top_k: int) -> np.ndarray:
+def classification(result: TensorResult, name: str, top_k: int) -> np.ndarray:
     """Triton's classification extension: per step the top-k outputs as b"value:index:label", most likely
     first, where value is the output itself (a logit) and label the class or the token as text."""
     card, model = result.model.card, result.model
-    batch, steps, _ = result.logits.shape
-    flat = result.logits.reshape(batch * steps, -1)
+    batch, steps, _ = result.outputs[name].shape
+    flat = result.outputs[name].reshape(batch * steps, -1)
     order = np.argsort(-flat, axis=1, kind="stable")[:, :top_k]
-    labels = card.labels or None
+    labels, special = card.labels, {card.bos: "<bos>", card.eos: "<eos>"}
     out = np.empty((batch * steps, top_k), dtype=object)
     for row, indices in enumerate(order):
         for column, index in enumerate(indices):
-            label = labels[index] if labels else token_text(model.tokenizer, int(index))
+            label = labels[index] if labels else special.get(int(index)) or token_text(model.tokenizer, int(index))
             out[row, column] = f"{flat[row, index]:f}:{index}:{label}".encode()
     return out.reshape(batch, steps, top_k)
 
