@@ -69,6 +69,14 @@ class ModelCard:
         return ("Infer",) + (("Stream",) if self.streaming else ()) + (("Generate",) if self.generates else ())
 
     @property
+    def output_widths(self) -> dict[str, int]:
+        """Each per-step output's last dimension: logits over the outputs, attention over the source rows kept."""
+        widths = {"logits": self.output_size}
+        if "attention" in self.extra_outputs:
+            widths["attention"] = self.encoder.max_source_tokens
+        return widths
+
+    @property
     def text_vocab_size(self) -> int:
         """Token ids the tokenizer can write as text: all but the special tokens."""
         return self.vocab_size - (0 if self.bos is None else 2)

@@ -62,6 +62,8 @@ def _load_model(path: Path, config: ServerConfig, device: Device, io_binding: bo
 class Repository:
     def __init__(self, models: dict[str, dict[str, Model]]):
         self._models = models
+        # versions oldest to newest, sorted once: get() runs on every request, several times
+        self._ordered = {name: [models[name][v] for v in sorted(models[name], key=_version_key)] for name in sorted(models)}
 
     @classmethod
     def load(cls, config: ServerConfig, io_binding: bool | None = None, metrics: Metrics | None = None) -> Repository:
@@ -85,10 +87,10 @@ class Repository:
         return cls(models)
 
     def all(self) -> list[Model]:
-        return [m for name in sorted(self._models) for m in self._sorted_versions(name)]
+        return [m for versions in self._ordered.values() for m in versions]
 
     def versions(self, name: str) -> list[str]:
-        return [m.card.version for m in self._sorted_versions(name)]
+        return [m.card.version for m in self._ordered[name]]
 
     def get(self, name: str, version: str = "") -> Model:
         """The named version, or the newest when version is empty."""
@@ -96,13 +98,10 @@ class Repository:
             known = ", ".join(sorted(self._models)) or "none"
             raise NotFound(f"model {name!r} not found (models served: {known})")
         if not version:
-            return self._sorted_versions(name)[-1]
+            return self._ordered[name][-1]
         if version not in self._models[name]:
             raise NotFound(f"model {name!r} has no version {version!r} (versions: {', '.join(self.versions(name))})")
         return self._models[name][version]
-
-    def _sorted_versions(self, name: str) -> list[Model]:
-        return [self._models[name][v] for v in sorted(self._models[name], key=_version_key)]
 
     def start(self) -> None:
         for model in self.all():

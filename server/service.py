@@ -282,7 +282,7 @@ class InferenceService:
 
     def _stacked(self, card, results: list[list[np.ndarray] | None]) -> dict[str, np.ndarray]:
         """Each output over the batch's rows; a row of zero steps (None) has empty outputs of the right width."""
-        widths = {"logits": card.output_size, "attention": card.encoder.max_source_tokens if card.encoder else 0}
+        widths = card.output_widths
         return {
             name: np.stack([np.zeros((0, widths[name]), np.float32) if r is None else r[i] for r in results])
             for i, name in enumerate(("logits", *card.extra_outputs))

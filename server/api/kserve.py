@@ -58,10 +58,8 @@ def inputs_of(card: ModelCard) -> tuple[TensorSpec, ...]:
 
 
 def outputs_of(card: ModelCard) -> tuple[TensorSpec, ...]:
-    outputs = (TensorSpec("logits", "FP32", (-1, -1, card.output_size), config_pb.TYPE_FP32),)
-    if "attention" in card.extra_outputs:  # over the source's rows, padded to the longest source the model reads
-        outputs += (TensorSpec("attention", "FP32", (-1, -1, card.encoder.max_source_tokens), config_pb.TYPE_FP32),)
-    return outputs
+    """logits, and an encoder–decoder's attention over the source rows (padded to the longest source it reads)."""
+    return tuple(TensorSpec(name, "FP32", (-1, -1, width), config_pb.TYPE_FP32) for name, width in card.output_widths.items())
 
 
 class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -228,26 +226,30 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 def sequence_key(request: pb.ModelInferRequest) -> str:
-    """The request's sequence id as text ("" for none), without judging it: that is `sequence_control`'s job."""
-    parameter = request.parameters.get("sequence_id")
-    if parameter is None:
+    """The request's sequence id ("" for none), to keep a stream's requests of one sequence in order; a request
+    whose id is malformed belongs to no sequence, and gets its error when it runs."""
+    try:
+        return sequence_id(request.parameters)
+    except InvalidArgument:
         return ""
-    value = getattr(parameter, parameter.WhichOneof("parameter_choice") or "int64_param")
+
+
+def sequence_id(parameters) -> str:
+    """Triton's sequence_id, as int64 (or uint64) or string; 0 or "" (or none) mean no sequence."""
+    if "sequence_id" not in parameters:
+        return ""
+    parameter = parameters["sequence_id"]
+    kind = parameter.WhichOneof("parameter_choice")
+    if kind not in ("int64_param", "uint64_param", "string_param"):
+        raise InvalidArgument("parameters[sequence_id]", f"must be an int64_param or a string_param, not {kind or 'empty'}")
+    value = getattr(parameter, kind)
     return "" if value in (0, "") else str(value)
 
 
 def sequence_control(request: pb.ModelInferRequest) -> SequenceControl:
-    """Triton's parameters: sequence_id as int64 (or uint64) or string, 0 or "" meaning none;
-    sequence_start and sequence_end as bool."""
+    """Triton's sequence parameters: sequence_id, and sequence_start and sequence_end as bool."""
     parameters = request.parameters
-    sequence_id = ""
-    if "sequence_id" in parameters:
-        parameter = parameters["sequence_id"]
-        kind = parameter.WhichOneof("parameter_choice")
-        if kind not in ("int64_param", "uint64_param", "string_param"):
-            raise InvalidArgument("parameters[sequence_id]", f"must be an int64_param or a string_param, not {kind or 'empty'}")
-        value = getattr(parameter, kind)
-        sequence_id = "" if value in (0, "") else str(value)
+    sequence = sequence_id(parameters)
     flags = {}
     for name in ("sequence_start", "sequence_end"):
         parameter = parameters.get(name)
@@ -255,9 +257,9 @@ def sequence_control(request: pb.ModelInferRequest) -> SequenceControl:
         if parameter is not None and kind != "bool_param":
             raise InvalidArgument(f"parameters[{name}]", f"must be a bool_param, not {kind or 'empty'}")
         flags[name] = parameter is not None and parameter.bool_param
-        if flags[name] and not sequence_id:
+        if flags[name] and not sequence:
             raise InvalidArgument(f"parameters[{name}]", "needs a sequence_id (a non-zero int64 or a non-empty string)")
-    return SequenceControl(sequence_id, flags["sequence_start"], flags["sequence_end"])
+    return SequenceControl(sequence, flags["sequence_start"], flags["sequence_end"])
 
 
 def tensor_request(card: ModelCard, request: pb.ModelInferRequest, owner: object) -> TensorRequest:
