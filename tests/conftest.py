@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -169,3 +171,17 @@ def status_of(call) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as caught:
         call()
     return caught.value
+
+
+def scrape(running, name: str, **labels) -> float:
+    """The value of one series on the server's /metrics page (0 when it has none yet)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{running.app.metrics_server.port}/metrics", timeout=10).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line) or re.fullmatch(rf"{name} (\S+)", line)
+        if not match:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1))) if match.re.groups == 2 else {}
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match.groups()[-1])
+    return total

@@ -1,11 +1,9 @@
 """The KServe v2 service (inference.GRPCInferenceService) over real gRPC: metadata, tensors in both forms,
-Triton's sequences (start, continue, end, expiry, restart, stream ownership), precise errors, metrics."""
+Triton's sequences (start, continue, end, expiry, restart, stream ownership), precise errors."""
 
-import re
 import struct
 import threading
 import time
-import urllib.request
 
 import grpc
 import numpy as np
@@ -14,7 +12,7 @@ import pytest
 from rnnserve.inference import grpc_service_pb2 as pb
 from rnnserve.inference import grpc_service_pb2_grpc as pb_grpc
 from rnnserve.inference import model_config_pb2 as config_pb
-from tests.conftest import status_of
+from tests.conftest import scrape, status_of
 
 INVALID, NOT_FOUND, FAILED = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION
 
@@ -326,40 +324,3 @@ def test_a_disconnected_stream_frees_its_sequences(make_server):
         forever.set()
     assert scrape(running, "rnnserve_sessions_active", model="lstm", kind="sequence") == 0
     assert scrape(running, "rnnserve_slots_in_use", model="lstm") == 0
-
-
-def scrape(running, name: str, **labels) -> float:
-    """The value of one series on the server's /metrics page (0 when it has none yet)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{running.app.metrics_server.port}/metrics", timeout=10).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line) or re.fullmatch(rf"{name} (\S+)", line)
-        if not match:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1))) if match.re.groups == 2 else {}
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(match.groups()[-1])
-    return total
-
-
-def test_metrics_count_requests_steps_batches_and_tokens(make_server):
-    running = make_server(metrics_port=0)
-    with grpc.insecure_channel(running.target) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        for _ in range(3):
-            stub.ModelInfer(request(tokens=list(b"hello")))
-        status_of(lambda: stub.ModelInfer(request(tokens=[999])))
-    with running.client() as native:
-        pieces = list(native.generate("lstm", "Hi", max_tokens=7, temperature=0))
-    assert sum(p.generated_tokens for p in pieces) == 7
-    labels = dict(model="lstm", version="1")
-    assert scrape(running, "nv_inference_request_success_total", api="kserve", method="ModelInfer", **labels) == 3
-    assert scrape(running, "nv_inference_request_failure_total", api="kserve", method="ModelInfer", reason="INVALID_ARGUMENT", **labels) == 1
-    assert scrape(running, "nv_inference_request_success_total", api="native", method="Generate", **labels) == 1
-    assert scrape(running, "rnnserve_tokens_generated_total", **labels) == 7
-    # 3 × 5 tokens, the 2-token prompt, then one step per generated token but the last
-    assert scrape(running, "nv_inference_count_total", **labels) == 15 + 2 + 6
-    assert scrape(running, "nv_inference_exec_count_total", **labels) == scrape(running, "rnnserve_batch_size_count", **labels) == 3 + 1 + 6
-    assert scrape(running, "rnnserve_step_duration_seconds_count", **labels) == 10
-    assert scrape(running, "rnnserve_sessions_started_total", kind="call", **labels) == 4
-    assert scrape(running, "rnnserve_slots_capacity", **labels) == 8

@@ -1,6 +1,13 @@
 import pytest
 
-from training.text import ByteTokenizer, CharTokenizer, IncrementalDecoder, UnknownText, token_text, tokenizer_from_spec
+from training.text import (
+    ByteTokenizer,
+    CharTokenizer,
+    IncrementalDecoder,
+    UnknownText,
+    token_text,
+    tokenizer_from_spec,
+)
 
 
 def test_byte_tokenizer_round_trips_korean():

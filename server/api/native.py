@@ -11,18 +11,18 @@ from server.api.status import counted, streaming, unary
 from server.errors import InvalidArgument
 from server.metrics import Metrics
 from server.repository import Model
-from server.service import (
+from server.requests import (
     Candidate,
     Chunk,
     ChunkResult,
     GeneratedPiece,
     GenerateRequest,
-    InferenceService,
     InferRequest,
     SamplingRequest,
     StepPrediction,
     StreamStart,
 )
+from server.service import InferenceService
 
 FINISH_REASONS = {
     "": pb.FINISH_REASON_UNSPECIFIED,

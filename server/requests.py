@@ -1,0 +1,124 @@
+"""The plain request and result types between the API layers and the service: what a client asked for and
+what it gets, with no protobuf in them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from server.repository import Model
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingRequest:
+    """What a client asked for; None means the model's default."""
+
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    model: str
+    prompt: str
+    version: str = ""
+    sampling: SamplingRequest = SamplingRequest()
+    label: str = ""  # conditional language models: the kind of text to write
+    source: str = ""  # encoder–decoders: the text to transduce
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedPiece:
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str = ""  # "", "length", "stop" or "end"; set on the last piece only
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    attention: tuple[tuple[float, ...], ...] = ()  # encoder–decoders: per token, its weights over the source
+    source_tokens: tuple[str, ...] = ()  # encoder–decoders, first piece only
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStart:
+    model: str
+    version: str = ""
+    session_id: str = ""
+    resume: bool = False
+    top_k: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    model: str
+    version: str = ""
+    text: str = ""
+    tokens: tuple[int, ...] = ()
+    top_k: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    reset: bool = False
+    text: str = ""
+    tokens: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    token_id: int
+    text: str
+    probability: float
+
+
+@dataclass(frozen=True, slots=True)
+class StepPrediction:
+    token_id: int
+    token_text: str
+    next: tuple[Candidate, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkResult:
+    session_id: str
+    position: int
+    steps: tuple[StepPrediction, ...] = field(default=())
+    classes: tuple[Candidate, ...] = ()  # classifiers: every class's probability for all input so far
+
+
+@dataclass(frozen=True, slots=True)
+class InferResult:
+    steps: tuple[StepPrediction, ...]
+    classes: tuple[Candidate, ...] = ()  # classifiers: every class's probability for the whole input
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceControl:
+    """Triton's sequence parameters: which sequence a request continues, and whether it starts or ends it."""
+
+    id: str = ""  # "" when the request belongs to no sequence
+    start: bool = False
+    end: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TensorRequest:
+    """The model's inputs as a batch of rows (the KServe API): token ids [B, T], or one text per row."""
+
+    model: str
+    version: str = ""
+    tokens: np.ndarray | None = None  # [B, T] int64
+    texts: tuple[str, ...] = ()
+    starts: tuple[str, ...] = ()  # models with an encoder: each row's label or source, read when its sequence starts
+    sequence: SequenceControl = SequenceControl()
+    owner: object = None  # the stream a sequence started here belongs to
+
+
+@dataclass(frozen=True, slots=True)
+class TensorResult:
+    model: Model
+    outputs: dict[str, np.ndarray]  # "logits" [B, T, outputs], and any extra output (attention [B, T, source rows])
