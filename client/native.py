@@ -66,6 +66,8 @@ class RnnServeClient:
                     request.start.CopyFrom(start)
                     first = False
                 yield request
+            if first:  # no chunks: the stream still opens, so a wrong model or session is still reported
+                yield pb.StreamRequest(start=start)
 
         return self._stub.Stream(requests(), timeout=self._timeout_s)
 

@@ -14,3 +14,8 @@ class ExportConfig:
     name: str | None = option(None, "model name (default: the checkpoint's file name)")
     version: str = option("1", "model version directory")
     force: bool = option(False, "overwrite an existing model file")
+
+    def __post_init__(self):
+        for flag_name, value in (("--name", self.name), ("--version", self.version)):
+            if value is not None and (not value or value in (".", "..") or any(c in value for c in "/\\")):
+                raise ValueError(f"{flag_name} {value!r}: must be one directory name (no slashes), e.g. {'lm' if flag_name == '--name' else '2'}")

@@ -1,6 +1,7 @@
-"""`rnnserve`: train, export, serve, and talk to a server (generate, stream, models).
+"""`rnnserve`: train, export, serve, and talk to a server (generate, stream, infer, models).
 
-Training and export import torch lazily, so serving and the client work from the base install.
+Training and export import torch lazily, so serving and the client work from the base install. Every mistake
+ends in one line on stderr that says what was wrong and what to do, and a non-zero exit code: never a traceback.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from importlib import metadata
 
 import grpc
 
@@ -19,31 +21,74 @@ from server.config import ServerConfig
 from training.config import TrainConfig
 
 NEEDS_TRAIN_EXTRA = "this command needs torch and onnx: pip install 'rnnserve[train]'"
+DEFAULT_TARGET = "127.0.0.1:50051"
+SHOW_TRACEBACK = "RNNSERVE_TRACEBACK"  # set it to see the traceback of an unexpected error
+
+EXAMPLES = {
+    "train": """examples:
+  rnnserve train --minutes 3 --out runs/lm.pt                              # LSTM on the built-in corpus
+  rnnserve train --corpus ko.txt --tokenizer char --minutes 5 --out runs/ko.pt
+  rnnserve train --task boundary_tagger --tokenizer char --bidirectional --minutes 2 --out runs/tagger.pt
+  rnnserve train --steps 2000 --out runs/lm.pt --resume                    # continue a run to 2,000 steps""",
+    "export": """examples:
+  rnnserve export runs/lm.pt --repository models --name lm                 # writes models/lm/1/model.onnx
+  rnnserve export runs/lm.pt --repository models --name lm --version 2""",
+    "serve": """examples:
+  rnnserve serve --repository models                                       # 127.0.0.1:50051
+  rnnserve serve --repository models --host 0.0.0.0 --port 8001 --metrics-port 8002
+  rnnserve serve --repository models --workers 2 --port 50051""",
+    "generate": """examples:
+  rnnserve generate --model lm --max-tokens 200 --temperature 0.7 --seed 1 "The "
+  rnnserve generate --model writer --label python
+  rnnserve generate --model dates --source 'Tuesday, March 5th, 2024' --attention""",
+    "stream": """examples:
+  printf 'The return\\nstatement\\n' | rnnserve stream --model lm --top-k 3
+  rnnserve stream --model lm --session-id talk-1 < part1.txt               # keep the state...
+  rnnserve stream --model lm --session-id talk-1 --resume < part2.txt      # ...and continue it""",
+    "infer": """examples:
+  rnnserve infer --model tagger_bi --top-k 1 thereturnstatement
+  rnnserve infer --model kind 'static int add(int a, int b) { return a + b; }'""",
+    "models": """examples:
+  rnnserve models
+  rnnserve models --target 10.0.0.5:50051""",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (with where to read more), not the usage text and then the error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def _config(config_type: type, args):
+    try:
+        return config_from(config_type, args)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
 
 
 def _train(args) -> None:
+    config = _config(TrainConfig, args)
     from training.train import train
 
-    metrics = train(config_from(TrainConfig, args))
-    print(json.dumps(metrics))
+    print(json.dumps(train(config)))
 
 
 def _export(args) -> None:
+    config = _config(ExportConfig, args)
     from export.exporter import export
     from export.verify import ParityError
 
     try:
-        path, report = export(config_from(ExportConfig, args))
+        path, report = export(config)
     except ParityError as err:
         raise SystemExit(f"export failed: {err}") from None
     print(f"wrote {path} (parity with PyTorch: max abs difference {report['max_abs_diff']:.2e} ≤ {report['tolerance']:g})")
 
 
 def _serve(args) -> None:
-    try:
-        config = config_from(ServerConfig, args)
-    except ValueError as err:
-        raise SystemExit(f"rnnserve serve: {err}") from None
+    config = _config(ServerConfig, args)
     if config.workers > 1:
         from server.workers import run_workers
 
@@ -104,9 +149,12 @@ def _print_classes(what: str, classes) -> None:
 
 
 def _print_steps(steps) -> None:
+    """A line per step, or for steps that each read a part of one character (a byte model), a line for the step
+    that completes it: the whole character, then what the model expects after it."""
     for step in steps:
-        candidates = "  ".join(f"{c.text!r} {c.probability:.2f}" for c in step.next)
-        print(f"{step.token_text!r:>8} → {candidates}")
+        if step.text:
+            candidates = "  ".join(f"{c.text!r} {c.probability:.2f}" for c in step.next)
+            print(f"{step.text!r:>8} → {candidates}")
 
 
 def _models(args) -> None:
@@ -118,27 +166,49 @@ def _models(args) -> None:
             )
 
 
+def _number(kind: type, minimum: float, maximum: float | None = None, above: bool = False):
+    """An argparse type: a `kind` number within [minimum, maximum] ((minimum, maximum] when `above`)."""
+    span = f"{'(' if above else '['}{minimum:g}, {'∞)' if maximum is None else f'{maximum:g}]'}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value < minimum or (above and value == minimum) or (maximum is not None and value > maximum) or value != value:
+            raise argparse.ArgumentTypeError(f"{text} is not in {span}")
+        return value
+
+    return parse
+
+
+def _target(text: str) -> str:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. {DEFAULT_TARGET})")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="rnnserve",
         description="Train recurrent models (language models, taggers, classifiers, encoder–decoders), export them to "
         "ONNX, serve them over gRPC with per-step streaming, and talk to a server. `rnnserve COMMAND --help` explains each command.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"rnnserve {metadata.version('rnnserve')}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = commands.add_parser(
-        "train", help="train a language model, tagger, classifier or encoder–decoder (needs the [train] extra)"
-    )
-    train.set_defaults(run=_train)
-    add_flags(train, TrainConfig)
+    def command(name: str, run, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, help=help_text, description=help_text, epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        sub.set_defaults(run=run)
+        return sub
 
-    export = commands.add_parser("export", help="export a checkpoint to ONNX in a model repository, parity-checked")
-    export.set_defaults(run=_export)
+    add_flags(command("train", _train, "train a language model, tagger, classifier or encoder–decoder (needs the [train] extra)"), TrainConfig)
+    export = command("export", _export, "export a checkpoint to ONNX in a model repository, parity-checked (needs the [train] extra)")
     add_flags(export, ExportConfig, positional=("checkpoint",))
-
-    serve = commands.add_parser("serve", help="serve every model in a repository over gRPC")
-    serve.set_defaults(run=_serve)
-    add_flags(serve, ServerConfig)
+    add_flags(command("serve", _serve, "serve every model in a repository over gRPC"), ServerConfig)
 
     for name, run, help_text in (
         ("generate", _generate, "stream a generation from a server to the terminal"),
@@ -146,46 +216,71 @@ def build_parser() -> argparse.ArgumentParser:
         ("infer", _infer, "send a whole text at once and show every step's top outputs"),
         ("models", _models, "list the models a server serves"),
     ):
-        sub = commands.add_parser(name, help=help_text)
-        sub.set_defaults(run=run)
-        sub.add_argument("--target", default="127.0.0.1:50051", help="server address (default: 127.0.0.1:50051)")
+        sub = command(name, run, help_text)
+        sub.add_argument("--target", type=_target, default=DEFAULT_TARGET, help=f"server address HOST:PORT (default: {DEFAULT_TARGET})")
         if name != "models":
-            sub.add_argument("--model", required=True, help="model name")
+            sub.add_argument("--model", required=True, help="model name (`rnnserve models` lists them)")
             sub.add_argument("--version", default="", help="model version (default: the newest)")
     generate = commands.choices["generate"]
     generate.add_argument("prompt", nargs="?", default="", help="text to continue (a language model needs one)")
     generate.add_argument("--label", default="", help="conditional language models: the kind of text to write")
     generate.add_argument("--source", default="", help="encoder–decoders: the text to transduce")
     generate.add_argument("--attention", action="store_true", help="encoder–decoders: show where each output token looked")
-    generate.add_argument("--temperature", type=float, help="0 is greedy (default: the model's)")
-    generate.add_argument("--top-k", type=int, help="sample from the k most probable tokens (0: off)")
-    generate.add_argument("--top-p", type=float, help="nucleus sampling mass (1: off)")
-    generate.add_argument("--seed", type=int, help="same seed, same text")
-    generate.add_argument("--max-tokens", type=int, help="tokens to generate (default: the model's)")
+    generate.add_argument("--temperature", type=_number(float, 0, 100), help="0 is greedy (default: the model's)")
+    generate.add_argument("--top-k", type=_number(int, 0), help="sample from the k most probable tokens (0: off)")
+    generate.add_argument("--top-p", type=_number(float, 0, 1, above=True), help="nucleus sampling mass (1: off)")
+    generate.add_argument("--seed", type=_number(int, 0, 2**64 - 1), help="same seed, same text")
+    generate.add_argument(
+        "--max-tokens", type=_number(int, 1, 2**32 - 1),
+        help="tokens to generate (default: the model's); a character the limit would cut in half is left out",
+    )
     generate.add_argument("--stop", action="append", help="stop before this string (repeatable)")
     infer = commands.choices["infer"]
     infer.add_argument("text", help="the whole input")
-    infer.add_argument("--top-k", type=int, default=5, help="outputs shown per step (default: 5)")
+    infer.add_argument("--top-k", type=_number(int, 1, 2**32 - 1), default=0, help="outputs shown per step (default: 5, or all when fewer)")
     stream = commands.choices["stream"]
     stream.add_argument("--session-id", default="", help="name the session so a later stream can --resume it")
-    stream.add_argument("--resume", action="store_true", help="continue the named session's state")
-    stream.add_argument("--top-k", type=int, default=5, help="predictions shown per step (default: 5)")
+    stream.add_argument("--resume", action="store_true", help="continue the named session's state (needs --session-id)")
+    stream.add_argument("--top-k", type=_number(int, 1, 2**32 - 1), default=0, help="predictions shown per step (default: 5, or all when fewer)")
     return parser
 
 
+def _rpc_failure(args, err: grpc.RpcError) -> str:
+    """One line for a failed call, with what to do when the server could not be reached at all."""
+    details = " ".join((err.details() or "").split())
+    line = f"{err.code().name}: {details}"
+    if err.code() == grpc.StatusCode.UNAVAILABLE and ("failed to connect" in details or "errors resolving" in details):
+        line = f"cannot reach a server at {args.target} ({line}): is it running? Start one with `rnnserve serve`, or pass --target HOST:PORT"
+    return line
+
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "resume", False) and args.command == "stream" and not args.session_id:
+        parser.error("stream --resume needs --session-id: the name of the session to continue")
+    prefix = f"rnnserve {args.command}"
     try:
         args.run(args)
     except grpc.RpcError as err:
-        raise SystemExit(f"rnnserve {args.command}: {err.code().name}: {err.details()}") from None
+        raise SystemExit(f"{prefix}: {_rpc_failure(args, err)}") from None
+    except SystemExit as exit_:
+        if isinstance(exit_.code, str) and not exit_.code.startswith("rnnserve"):
+            raise SystemExit(f"{prefix}: {exit_.code}") from None
+        raise
     except ModuleNotFoundError as err:
         if err.name in ("torch", "onnx", "tqdm"):
-            raise SystemExit(f"{NEEDS_TRAIN_EXTRA} ({err.name} is missing)") from None
+            raise SystemExit(f"{prefix}: {NEEDS_TRAIN_EXTRA} ({err.name} is missing)") from None
         raise
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except BrokenPipeError:  # piped into a command that stopped reading (`| head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(0) from None
+    except Exception as err:  # a fault of ours: still one line, with the way to see more
+        if os.environ.get(SHOW_TRACEBACK):
+            raise
+        raise SystemExit(
+            f"{prefix}: unexpected error: {type(err).__name__}: {err} (a bug in rnnserve: run again with {SHOW_TRACEBACK}=1 "
+            "for the traceback, and report it)"
+        ) from None

@@ -6,8 +6,11 @@ ready (up to `max_batch`, optionally waiting `max_queue_delay_ms` for more), gro
 (a generation step, a chunk, a prompt), and runs each group as one call over a gather of the sessions'
 state rows. Each step resolves exactly once, with its own logits or its own error.
 
-Freeing a slot that still has a step (or an encoding) queued or running, because its stream was cancelled
-mid-step, waits behind it, so nothing can write into a slot that a new session owns.
+The batcher owns every slot's state: sessions allocate, reset and free slots through it, and the state slab
+is read and written only on its runtime thread. A slot that is allocated or reset starts its next step from
+the initial state (or from what its encoder writes). Freeing a slot that still has a step (or an encoding)
+queued or running, because its stream was cancelled mid-step, waits behind it, so nothing can write into a
+slot that a new session owns.
 """
 
 from __future__ import annotations
@@ -59,10 +62,21 @@ class Batcher:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"runtime-{name}")
         self._task: asyncio.Task | None = None
         self._steps_per_slot: Counter[int] = Counter()  # steps queued or running
+        self._fresh: set[int] = set()  # slots whose next step starts from the initial state
         metrics.watch(self._queue.qsize, lambda: runtime.slots_in_use, runtime.capacity)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self._name}")
+
+    def allocate(self) -> int:
+        """A slot for a new session, at the initial state (RESOURCE_EXHAUSTED when none is free)."""
+        slot = self._runtime.allocate()
+        self._fresh.add(slot)
+        return slot
+
+    def reset(self, slot: int) -> None:
+        """The slot's next step starts from the initial state again."""
+        self._fresh.add(slot)
 
     async def step(self, slot: int, tokens: list[int]) -> list[np.ndarray]:
         """[logits [T, V], *extra outputs] for `tokens` continuing the slot's state."""
@@ -134,6 +148,7 @@ class Batcher:
     async def _run_encode(self, job: _Encode) -> None:
         if job.result.cancelled():  # its request went away
             return
+        self._fresh.discard(job.slot)  # the encoder writes the slot's whole state
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._runtime.encode, job.slot, job.inputs)
         except Exception as err:
@@ -146,11 +161,13 @@ class Batcher:
 
     async def _run_group(self, group: list[_Step]) -> None:
         slots = [job.slot for job in group]
+        fresh = np.array([slot in self._fresh for slot in slots])  # [B]
+        self._fresh.difference_update(slots)
         tokens = np.stack([job.tokens for job in group])  # [B, T]
         loop = asyncio.get_running_loop()
         began = time.perf_counter()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._runtime.step, slots, tokens)  # each [B, T, ...]
+            outputs = await loop.run_in_executor(self._executor, self._runtime.step, slots, fresh, tokens)  # each [B, T, ...]
         except Exception as err:  # onnxruntime's own errors: these steps fail, the batcher goes on
             log.exception("model %s: step failed", self._name)
             for job in group:

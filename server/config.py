@@ -7,6 +7,14 @@ from dataclasses import dataclass
 from rnnserve.options import option
 
 
+def parse_device(text: str) -> tuple[str, int]:
+    """"cpu", "cuda" or "cuda:N" → (kind, index); anything else is a ValueError that says what is expected."""
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise ValueError(f"--device {text!r}: expected cpu, cuda or cuda:N")
+    return kind, int(index or 0)
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     repository: str = option("models", "model repository: <repository>/<name>/<version>/model.onnx")
@@ -25,6 +33,11 @@ class ServerConfig:
     metrics_port: int = option(-1, "port of the Prometheus /metrics HTTP endpoint on --host (0 picks a free one; -1: none)")
 
     def __post_init__(self):
+        parse_device(self.device)
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be a port number (0–65535; 0 picks a free one), not {self.port}")
+        if self.metrics_port > 65535:
+            raise ValueError(f"--metrics-port must be a port number (0–65535), not {self.metrics_port}")
         for name in ("workers", "max_sessions", "max_input_tokens", "max_new_tokens", "max_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")

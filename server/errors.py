@@ -12,7 +12,6 @@ class NotFound(ServeError):
 class InvalidArgument(ServeError):
     def __init__(self, field: str, problem: str):
         super().__init__(f"{field}: {problem}")
-        self.field = field
 
 
 class ResourceExhausted(ServeError):
@@ -24,10 +23,6 @@ class FailedPrecondition(ServeError):
 
 
 class AlreadyExists(ServeError):
-    pass
-
-
-class Unavailable(ServeError):
     pass
 
 

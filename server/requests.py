@@ -80,6 +80,7 @@ class StepPrediction:
     token_id: int
     token_text: str
     next: tuple[Candidate, ...]
+    text: str = ""  # the text this step completes ("" for a byte in the middle of a character)
 
 
 @dataclass(frozen=True, slots=True)

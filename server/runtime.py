@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from server.card import ModelCard, StateSpec
+from server.config import parse_device
 from server.errors import ResourceExhausted
 
 SLAB_GRAPHS = Path(__file__).parent / "slab_graphs"  # made by scripts/gen_slab_graphs.py
@@ -30,10 +31,7 @@ class Device:
 
     @classmethod
     def parse(cls, text: str) -> Device:
-        kind, _, index = text.partition(":")
-        if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
-            raise ValueError(f"--device {text!r}: expected cpu, cuda or cuda:N")
-        return cls(kind, int(index or 0))
+        return cls(*parse_device(text))
 
     def providers(self) -> list:
         if self.kind == "cpu":
@@ -55,22 +53,24 @@ class HostStateSlab:
         self._specs = specs
         self._rows = {s.name: np.full((capacity, *s.shape), s.initial, np.float32) for s in specs}  # [capacity, ...]
 
-    def reset(self, slot: int) -> None:
-        for spec in self._specs:
-            self._rows[spec.name][slot] = spec.initial
-
     def write(self, slot: int, values: dict[str, np.ndarray]) -> None:
         """Sets a slot's state from an encoder's outputs (each without its batch axis); a value shorter than
-        the row along its first axis (a short source's memory) fills its start, the rest is initial."""
+        the row along its first axis (a short source's memory) fills its start, the rest (and any state the
+        encoder does not write) is initial."""
         for spec in self._specs:
+            row = self._rows[spec.name][slot]
+            row[...] = spec.initial
             if spec.name in values:
                 value = values[spec.name]
-                row = self._rows[spec.name][slot]
-                row[...] = spec.initial
                 row[: value.shape[0]] = value
 
-    def step(self, session: ort.InferenceSession, slots: list[int], tokens: np.ndarray, extra_outputs: tuple[str, ...] = ()) -> list[np.ndarray]:
+    def step(
+        self, session: ort.InferenceSession, slots: list[int], fresh: np.ndarray, tokens: np.ndarray, extra_outputs: tuple[str, ...] = ()
+    ) -> list[np.ndarray]:
         feeds = {spec.name: self._rows[spec.name][slots] for spec in self._specs}  # gather: each [B, ...]
+        if fresh.any():  # rows of sessions that start (or restart) from the initial state
+            for spec in self._specs:
+                feeds[spec.name][fresh] = spec.initial
         carried = [s for s in self._specs if s.output]
         logits, *rest = session.run(["logits", *extra_outputs, *(s.output for s in carried)], {"tokens": tokens, **feeds})
         for spec, value in zip(carried, rest[len(extra_outputs) :]):
@@ -103,14 +103,12 @@ class DeviceStateSlab:
             for s in specs
         }
         self._current = 0  # which half holds every slot's state
-        self._fresh = np.ones(capacity, bool)  # slot still at the initial state
 
-    def reset(self, slot: int) -> None:
-        self._fresh[slot] = True
-
-    def step(self, session: ort.InferenceSession, slots: list[int], tokens: np.ndarray, extra_outputs: tuple[str, ...] = ()) -> list[np.ndarray]:
+    def step(
+        self, session: ort.InferenceSession, slots: list[int], fresh: np.ndarray, tokens: np.ndarray, extra_outputs: tuple[str, ...] = ()
+    ) -> list[np.ndarray]:
         slot_ids = np.asarray(slots, np.int64)
-        read = np.where(self._fresh[slot_ids], self._capacity, slot_ids)  # [B]: fresh slots read the initial row
+        read = np.where(fresh, self._capacity, slot_ids)  # [B]: fresh slots read the initial row
         rows = {spec.name: self._run_gather(spec.name, read) for spec in self._specs}  # each [B, row_size]
         binding = session.io_binding()
         binding.bind_cpu_input("tokens", tokens)
@@ -124,7 +122,6 @@ class DeviceStateSlab:
         for spec, value in zip(self._specs, next_rows):
             self._run_scatter(spec.name, slot_ids[:, None], value)
         self._current = 1 - self._current
-        self._fresh[slot_ids] = False
         return [logits.numpy()]
 
     def _half(self, name: str, half: int) -> tuple[list[int], int]:
@@ -168,7 +165,7 @@ def open_session(path: str, device: Device, threads: int = 0) -> ort.InferenceSe
 
 class Runtime:
     """Runs steps of one model version (and its encoder, if it has one). Not thread-safe: the model's batcher
-    calls it from one thread."""
+    is its only caller, and reads or writes the state slab only on its runtime thread."""
 
     def __init__(
         self, session: ort.InferenceSession, card: ModelCard, device: Device, capacity: int, io_binding: bool | None = None,
@@ -193,26 +190,26 @@ class Runtime:
         return self.capacity - len(self._free)
 
     def allocate(self) -> int:
-        """A slot at the initial state, or RESOURCE_EXHAUSTED when every slot is owned."""
+        """An unowned slot (its state is whatever its last owner left: the batcher starts it fresh), or
+        RESOURCE_EXHAUSTED when every slot is owned."""
         if not self._free:
             raise ResourceExhausted(
                 f"model {self._card.name!r} version {self._card.version}: all {self.capacity} session slots are in use; "
                 "close sessions or start the server with a larger --max-sessions"
             )
-        slot = self._free.pop()
-        self.slab.reset(slot)
-        return slot
+        return self._free.pop()
 
     def free(self, slot: int) -> None:
         self._free.append(slot)
 
-    def step(self, slots: list[int], tokens: np.ndarray) -> list[np.ndarray]:
-        """tokens [B, T] int64 → [logits [B, T, V], *extra outputs [B, T, ...]]; each slot's state advances by T steps."""
+    def step(self, slots: list[int], fresh: np.ndarray, tokens: np.ndarray) -> list[np.ndarray]:
+        """tokens [B, T] int64 → [logits [B, T, V], *extra outputs [B, T, ...]]; each slot's state advances by T
+        steps, from the initial state where `fresh` [B] is set."""
         self.calls += 1
-        return self.slab.step(self.session, slots, tokens, self._card.extra_outputs)
+        return self.slab.step(self.session, slots, fresh, tokens, self._card.extra_outputs)
 
     def encode(self, slot: int, inputs: dict[str, np.ndarray]) -> None:
-        """Runs the encoder on one sequence's request (batch 1) and writes its outputs as the slot's state."""
+        """Runs the encoder on one sequence's request (batch 1) and writes its outputs as the slot's whole state."""
         self.calls += 1
         outputs = self.encoder.run(self._encoder_outputs, inputs)
         self.slab.write(slot, {name: value[0] for name, value in zip(self._encoder_outputs, outputs)})

@@ -75,17 +75,17 @@ class InferenceService:
                 token = sampler.sample(self._writable(card, outputs[0][-1]))
                 model.metrics.tokens_generated.inc()
                 ended = token == card.eos
-                if ended:
-                    text, stopped = stopper.push(decoder.flush())
-                else:
+                text, stopped = "", False
+                if not ended:
                     pending.append(token)
                     if len(outputs) > 1:  # where the decoder looked while choosing this token
                         attention.append(tuple(outputs[1][-1][:source_length].tolist()))
                     text, stopped = stopper.push(decoder.feed(token))
                 last = ended or stopped or generated == params.max_tokens
-                if last and not stopped:  # release what the decoder and stop matcher held back
-                    tail, stopped = stopper.push(decoder.flush())
-                    text += tail if stopped else tail + stopper.flush()
+                if last and not stopped:
+                    # release what the stop matcher held back; a character the decoder still holds a part of is
+                    # left out, so the text ends at its last whole character
+                    text += stopper.flush()
                 if last or text:
                     reason = "stop" if stopped else "end" if ended else "length" if last else ""
                     yield GeneratedPiece(
@@ -155,7 +155,8 @@ class InferenceService:
             raise InvalidArgument("text", "the input is empty")
         async with self.sessions.attach(model) as session:
             logits = await session.step(tokens)
-        return InferResult(self._predictions(model, tokens, logits, top_k), self._classes(model, logits))
+        texts = self._step_texts(IncrementalDecoder(model.tokenizer), tokens)
+        return InferResult(self._predictions(model, tokens, texts, logits, top_k), self._classes(model, logits))
 
     async def run_tensors(self, request: TensorRequest) -> TensorResult:
         """Each row from the initial state on a session of its own (batched together), or, for a sequence,
@@ -240,7 +241,15 @@ class InferenceService:
         if not tokens:
             return ChunkResult(session.id, session.position)
         logits = await session.step(tokens)
-        return ChunkResult(session.id, session.position, self._predictions(model, tokens, logits, top_k), self._classes(model, logits))
+        session.decoder = session.decoder or IncrementalDecoder(model.tokenizer)
+        texts = self._step_texts(session.decoder, tokens)
+        return ChunkResult(
+            session.id, session.position, self._predictions(model, tokens, texts, logits, top_k), self._classes(model, logits)
+        )
+
+    def _step_texts(self, decoder: IncrementalDecoder, tokens: list[int]) -> list[str]:
+        """The text each step completes: a byte in the middle of a character completes none."""
+        return [decoder.feed(token) for token in tokens]
 
     def _classes(self, model: Model, logits: np.ndarray) -> tuple[Candidate, ...]:
         """A classifier's answer for all it has read: every class with its probability, most probable first."""
@@ -258,8 +267,9 @@ class InferenceService:
                 f"model {card.name!r} ({card.task}) does not support {call}: it supports {', '.join(card.calls)}"
             )
 
-    def _predictions(self, model: Model, tokens: list[int], logits, top_k: int) -> tuple[StepPrediction, ...]:
-        """logits [T, outputs] → each step's input and its top-k outputs, named as tokens or as labels."""
+    def _predictions(self, model: Model, tokens: list[int], texts: list[str], logits, top_k: int) -> tuple[StepPrediction, ...]:
+        """logits [T, outputs] → each step's input (and the text it completes) and its top-k outputs, named as
+        tokens or as labels."""
         ids, probs = top_tokens(logits, top_k)  # each [T, k]
         tokenizer, labels = model.tokenizer, model.card.labels
 
@@ -271,8 +281,9 @@ class InferenceService:
                 token,
                 token_text(tokenizer, token),
                 tuple(Candidate(int(i), name(int(i)), float(p)) for i, p in zip(row_ids, row_probs)),
+                text,
             )
-            for token, row_ids, row_probs in zip(tokens, ids, probs)
+            for token, text, row_ids, row_probs in zip(tokens, texts, ids, probs)
         )
 
     def _input_tokens(self, model: Model, text: str, tokens: tuple[int, ...]) -> list[int]:

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server.errors import AlreadyExists, FailedPrecondition, NotFound
+from server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from server.repository import Model
+from training.text import IncrementalDecoder
 
 REMEMBERED_ENDINGS = 10_000  # ended ids kept to tell a client why its session or sequence is gone
 WHY_GONE = {
@@ -41,6 +42,7 @@ class Session:
     position: int = 0  # steps consumed since creation or the last reset
     attached: bool = True
     expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
+    decoder: IncrementalDecoder | None = field(default=None, repr=False)  # Stream: input read so far, to whole characters
 
     async def step(self, tokens: list[int]) -> np.ndarray:
         """logits [T, V] after each of `tokens`, continuing this session's state."""
@@ -57,8 +59,9 @@ class Session:
         await self.model.batcher.encode(self.slot, inputs)
 
     def reset(self) -> None:
-        self.model.runtime.slab.reset(self.slot)
+        self.model.batcher.reset(self.slot)
         self.position = 0
+        self.decoder = None
 
 
 class SessionRegistry:
@@ -111,6 +114,8 @@ class SessionRegistry:
             self._free(session, "stream_closed")
 
     def close(self, session_id: str) -> None:
+        if not session_id:
+            raise InvalidArgument("session_id", "name the session to close")
         session = self._named.get(session_id)
         if session is None:
             raise NotFound(self._unknown(session_id))
@@ -130,7 +135,7 @@ class SessionRegistry:
         return self._create(model, uuid.uuid4().hex, "call")
 
     def _create(self, model: Model, session_id: str, kind: str, key: Hashable = None) -> Session:
-        session = Session(session_id, model, model.runtime.allocate(), kind, key)
+        session = Session(session_id, model, model.batcher.allocate(), kind, key)
         if key is not None:
             self._named[key] = session
             self._ended.pop(key, None)
@@ -138,7 +143,9 @@ class SessionRegistry:
         return session
 
     def _resume(self, model: Model, session_id: str) -> Session:
-        session = self._named.get(session_id) if session_id else None
+        if not session_id:
+            raise InvalidArgument("start.session_id", "resume continues a named session: set session_id to its name")
+        session = self._named.get(session_id)
         if session is None:
             raise NotFound(self._unknown(session_id))
         if session.attached:
@@ -183,6 +190,4 @@ class SessionRegistry:
         return WHY_GONE[reason].format(ttl=self._ttl_s) if reason in WHY_GONE else otherwise
 
     def _unknown(self, session_id: str) -> str:
-        if not session_id:
-            return "resume needs a session_id"
         return f"session {session_id!r} is unknown or expired (named sessions expire after {self._ttl_s:g} s without a stream)"

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rnnserve.options import option
+from rnnserve.options import check_choices, flag, option
+
+TASK_NAMES = ("language_model", "boundary_tagger", "text_classifier", "conditional_language_model", "date_normaliser")
+TOKENIZER_KINDS = ("byte", "char")
+CELL_TYPES = ("rnn", "lstm", "gru")
 
 
 @dataclass(frozen=True)
@@ -14,13 +18,14 @@ class TrainConfig:
         "language_model (next character); boundary_tagger (restore the spaces of text that has none); text_classifier "
         "(prose, Python or C?); conditional_language_model (write prose, Python or C on demand); date_normaliser "
         "(an encoder–decoder with attention: any written date → YYYY-MM-DD)",
+        TASK_NAMES,
     )
     corpus: str | None = option(
         None, "UTF-8 text file to train on (default: the built-in corpus, Python's help topics; the classifier, conditional "
         "model and date normaliser use their own built-in data)"
     )
-    tokenizer: str = option("byte", "byte (any UTF-8, vocabulary 256) or char (vocabulary built from the corpus)")
-    cell: str = option("lstm", "recurrent cell: rnn, lstm or gru")
+    tokenizer: str = option("byte", "byte (any UTF-8, vocabulary 256) or char (vocabulary built from the corpus)", TOKENIZER_KINDS)
+    cell: str = option("lstm", "recurrent cell", CELL_TYPES)
     layers: int = option(2, "stacked recurrent layers")
     hidden: int = option(256, "units per recurrent layer")
     embedding: int = option(64, "token embedding size")
@@ -40,8 +45,29 @@ class TrainConfig:
     seed: int = option(0, "random seed: the same seed and budget in steps give the same model")
     out: str = option("runs/model.pt", "checkpoint path (written at every evaluation)")
     resume: bool = option(False, "continue from the checkpoint at --out")
+    force: bool = option(False, "replace an existing checkpoint at --out (without it, an existing one is refused)")
     sample_chars: int = option(160, "characters of sample text printed at each evaluation")
+    progress_interval_s: float = option(10.0, "seconds between progress lines when the output is not a terminal (a log)")
     quiet: bool = option(False, "no progress bar or samples")
+
+    def __post_init__(self):
+        check_choices(self)
+        for name in ("layers", "hidden", "embedding", "batch_size", "bptt", "eval_every", "sample_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{flag(name)} must be at least 1, not {getattr(self, name)}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"--steps must be at least 1, not {self.steps}")
+        for name in ("lr", "clip", "minutes"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{flag(name)} must be more than 0, not {value}")
+        for name in ("warmup_steps", "progress_interval_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{flag(name)} must not be negative, not {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"--dropout must be in [0, 1), not {self.dropout}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"--val-fraction must be in (0, 1), not {self.val_fraction}")
 
     def budget(self) -> tuple[int | None, float | None]:
         """(total steps, total seconds); one may be None."""

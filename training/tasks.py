@@ -15,6 +15,7 @@ from training.models import ModelConfig
 from training.text import IncrementalDecoder, Tokenizer
 
 LN2 = math.log(2)
+SAMPLE_PROMPT_CHARS = 4  # of the corpus's opening, which a language model's sample continues
 
 
 class LanguageModel:
@@ -77,9 +78,11 @@ class LanguageModel:
 
     @torch.no_grad()
     def sample(self, model, tokenizer: Tokenizer, data: TaskData, chars: int, temperature: float = 0.8) -> str:
-        """Text continuing "The ", sampled step by step from the PyTorch model."""
-        logits, state = model(torch.tensor([tokenizer.encode("The ")]), model.initial_state(1))
-        return _sample_text(model, tokenizer, logits, state, chars, temperature)
+        """The corpus's own opening, continued step by step by the PyTorch model: text the vocabulary is sure to
+        have, in any language."""
+        prompt = data.corpus[:SAMPLE_PROMPT_CHARS]
+        logits, state = model(torch.tensor([tokenizer.encode(prompt)]), model.initial_state(1))
+        return prompt + _sample_text(model, tokenizer, logits, state, chars, temperature)
 
 
 def _sample_text(model, tokenizer: Tokenizer, logits, state, chars: int, temperature: float) -> str:

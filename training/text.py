@@ -100,8 +100,9 @@ def make_tokenizer(kind: str, corpus: str) -> Tokenizer:
 class IncrementalDecoder:
     """Turns a stream of token ids into text, emitting only whole UTF-8 characters.
 
-    A byte tokenizer can produce half a character per step; the remainder waits for the next token.
-    Invalid byte sequences (a model can sample them) become U+FFFD rather than an error.
+    A byte tokenizer can produce half a character per step; the remainder waits for the next token, and a
+    character that never completes is never emitted. Invalid byte sequences (a model can sample them) become
+    U+FFFD rather than an error.
     """
 
     def __init__(self, tokenizer: Tokenizer):
@@ -110,9 +111,6 @@ class IncrementalDecoder:
 
     def feed(self, token_id: int) -> str:
         return self._decoder.decode(self._tokenizer.token_bytes(token_id))
-
-    def flush(self) -> str:
-        return self._decoder.decode(b"", final=True)
 
 
 def token_text(tokenizer: Tokenizer, token_id: int) -> str:

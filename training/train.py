@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from training.batches import IGNORE, Batch
 from training.config import TrainConfig
 from training.models import ModelConfig, build_model
+from training.progress import ProgressReport
 from training.tasks import task_named
 from training.text import Tokenizer, make_tokenizer, tokenizer_from_spec
 
@@ -70,21 +71,59 @@ def save_checkpoint(path: Path, model, optimizer, tokenizer, config: TrainConfig
     os.replace(tmp, path)
 
 
+CHECKPOINT_KEYS = ("model_config", "tokenizer", "model_state", "optimizer_state", "train_config", "progress", "rng_state")
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by `train`, loaded safely (weights_only: tensors and plain data, never code), or a
+    SystemExit that says what the file is instead."""
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"{path}: {'is a directory' if path.is_dir() else 'no such file'}: expected a checkpoint written by `rnnserve train`")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SystemExit(f"{path}: not a checkpoint written by `rnnserve train` ({first_line})") from None
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise SystemExit(f"{path}: not a checkpoint written by `rnnserve train` (it has no {', '.join(missing)})")
+    return checkpoint
+
+
 def load_model(path: str | Path) -> tuple[nn.Module, Tokenizer, dict]:
     """A checkpoint carries its own constructor arguments: model, tokenizer and metrics come back whole."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(path)
     model = build_model(ModelConfig(**checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model_state"])
     return model.eval(), tokenizer_from_spec(checkpoint["tokenizer"]), checkpoint
 
 
+def _check_out(config: TrainConfig) -> Path:
+    """--out is checked before any training, so an hour of work never ends in a checkpoint it cannot write or
+    one it silently replaces."""
+    out = Path(config.out)
+    if out.is_dir():
+        raise SystemExit(f"--out {out} is a directory: give a file path, e.g. {out / 'model.pt'}")
+    if config.resume:
+        if not out.exists():
+            raise SystemExit(f"--resume: no checkpoint at {out}")
+    elif out.exists() and not config.force:
+        raise SystemExit(f"--out {out} exists: pass --resume to continue it, --force to replace it, or choose another --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SystemExit(f"--out {out}: cannot create {out.parent}: {err.strerror}") from None
+    if not os.access(out.parent, os.W_OK):
+        raise SystemExit(f"--out {out}: {out.parent} is not writable")
+    return out
+
+
 def train(config: TrainConfig) -> dict:
     """Trains until the step or time budget is spent; returns the final metrics."""
     torch.manual_seed(config.seed)
-    out = Path(config.out)
-    if config.resume and not out.exists():
-        raise SystemExit(f"--resume: no checkpoint at {out}")
-    checkpoint = torch.load(out, map_location="cpu", weights_only=False) if config.resume else None
+    out = _check_out(config)
+    checkpoint = read_checkpoint(out) if config.resume else None
     task = task_named(checkpoint["train_config"].get("task", "language_model") if checkpoint else config.task)
     text = task.corpus(config)
     tokenizer = (
@@ -102,7 +141,6 @@ def train(config: TrainConfig) -> dict:
         torch.set_rng_state(checkpoint["rng_state"])
 
     total_steps, total_s = config.budget()
-    log = (lambda msg: None) if config.quiet else tqdm.write
 
     def fraction_done() -> float:
         done = [progress.step / total_steps] if total_steps else []
@@ -120,22 +158,21 @@ def train(config: TrainConfig) -> dict:
             "corpus": config.corpus or task.builtin_corpus,
             "corpus_chars": len(text),
         }
-        log(f"step {progress.step}: {task.summary(progress.metrics)}")
+        save_checkpoint(out, model, optimizer, tokenizer, config, progress)  # before the sample, which may fail
+        report.write(f"step {progress.step}: {task.summary(progress.metrics)}")
         if not config.quiet:
             model.eval()
-            log("  sample: " + repr(task.sample(model, tokenizer, data, config.sample_chars)))
+            try:
+                report.write("  sample: " + repr(task.sample(model, tokenizer, data, config.sample_chars)))
+            except Exception as err:  # a sample is for people to read; it never stops training
+                report.write(f"  sample failed: {err}")
             model.train()
-        save_checkpoint(out, model, optimizer, tokenizer, config, progress)
 
-    bar = tqdm(
-        total=total_steps or round(total_s),
-        initial=progress.step if total_steps else round(progress.elapsed_s),
-        unit="step" if total_steps else "s",
-        # with a time budget the bar counts seconds; its rate would only say "1 s/s"
-        bar_format=None if total_steps else "{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]",
-        disable=config.quiet,
-        dynamic_ncols=True,
-        mininterval=1.0,
+    def done() -> int:
+        return progress.step if total_steps else round(progress.elapsed_s)
+
+    report = ProgressReport(
+        total_steps or round(total_s), done(), "step" if total_steps else "second", config.quiet, config.progress_interval_s
     )
     model.train()
     loss_ema = None
@@ -160,9 +197,9 @@ def train(config: TrainConfig) -> dict:
             progress.chunk += 1
             progress.elapsed_s += seconds
             loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
-            bar.update(1 if total_steps else round(progress.elapsed_s) - bar.n)
-            bar.set_postfix(
-                step=progress.step, loss=f"{loss_ema:.3f}", chars_s=f"{batch.inputs.numel() * data.chars_per_token / seconds:,.0f}"
+            report.update(
+                done(), step=str(progress.step), loss=f"{loss_ema:.3f}",
+                chars_s=f"{batch.inputs.numel() * data.chars_per_token / seconds:,.0f}",
             )
             if progress.step % config.eval_every == 0:
                 checkpoint_now(loss_ema)
@@ -171,7 +208,7 @@ def train(config: TrainConfig) -> dict:
         else:
             progress.epoch += 1
             progress.chunk = 0
-    bar.close()
+    report.close()
     if progress.metrics.get("steps") != progress.step:
         checkpoint_now(loss_ema if loss_ema is not None else float("nan"))
     return progress.metrics

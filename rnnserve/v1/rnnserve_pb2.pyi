@@ -185,14 +185,16 @@ class TokenProbability(_message.Message):
     def __init__(self, token_id: _Optional[int] = ..., text: _Optional[str] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class StepPrediction(_message.Message):
-    __slots__ = ("token_id", "token_text", "next")
+    __slots__ = ("token_id", "token_text", "next", "text")
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_TEXT_FIELD_NUMBER: _ClassVar[int]
     NEXT_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
     token_id: int
     token_text: str
     next: _containers.RepeatedCompositeFieldContainer[TokenProbability]
-    def __init__(self, token_id: _Optional[int] = ..., token_text: _Optional[str] = ..., next: _Optional[_Iterable[_Union[TokenProbability, _Mapping]]] = ...) -> None: ...
+    text: str
+    def __init__(self, token_id: _Optional[int] = ..., token_text: _Optional[str] = ..., next: _Optional[_Iterable[_Union[TokenProbability, _Mapping]]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class StreamResponse(_message.Message):
     __slots__ = ("session_id", "position", "steps", "classes")

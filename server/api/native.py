@@ -146,7 +146,7 @@ def stream_response(result: ChunkResult) -> pb.StreamResponse:
 
 
 def step_prediction(step: StepPrediction) -> pb.StepPrediction:
-    return pb.StepPrediction(token_id=step.token_id, token_text=step.token_text, next=candidates(step.next))
+    return pb.StepPrediction(token_id=step.token_id, token_text=step.token_text, next=candidates(step.next), text=step.text)
 
 
 def candidates(items: tuple[Candidate, ...]) -> list[pb.TokenProbability]:

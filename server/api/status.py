@@ -20,7 +20,6 @@ STATUS: dict[type[errors.ServeError], grpc.StatusCode] = {
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.RuntimeFailure: grpc.StatusCode.INTERNAL,
 }
 
