@@ -18,6 +18,7 @@ from rnnserve.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from rnnserve.v1 import rnnserve_pb2, rnnserve_pb2_grpc
 from server.api.kserve import KServeServicer
 from server.api.native import NativeServicer
+from server.api.status import InFlight
 from server.config import ServerConfig
 from server.metrics import Metrics, MetricsServer
 from server.repository import Repository
@@ -26,6 +27,7 @@ from server.sessions import SessionRegistry
 
 log = logging.getLogger(__name__)
 
+SHUTDOWN_MARGIN_S = 2.0  # after the grace period, the time calls have to receive the shutdown's message
 SERVICE_NAME = rnnserve_pb2.DESCRIPTOR.services_by_name["RnnServe"].full_name
 KSERVE_SERVICE_NAME = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
@@ -38,14 +40,21 @@ class App:
     repository: Repository
     sessions: SessionRegistry
     kserve: KServeServicer
-    metrics: Metrics
+    in_flight: InFlight
     metrics_server: MetricsServer | None
 
     async def stop(self, grace_s: float) -> None:
-        """Stops taking calls, lets in-flight ones finish for `grace_s`, cancels the rest, frees everything."""
+        """Stops taking calls, lets in-flight ones finish for `grace_s`, ends the rest with UNAVAILABLE and a
+        message that says why, and frees everything."""
         self.kserve.serving = False
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace_s)
+        # gRPC's own deadline comes later than ours, so the calls still open are ended with our message, not its own
+        stopping = asyncio.create_task(self.server.stop(grace_s + SHUTDOWN_MARGIN_S))
+        await self.in_flight.end_all(
+            grace_s, f"the server is shutting down and this call did not finish within its {grace_s:g} s grace period: "
+            "retry once it is back, or on another replica (sessions and sequences did not survive it)"
+        )
+        await stopping
         self.sessions.close_all()
         await self.repository.close()
         if self.metrics_server is not None:
@@ -62,8 +71,9 @@ async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
     # SO_REUSEPORT only between our own workers: a stray second server on a busy port must fail,
     # not silently take half of its traffic.
     server = grpc.aio.server(options=[("grpc.so_reuseport", int(config.workers > 1))])
-    rnnserve_pb2_grpc.add_RnnServeServicer_to_server(NativeServicer(service, metrics), server)
-    kserve = KServeServicer(service, config, metrics)
+    in_flight = InFlight()
+    rnnserve_pb2_grpc.add_RnnServeServicer_to_server(NativeServicer(service, metrics, in_flight), server)
+    kserve = KServeServicer(service, config, metrics, in_flight)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -88,7 +98,13 @@ async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
     await server.start()
     for name in ("", SERVICE_NAME, KSERVE_SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return App(server, port, health_servicer, repository, sessions, kserve, metrics, metrics_server)
+    return App(server, port, health_servicer, repository, sessions, kserve, in_flight, metrics_server)
+
+
+SIGHUP_IGNORED = (
+    "SIGHUP ignored: rnnserve loads its repository once, at start; to serve new models, restart it "
+    "(SIGTERM, then start it again)"
+)
 
 
 def announce(line: str) -> None:
@@ -109,6 +125,7 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, log.warning, SIGHUP_IGNORED)
     await stopping.wait()
     announce(f"rnnserve shutting down (in-flight calls have {config.grace_s:g} s to finish)")
     await app.stop(config.grace_s)

@@ -8,8 +8,9 @@ several servers can share a process (the tests do).
 
 from __future__ import annotations
 
+import socketserver
 import threading
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -76,8 +77,29 @@ class Metrics:
         return ModelMetrics(self, (name, version))
 
     def serve(self, host: str, port: int) -> MetricsServer:
-        server, thread = prometheus_client.start_http_server(port, host, registry=self.registry)
+        """/metrics over HTTP on a thread of its own; every other path is 404, so an HTTP probe pointed at a
+        wrong path (a health check, say) fails instead of passing on the metrics page."""
+        metrics_page = prometheus_client.make_wsgi_app(self.registry)
+
+        def app(environ, start_response):
+            if environ.get("PATH_INFO") == "/metrics":
+                return metrics_page(environ, start_response)
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"not found: the metrics are at /metrics\n"]
+
+        server = make_server(host, port, app, _ThreadingServer, handler_class=_QuietHandler)
+        thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+        thread.start()
         return MetricsServer(server, thread)
+
+
+class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a slow scraper never holds up shutdown
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # a scrape every few seconds is not worth a log line
+        pass
 
 
 class ModelMetrics:

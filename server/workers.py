@@ -12,8 +12,10 @@ import dataclasses
 import multiprocessing
 import os
 import signal
+import sys
 from multiprocessing.connection import wait
 
+from server.app import SIGHUP_IGNORED
 from server.config import ServerConfig
 
 
@@ -41,6 +43,7 @@ def run_workers(config: ServerConfig) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, lambda signum, frame: print(SIGHUP_IGNORED, file=sys.stderr, flush=True))
     wait([w.sentinel for w in workers])  # the first to exit: a failed start, or the stop signal
     stop(None, None)  # one worker gone means the rest stop too, rather than serve a part of the port
     for worker in workers:

@@ -16,6 +16,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from tests.helpers import run_cli
+
 ROOT = Path(__file__).resolve().parent.parent
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 
@@ -48,10 +50,6 @@ def test_device_resident_state_path_gives_the_same_results(make_server, client):
         bound_steps = [c.probability for r in bound_client.stream("gru", chunks) for s in r.steps for c in s.next]
         host_steps = [c.probability for r in client.stream("gru", chunks) for s in r.steps for c in s.next]
         assert bound_steps == pytest.approx(host_steps, abs=1e-6)
-
-
-def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rnnserve", *args], capture_output=True, text=True, timeout=120, **kwargs)
 
 
 def test_cli_generate_prints_the_generated_text(server, client):
@@ -128,6 +126,7 @@ def test_sigterm_shuts_down_gracefully(repository):
                     outcome[name] = sum(1 for _ in responses)
                 except grpc.RpcError as err:
                     outcome[name] = err.code()
+                    outcome[name + " details"] = err.details()
 
             threads = [threading.Thread(target=drain, args=a) for a in (("stream", idle_stream), ("generate", generation))]
             for thread in threads:
@@ -143,6 +142,9 @@ def test_sigterm_shuts_down_gracefully(repository):
             # a stream still waiting for its client after the grace period is told so, rather than hanging
             assert isinstance(outcome["generate"], int) or outcome["generate"] == grpc.StatusCode.UNAVAILABLE, outcome
             assert outcome["stream"] == grpc.StatusCode.UNAVAILABLE, outcome
+            # the client is told why, in the server's words, not gRPC's bare "Cancelling all calls"
+            assert "the server is shutting down" in outcome["stream details"], outcome
+            assert "1 s grace period" in outcome["stream details"], outcome
     finally:
         process.kill()
 

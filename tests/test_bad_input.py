@@ -7,7 +7,7 @@ import grpc
 import pytest
 
 from rnnserve.v1 import rnnserve_pb2 as pb
-from tests.conftest import status_of
+from tests.helpers import status_of
 
 PROMPT = "The "
 

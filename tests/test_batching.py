@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.conftest import KOREAN, ServerThread
+from tests.helpers import KOREAN, ServerThread
 
 PROMPTS = [
     "The ", "x", "def f(x):\n    return", "Return the value of the named attribute", "안녕", "if", "while True:",

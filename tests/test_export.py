@@ -13,13 +13,6 @@ from training.train import load_model
 MODELS = ["lstm", "gru", "rnn"]
 
 
-@pytest.fixture(scope="module")
-def checkpoints(repository, tmp_path_factory):
-    """The checkpoints the repository fixture exported (it trains them under the `train` temp dir)."""
-    base = tmp_path_factory.getbasetemp()
-    return {name: next(base.glob(f"train*/{name}.pt")) for name in MODELS}
-
-
 @pytest.mark.parametrize("name", MODELS)
 def test_onnx_equals_pytorch(name, repository, checkpoints):
     model, _, _ = load_model(checkpoints[name])

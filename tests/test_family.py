@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import status_of
+from tests.helpers import run_cli, status_of
 from training.tasks import greedy_decode, sequence_probabilities
 from training.train import load_model
 
@@ -23,10 +23,9 @@ DATES = ["March 5, 2024", "5 Mar 2024", "Tuesday, March 5th, 2024", "05.03.2024"
 
 
 @pytest.fixture(scope="module")
-def torch_models(repository, tmp_path_factory):
+def torch_models(checkpoints):
     """The PyTorch models the repository fixture exported, from their checkpoints."""
-    base = tmp_path_factory.getbasetemp()
-    return {name: load_model(next(base.glob(f"train*/{name}.pt")))[:2] for name in ("kind", "kind_bi", "writer", "dates")}
+    return {name: load_model(checkpoints[name])[:2] for name in ("kind", "kind_bi", "writer", "dates")}
 
 
 def _class_probabilities(model, tokenizer, text: str) -> np.ndarray:
@@ -188,8 +187,6 @@ def _flat(value) -> list:
 
 
 def test_cli_shows_attention_and_classes(server, client):
-    from tests.test_app import run_cli
-
     expected = client.generate_text("dates", source="5 Mar 2024")
     done = run_cli("generate", "--target", server.target, "--model", "dates", "--source", "5 Mar 2024", "--attention")
     assert done.returncode == 0, done.stderr

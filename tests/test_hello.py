@@ -8,7 +8,7 @@ import torch
 
 from export.config import ExportConfig
 from export.exporter import export
-from tests.conftest import ServerThread
+from tests.helpers import ServerThread
 from training.config import TrainConfig
 from training.train import load_model, train
 

@@ -12,7 +12,7 @@ import pytest
 from rnnserve.inference import grpc_service_pb2 as pb
 from rnnserve.inference import grpc_service_pb2_grpc as pb_grpc
 from rnnserve.inference import model_config_pb2 as config_pb
-from tests.conftest import scrape, status_of
+from tests.helpers import logits_of, reference_logits, request, scrape, status_of
 
 INVALID, NOT_FOUND, FAILED = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION
 
@@ -21,58 +21,6 @@ INVALID, NOT_FOUND, FAILED = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.N
 def kserve(server):
     with grpc.insecure_channel(server.target) as channel:
         yield pb_grpc.GRPCInferenceServiceStub(channel)
-
-
-def request(model="lstm", tokens=None, text=None, raw=True, sequence=None, start=False, end=False, id="", outputs=(), starts=None):
-    """A ModelInferRequest as a Triton client builds it: raw contents unless raw=False. `starts`: (input, text),
-    the label or source a sequence of a model with an encoder starts from."""
-    message = pb.ModelInferRequest(model_name=model, id=id)
-    if tokens is not None:
-        array = np.asarray(tokens, np.int64).reshape(1, -1) if np.ndim(tokens) == 1 else np.asarray(tokens, np.int64)
-        tensor = message.inputs.add(name="tokens", datatype="INT64", shape=array.shape)
-        if raw:
-            message.raw_input_contents.append(array.tobytes())
-        else:
-            tensor.contents.int64_contents.extend(array.ravel().tolist())
-    for name, value in ([("text", text)] if text is not None else []) + ([starts] if starts else []):
-        rows = [value] if isinstance(value, str) else value
-        tensor = message.inputs.add(name=name, datatype="BYTES", shape=[len(rows), 1])
-        encoded = [row.encode() for row in rows]
-        if raw:
-            message.raw_input_contents.append(b"".join(struct.pack("<I", len(e)) + e for e in encoded))
-        else:
-            tensor.contents.bytes_contents.extend(encoded)
-    if sequence is not None:
-        if isinstance(sequence, str):
-            message.parameters["sequence_id"].string_param = sequence
-        else:
-            message.parameters["sequence_id"].int64_param = sequence
-        message.parameters["sequence_start"].bool_param = start
-        message.parameters["sequence_end"].bool_param = end
-    for name, top_k in outputs:
-        output = message.outputs.add(name=name)
-        if top_k:
-            output.parameters["classification"].int64_param = top_k
-    return message
-
-
-def logits_of(response: pb.ModelInferResponse) -> np.ndarray:
-    output = response.outputs[0]
-    assert (output.name, output.datatype) == ("logits", "FP32")
-    if response.raw_output_contents:
-        values = np.frombuffer(response.raw_output_contents[0], "<f4")
-    else:
-        values = np.array(output.contents.fp32_contents, np.float32)
-    return values.reshape(tuple(output.shape))
-
-
-def reference_logits(reference, name: str, chunks: list[list[int]]) -> list[np.ndarray]:
-    ref = reference(name)
-    state, out = ref.initial_state(), []
-    for chunk in chunks:
-        logits, state = ref.run(chunk, state)
-        out.append(logits)
-    return out
 
 
 def test_server_and_model_metadata(kserve, repository):

@@ -3,8 +3,8 @@
 import grpc
 
 from rnnserve.inference import grpc_service_pb2_grpc as pb_grpc
-from tests.conftest import scrape, status_of
-from tests.test_kserve import request
+from tests.helpers import scrape, status_of
+from tests.helpers import request
 
 
 def test_metrics_count_requests_steps_batches_and_tokens(make_server):

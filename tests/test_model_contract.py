@@ -7,7 +7,7 @@ import grpc
 import onnx
 import pytest
 
-from tests.conftest import ServerThread, status_of
+from tests.helpers import ServerThread, status_of
 
 
 @pytest.fixture(scope="module")

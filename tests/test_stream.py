@@ -6,7 +6,7 @@ import pytest
 
 from rnnserve.v1 import rnnserve_pb2 as pb
 from server.sampling import softmax
-from tests.conftest import status_of
+from tests.helpers import status_of
 
 
 def predictions(responses):

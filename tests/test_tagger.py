@@ -8,16 +8,10 @@ import onnx
 import pytest
 
 from server.sampling import softmax
-from tests.conftest import status_of
+from tests.helpers import status_of
 from training.train import load_model
 
 TEXT = "Thereturnstatementleavesthecurrentfunctioncall"
-
-
-@pytest.fixture(scope="module")
-def checkpoints(repository, tmp_path_factory):
-    base = tmp_path_factory.getbasetemp()
-    return {name: next(base.glob(f"train*/{name}.pt")) for name in ("tagger", "tagger_bi")}
 
 
 def test_taggers_learn_where_words_end_and_reading_both_ways_helps(checkpoints):

@@ -21,7 +21,7 @@ from server.api.kserve_tensors import (
     sequence_key,
     tensor_request,
 )
-from server.api.status import counted, streaming, unary
+from server.api.status import InFlight, counted, streaming, unary
 from server.card import ModelCard
 from server.config import ServerConfig
 from server.errors import NotFound, ServeError
@@ -38,8 +38,9 @@ MAX_STREAM_IN_FLIGHT = 1024  # requests of one stream being worked on; reading w
 
 
 class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, service: InferenceService, config: ServerConfig, metrics: Metrics):
+    def __init__(self, service: InferenceService, config: ServerConfig, metrics: Metrics, in_flight: InFlight):
         self._service = service
+        self.in_flight = in_flight
         self._repository = service.repository
         self._config = config
         self._metrics = metrics

@@ -7,7 +7,7 @@ from contextlib import AsyncExitStack
 
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
-from server.api.status import counted, streaming, unary
+from server.api.status import InFlight, counted, streaming, unary
 from server.errors import InvalidArgument
 from server.metrics import Metrics
 from server.repository import Model
@@ -36,9 +36,10 @@ API = "native"
 
 
 class NativeServicer(pb_grpc.RnnServeServicer):
-    def __init__(self, service: InferenceService, metrics: Metrics):
+    def __init__(self, service: InferenceService, metrics: Metrics, in_flight: InFlight):
         self._service = service
         self._metrics = metrics
+        self.in_flight = in_flight
 
     @unary
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:

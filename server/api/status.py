@@ -1,7 +1,10 @@
-"""The one table from domain errors to gRPC status codes, and the wrappers that apply it."""
+"""The one table from domain errors to gRPC status codes, and the wrappers that apply it: every call a
+servicer serves goes through `unary` or `streaming`, which also keep track of the calls in flight, so that a
+shutdown can end those still open after its grace period with a status that says why."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from contextlib import contextmanager
@@ -24,6 +27,32 @@ STATUS: dict[type[errors.ServeError], grpc.StatusCode] = {
 }
 
 
+class InFlight:
+    """The calls being served. At shutdown, those still open after the grace period are ended with UNAVAILABLE
+    and a message that says the server is going away (gRPC alone would say only "Cancelling all calls")."""
+
+    def __init__(self):
+        self._calls: set[asyncio.Task] = set()
+        self.ending = ""  # set at shutdown: the message the calls still open are ended with
+
+    @contextmanager
+    def track(self):
+        task = asyncio.current_task()
+        self._calls.add(task)
+        try:
+            yield
+        finally:
+            self._calls.discard(task)
+
+    async def end_all(self, grace_s: float, message: str) -> None:
+        """Waits up to `grace_s` for the open calls, then ends the rest with `message`."""
+        if self._calls:
+            await asyncio.wait(list(self._calls), timeout=grace_s)
+        self.ending = message
+        for task in list(self._calls):
+            task.cancel()
+
+
 async def _abort(context: grpc.aio.ServicerContext, err: errors.ServeError):
     code = STATUS.get(type(err), grpc.StatusCode.INTERNAL)
     if code == grpc.StatusCode.INTERNAL:
@@ -31,13 +60,23 @@ async def _abort(context: grpc.aio.ServicerContext, err: errors.ServeError):
     await context.abort(code, str(err))
 
 
+async def _ended(in_flight: InFlight, context: grpc.aio.ServicerContext):
+    """A call cancelled by the shutdown gets the shutdown's message; one its client cancelled just ends."""
+    if in_flight.ending:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, in_flight.ending)
+
+
 def unary(method):
     @functools.wraps(method)
     async def wrapper(self, request, context):
-        try:
-            return await method(self, request, context)
-        except errors.ServeError as err:
-            await _abort(context, err)
+        with self.in_flight.track():
+            try:
+                return await method(self, request, context)
+            except errors.ServeError as err:
+                await _abort(context, err)
+            except asyncio.CancelledError:
+                await _ended(self.in_flight, context)
+                raise
 
     return wrapper
 
@@ -45,11 +84,15 @@ def unary(method):
 def streaming(method):
     @functools.wraps(method)
     async def wrapper(self, request, context):
-        try:
-            async for response in method(self, request, context):
-                yield response
-        except errors.ServeError as err:
-            await _abort(context, err)
+        with self.in_flight.track():
+            try:
+                async for response in method(self, request, context):
+                    yield response
+            except errors.ServeError as err:
+                await _abort(context, err)
+            except asyncio.CancelledError:
+                await _ended(self.in_flight, context)
+                raise
 
     return wrapper
 
@@ -68,7 +111,10 @@ def counted(metrics: Metrics, repository: Repository, api: str, method: str, mod
     except errors.ServeError as err:
         metrics.request_failure.labels(*labels, api, method, STATUS.get(type(err), grpc.StatusCode.INTERNAL).name).inc()
         raise
-    except BaseException:
+    except asyncio.CancelledError:  # the client went away, or the shutdown ended the call
         metrics.request_failure.labels(*labels, api, method, "CANCELLED").inc()
+        raise
+    except Exception:  # a fault of ours
+        metrics.request_failure.labels(*labels, api, method, "INTERNAL").inc()
         raise
     metrics.request_success.labels(*labels, api, method).inc()
