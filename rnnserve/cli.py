@@ -168,7 +168,7 @@ def _models(args) -> None:
 
 def _number(kind: type, minimum: float, maximum: float | None = None, above: bool = False):
     """An argparse type: a `kind` number within [minimum, maximum] ((minimum, maximum] when `above`)."""
-    span = f"{'(' if above else '['}{minimum:g}, {'∞)' if maximum is None else f'{maximum:g}]'}"
+    span = f"{'(' if above else '['}{minimum}, {'∞)' if maximum is None else f'{maximum}]'}"
 
     def parse(text: str):
         try:
@@ -197,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rnnserve {metadata.version('rnnserve')}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = commands.choices  # each command's own parser, to report a mistake against it
 
     def command(name: str, run, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(
@@ -257,8 +258,8 @@ def _rpc_failure(args, err: grpc.RpcError) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "resume", False) and args.command == "stream" and not args.session_id:
-        parser.error("stream --resume needs --session-id: the name of the session to continue")
+    if args.command == "stream" and args.resume and not args.session_id:
+        parser.commands["stream"].error("--resume needs --session-id: the name of the session to continue")
     prefix = f"rnnserve {args.command}"
     try:
         args.run(args)

@@ -114,18 +114,18 @@ def announce(line: str) -> None:
 
 
 async def serve(config: ServerConfig) -> None:
-    """Runs until SIGTERM or SIGINT, then shuts down gracefully."""
+    """Runs until SIGTERM or SIGINT, then shuts down gracefully. SIGHUP is logged and ignored."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, log.warning, SIGHUP_IGNORED)
     app = await start(config)
     models = ", ".join(f"{m.card.name}/{m.card.version}" for m in app.repository.all())
     providers = ", ".join(app.repository.all()[0].runtime.providers)
     announce(f"rnnserve listening on {config.host}:{app.port} (pid {os.getpid()}) — models: {models} — providers: {providers}")
     if app.metrics_server is not None:
         announce(f"rnnserve metrics on http://{config.host}:{app.metrics_server.port}/metrics (pid {os.getpid()})")
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    loop.add_signal_handler(signal.SIGHUP, log.warning, SIGHUP_IGNORED)
     await stopping.wait()
     announce(f"rnnserve shutting down (in-flight calls have {config.grace_s:g} s to finish)")
     await app.stop(config.grace_s)

@@ -117,6 +117,7 @@ def test_sigterm_shuts_down_gracefully(repository):
             idle_stream = client.stream("lstm", iter(box.get, None))
             box.put("a")
             next(idle_stream)
+            process.send_signal(signal.SIGHUP)  # logged and ignored: the server goes on serving
             generation = client.generate("lstm", "The ", max_tokens=4000, temperature=1.0, seed=1)
             next(generation)
             outcome = {}
@@ -135,6 +136,7 @@ def test_sigterm_shuts_down_gracefully(repository):
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=20) == 0
             assert time.monotonic() - started < 10
+            assert "SIGHUP ignored" in process.stdout.read()
             for thread in threads:
                 thread.join(10)
             box.put(None)

@@ -90,6 +90,13 @@ class TestBadInput:
         check(lambda: list(client.stream("lstm", ["a"], session_id="ghost", resume=True)), grpc.StatusCode.NOT_FOUND, "ghost")
         check(lambda: client.close_session("ghost"), grpc.StatusCode.NOT_FOUND, "unknown or expired")
 
+    def test_resume_or_close_without_a_session_id(self, client):
+        check(lambda: list(client.stream("lstm", ["a"], resume=True)), grpc.StatusCode.INVALID_ARGUMENT, "start.session_id")
+        check(lambda: client.close_session(""), grpc.StatusCode.INVALID_ARGUMENT, "session_id: name the session to close")
+
+    def test_an_empty_stream_still_names_a_missing_model(self, client):
+        check(lambda: list(client.stream("nope", [])), grpc.StatusCode.NOT_FOUND, "'nope'")
+
 
 def test_prompt_and_chunk_over_the_limit(make_server):
     server = make_server(max_input_tokens=50)

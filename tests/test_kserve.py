@@ -97,62 +97,69 @@ def test_idle_sequences_expire_and_say_so(make_server):
     assert scrape(running, "rnnserve_slots_in_use", model="lstm") == 0
 
 
-def test_bad_requests_get_precise_errors_and_leave_other_sequences_alone(kserve, reference):
-    chunks = [list(b"Before the errors, "), list(b"after them.")]
+def _int32_tokens():
+    message = request(tokens=[1, 2])
+    message.inputs[0].datatype = "INT32"
+    return message
+
+
+def _short_raw():
+    message = request(tokens=[1, 2])
+    message.raw_input_contents[0] = message.raw_input_contents[0][:12]
+    return message
+
+
+def _miscounted():
+    message = request(tokens=[1, 2], raw=False)
+    message.inputs[0].shape[:] = [1, 3]
+    return message
+
+
+def _sequence_id_as_float():
+    message = request(tokens=[1], sequence=77)
+    message.parameters["sequence_id"].double_param = 77.0
+    return message
+
+
+def _unknown_input():
+    message = request(tokens=[1])
+    message.inputs[0].name = "input_ids"
+    return message
+
+
+def _end_without_id():
+    message = request(tokens=[1])
+    message.parameters["sequence_end"].bool_param = True
+    return message
+
+
+BAD_REQUESTS = [  # (what is wrong, the request, its status, words its message must hold)
+    ("int32 tokens", _int32_tokens, INVALID, "inputs[tokens]: datatype INT32: this input is tokens (INT64 [-1, -1])"),
+    ("short raw contents", _short_raw, INVALID, "inputs[tokens]: raw contents of 12 bytes; 2 INT64 elements take 16"),
+    ("shape and contents disagree", _miscounted, INVALID, "inputs[tokens]: 2 elements for shape [1, 3], which holds 3"),
+    ("no input", lambda: pb.ModelInferRequest(model_name="lstm"), INVALID, "send exactly one of the inputs"),
+    ("unknown input", _unknown_input, INVALID, "inputs[input_ids]: model 'lstm' has no such input; it takes tokens (INT64 [-1, -1]) or text"),
+    ("token outside the vocabulary", lambda: request(tokens=[1, 999]), INVALID, "tokens[1]: 999 is outside the vocabulary [0, 256)"),
+    ("two rows in a sequence", lambda: request(tokens=[[1], [2]], sequence=77), INVALID, "a sequence's request carries one row (batch size 1), not 2"),
+    ("float sequence id", _sequence_id_as_float, INVALID, "parameters[sequence_id]: must be an int64_param or a string_param, not double_param"),
+    ("end without an id", _end_without_id, INVALID, "parameters[sequence_end]: needs a sequence_id"),
+    ("unknown output", lambda: request(tokens=[1], outputs=[("probs", 0)]), INVALID, "outputs[probs]: model 'lstm' has no such output; its outputs: logits"),
+    ("classification too wide", lambda: request(tokens=[1], outputs=[("logits", 999)]), INVALID, "outputs[logits].parameters[classification]: 999 is not in [1, 256]"),
+    ("sequence on a whole-input model", lambda: request("tagger_bi", text="a b", sequence=3, start=True), FAILED, "needs the whole input at once, so it keeps no sequences"),
+    ("missing source", lambda: request("dates", tokens=[1]), INVALID, "source: model 'dates' starts each sequence from a source: send one per row"),
+    ("unknown label", lambda: request("writer", tokens=[1], starts=("label", "poetry")), INVALID, "'poetry' is not one of the kinds of text model 'writer' writes"),
+    ("label for a model without one", lambda: request(tokens=[1], sequence=77, starts=("label", "c")), INVALID, "inputs[label]: model 'lstm' has no such input"),
+    ("unknown model", lambda: request("nope", tokens=[1]), NOT_FOUND, "model 'nope' not found"),
+]
+
+
+@pytest.mark.parametrize("make_request, code, words", [pytest.param(*case[1:], id=case[0]) for case in BAD_REQUESTS])
+def test_a_bad_request_gets_a_precise_error_and_leaves_a_live_sequence_alone(kserve, reference, make_request, code, words):
+    chunks = [list(b"Before the error, "), list(b"after it.")]
     expected = reference_logits(reference, "lstm", chunks)
     kserve.ModelInfer(request(tokens=chunks[0], sequence=77, start=True))
-
-    def int32_tokens():
-        message = request(tokens=[1, 2])
-        message.inputs[0].datatype = "INT32"
-        return message
-
-    def short_raw():
-        message = request(tokens=[1, 2])
-        message.raw_input_contents[0] = message.raw_input_contents[0][:12]
-        return message
-
-    def miscounted():
-        message = request(tokens=[1, 2], raw=False)
-        message.inputs[0].shape[:] = [1, 3]
-        return message
-
-    def sequence_id_as_float():
-        message = request(tokens=[1], sequence=77)
-        message.parameters["sequence_id"].double_param = 77.0
-        return message
-
-    def unknown_input():
-        message = request(tokens=[1])
-        message.inputs[0].name = "input_ids"
-        return message
-
-    def end_without_id():
-        message = request(tokens=[1])
-        message.parameters["sequence_end"].bool_param = True
-        return message
-
-    cases = [
-        (int32_tokens(), INVALID, "inputs[tokens]: datatype INT32: this input is tokens (INT64 [-1, -1])"),
-        (short_raw(), INVALID, "inputs[tokens]: raw contents of 12 bytes; 2 INT64 elements take 16"),
-        (miscounted(), INVALID, "inputs[tokens]: 2 elements for shape [1, 3], which holds 3"),
-        (pb.ModelInferRequest(model_name="lstm"), INVALID, "send exactly one of the inputs"),
-        (unknown_input(), INVALID, "inputs[input_ids]: model 'lstm' has no such input; it takes tokens (INT64 [-1, -1]) or text"),
-        (request(tokens=[1, 999]), INVALID, "tokens[1]: 999 is outside the vocabulary [0, 256)"),
-        (request(tokens=[[1], [2]], sequence=77), INVALID, "a sequence's request carries one row (batch size 1), not 2"),
-        (sequence_id_as_float(), INVALID, "parameters[sequence_id]: must be an int64_param or a string_param, not double_param"),
-        (end_without_id(), INVALID, "parameters[sequence_end]: needs a sequence_id"),
-        (request(tokens=[1], outputs=[("probs", 0)]), INVALID, "outputs[probs]: model 'lstm' has no such output; its outputs: logits"),
-        (request(tokens=[1], outputs=[("logits", 999)]), INVALID, "outputs[logits].parameters[classification]: 999 is not in [1, 256]"),
-        (request("tagger_bi", text="a b", sequence=3, start=True), FAILED, "needs the whole input at once, so it keeps no sequences"),
-        (request("dates", tokens=[1]), INVALID, "source: model 'dates' starts each sequence from a source: send one per row"),
-        (request("writer", tokens=[1], starts=("label", "poetry")), INVALID, "'poetry' is not one of the kinds of text model 'writer' writes"),
-        (request(tokens=[1], sequence=77, starts=("label", "c")), INVALID, "inputs[label]: model 'lstm' has no such input"),
-        (request("nope", tokens=[1]), NOT_FOUND, "model 'nope' not found"),
-    ]
-    for message, code, words in cases:
-        error = status_of(lambda message=message: kserve.ModelInfer(message))
-        assert error.code() == code and words in error.details(), (words, error.details())
+    error = status_of(lambda: kserve.ModelInfer(make_request()))
+    assert error.code() == code and words in error.details(), error.details()
     after = logits_of(kserve.ModelInfer(request(tokens=chunks[1], sequence=77, end=True)))[0]
     assert np.abs(after - expected[1]).max() < 1e-5
 

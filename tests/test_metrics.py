@@ -1,6 +1,10 @@
 """Prometheus metrics on --metrics-port: exact counts of what the server did, over both APIs."""
 
+import urllib.error
+import urllib.request
+
 import grpc
+import pytest
 
 from rnnserve.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.helpers import scrape, status_of
@@ -28,3 +32,15 @@ def test_metrics_count_requests_steps_batches_and_tokens(make_server):
     assert scrape(running, "rnnserve_step_duration_seconds_count", **labels) == 10
     assert scrape(running, "rnnserve_sessions_started_total", kind="call", **labels) == 4
     assert scrape(running, "rnnserve_slots_capacity", **labels) == 8
+
+
+def test_metrics_are_served_at_metrics_and_nowhere_else(make_server):
+    """An HTTP probe pointed at a wrong path fails instead of passing on the metrics page."""
+    running = make_server(metrics_port=0)
+    base = f"http://127.0.0.1:{running.app.metrics_server.port}"
+    for path in ("/", "/healthz", "/v2/health/ready", "/metrics/more"):
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(base + path, timeout=10)
+        assert caught.value.code == 404, path
+    page = urllib.request.urlopen(base + "/metrics", timeout=10)
+    assert page.status == 200 and b"nv_inference_count_total" in page.read()

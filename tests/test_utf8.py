@@ -1,4 +1,6 @@
-"""Streamed text never splits a UTF-8 character, whatever the tokenizer."""
+"""Streamed text never splits a UTF-8 character, whatever the tokenizer, and never ends in a part of one."""
+
+import codecs
 
 from training.text import ByteTokenizer
 
@@ -30,3 +32,29 @@ def test_stream_shows_partial_bytes_escaped(client):
     response = next(iter(client.stream("korean", ["한"])))
     assert [s.token_text for s in response.steps] == ["\\xed", "\\x95", "\\x9c"]
     assert [s.token_id for s in response.steps] == ByteTokenizer().encode("한")
+
+
+def test_stream_steps_carry_whole_characters_even_across_messages(client):
+    """A character's bytes may arrive in different messages: the step that completes it carries it whole."""
+    first, second = client.stream("korean", [list("한".encode())[:2], list("한국".encode())[2:]])
+    assert [s.text for s in first.steps] == ["", ""]
+    assert [s.text for s in second.steps] == ["한", "", "", "국"]
+
+
+def _whole_characters(data: bytes) -> str:
+    """The text of `data` up to its last whole character (a character cut short at the end is left out)."""
+    return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(data)
+
+
+def test_max_tokens_never_cuts_a_character_in_half(client, reference):
+    """Hangul takes 3 bytes: whatever the limit, the text ends at its last whole character."""
+    cut_short = 0
+    for max_tokens in range(30, 36):  # every remainder modulo 3, twice
+        pieces = list(client.generate("korean", KOREAN_PROMPT, temperature=0.0, max_tokens=max_tokens))
+        ids = [t for p in pieces for t in p.token_ids]
+        assert ids == reference("korean").greedy(list(KOREAN_PROMPT.encode()), max_tokens)  # every token is still listed
+        text = "".join(p.text for p in pieces)
+        assert text == _whole_characters(bytes(ids)) and "\ufffd" not in text, (max_tokens, text)
+        assert pieces[-1].generated_tokens == max_tokens
+        cut_short += len(text.encode()) < len(ids)
+    assert cut_short >= 2  # the limit did fall inside characters

@@ -82,9 +82,10 @@ def read_checkpoint(path: str | Path) -> dict:
         raise SystemExit(f"{path}: {'is a directory' if path.is_dir() else 'no such file'}: expected a checkpoint written by `rnnserve train`")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SystemExit(f"{path}: not a checkpoint written by `rnnserve train` ({first_line})") from None
+    except pickle.UnpicklingError:
+        raise SystemExit(f"{path}: not a checkpoint written by `rnnserve train` (not a PyTorch file of plain tensors and data)") from None
+    except Exception:  # torch.load fails in many ways on a file it cannot read
+        raise SystemExit(f"{path}: not a checkpoint written by `rnnserve train` (damaged or cut short, or not a PyTorch file)") from None
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
     if missing:
         raise SystemExit(f"{path}: not a checkpoint written by `rnnserve train` (it has no {', '.join(missing)})")
