@@ -25,6 +25,11 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 SHOW_TRACEBACK = "RNNSERVE_TRACEBACK"  # set it to see the traceback of an unexpected error
 
 EXAMPLES = {
+    "rnnserve": """the main job, end to end:
+  rnnserve train --minutes 1 --out runs/lm.pt
+  rnnserve export runs/lm.pt --repository models --name lm
+  rnnserve serve --repository models &
+  rnnserve generate --model lm --max-tokens 200 'The '""",
     "train": """examples:
   rnnserve train --minutes 3 --out runs/lm.pt                              # LSTM on the built-in corpus
   rnnserve train --corpus ko.txt --tokenizer char --minutes 5 --out runs/ko.pt
@@ -194,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rnnserve",
         description="Train recurrent models (language models, taggers, classifiers, encoder–decoders), export them to "
         "ONNX, serve them over gRPC with per-step streaming, and talk to a server. `rnnserve COMMAND --help` explains each command.",
+        epilog=EXAMPLES["rnnserve"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"rnnserve {metadata.version('rnnserve')}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

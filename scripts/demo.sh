@@ -8,7 +8,7 @@ minutes="${DEMO_MINUTES:-1}"
 mkdir -p "$dir"
 
 echo "== train: 2-layer LSTM, hidden 256, byte tokenizer, built-in corpus, ${minutes} min"
-rnnserve train --minutes "$minutes" --out "$dir/lm.pt"
+rnnserve train --minutes "$minutes" --out "$dir/lm.pt" --force  # --force: a second run starts over
 
 echo "== export to $dir/models/lm/1/model.onnx (parity-checked against PyTorch)"
 rnnserve export "$dir/lm.pt" --repository "$dir/models" --name lm --force
