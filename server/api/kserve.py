@@ -134,8 +134,10 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             for task in (reader, *tasks):
                 task.cancel()
-            await asyncio.gather(reader, *tasks, return_exceptions=True)
-            self._service.sessions.end_owned_by(owner)
+            try:
+                await asyncio.gather(reader, *tasks, return_exceptions=True)
+            finally:  # even when this clean-up is itself cancelled
+                self._service.sessions.end_owned_by(owner)
 
     async def _infer(self, request: pb.ModelInferRequest, method: str, owner: object = None) -> pb.ModelInferResponse:
         with counted(self._metrics, self._repository, API, method, request.model_name, request.model_version):

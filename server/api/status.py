@@ -5,6 +5,7 @@ shutdown can end those still open after its grace period with a status that says
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from contextlib import contextmanager
@@ -82,12 +83,19 @@ def unary(method):
 
 
 def streaming(method):
+    """A streaming method's generator is closed when the call ends, however it ends: gRPC stops iterating a
+    generator whose call was cancelled while a response was being written, and would otherwise leave its
+    clean-up (freeing sessions and sequences) to the garbage collector."""
+
     @functools.wraps(method)
     async def wrapper(self, request, context):
+        responses = method(self, request, context)
+        context.add_done_callback(lambda _: asyncio.ensure_future(_close(responses)))
         with self.in_flight.track():
             try:
-                async for response in method(self, request, context):
-                    yield response
+                async with contextlib.aclosing(responses):
+                    async for response in responses:
+                        yield response
             except errors.ServeError as err:
                 await _abort(context, err)
             except asyncio.CancelledError:
@@ -95,6 +103,11 @@ def streaming(method):
                 raise
 
     return wrapper
+
+
+async def _close(responses) -> None:
+    with contextlib.suppress(RuntimeError):  # still running: it is ending by itself
+        await responses.aclose()
 
 
 @contextmanager
