@@ -20,23 +20,56 @@ import logging
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from server.errors import RuntimeFailure
 from server.metrics import ModelMetrics
 from server.runtime import Runtime
+from server.sampling import SamplingParams, sample_rows
 
 log = logging.getLogger(__name__)
+
+MAX_UNREAD_TOKENS = 256  # a generation whose client has not taken this many tokens waits for it to catch up
+
+
+@dataclass(slots=True, eq=False)
+class Generation:
+    """A Generate request's row, which the batcher steps, samples and steps again until it ends, without a round
+    trip to its request's handler per token: the handler takes what was written whenever it can send it."""
+
+    slot: int
+    params: SamplingParams
+    eos: int | None  # the token that ends the text
+    banned: int | None  # a token it must never write (a decoder's start token)
+    extra_outputs: bool  # keep each token's extra outputs (an encoder–decoder's attention)
+    rng: np.random.Generator = field(init=False)
+    remaining: int = field(init=False)  # tokens it may still write
+    tokens: list[int] = field(default_factory=list)  # written, not yet taken
+    extras: list[list[np.ndarray]] = field(default_factory=list)  # per token: its extra outputs' last step
+    ended: bool = False  # it wrote its end token or its last allowed token
+    stopped: bool = False  # its handler is done with it: nothing more is stepped
+    paused_on: int | None = None  # the next input, held while too much is unread
+    error: Exception | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # something to take
+
+    def __post_init__(self):
+        self.rng = np.random.default_rng(self.params.seed)
+        self.remaining = self.params.max_tokens
 
 
 @dataclass(slots=True)
 class _Step:
     slot: int
     tokens: np.ndarray  # [T] int64
-    result: asyncio.Future  # resolves to this step's outputs: [logits [T, V], *extra outputs [T, ...]]
+    result: asyncio.Future | None  # resolves to this step's outputs: [logits [T, V], *extra outputs [T, ...]]
     queued: float  # time.perf_counter() when it joined the queue
+    generation: Generation | None = None  # instead of a result: the generation whose next token this step samples
+
+    def wanted(self) -> bool:
+        """False once whoever asked for it has gone away: it is skipped."""
+        return not self.generation.stopped if self.generation is not None else not self.result.cancelled()
 
 
 @dataclass(slots=True)
@@ -81,9 +114,34 @@ class Batcher:
     async def step(self, slot: int, tokens: list[int]) -> list[np.ndarray]:
         """[logits [T, V], *extra outputs] for `tokens` continuing the slot's state."""
         result = asyncio.get_running_loop().create_future()
-        self._steps_per_slot[slot] += 1
-        self._queue.put_nowait(_Step(slot, np.asarray(tokens, dtype=np.int64), result, time.perf_counter()))
+        self._queue_step(slot, np.asarray(tokens, dtype=np.int64), result)
         return await result
+
+    def generate(self, slot: int, prompt: list[int], params: SamplingParams, eos: int | None, banned: int | None,
+                 extra_outputs: bool) -> Generation:
+        """Starts a generation from `prompt` in the slot: it runs here until it ends or is stopped."""
+        generation = Generation(slot, params, eos, banned, extra_outputs)
+        self._queue_step(slot, np.asarray(prompt, dtype=np.int64), None, generation)
+        return generation
+
+    async def take(self, generation: Generation) -> tuple[list[int], list[list[np.ndarray]]]:
+        """Waits until the generation has written something, then takes all it has: (tokens, their extra outputs).
+        Taking is what lets a generation that waited for its client go on."""
+        while not generation.tokens and not generation.error:
+            generation.ready.clear()
+            await generation.ready.wait()
+        if generation.error:
+            raise generation.error
+        tokens, extras = generation.tokens, generation.extras
+        generation.tokens, generation.extras = [], []
+        if generation.paused_on is not None:
+            self._queue_step(generation.slot, np.array([generation.paused_on], np.int64), None, generation)
+            generation.paused_on = None
+        return tokens, extras
+
+    def _queue_step(self, slot: int, tokens: np.ndarray, result: asyncio.Future | None, generation: Generation | None = None) -> None:
+        self._steps_per_slot[slot] += 1
+        self._queue.put_nowait(_Step(slot, tokens, result, time.perf_counter(), generation))
 
     async def encode(self, slot: int, inputs: dict[str, np.ndarray]) -> None:
         """Writes the slot's initial state with the model's encoder. It runs in queue order on the runtime's
@@ -109,7 +167,7 @@ class Batcher:
     async def _run(self) -> None:
         while True:
             batch, barrier = await self._take_batch()
-            live = [job for job in batch if not job.result.cancelled()]  # skip steps whose stream went away
+            live = [job for job in batch if job.wanted()]  # skip steps whose request went away
             by_length: dict[int, list[_Step]] = defaultdict(list)
             for job in live:
                 by_length[job.tokens.size].append(job)
@@ -164,17 +222,56 @@ class Batcher:
         fresh = np.array([slot in self._fresh for slot in slots])  # [B]
         self._fresh.difference_update(slots)
         tokens = np.stack([job.tokens for job in group])  # [B, T]
+        generating = [row for row, job in enumerate(group) if job.generation is not None]
+        generations = [group[row].generation for row in generating]
         loop = asyncio.get_running_loop()
         began = time.perf_counter()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._runtime.step, slots, fresh, tokens)  # each [B, T, ...]
+            outputs, sampled = await loop.run_in_executor(
+                self._executor, self._step_and_sample, slots, fresh, tokens, generating, generations
+            )
         except Exception as err:  # onnxruntime's own errors: these steps fail, the batcher goes on
             log.exception("model %s: step failed", self._name)
+            failure = RuntimeFailure(f"model {self._name}: inference failed: {err}")
             for job in group:
-                if not job.result.done():
-                    job.result.set_exception(RuntimeFailure(f"model {self._name}: inference failed: {err}"))
+                if job.generation is not None:
+                    job.generation.error = failure
+                    job.generation.ready.set()
+                elif not job.result.done():
+                    job.result.set_exception(failure)
             return
         self._metrics.batch(tokens.size, len(group), [began - job.queued for job in group], time.perf_counter() - began)
+        if generations:
+            self._metrics.tokens_generated.inc(len(generations))
         for row, job in enumerate(group):
-            if not job.result.done():
+            if job.result is not None and not job.result.done():
                 job.result.set_result([output[row] for output in outputs])
+        for row, generation, token in zip(generating, generations, sampled.tolist()):
+            self._advance(generation, token, [output[row, -1] for output in outputs[1:]])
+
+    def _step_and_sample(self, slots, fresh, tokens, generating: list[int], generations: list[Generation]):
+        """On the runtime thread: one step for the whole batch, then the next token of every generating row."""
+        outputs = self._runtime.step(slots, fresh, tokens)
+        if not generations:
+            return outputs, np.empty(0, np.int64)
+        logits = outputs[0][generating, -1]  # [G, V]: each generating row's last step
+        banned = {g.banned for g in generations} - {None}
+        if banned:  # (the rows are a copy already)
+            logits[:, list(banned)] = -np.inf
+        return outputs, sample_rows(logits, [g.params for g in generations], [g.rng for g in generations])
+
+    def _advance(self, generation: Generation, token: int, extras: list[np.ndarray]) -> None:
+        """Hands the token to the generation's handler and, unless it has ended, steps it again."""
+        if generation.stopped:
+            return
+        generation.tokens.append(token)
+        if generation.extra_outputs:
+            generation.extras.append(extras)
+        generation.remaining -= 1
+        generation.ended = token == generation.eos or generation.remaining == 0
+        if not generation.ended:
+            if len(generation.tokens) >= MAX_UNREAD_TOKENS:  # its client is not keeping up: wait for it
+                generation.paused_on = token
+            else:
+                self._queue_step(generation.slot, np.array([token], np.int64), None, generation)
+        generation.ready.set()

@@ -1,4 +1,5 @@
-"""Choosing the next token from logits: greedy, temperature, top-k, top-p, seeded per request."""
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p, seeded per request, for a whole batch of
+rows at once."""
 
 from __future__ import annotations
 
@@ -17,27 +18,38 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
 
 
-class Sampler:
-    def __init__(self, params: SamplingParams):
-        self._params = params
-        self._rng = np.random.default_rng(params.seed)
+def sample_rows(logits: np.ndarray, params: list[SamplingParams], rngs: list[np.random.Generator]) -> np.ndarray:
+    """logits [R, V] → one token id per row [R], each row with its own settings and random generator.
 
-    def sample(self, logits: np.ndarray) -> int:
-        """logits [V] → one token id."""
-        p = self._params
-        if p.temperature == 0.0:
-            return int(np.argmax(logits))
-        scores = logits.astype(np.float64) / p.temperature
-        if 0 < p.top_k < scores.size:
-            kth = np.partition(scores, -p.top_k)[-p.top_k]
-            scores[scores < kth] = -np.inf
-        probs = softmax(scores)
-        if p.top_p < 1.0:
-            order = np.argsort(-probs)
-            before = np.cumsum(probs[order]) - probs[order]  # mass of the more probable tokens
-            probs[order[before >= p.top_p]] = 0.0
-            probs /= probs.sum()
-        return int(self._rng.choice(probs.size, p=probs))
+    Vectorised over the rows; for every row it draws exactly what `rng.choice(V, p=probabilities)` would (the
+    same cumulative sum, normalisation and one uniform draw), so a seed gives the same text alone or in any batch.
+    """
+    tokens = logits.argmax(-1).astype(np.int64)  # greedy rows (temperature 0) are done
+    temperatures = np.array([p.temperature for p in params])
+    sampled = np.flatnonzero(temperatures > 0)
+    if sampled.size == 0:
+        return tokens
+    scores = logits[sampled].astype(np.float64) / temperatures[sampled, None]  # [S, V]
+    vocabulary = scores.shape[1]
+    top_k = np.array([params[i].top_k for i in sampled])
+    cut = np.flatnonzero((top_k > 0) & (top_k < vocabulary))
+    if cut.size:
+        descending = -np.sort(-scores[cut], axis=-1)
+        kth = descending[np.arange(cut.size), top_k[cut] - 1]  # each row's k-th largest score
+        scores[cut] = np.where(scores[cut] < kth[:, None], -np.inf, scores[cut])
+    probs = softmax(scores)
+    for row, index in enumerate(sampled):
+        top_p = params[index].top_p
+        if top_p < 1.0:
+            order = np.argsort(-probs[row])
+            before = np.cumsum(probs[row, order]) - probs[row, order]  # mass of the more probable tokens
+            probs[row, order[before >= top_p]] = 0.0
+            probs[row] /= probs[row].sum()
+    cdf = probs.cumsum(-1)
+    cdf /= cdf[:, -1:]
+    uniform = np.array([rngs[i].random() for i in sampled])  # [S]
+    tokens[sampled] = (cdf <= uniform[:, None]).sum(-1)  # searchsorted(side="right"), row by row
+    return tokens
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ from server.requests import (
     TensorRequest,
     TensorResult,
 )
-from server.sampling import Sampler, SamplingParams, StopMatcher, softmax, top_tokens
+from server.sampling import SamplingParams, StopMatcher, softmax, top_tokens
 from server.sessions import Session, SessionRegistry
 from training.text import IncrementalDecoder, UnknownText, token_text
 
@@ -66,44 +66,51 @@ class InferenceService:
         async with self.sessions.attach(model) as session:
             if encoder_inputs:
                 await session.encode(encoder_inputs)
-            outputs = await session.step_outputs(prompt)
-            sampler, decoder, stopper = Sampler(params), IncrementalDecoder(model.tokenizer), StopMatcher(params.stop)
-            pending: list[int] = []
-            attention: list[tuple[float, ...]] = []
-            source_length = len(source_tokens)
-            for generated in range(1, params.max_tokens + 1):
-                token = sampler.sample(self._writable(card, outputs[0][-1]))
-                model.metrics.tokens_generated.inc()
-                ended = token == card.eos
-                text, stopped = "", False
-                if not ended:
-                    pending.append(token)
-                    if len(outputs) > 1:  # where the decoder looked while choosing this token
-                        attention.append(tuple(outputs[1][-1][:source_length].tolist()))
-                    text, stopped = stopper.push(decoder.feed(token))
-                last = ended or stopped or generated == params.max_tokens
-                if last and not stopped:
-                    # release what the stop matcher held back; a character the decoder still holds a part of is
-                    # left out, so the text ends at its last whole character
-                    text += stopper.flush()
-                if last or text:
-                    reason = "stop" if stopped else "end" if ended else "length" if last else ""
-                    yield GeneratedPiece(
-                        text, tuple(pending), reason, len(prompt) if last else 0, generated if last else 0,
-                        tuple(attention), source_tokens,
-                    )
-                    pending, attention, source_tokens = [], [], ()
-                if last:
-                    return
-                outputs = await session.step_outputs([token])
+            # the batcher steps and samples the generation; here its tokens become text, as fast as the client
+            # takes them: tokens written while a piece is being sent go out together in the next one
+            generation = model.batcher.generate(
+                session.slot, prompt, params, card.eos, card.bos, extra_outputs=bool(card.extra_outputs)  # never writes <bos>
+            )
+            try:
+                async for piece in self._pieces(model, generation, params, len(prompt), source_tokens):
+                    yield piece
+            finally:
+                generation.stopped = True
 
-    def _writable(self, card, logits: np.ndarray) -> np.ndarray:
-        """Logits with <bos> ruled out: a model never writes its start token."""
-        if card.bos is None:
-            return logits
-        logits = logits.copy()
-        logits[card.bos] = -np.inf
-        return logits
+    async def _pieces(self, model: Model, generation, params: SamplingParams, prompt_tokens: int, source_tokens: tuple[str, ...]):
+        """The generation's tokens as text pieces: whole characters, no stop string, the finish reason last."""
+        decoder, stopper = IncrementalDecoder(model.tokenizer), StopMatcher(params.stop)
+        pending: list[int] = []
+        attention: list[tuple[float, ...]] = []
+        generated, source_length = 0, len(source_tokens)
+        while True:
+            tokens, extras = await model.batcher.take(generation)
+            text, reason = "", ""
+            for index, token in enumerate(tokens):
+                generated += 1
+                if token == model.card.eos:
+                    reason = "end"
+                    break
+                pending.append(token)
+                if extras:  # where the decoder looked while choosing this token
+                    attention.append(tuple(extras[index][0][:source_length].tolist()))
+                piece, stopped = stopper.push(decoder.feed(token))
+                text += piece
+                if stopped or generated == params.max_tokens:
+                    reason = "stop" if stopped else "length"
+                    break
+            if reason and reason != "stop":
+                # release what the stop matcher held back; a character the decoder still holds a part of is left
+                # out, so the text ends at its last whole character
+                text += stopper.flush()
+            if reason or text:
+                yield GeneratedPiece(
+                    text, tuple(pending), reason, prompt_tokens if reason else 0, generated if reason else 0,
+                    tuple(attention), source_tokens,
+                )
+                pending, attention, source_tokens = [], [], ()
+            if reason:
+                return
 
     def _encoder_inputs(self, model: Model, label: str = "", source: str = "") -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
         """What the model's encoder reads from a request's label or source (none for a plain language model),

@@ -153,3 +153,29 @@ def reference_logits(reference, name: str, chunks: list[list[int]]) -> list[np.n
         logits, state = ref.run(chunk, state)
         out.append(logits)
     return out
+
+
+class ReferenceSampler:
+    """The per-row sampler the server used before it sampled a whole batch at once: the reference its
+    vectorised sampling must equal, token for token, for the same seed."""
+
+    def __init__(self, temperature: float, top_k: int, top_p: float, seed: int):
+        self._temperature, self._top_k, self._top_p = temperature, top_k, top_p
+        self._rng = np.random.default_rng(seed)
+
+    def sample(self, logits: np.ndarray) -> int:
+        """logits [V] → one token id."""
+        if self._temperature == 0.0:
+            return int(np.argmax(logits))
+        scores = logits.astype(np.float64) / self._temperature
+        if 0 < self._top_k < scores.size:
+            kth = np.partition(scores, -self._top_k)[-self._top_k]
+            scores[scores < kth] = -np.inf
+        shifted = np.exp(scores - scores.max())
+        probs = shifted / shifted.sum()
+        if self._top_p < 1.0:
+            order = np.argsort(-probs)
+            before = np.cumsum(probs[order]) - probs[order]
+            probs[order[before >= self._top_p]] = 0.0
+            probs /= probs.sum()
+        return int(self._rng.choice(probs.size, p=probs))

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from rnnserve.v1 import rnnserve_pb2 as pb
+from tests.helpers import ReferenceSampler
 from training.text import tokenizer_from_spec
 
 PROMPT = "The return statement "
@@ -34,10 +35,7 @@ def test_same_seed_same_text_different_seed_different_text(client):
 
 def test_seeded_sampling_matches_a_reference_sampler(client, reference):
     """temperature + top-k + top-p through the server equal the same sampler over in-process logits."""
-    from server.sampling import Sampler, SamplingParams
-
-    params = SamplingParams(temperature=0.9, top_k=20, top_p=0.9, seed=123, max_tokens=30)
-    ref, sampler = reference("lstm"), Sampler(params)
+    ref, sampler = reference("lstm"), ReferenceSampler(temperature=0.9, top_k=20, top_p=0.9, seed=123)
     logits, state = ref.run(list(PROMPT.encode()), ref.initial_state())
     expected = []
     for _ in range(30):
