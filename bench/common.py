@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import socket
 import subprocess
@@ -67,6 +68,19 @@ def server_process(repository: Path, *flags: str):
     finally:
         process.terminate()
         process.wait(30)
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, every thread) of a process and of every process under it, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15 of stat)
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += process_cpu_s(int(child))
+    return total
 
 
 def in_process_session(path: Path, args, batch: int = 1) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:

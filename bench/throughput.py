@@ -10,6 +10,11 @@ For each number of concurrent Generate streams (a client process of its own, grp
 line: generated tokens/s of rnnserve, of (a) a naive server — the same server with --max-batch 1, one
 onnxruntime call per session step, (b) in-process onnxruntime batched at the same batch size (the
 ceiling), (c) PyTorch eager in-process at the same batch size; the ratios; and whether the targets hold.
+
+So that overhead cannot hide, every line also gives CPU time per step: the server process's (from /proc, all
+its threads), onnxruntime's own for the same step in-process at the same batch size, the difference (the
+server's own work beyond onnxruntime), and the client process's (a client near 1 CPU-second per second is the
+bottleneck, not the server).
 """
 
 from __future__ import annotations
@@ -24,15 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import add_model_flags, in_process_session, model_path, runtime_flags, server_process
+from bench.common import add_model_flags, in_process_session, model_path, process_cpu_s, runtime_flags, server_process
 
 TARGET_VS_NAIVE = 5.0
 TARGET_VS_CEILING = 0.7
 
 
-async def _tokens_per_s(target: str, streams: int, connections: int, one, stub_type=None) -> float:
+async def _tokens_per_s(target: str, streams: int, connections: int, one, stub_type=None) -> dict:
     """Runs `one(stub, i)` for every stream at once, spread over `connections` TCP connections (gRPC would
-    otherwise share one, and `--workers` processes are assigned per connection); returns tokens per second."""
+    otherwise share one, and `--workers` processes are assigned per connection); returns tokens per second,
+    the steps served in all (the warm-up's too) and this client's CPU seconds."""
     import grpc
 
     from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
@@ -41,10 +47,12 @@ async def _tokens_per_s(target: str, streams: int, connections: int, one, stub_t
     channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(connections)]
     stubs = [(stub_type or pb_grpc.RnnServeStub)(channel) for channel in channels]
     try:
-        await asyncio.gather(*(one(stub, i) for i, stub in enumerate(stubs)))  # warm up every connection
-        started = time.perf_counter()
+        warm_up = await asyncio.gather(*(one(stub, i) for i, stub in enumerate(stubs)))  # every connection
+        started, cpu = time.perf_counter(), time.process_time()
         counts = await asyncio.gather(*(one(stubs[i % connections], i) for i in range(streams)))
-        return sum(counts) / (time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        return {"tokens_per_s": sum(counts) / seconds, "steps": sum(counts) + sum(warm_up), "seconds": seconds,
+                "client_cpu_s": time.process_time() - cpu}
     finally:
         await asyncio.gather(*(channel.close() for channel in channels))
 
@@ -102,26 +110,36 @@ async def _kserve_all(target: str, model: str, streams: int, tokens: int, connec
     return await _tokens_per_s(target, streams, connections, one, pb_grpc.GRPCInferenceServiceStub)
 
 
-def served_tokens_per_s(target: str, model: str, streams: int, tokens: int, api: str, connections: int) -> float:
+def served(target: str, server_pid: int, model: str, streams: int, tokens: int, api: str, connections: int) -> dict:
+    """Tokens/s served, and CPU seconds per step of the server (from /proc) and of the client process."""
     function = {"generate": "_generate_all", "stream": "_stream_all", "kserve": "_kserve_all"}[api]
     code = (
-        f"import asyncio, sys; from bench.throughput import {function}; "
-        f"print(asyncio.run({function}({target!r}, {model!r}, {streams}, {tokens}, {min(connections, streams)})))"
+        f"import asyncio, json; from bench.throughput import {function}; "
+        f"print(json.dumps(asyncio.run({function}({target!r}, {model!r}, {streams}, {tokens}, {min(connections, streams)}))))"
     )
+    cpu = process_cpu_s(server_pid)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(done.stdout.strip().splitlines()[-1])
+    server_cpu_s = process_cpu_s(server_pid) - cpu
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    return {
+        "tokens_per_s": figures["tokens_per_s"],
+        "server_cpu_us_per_step": server_cpu_s / figures["steps"] * 1e6,
+        "client_cpu_us_per_step": figures["client_cpu_s"] / (figures["tokens_per_s"] * figures["seconds"]) * 1e6,
+        "client_cpu_s_per_s": figures["client_cpu_s"] / figures["seconds"],
+    }
 
 
-def in_process_tokens_per_s(path: Path, batch: int, tokens: int, args) -> float:
-    """One onnxruntime call per step over the whole batch, state fed back by hand: the ceiling."""
+def in_process(path: Path, batch: int, tokens: int, args) -> tuple[float, float]:
+    """One onnxruntime call per step over the whole batch, state fed back by hand: the ceiling. Returns tokens/s
+    and the CPU microseconds per step it took (onnxruntime's own work, all its threads)."""
     session, state = in_process_session(path, args, batch)
     step = np.full((batch, 1), 65, np.int64)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for _ in range(tokens):
         logits, *next_state = session.run(None, {"tokens": step, **state})
         state = dict(zip(state, next_state))
         step = logits[:, -1].argmax(-1)[:, None]
-    return batch * tokens / (time.perf_counter() - started)
+    return batch * tokens / (time.perf_counter() - started), (time.process_time() - cpu) / (batch * tokens) * 1e6
 
 
 def torch_tokens_per_s(hidden: int, layers: int, batch: int, tokens: int) -> float | None:
@@ -162,22 +180,30 @@ def main() -> None:
     sessions = ("--max-sessions", str(max(args.streams) + 1))
     results = {}
     workers = ("--workers", str(args.workers))
-    with server_process(repository, *runtime, *sessions, *workers, "--max-batch", str(args.max_batch)) as (target, _):
+    cpu = {}
+    with server_process(repository, *runtime, *sessions, *workers, "--max-batch", str(args.max_batch)) as (target, pid):
         for streams in args.streams:
-            results[streams] = {"rnnserve": served_tokens_per_s(target, model, streams, args.tokens, args.api, args.connections)}
-    with server_process(repository, *runtime, *sessions, "--max-batch", "1") as (target, _):
+            cpu[streams] = served(target, pid, model, streams, args.tokens, args.api, args.connections)
+            results[streams] = {"rnnserve": cpu[streams].pop("tokens_per_s")}
+    with server_process(repository, *runtime, *sessions, "--max-batch", "1") as (target, pid):
         for streams in args.streams:
-            results[streams]["naive_server"] = served_tokens_per_s(
-                target, model, streams, args.tokens, args.api, args.connections
-            )
+            results[streams]["naive_server"] = served(target, pid, model, streams, args.tokens, args.api, args.connections)["tokens_per_s"]
     for streams in args.streams:
         figures = results[streams]
-        figures["in_process_onnxruntime_batched"] = in_process_tokens_per_s(path, streams, args.tokens, args)
+        figures["in_process_onnxruntime_batched"], onnxruntime_cpu_us = in_process(path, streams, args.tokens, args)
         if not args.repository:
             figures["pytorch_eager_batched"] = torch_tokens_per_s(args.hidden, args.layers, streams, args.tokens)
         line = {"bench": "throughput", "api": args.api, "model": model, "streams": streams, "tokens_per_stream": args.tokens}
         line["workers"], line["connections"] = args.workers, args.connections
         line["tokens_per_s"] = {k: round(v, 1) for k, v in figures.items() if v is not None}
+        server_cpu_us = cpu[streams]["server_cpu_us_per_step"]
+        line["cpu_us_per_step"] = {
+            "server": round(server_cpu_us, 1),
+            "onnxruntime_in_process": round(onnxruntime_cpu_us, 1),
+            "server_beyond_onnxruntime": round(server_cpu_us - onnxruntime_cpu_us, 1),
+            "client": round(cpu[streams]["client_cpu_us_per_step"], 1),
+        }
+        line["client_cpu_s_per_s"] = round(cpu[streams]["client_cpu_s_per_s"], 2)
         line["ratio_vs_naive_server"] = round(figures["rnnserve"] / figures["naive_server"], 2)
         line["ratio_vs_in_process_batched"] = round(figures["rnnserve"] / figures["in_process_onnxruntime_batched"], 2)
         if figures.get("pytorch_eager_batched"):

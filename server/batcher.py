@@ -20,44 +20,19 @@ import logging
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from server.errors import RuntimeFailure
 from server.metrics import ModelMetrics
 from server.runtime import Runtime
+from server.generation import Generation
 from server.sampling import SamplingParams, sample_rows
 
 log = logging.getLogger(__name__)
 
 MAX_UNREAD_TOKENS = 256  # a generation whose client has not taken this many tokens waits for it to catch up
-
-
-@dataclass(slots=True, eq=False)
-class Generation:
-    """A Generate request's row, which the batcher steps, samples and steps again until it ends, without a round
-    trip to its request's handler per token: the handler takes what was written whenever it can send it."""
-
-    slot: int
-    params: SamplingParams
-    eos: int | None  # the token that ends the text
-    banned: int | None  # a token it must never write (a decoder's start token)
-    extra_outputs: bool  # keep each token's extra outputs (an encoder–decoder's attention)
-    rng: np.random.Generator = field(init=False)
-    remaining: int = field(init=False)  # tokens it may still write
-    tokens: list[int] = field(default_factory=list)  # written, not yet taken
-    extras: list[list[np.ndarray]] = field(default_factory=list)  # per token: its extra outputs' last step
-    ended: bool = False  # it wrote its end token or its last allowed token
-    stopped: bool = False  # its handler is done with it: nothing more is stepped
-    paused_on: int | None = None  # the next input, held while too much is unread
-    error: Exception | None = None
-    ready: asyncio.Event = field(default_factory=asyncio.Event)  # something to take
-
-    def __post_init__(self):
-        self.rng = np.random.default_rng(self.params.seed)
-        self.remaining = self.params.max_tokens
-
 
 @dataclass(slots=True)
 class _Step:

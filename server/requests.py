@@ -4,10 +4,12 @@ what it gets, with no protobuf in them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from server.repository import Model
+if TYPE_CHECKING:  # the request types are below the repository: they name a model only in annotations
+    from server.repository import Model
 
 
 @dataclass(frozen=True, slots=True)

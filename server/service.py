@@ -31,7 +31,8 @@ from server.requests import (
     TensorRequest,
     TensorResult,
 )
-from server.sampling import SamplingParams, StopMatcher, softmax, top_tokens
+from server.generation import TextStream
+from server.sampling import SamplingParams, softmax, top_tokens
 from server.sessions import Session, SessionRegistry
 from training.text import IncrementalDecoder, UnknownText, token_text
 
@@ -71,46 +72,14 @@ class InferenceService:
             generation = model.batcher.generate(
                 session.slot, prompt, params, card.eos, card.bos, extra_outputs=bool(card.extra_outputs)  # never writes <bos>
             )
+            text = TextStream(model.tokenizer, card.eos, params, len(prompt), source_tokens)
             try:
-                async for piece in self._pieces(model, generation, params, len(prompt), source_tokens):
-                    yield piece
+                while not text.finished:
+                    piece = text.piece(*await model.batcher.take(generation))
+                    if piece is not None:
+                        yield piece
             finally:
                 generation.stopped = True
-
-    async def _pieces(self, model: Model, generation, params: SamplingParams, prompt_tokens: int, source_tokens: tuple[str, ...]):
-        """The generation's tokens as text pieces: whole characters, no stop string, the finish reason last."""
-        decoder, stopper = IncrementalDecoder(model.tokenizer), StopMatcher(params.stop)
-        pending: list[int] = []
-        attention: list[tuple[float, ...]] = []
-        generated, source_length = 0, len(source_tokens)
-        while True:
-            tokens, extras = await model.batcher.take(generation)
-            text, reason = "", ""
-            for index, token in enumerate(tokens):
-                generated += 1
-                if token == model.card.eos:
-                    reason = "end"
-                    break
-                pending.append(token)
-                if extras:  # where the decoder looked while choosing this token
-                    attention.append(tuple(extras[index][0][:source_length].tolist()))
-                piece, stopped = stopper.push(decoder.feed(token))
-                text += piece
-                if stopped or generated == params.max_tokens:
-                    reason = "stop" if stopped else "length"
-                    break
-            if reason and reason != "stop":
-                # release what the stop matcher held back; a character the decoder still holds a part of is left
-                # out, so the text ends at its last whole character
-                text += stopper.flush()
-            if reason or text:
-                yield GeneratedPiece(
-                    text, tuple(pending), reason, prompt_tokens if reason else 0, generated if reason else 0,
-                    tuple(attention), source_tokens,
-                )
-                pending, attention, source_tokens = [], [], ()
-            if reason:
-                return
 
     def _encoder_inputs(self, model: Model, label: str = "", source: str = "") -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
         """What the model's encoder reads from a request's label or source (none for a plain language model),

@@ -100,6 +100,29 @@ def scrape(running, name: str, **labels) -> float:
     return total
 
 
+def together(calls):
+    """Runs every call at once from its own thread; returns their results in order."""
+    results = [None] * len(calls)
+    barrier = threading.Barrier(len(calls))
+
+    def run(i):
+        barrier.wait()
+        try:
+            results[i] = calls[i]()
+        except Exception as err:  # re-raised below, in the test's thread
+            results[i] = err
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
+
+
 # KServe v2 requests as Triton's clients build them
 
 

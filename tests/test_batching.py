@@ -1,42 +1,18 @@
 """Continuous batching: concurrent sessions share onnxruntime calls and get exactly what they get alone."""
 
-import threading
 from dataclasses import replace
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.helpers import KOREAN, ServerThread
+from tests.helpers import KOREAN, ServerThread, together
 
 PROMPTS = [
     "The ", "x", "def f(x):\n    return", "Return the value of the named attribute", "안녕", "if", "while True:",
     "A" * 60, "class C:", " ", "import sys\n", "print('hello')", "lambda", "The return statement", "0123456789",
     KOREAN[:20],
 ]
-
-
-def together(calls):
-    """Runs every call at once from its own thread; returns their results in order."""
-    results = [None] * len(calls)
-    barrier = threading.Barrier(len(calls))
-
-    def run(i):
-        barrier.wait()
-        try:
-            results[i] = calls[i]()
-        except Exception as err:  # re-raised below, in the test's thread
-            results[i] = err
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    for result in results:
-        if isinstance(result, Exception):
-            raise result
-    return results
 
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()

@@ -1,11 +1,13 @@
 """Generate over real gRPC against the model run in-process on onnxruntime."""
 
 import json
+import time
 
 import pytest
 
 from rnnserve.v1 import rnnserve_pb2 as pb
-from tests.helpers import ReferenceSampler
+from client import RnnServeClient
+from tests.helpers import ReferenceSampler, together
 from training.text import tokenizer_from_spec
 
 PROMPT = "The return statement "
@@ -43,6 +45,49 @@ def test_seeded_sampling_matches_a_reference_sampler(client, reference):
         logits, state = ref.run([expected[-1]], state)
     pieces = client.generate("lstm", PROMPT, temperature=0.9, top_k=20, top_p=0.9, seed=123, max_tokens=30)
     assert [t for p in pieces for t in p.token_ids] == expected
+
+
+def test_concurrent_generations_each_sample_with_their_own_settings(client, reference):
+    """Rows sampled together, each with its own temperature, top-k, top-p and seed, draw exactly what each
+    would draw alone from the per-row reference sampler."""
+    ref = reference("lstm")
+    settings = [
+        dict(temperature=t, top_k=k, top_p=p, seed=seed)
+        for seed, (t, k, p) in enumerate([(0.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 5, 1.0), (1.3, 0, 0.8), (0.9, 40, 0.95),
+                                          (2.0, 1, 1.0), (0.5, 0, 0.3), (1.0, 255, 0.99)])
+    ]
+
+    def expected(setting: dict) -> list[int]:
+        sampler = ReferenceSampler(**setting)
+        logits, state = ref.run(list(PROMPT.encode()), ref.initial_state())
+        tokens = []
+        for _ in range(25):
+            tokens.append(sampler.sample(logits[-1]))
+            logits, state = ref.run([tokens[-1]], state)
+        return tokens
+
+    def served(setting: dict) -> list[int]:
+        return [t for piece in client.generate("lstm", PROMPT, max_tokens=25, **setting) for t in piece.token_ids]
+
+    assert together([lambda s=s: served(s) for s in settings]) == [expected(s) for s in settings]
+
+
+def test_pieces_coalesce_while_the_client_lags(server, client):
+    """A client that reads slowly gets several tokens per piece, never a character cut in half, and exactly the
+    text a fast client gets. (A small receive window makes the lag reach the server quickly.)"""
+    settings = dict(temperature=0.0, max_tokens=600)
+    fast = list(client.generate("korean", "안녕하세요. ", **settings))
+    small_window = [("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
+    with RnnServeClient(server.target, timeout_s=30, options=small_window) as lagging:
+        slow = []
+        for piece in lagging.generate("korean", "안녕하세요. ", **settings):
+            slow.append(piece)
+            time.sleep(0.002)
+    assert [t for p in slow for t in p.token_ids] == [t for p in fast for t in p.token_ids]
+    assert "".join(p.text for p in slow) == "".join(p.text for p in fast)
+    assert max(len(p.token_ids) for p in slow) > 3 * max(len(p.token_ids) for p in fast)  # pieces did coalesce
+    for piece in slow[:-1]:
+        assert piece.text.encode() == bytes(piece.token_ids)  # whole characters, none held over or cut
 
 
 def test_stop_string_ends_generation_and_is_not_returned(client):
