@@ -1,8 +1,10 @@
-"""Where the server's time goes under load: py-spy samples the server while concurrent generations run.
+"""Where the server's time goes under load: py-spy samples the server while concurrent streams run.
 
     python -m bench.profile_server --streams 64 --seconds 10      # needs py-spy (the [dev] extra)
+    python -m bench.profile_server --api kserve --streams 64      # Triton's sequences on one ModelStreamInfer
 
-Writes a flame graph (SVG) and prints the functions holding the most samples, with and without callees.
+Writes a flame graph (SVG) and prints the functions holding the most samples (threads waiting for work left
+out), with and without callees.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from collections import Counter
 from pathlib import Path
 
 from bench.common import add_model_flags, model_path, runtime_flags, server_process
-from bench.throughput import _generate_all
+from bench.throughput import _generate_all, _kserve_all, _stream_all
+
+LOADS = {"generate": _generate_all, "stream": _stream_all, "kserve": _kserve_all}
 
 
 def summarise(raw: Path, top: int) -> None:
@@ -40,7 +44,8 @@ def summarise(raw: Path, top: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_flags(parser)
-    parser.add_argument("--streams", type=int, default=64, help="concurrent generation streams")
+    parser.add_argument("--streams", type=int, default=64, help="concurrent streams (generations, or sequences)")
+    parser.add_argument("--api", choices=sorted(LOADS), default="generate", help="the load, as in bench.throughput")
     parser.add_argument("--seconds", type=int, default=10, help="how long to sample")
     parser.add_argument("--out", default="profile.svg", help="flame graph to write")
     parser.add_argument("--top", type=int, default=25, help="functions to list")
@@ -54,12 +59,12 @@ def main() -> None:
     raw = Path(tempfile.mkdtemp()) / "profile.txt"
     with server_process(repository, *flags) as (target, pid):
         spies = [
-            subprocess.Popen([py_spy, "record", "-p", str(pid), "-d", str(args.seconds), "-f", fmt, "-o", str(out)],
+            subprocess.Popen([py_spy, "record", "-p", str(pid), "-d", str(args.seconds), "-f", fmt, "-o", str(out), "--nonblocking"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for fmt, out in (("raw", raw), ("flamegraph", Path(args.out)))
         ]
         tokens = args.streams * 1000  # enough load to outlast the sampling
-        asyncio.run(asyncio.wait_for(_generate_all(target, model, args.streams, tokens // args.streams), args.seconds + 30))
+        asyncio.run(asyncio.wait_for(LOADS[args.api](target, model, args.streams, tokens // args.streams), args.seconds + 60))
         for spy in spies:
             spy.wait()
     summarise(raw, args.top)

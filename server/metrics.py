@@ -25,6 +25,7 @@ BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class Metrics:
     def __init__(self):
         self.registry = registry = CollectorRegistry()
+        self._requests: dict[tuple[str, ...], Counter] = {}  # (model, version, api, method, failure) → its series
         self.request_success = Counter(
             "nv_inference_request_success", "Inference requests that succeeded (a streamed message counts as one).",
             [*MODEL, "api", "method"], registry=registry,
@@ -72,6 +73,18 @@ class Metrics:
         )
         self.slots_in_use = Gauge("rnnserve_slots_in_use", "Rows of the state slab in use.", MODEL, registry=registry)
         self.slots_capacity = Gauge("rnnserve_slots_capacity", "Rows of the state slab (--max-sessions).", MODEL, registry=registry)
+
+    def request_done(self, model: str, version: str, api: str, method: str, failure: str = "") -> None:
+        """Counts one request: a success, or a failure with its status. The labelled series are looked up once."""
+        key = (model, version, api, method, failure)
+        counter = self._requests.get(key)
+        if counter is None:
+            if failure:
+                counter = self.request_failure.labels(model, version, api, method, failure)
+            else:
+                counter = self.request_success.labels(model, version, api, method)
+            self._requests[key] = counter
+        counter.inc()
 
     def model(self, name: str, version: str) -> ModelMetrics:
         return ModelMetrics(self, (name, version))

@@ -159,6 +159,8 @@ class InferenceService:
     def _stacked(self, card, results: list[list[np.ndarray] | None]) -> dict[str, np.ndarray]:
         """Each output over the batch's rows; a row of zero steps (None) has empty outputs of the right width."""
         widths = card.output_widths
+        if len(results) == 1 and results[0] is not None:  # a sequence's one row
+            return {name: results[0][i][None] for i, name in enumerate(("logits", *card.extra_outputs))}
         return {
             name: np.stack([np.zeros((0, widths[name]), np.float32) if r is None else r[i] for r in results])
             for i, name in enumerate(("logits", *card.extra_outputs))

@@ -30,7 +30,10 @@ def test_throughput_bench(repository):
     figures = line["tokens_per_s"]
     assert set(figures) == {"rnnserve", "naive_server", "in_process_onnxruntime_batched"}
     assert abs(line["ratio_vs_naive_server"] - figures["rnnserve"] / figures["naive_server"]) < 0.02
-    assert isinstance(line["target_5x_naive_met"], bool)
+    assert isinstance(line["target_0.6x_in_process_met"], bool) and isinstance(line["target_own_cpu_100us_met"], bool)
+    cpu = line["cpu_us_per_step"]
+    assert cpu["server"] > 0 and cpu["client"] > 0 and 1 <= line["mean_batch"] <= 64
+    assert abs(cpu["server_beyond_onnxruntime"] - (cpu["server"] - cpu["onnxruntime_in_process_at_mean_batch"])) < 0.2
 
 
 def test_throughput_bench_over_kserve(repository):

@@ -6,7 +6,6 @@ the native API. The recurrent state stays on the server, in the sequence that Tr
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from importlib import metadata
 
@@ -18,7 +17,7 @@ from server.api.kserve_tensors import (
     inputs_of,
     outputs_of,
     requested_outputs,
-    sequence_key,
+    stream_sequence,
     tensor_request,
 )
 from server.api.status import InFlight, counted, streaming, unary
@@ -26,6 +25,7 @@ from server.card import ModelCard
 from server.config import ServerConfig
 from server.errors import NotFound, ServeError
 from server.metrics import Metrics
+from server.ordering import answers_in_sequence_order
 from server.runtime import Device
 from server.service import InferenceService
 
@@ -92,52 +92,21 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         sequence in the order they came; each answer, or error, is one response, and the stream goes on. When the
         stream ends, so do the sequences it started and left open."""
         owner = object()
-        responses: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        in_flight = asyncio.Semaphore(MAX_STREAM_IN_FLIGHT)
-        last_of_sequence: dict[tuple[str, str], asyncio.Task] = {}
-        tasks: set[asyncio.Task] = set()
 
-        async def answer(request: pb.ModelInferRequest, before: asyncio.Task | None) -> None:
+        async def answer(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
             try:
-                if before is not None:
-                    await asyncio.wait([before])
-                response = pb.ModelStreamInferResponse(infer_response=await self._infer(request, "ModelStreamInfer", owner))
+                return pb.ModelStreamInferResponse(infer_response=await self._infer(request, "ModelStreamInfer", owner))
             except ServeError as err:
-                response = error_response(request, str(err))
+                return error_response(request, str(err))
             except Exception as err:  # a fault of ours: this request fails, the stream goes on
                 log.exception("ModelStreamInfer request %r failed", request.id)
-                response = error_response(request, f"internal error: {err}")
-            finally:
-                in_flight.release()
-            responses.put_nowait(response)
+                return error_response(request, f"internal error: {err}")
 
-        async def read() -> None:
-            try:
-                async for request in requests:
-                    await in_flight.acquire()
-                    key = (request.model_name, sequence_key(request))
-                    task = asyncio.create_task(answer(request, last_of_sequence.get(key) if key[1] else None))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                    if key[1]:
-                        last_of_sequence[key] = task
-                        task.add_done_callback(lambda t, key=key: last_of_sequence.get(key) is t and last_of_sequence.pop(key))
-                await asyncio.gather(*tasks)
-            finally:
-                responses.put_nowait(None)  # the last response: the stream's end, or the reader's failure
-
-        reader = asyncio.create_task(read())
         try:
-            while (response := await responses.get()) is not None:
+            async for response in answers_in_sequence_order(requests, stream_sequence, answer, MAX_STREAM_IN_FLIGHT):
                 yield response
-            await reader
         finally:
-            for task in (reader, *tasks):
-                task.cancel()
-            try:
-                await asyncio.gather(reader, *tasks, return_exceptions=True)
-            finally:  # even when this clean-up is itself cancelled
-                self._service.sessions.end_owned_by(owner)
+            self._service.sessions.end_owned_by(owner)
 
     async def _infer(self, request: pb.ModelInferRequest, method: str, owner: object = None) -> pb.ModelInferResponse:
         with counted(self._metrics, self._repository, API, method, request.model_name, request.model_version):

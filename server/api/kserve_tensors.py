@@ -9,6 +9,8 @@ starts, and an encoder–decoder also answers `attention`.
 
 from __future__ import annotations
 
+import functools
+import math
 import struct
 from dataclasses import dataclass
 
@@ -33,30 +35,41 @@ class TensorSpec:
 def inputs_of(card: ModelCard) -> tuple[TensorSpec, ...]:
     """Token ids or text the server tokenizes (either), and for a model with an encoder the label or source
     each sequence starts from."""
-    inputs = (
-        TensorSpec("tokens", "INT64", (-1, -1), config_pb.TYPE_INT64),
-        TensorSpec("text", "BYTES", (-1, 1), config_pb.TYPE_STRING),
-    )
-    if card.encoder is not None:
-        inputs += (TensorSpec(card.encoder.input, "BYTES", (-1, 1), config_pb.TYPE_STRING),)
-    return inputs
+    return _inputs(card.encoder.input if card.encoder is not None else None)
 
 
 def outputs_of(card: ModelCard) -> tuple[TensorSpec, ...]:
     """logits, and an encoder–decoder's attention over the source rows (padded to the longest source it reads)."""
-    return tuple(TensorSpec(name, "FP32", (-1, -1, width), config_pb.TYPE_FP32) for name, width in card.output_widths.items())
+    return _outputs(tuple(card.output_widths.items()))
+
+
+@functools.cache  # asked on every request, and the same for every model of a kind
+def _inputs(starts_from: str | None) -> tuple[TensorSpec, ...]:
+    inputs = (
+        TensorSpec("tokens", "INT64", (-1, -1), config_pb.TYPE_INT64),
+        TensorSpec("text", "BYTES", (-1, 1), config_pb.TYPE_STRING),
+    )
+    if starts_from is not None:
+        inputs += (TensorSpec(starts_from, "BYTES", (-1, 1), config_pb.TYPE_STRING),)
+    return inputs
+
+
+@functools.cache
+def _outputs(widths: tuple[tuple[str, int], ...]) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(name, "FP32", (-1, -1, width), config_pb.TYPE_FP32) for name, width in widths)
 
 
 # protobuf → domain
 
 
-def sequence_key(request: pb.ModelInferRequest) -> str:
-    """The request's sequence id ("" for none), to keep a stream's requests of one sequence in order; a request
-    whose id is malformed belongs to no sequence, and gets its error when it runs."""
+def stream_sequence(request: pb.ModelInferRequest) -> tuple[str, str] | None:
+    """(model, sequence id) of the request, to keep a stream's requests of one sequence in order; None for a
+    request of no sequence, or whose id is malformed (it gets its error when it runs)."""
     try:
-        return sequence_id(request.parameters)
+        sequence = sequence_id(request.parameters)
     except InvalidArgument:
-        return ""
+        return None
+    return (request.model_name, sequence) if sequence else None
 
 
 def sequence_id(parameters) -> str:
@@ -132,7 +145,7 @@ def input_array(spec: TensorSpec, tensor, raw: bytes | None) -> np.ndarray:
     shape = tuple(tensor.shape)
     if len(shape) != len(spec.shape) or any(d < 0 or (want >= 0 and d != want) for d, want in zip(shape, spec.shape)):
         raise InvalidArgument(field, f"shape {list(shape)} does not fit {list(spec.shape)} (-1: any length)")
-    count = int(np.prod(shape))
+    count = math.prod(shape)
     if raw is not None:
         if tensor.HasField("contents"):
             raise InvalidArgument(field, "has contents as well as raw_input_contents: send one or the other")

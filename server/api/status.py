@@ -122,12 +122,12 @@ def counted(metrics: Metrics, repository: Repository, api: str, method: str, mod
     try:
         yield
     except errors.ServeError as err:
-        metrics.request_failure.labels(*labels, api, method, STATUS.get(type(err), grpc.StatusCode.INTERNAL).name).inc()
+        metrics.request_done(*labels, api, method, STATUS.get(type(err), grpc.StatusCode.INTERNAL).name)
         raise
     except asyncio.CancelledError:  # the client went away, or the shutdown ended the call
-        metrics.request_failure.labels(*labels, api, method, "CANCELLED").inc()
+        metrics.request_done(*labels, api, method, "CANCELLED")
         raise
     except Exception:  # a fault of ours
-        metrics.request_failure.labels(*labels, api, method, "INTERNAL").inc()
+        metrics.request_done(*labels, api, method, "INTERNAL")
         raise
-    metrics.request_success.labels(*labels, api, method).inc()
+    metrics.request_done(*labels, api, method)
