@@ -11,7 +11,9 @@ import onnx
 from export.config import ExportConfig
 from export.graphs import ENCODER_FILE, encoder_graph, step_graph, to_onnx
 from export.metadata import attach, model_document
+from export.quantize import MAX_LOSS_INCREASE_NATS, quantization_report, quantize_int8
 from export.verify import check_parity, parity_report
+from training.config import TrainConfig
 from training.tasks import LanguageModel, task_named
 from training.train import load_model
 
@@ -24,11 +26,24 @@ def export(config: ExportConfig) -> tuple[Path, dict]:
         raise SystemExit(f"{target} exists: pass --force to overwrite it, or choose another --version")
     model, tokenizer, checkpoint = load_model(config.checkpoint)
     task = task_named(checkpoint["train_config"].get("task", "language_model"))
-    return target, export_model(model, tokenizer.spec(), checkpoint["progress"]["metrics"], target, task)
+    validation = None
+    if config.quantize:
+        if encoder_graph(model) is not None:
+            raise SystemExit("--quantize int8: models whose state starts from a label or a source are not quantized yet")
+        train_config = TrainConfig(**checkpoint["train_config"])
+        validation = task.data(tokenizer, task.corpus(train_config), train_config).val_batches  # what training measured on
+    report = export_model(
+        model, tokenizer.spec(), checkpoint["progress"]["metrics"], target, task, int8_validation=validation, force=config.force
+    )
+    return target, report
 
 
-def export_model(model, tokenizer_spec: dict, training_metrics: dict, target: Path, task=LanguageModel()) -> dict:
-    """Exports, parity-checks, checks and writes a model's files; returns the parity report."""
+def export_model(
+    model, tokenizer_spec: dict, training_metrics: dict, target: Path, task=LanguageModel(), int8_validation=None, force: bool = False
+) -> dict:
+    """Exports, parity-checks, checks and writes a model's files; returns the parity report. With `int8_validation`
+    (the task's validation batches), the step graph is written quantized to int8, and the report says what that cost
+    and bought (under "quantization")."""
     files: dict[str, onnx.ModelProto] = {}
     report: dict = {}
     encoder = encoder_graph(model)
@@ -47,6 +62,17 @@ def export_model(model, tokenizer_spec: dict, training_metrics: dict, target: Pa
     files[target.name] = attach(step_bytes, model_document(model.config, task, tokenizer_spec, training_metrics, report))
     for onnx_model in files.values():
         onnx.checker.check_model(onnx_model, full_check=True)
+    if int8_validation is not None:  # the fp32 graph passed parity and the checker; its int8 form is judged by its loss
+        int8_bytes = quantize_int8(step_bytes)
+        quantization = quantization_report(step_bytes, int8_bytes, int8_validation, step.state)
+        if quantization["val_loss_increase_nats"] > MAX_LOSS_INCREASE_NATS and not force:
+            raise SystemExit(
+                f"--quantize int8: validation loss rose by {quantization['val_loss_increase_nats']:.4f} nats/token "
+                f"(over {MAX_LOSS_INCREASE_NATS}): nothing written; pass --force to keep it anyway"
+            )
+        document = model_document(model.config, task, tokenizer_spec, training_metrics, report) | {"quantization": quantization}
+        files[target.name] = attach(int8_bytes, document)
+        report["quantization"] = quantization
     target.parent.mkdir(parents=True, exist_ok=True)
     for file_name, onnx_model in files.items():  # the model file last: a half-written version is never served
         tmp = target.parent / (file_name + ".tmp")

@@ -90,6 +90,13 @@ def _export(args) -> None:
     except ParityError as err:
         raise SystemExit(f"export failed: {err}") from None
     print(f"wrote {path} (parity with PyTorch: max abs difference {report['max_abs_diff']:.2e} ≤ {report['tolerance']:g})")
+    if "quantization" in report:
+        q = report["quantization"]
+        print(
+            f"int8: validation loss {q['val_loss_nats_fp32']:.4f} → {q['val_loss_nats_int8']:.4f} nats/token "
+            f"({q['val_loss_increase_nats']:+.4f}); a step {q['step_speedup_batch_1']:g}× as fast at batch 1, "
+            f"{q['step_speedup_batch_64']:g}× at batch 64; {q['file_bytes_fp32'] / 1e6:.1f} MB → {q['file_bytes_int8'] / 1e6:.1f} MB"
+        )
 
 
 def _serve(args) -> None:
@@ -165,8 +172,9 @@ def _print_steps(steps) -> None:
 def _models(args) -> None:
     with _client(args) as client:
         for info in client.list_models():
+            quantized = json.loads(info.metadata_json).get("quantization", {}).get("kind")
             print(
-                f"{info.name}/{info.version}  {info.task}  {info.cell} {info.layers}×{info.hidden}  "
+                f"{info.name}/{info.version}  {info.task}  {info.cell} {info.layers}×{info.hidden}{f' {quantized}' if quantized else ''}  "
                 f"tokenizer={info.tokenizer}  calls={','.join(info.calls)}  providers={','.join(info.providers)}"
             )
 

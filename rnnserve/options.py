@@ -18,7 +18,7 @@ def check_choices(config) -> None:
     """Raises ValueError for a field outside its choices: a config built in code is checked like a flag."""
     for f in dataclasses.fields(config):
         choices = f.metadata.get("choices")
-        if choices and getattr(config, f.name) not in choices:
+        if choices and getattr(config, f.name) is not None and getattr(config, f.name) not in choices:
             raise ValueError(f"{flag(f.name)} {getattr(config, f.name)!r}: expected one of {', '.join(map(str, choices))}")
 
 

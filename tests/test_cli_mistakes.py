@@ -39,6 +39,8 @@ MISTAKES = [  # (what is wrong, the command line, its exit code, words its one l
     ("damaged checkpoint", ["export", "{tmp}/damaged.pt"], FAILED, "(damaged or cut short"),
     ("name with a slash", ["export", "{checkpoint}", "--name", "a/b"], FAILED, "--name 'a/b': must be one directory name"),
     ("model already exported", ["export", "{checkpoint}", "--repository", "{repository}", "--name", "rnn"], FAILED, "exists: pass --force"),
+    ("unknown quantization", ["export", "{checkpoint}", "--quantize", "int4"], USAGE, "--quantize: invalid choice: 'int4' (choose from 'int8')"),
+    ("quantize a model with an encoder", ["export", "{writer}", "--repository", "{tmp}/q", "--quantize", "int8"], FAILED, "are not quantized yet"),
     # serve
     ("unknown device", ["serve", "--device", "gpu"], FAILED, "--device 'gpu': expected cpu, cuda or cuda:N"),
     ("port out of range", ["serve", "--port", "70000"], FAILED, "--port must be a port number"),
@@ -92,6 +94,7 @@ def places(tmp_path_factory, server, repository, checkpoints):
     threading.Thread(target=http_server.serve_forever, daemon=True).start()
     yield {
         "tmp": str(tmp), "target": server.target, "repository": str(repository), "checkpoint": str(checkpoints["rnn"]),
+        "writer": str(checkpoints["writer"]),
         "closed": str(free_port()), "http": str(http_server.server_port),
     }
     http_server.shutdown()

@@ -1,0 +1,51 @@
+"""int8 export: what it costs in validation loss is measured and bounded, the model file says it is quantized,
+and the server serves it exactly as onnxruntime runs it in-process."""
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from export.config import ExportConfig
+from export.exporter import export
+from server.config import ServerConfig
+from server.sampling import softmax
+from tests.helpers import Reference, ServerThread
+
+
+@pytest.fixture(scope="module")
+def int8_repository(tmp_path_factory, checkpoints):
+    repository = tmp_path_factory.mktemp("int8")
+    for name in ("lstm", "gru"):
+        export(ExportConfig(str(checkpoints[name]), str(repository), name, "1", quantize="int8"))
+    return repository
+
+
+def metadata(path) -> dict:
+    return json.loads(ort.InferenceSession(str(path)).get_modelmeta().custom_metadata_map["rnnserve"])
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_int8_export_reports_what_it_cost_and_bought(int8_repository, repository, name):
+    quantization = metadata(int8_repository / name / "1" / "model.onnx")["quantization"]
+    assert quantization["kind"] == "int8"
+    assert abs(quantization["val_loss_nats_int8"] - quantization["val_loss_nats_fp32"] - quantization["val_loss_increase_nats"]) < 1e-4
+    assert quantization["val_loss_increase_nats"] <= 0.02
+    fp32_loss = metadata(repository / name / "1" / "model.onnx")["training"]["val_loss_nats"]
+    assert abs(quantization["val_loss_nats_fp32"] - fp32_loss) < 1e-3  # measured on the very batches training used
+    assert quantization["file_bytes_int8"] < quantization["file_bytes_fp32"]
+    assert quantization["step_speedup_batch_1"] > 0 and quantization["step_speedup_batch_64"] > 0
+
+
+def test_an_int8_model_is_served_exactly_as_onnxruntime_runs_it(int8_repository):
+    reference = Reference(int8_repository / "lstm" / "1" / "model.onnx")
+    prompt = "The return statement "
+    with ServerThread(ServerConfig(repository=str(int8_repository), port=0, threads=1)) as running, running.client() as client:
+        assert "int8" in json.loads(client.get_model("lstm").metadata_json)["quantization"]["kind"]
+        pieces = list(client.generate("lstm", prompt, temperature=0.0, max_tokens=40))
+        assert [t for p in pieces for t in p.token_ids] == reference.greedy(list(prompt.encode()), 40)
+        steps = [s for r in client.stream("lstm", [prompt], top_k=3) for s in r.steps]
+    logits, _ = reference.run(list(prompt.encode()), reference.initial_state())
+    expected = np.sort(softmax(logits.astype(np.float64)), axis=-1)[:, ::-1][:, :3]
+    assert np.abs(np.array([[c.probability for c in s.next] for s in steps]) - expected).max() < 1e-5
