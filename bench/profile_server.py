@@ -46,6 +46,7 @@ def main() -> None:
     add_model_flags(parser)
     parser.add_argument("--streams", type=int, default=64, help="concurrent streams (generations, or sequences)")
     parser.add_argument("--api", choices=sorted(LOADS), default="generate", help="the load, as in bench.throughput")
+    parser.add_argument("--gil", action="store_true", help="sample only the thread holding the GIL (where Python time goes)")
     parser.add_argument("--seconds", type=int, default=10, help="how long to sample")
     parser.add_argument("--out", default="profile.svg", help="flame graph to write")
     parser.add_argument("--top", type=int, default=25, help="functions to list")
@@ -59,7 +60,7 @@ def main() -> None:
     raw = Path(tempfile.mkdtemp()) / "profile.txt"
     with server_process(repository, *flags) as (target, pid):
         spies = [
-            subprocess.Popen([py_spy, "record", "-p", str(pid), "-d", str(args.seconds), "-f", fmt, "-o", str(out), "--nonblocking"],
+            subprocess.Popen([py_spy, "record", "-p", str(pid), "-d", str(args.seconds), "-f", fmt, "-o", str(out), "--nonblocking", *(["--gil"] if args.gil else [])],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for fmt, out in (("raw", raw), ("flamegraph", Path(args.out)))
         ]

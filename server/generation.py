@@ -16,21 +16,25 @@ from training.text import IncrementalDecoder, Tokenizer
 
 @dataclass(slots=True, eq=False)
 class Generation:
-    """A Generate request's row, which the batcher steps, samples and steps again until it ends, without a round
-    trip to its request's handler per token: the handler takes what was written whenever it can send it."""
+    """A Generate request's row, which the batcher's engine thread steps, samples and steps again until it ends,
+    without a round trip to its request's handler per token: the handler takes what was written whenever it can
+    send it. The engine thread owns the sampling state; the event loop owns what has been handed over."""
 
     slot: int
     params: SamplingParams
     eos: int | None  # the token that ends the text
     banned: int | None  # a token it must never write (a decoder's start token)
     extra_outputs: bool  # keep each token's extra outputs (an encoder–decoder's attention)
+    # the engine thread's
     rng: np.random.Generator = field(init=False)
     remaining: int = field(init=False)  # tokens it may still write
-    tokens: list[int] = field(default_factory=list)  # written, not yet taken
+    next_input: int = -1  # the token its next step reads
+    written: int = 0  # tokens written so far
+    # the event loop's
+    tokens: list[int] = field(default_factory=list)  # handed over, not yet taken
     extras: list[list[np.ndarray]] = field(default_factory=list)  # per token: its extra outputs' last step
-    ended: bool = False  # it wrote its end token or its last allowed token
+    taken: int = 0  # tokens its handler has taken so far
     stopped: bool = False  # its handler is done with it: nothing more is stepped
-    paused_on: int | None = None  # the next input, held while too much is unread
     error: Exception | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # something to take
 
