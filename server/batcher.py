@@ -229,10 +229,13 @@ class Batcher:
             self._hand_over(_fail, group, RuntimeFailure(f"model {self._name}: inference failed: {err}"))
             return
         finished = time.perf_counter()
-        self._metrics.batch(tokens.size, len(group), [began - job.queued for job in group if job.result is not None], finished - began)
+        # a generation's later steps were never queued (queued 0.0): only queued steps count as waiting
+        self._metrics.batch(tokens.size, len(group), [began - job.queued for job in group if job.queued], finished - began)
         if generations:
             self._metrics.tokens_generated.inc(len(generations))
-        written = [self._advance(g, token) for g, token in zip(generations, sampled.tolist())]
+        written = sampled.tolist()
+        for generation, token in zip(generations, written):
+            self._advance(generation, token)
         extras = [[output[row, -1] for output in outputs[1:]] if g.extra_outputs else None for row, g in zip(generating, generations)]
         self._hand_over(_deliver, group, outputs, generations, written, extras)
 
@@ -246,7 +249,7 @@ class Batcher:
             last[:, list(banned)] = -np.inf
         return sample_rows(last, [g.params for g in generations], [g.rng for g in generations])
 
-    def _advance(self, generation: Generation, token: int) -> int:
+    def _advance(self, generation: Generation, token: int) -> None:
         """Counts the token and, unless the generation has ended or its client is too far behind, steps it again."""
         generation.written += 1
         generation.remaining -= 1
@@ -256,7 +259,6 @@ class Batcher:
                 self._waiting[generation.slot] = generation
             else:
                 self._generating.append(generation)
-        return token
 
 
 def _settle(future: asyncio.Future, value, error: Exception | None) -> None:
