@@ -20,10 +20,12 @@ from server.api.kserve import KServeServicer
 from server.api.native import NativeServicer
 from server.api.status import InFlight
 from server.config import ServerConfig
+from server.inputs import Inputs
 from server.metrics import Metrics, MetricsServer
 from server.repository import Repository
 from server.service import InferenceService
 from server.sessions import SessionRegistry
+from server.tensors import TensorService
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +69,13 @@ async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
     repository = Repository.load(config, io_binding, metrics)
     repository.start()
     sessions = SessionRegistry(config.session_ttl_s)
-    service = InferenceService(repository, sessions, config)
+    inputs = Inputs(config)
     # SO_REUSEPORT only between our own workers: a stray second server on a busy port must fail,
     # not silently take half of its traffic.
     server = grpc.aio.server(options=[("grpc.so_reuseport", int(config.workers > 1))])
     in_flight = InFlight()
-    rnnserve_pb2_grpc.add_RnnServeServicer_to_server(NativeServicer(service, metrics, in_flight), server)
-    kserve = KServeServicer(service, config, metrics, in_flight)
+    rnnserve_pb2_grpc.add_RnnServeServicer_to_server(NativeServicer(repository, InferenceService(sessions, inputs), metrics, in_flight), server)
+    kserve = KServeServicer(repository, TensorService(sessions, inputs), config, metrics, in_flight)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -31,7 +31,7 @@ from server.errors import RuntimeFailure
 from server.generation import Generation
 from server.metrics import ModelMetrics
 from server.runtime import Runtime
-from server.sampling import SamplingParams, sample_rows
+from server.sampling import SamplingParams, sample_rows, top_tokens
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +39,22 @@ MAX_UNREAD_TOKENS = 256  # a generation whose client has not taken this many tok
 
 
 @dataclass(slots=True)
+class StepResult:
+    """A step's outputs, and when asked for, its most probable outputs, ranked on the engine thread with the rest
+    of its batch."""
+
+    outputs: list[np.ndarray]  # [logits [T, V], *extra outputs [T, ...]]
+    top_ids: np.ndarray | None = None  # [T, k], most probable first
+    top_probabilities: np.ndarray | None = None  # [T, k]
+
+
+@dataclass(slots=True)
 class _Step:
     slot: int
     tokens: np.ndarray  # [T] int64
     queued: float  # time.perf_counter() when it joined the queue
-    result: asyncio.Future | None = None  # resolves to this step's outputs: [logits [T, V], *extra outputs [T, ...]]
+    result: asyncio.Future | None = None  # resolves to this step's StepResult
+    top_k: int = 0  # rank the k most probable outputs of each step
     generation: Generation | None = None  # instead of a result: the generation whose next token this step samples
 
     def wanted(self) -> bool:
@@ -103,10 +114,10 @@ class Batcher:
         """The slot's next step starts from the initial state again."""
         self._fresh.add(slot)
 
-    async def step(self, slot: int, tokens: list[int]) -> list[np.ndarray]:
-        """[logits [T, V], *extra outputs] for `tokens` continuing the slot's state."""
+    async def step(self, slot: int, tokens: list[int], top_k: int = 0) -> StepResult:
+        """The outputs for `tokens` continuing the slot's state, and with `top_k`, each step's k most probable."""
         result = self._loop.create_future()
-        self._queue.put(_Step(slot, np.asarray(tokens, dtype=np.int64), time.perf_counter(), result))
+        self._queue.put(_Step(slot, np.asarray(tokens, dtype=np.int64), time.perf_counter(), result, top_k))
         return await result
 
     def generate(self, slot: int, prompt: list[int], params: SamplingParams, eos: int | None, banned: int | None,
@@ -224,6 +235,7 @@ class Batcher:
         try:
             outputs = self._runtime.step(slots, fresh, tokens)  # each [B, T, ...]
             sampled = self._sample(outputs[0], generating, generations)
+            ranked = self._rank(outputs[0], group)
         except Exception as err:  # onnxruntime's own errors: these steps fail, the engine goes on
             log.exception("model %s: step failed", self._name)
             self._hand_over(_fail, group, RuntimeFailure(f"model {self._name}: inference failed: {err}"))
@@ -237,7 +249,15 @@ class Batcher:
         for generation, token in zip(generations, written):
             self._advance(generation, token)
         extras = [[output[row, -1] for output in outputs[1:]] if g.extra_outputs else None for row, g in zip(generating, generations)]
-        self._hand_over(_deliver, group, outputs, generations, written, extras)
+        self._hand_over(_deliver, group, outputs, ranked, generations, written, extras)
+
+    def _rank(self, logits: np.ndarray, group: list[_Step]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """row → (ids, probabilities) [T, k] of its steps' k most probable outputs, for every row that asks, at once."""
+        rows = [row for row, job in enumerate(group) if job.top_k]
+        if not rows:
+            return {}
+        ids, probabilities = top_tokens(logits[rows], max(group[row].top_k for row in rows))  # each [R, T, k]
+        return {row: (ids[i, :, : group[row].top_k], probabilities[i, :, : group[row].top_k]) for i, row in enumerate(rows)}
 
     def _sample(self, logits: np.ndarray, generating: list[int], generations: list[Generation]) -> np.ndarray:
         """The next token of every generating row at once."""
@@ -278,12 +298,13 @@ def _fail(group: list[_Step], error: Exception) -> None:
             _settle(job.result, None, error)
 
 
-def _deliver(group: list[_Step], outputs: list[np.ndarray], generations: list[Generation], tokens: list[int], extras: list) -> None:
+def _deliver(group: list[_Step], outputs: list[np.ndarray], ranked: dict, generations: list[Generation], tokens: list[int],
+             extras: list) -> None:
     """On the event loop: every row's outputs to the request that waits for them, every generated token to its
     generation."""
     for row, job in enumerate(group):
         if job.result is not None and not job.result.done():
-            job.result.set_result([output[row] for output in outputs])
+            job.result.set_result(StepResult([output[row] for output in outputs], *ranked.get(row, ())))
     for generation, token, extra in zip(generations, tokens, extras):
         if generation.stopped:
             continue

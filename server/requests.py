@@ -1,5 +1,5 @@
-"""The plain request and result types between the API layers and the service: what a client asked for and
-what it gets, with no protobuf in them."""
+"""The plain request and result types between the API layers and the service: what a client asked of the model
+the API layer resolved, and what it gets, with no protobuf in them."""
 
 from __future__ import annotations
 
@@ -26,9 +26,7 @@ class SamplingRequest:
 
 @dataclass(frozen=True, slots=True)
 class GenerateRequest:
-    model: str
     prompt: str
-    version: str = ""
     sampling: SamplingRequest = SamplingRequest()
     label: str = ""  # conditional language models: the kind of text to write
     source: str = ""  # encoder–decoders: the text to transduce
@@ -47,8 +45,6 @@ class GeneratedPiece:
 
 @dataclass(frozen=True, slots=True)
 class StreamStart:
-    model: str
-    version: str = ""
     session_id: str = ""
     resume: bool = False
     top_k: int = 0
@@ -56,8 +52,6 @@ class StreamStart:
 
 @dataclass(frozen=True, slots=True)
 class InferRequest:
-    model: str
-    version: str = ""
     text: str = ""
     tokens: tuple[int, ...] = ()
     top_k: int = 0
@@ -112,8 +106,6 @@ class SequenceControl:
 class TensorRequest:
     """The model's inputs as a batch of rows (the KServe API): token ids [B, T], or one text per row."""
 
-    model: str
-    version: str = ""
     tokens: np.ndarray | None = None  # [B, T] int64
     texts: tuple[str, ...] = ()
     starts: tuple[str, ...] = ()  # models with an encoder: each row's label or source, read when its sequence starts

@@ -59,9 +59,9 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 
 
 def top_tokens(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """logits [T, V] → (ids [T, k], probabilities [T, k]), most probable first."""
+    """logits [..., V] → (ids [..., k], probabilities [..., k]), most probable first."""
     probs = softmax(logits.astype(np.float64))
-    ids = np.argpartition(-probs, k - 1, axis=-1)[:, :k]
+    ids = np.argpartition(-probs, k - 1, axis=-1)[..., :k]
     picked = np.take_along_axis(probs, ids, axis=-1)
     order = np.argsort(-picked, axis=-1)
     return np.take_along_axis(ids, order, axis=-1), np.take_along_axis(picked, order, axis=-1)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from server.batcher import StepResult
 from server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from server.repository import Model
 from training.text import IncrementalDecoder
@@ -44,15 +45,12 @@ class Session:
     expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
     decoder: IncrementalDecoder | None = field(default=None, repr=False)  # Stream: input read so far, to whole characters
 
-    async def step(self, tokens: list[int]) -> np.ndarray:
-        """logits [T, V] after each of `tokens`, continuing this session's state."""
-        return (await self.step_outputs(tokens))[0]
-
-    async def step_outputs(self, tokens: list[int]) -> list[np.ndarray]:
-        """[logits [T, V], *the model's extra outputs (e.g. attention [T, S])] after each of `tokens`."""
-        outputs = await self.model.batcher.step(self.slot, tokens)
+    async def step(self, tokens: list[int], top_k: int = 0) -> StepResult:
+        """The outputs after each of `tokens` (logits [T, V] and the model's extra outputs, e.g. attention [T, S]),
+        continuing this session's state; with `top_k`, each step's k most probable outputs."""
+        result = await self.model.batcher.step(self.slot, tokens, top_k)
         self.position += len(tokens)
-        return outputs
+        return result
 
     async def encode(self, inputs: dict[str, np.ndarray]) -> None:
         """Sets this session's initial state from a request (a class label, a source text) with the model's encoder."""

@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -98,6 +99,15 @@ def scrape(running, name: str, **labels) -> float:
         if all(found.get(k) == v for k, v in labels.items()):
             total += float(match.groups()[-1])
     return total
+
+
+def scrape_settled(running, name: str, expected: float, **labels) -> float:
+    """The series' value once it equals `expected`, or after 10 s whatever it is: a slot goes back to the free list
+    on the engine thread, after the work queued before it, so a client can see its call end a moment earlier."""
+    deadline = time.monotonic() + 10
+    while (value := scrape(running, name, **labels)) != expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return value
 
 
 def together(calls):

@@ -12,7 +12,7 @@ import pytest
 from rnnserve.inference import grpc_service_pb2 as pb
 from rnnserve.inference import grpc_service_pb2_grpc as pb_grpc
 from rnnserve.inference import model_config_pb2 as config_pb
-from tests.helpers import logits_of, reference_logits, request, scrape, status_of
+from tests.helpers import logits_of, reference_logits, request, scrape, scrape_settled, status_of
 
 INVALID, NOT_FOUND, FAILED = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION
 
@@ -94,7 +94,7 @@ def test_idle_sequences_expire_and_say_so(make_server):
     assert error.code() == NOT_FOUND
     assert "sequence 5 of model 'lstm' expired: it was idle longer than 0.2 s" in error.details()
     assert scrape(running, "rnnserve_sessions_expired_total", model="lstm", kind="sequence") == 1
-    assert scrape(running, "rnnserve_slots_in_use", model="lstm") == 0
+    assert scrape_settled(running, "rnnserve_slots_in_use", 0, model="lstm") == 0
 
 
 def _int32_tokens():
@@ -248,7 +248,7 @@ def test_a_closed_stream_ends_the_sequences_it_left_open(make_server):
     with grpc.insecure_channel(running.target) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         stream_messages(stub, [request(tokens=[72, 105], sequence=s, start=True) for s in (1, 2, 3)])
-        assert scrape(running, "rnnserve_slots_in_use", model="lstm") == 0
+        assert scrape_settled(running, "rnnserve_slots_in_use", 0, model="lstm") == 0
         assert scrape(running, "rnnserve_sessions_ended_total", model="lstm", kind="sequence", reason="stream_closed") == 3
         error = status_of(lambda: stub.ModelInfer(request(tokens=[72], sequence=2)))
         assert "was ended when the ModelStreamInfer stream that started it closed" in error.details()
@@ -273,9 +273,6 @@ def test_a_disconnected_stream_frees_its_sequences(make_server):
         assert [r.error_message for r in (next(call), next(call))] == ["", ""]
         assert scrape(running, "rnnserve_sessions_active", model="lstm", kind="sequence") == 2
         call.cancel()  # the client goes away without ending its sequences
-        deadline = time.monotonic() + 10
-        while scrape(running, "rnnserve_sessions_active", model="lstm", kind="sequence") and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert scrape_settled(running, "rnnserve_sessions_active", 0, model="lstm", kind="sequence") == 0
         forever.set()
-    assert scrape(running, "rnnserve_sessions_active", model="lstm", kind="sequence") == 0
-    assert scrape(running, "rnnserve_slots_in_use", model="lstm") == 0
+    assert scrape_settled(running, "rnnserve_slots_in_use", 0, model="lstm") == 0

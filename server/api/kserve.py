@@ -20,14 +20,15 @@ from server.api.kserve_tensors import (
     stream_sequence,
     tensor_request,
 )
-from server.api.status import InFlight, counted, streaming, unary
+from server.api.status import InFlight, counted, resolved, streaming, unary
 from server.card import ModelCard
 from server.config import ServerConfig
 from server.errors import NotFound, ServeError
 from server.metrics import Metrics
 from server.ordering import answers_in_sequence_order
 from server.runtime import Device
-from server.service import InferenceService
+from server.repository import Repository
+from server.tensors import TensorService
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,10 @@ MAX_STREAM_IN_FLIGHT = 1024  # requests of one stream being worked on; reading w
 
 
 class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, service: InferenceService, config: ServerConfig, metrics: Metrics, in_flight: InFlight):
-        self._service = service
+    def __init__(self, repository: Repository, tensors: TensorService, config: ServerConfig, metrics: Metrics, in_flight: InFlight):
+        self._repository = repository
+        self._tensors = tensors
         self.in_flight = in_flight
-        self._repository = service.repository
         self._config = config
         self._metrics = metrics
         self.serving = True  # false once shutting down: ServerReady says so
@@ -106,13 +107,13 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             async for response in answers_in_sequence_order(requests, stream_sequence, answer, MAX_STREAM_IN_FLIGHT):
                 yield response
         finally:
-            self._service.sessions.end_owned_by(owner)
+            self._tensors.sessions.end_owned_by(owner)
 
     async def _infer(self, request: pb.ModelInferRequest, method: str, owner: object = None) -> pb.ModelInferResponse:
-        with counted(self._metrics, self._repository, API, method, request.model_name, request.model_version):
-            card = self._repository.get(request.model_name, request.model_version).card
-            wanted = requested_outputs(card, request)  # checked before the sequence moves on
-            result = await self._service.run_tensors(tensor_request(card, request, owner))
+        model = resolved(self._metrics, self._repository, API, method, request.model_name, request.model_version)
+        with counted(self._metrics, model, API, method):
+            wanted = requested_outputs(model.card, request)  # checked before the sequence moves on
+            result = await self._tensors.run(model, tensor_request(model.card, request, owner))
             return infer_response(request, result, wanted, raw=bool(request.raw_input_contents))
 
     def _model_config(self, card: ModelCard) -> config_pb.ModelConfig:

@@ -118,9 +118,7 @@ def tensor_request(card: ModelCard, request: pb.ModelInferRequest, owner: object
             raise InvalidArgument(f"inputs[{tensor.name}]", "is sent twice")
         arrays[tensor.name] = input_array(spec, tensor, raw[index] if raw else None)
     starts = card.encoder.input if card.encoder else ""
-    return TensorRequest(
-        card.name, card.version, arrays.get("tokens"), strings(arrays, "text"), strings(arrays, starts), sequence_control(request), owner
-    )
+    return TensorRequest(arrays.get("tokens"), strings(arrays, "text"), strings(arrays, starts), sequence_control(request), owner)
 
 
 def strings(arrays: dict[str, np.ndarray], name: str) -> tuple[str, ...]:

@@ -7,10 +7,10 @@ from contextlib import AsyncExitStack
 
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
-from server.api.status import InFlight, counted, streaming, unary
+from server.api.status import InFlight, counted, resolved, streaming, unary
 from server.errors import InvalidArgument
 from server.metrics import Metrics
-from server.repository import Model
+from server.repository import Model, Repository
 from server.requests import (
     Candidate,
     Chunk,
@@ -36,23 +36,25 @@ API = "native"
 
 
 class NativeServicer(pb_grpc.RnnServeServicer):
-    def __init__(self, service: InferenceService, metrics: Metrics, in_flight: InFlight):
+    def __init__(self, repository: Repository, service: InferenceService, metrics: Metrics, in_flight: InFlight):
+        self._repository = repository
         self._service = service
         self._metrics = metrics
         self.in_flight = in_flight
 
     @unary
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[self._model_info(m) for m in self._service.repository.all()])
+        return pb.ListModelsResponse(models=[self._model_info(m) for m in self._repository.all()])
 
     @unary
     async def GetModel(self, request: pb.GetModelRequest, context) -> pb.ModelInfo:
-        return self._model_info(self._service.repository.get(request.model, request.version))
+        return self._model_info(self._repository.get(request.model, request.version))
 
     @streaming
     async def Generate(self, request: pb.GenerateRequest, context):
-        with self._counted("Generate", request.model, request.version):
-            async for piece in self._service.generate(generate_request(request)):
+        model = self._resolved("Generate", request.model, request.version)
+        with self._counted(model, "Generate"):
+            async for piece in self._service.generate(model, generate_request(request)):
                 yield generate_response(piece)
 
     @streaming
@@ -62,23 +64,24 @@ class NativeServicer(pb_grpc.RnnServeServicer):
             return
         if not first.HasField("start") or not first.start.model:
             raise InvalidArgument("start.model", "the first message of a stream must name the model in `start`")
-        model, version = first.start.model, first.start.version
+        model = self._resolved("Stream", first.start.model, first.start.version)
         async with AsyncExitStack() as stack:
-            with self._counted("Stream", model, version):  # each chunk is one request; the first also opens the stream
-                consume = await stack.enter_async_context(self._service.open_stream(stream_start(first.start)))
+            with self._counted(model, "Stream"):  # each chunk is one request; the first also opens the stream
+                consume = await stack.enter_async_context(self._service.open_stream(model, stream_start(first.start)))
                 result = await consume(chunk(first))
             yield stream_response(result)
             async for request in requests:
                 if request.HasField("start"):
                     raise InvalidArgument("start", "only the first message of a stream may carry `start`")
-                with self._counted("Stream", model, version):
+                with self._counted(model, "Stream"):
                     result = await consume(chunk(request))
                 yield stream_response(result)
 
     @unary
     async def Infer(self, request: pb.InferRequest, context) -> pb.InferResponse:
-        with self._counted("Infer", request.model, request.version):
-            result = await self._service.infer(infer_request(request))
+        model = self._resolved("Infer", request.model, request.version)
+        with self._counted(model, "Infer"):
+            result = await self._service.infer(model, infer_request(request))
         return pb.InferResponse(steps=[step_prediction(step) for step in result.steps], classes=candidates(result.classes))
 
     @unary
@@ -86,17 +89,18 @@ class NativeServicer(pb_grpc.RnnServeServicer):
         self._service.close_session(request.session_id)
         return pb.CloseSessionResponse()
 
-    def _counted(self, method: str, model: str, version: str):
-        return counted(self._metrics, self._service.repository, API, method, model, version)
+    def _resolved(self, method: str, name: str, version: str) -> Model:
+        return resolved(self._metrics, self._repository, API, method, name, version)
+
+    def _counted(self, model: Model, method: str):
+        return counted(self._metrics, model, API, method)
 
     def _model_info(self, model: Model) -> pb.ModelInfo:
-        return model_info(model, self._service.repository.versions(model.card.name))
+        return model_info(model, self._repository.versions(model.card.name))
 
 
 def generate_request(request: pb.GenerateRequest) -> GenerateRequest:
-    return GenerateRequest(
-        request.model, request.prompt, request.version, sampling_request(request.sampling), request.label, request.source
-    )
+    return GenerateRequest(request.prompt, sampling_request(request.sampling), request.label, request.source)
 
 
 def sampling_request(message: pb.SamplingParams) -> SamplingRequest:
@@ -126,7 +130,7 @@ def generate_response(piece: GeneratedPiece) -> pb.GenerateResponse:
 
 
 def stream_start(message: pb.StreamStart) -> StreamStart:
-    return StreamStart(message.model, message.version, message.session_id, message.resume, message.top_k)
+    return StreamStart(message.session_id, message.resume, message.top_k)
 
 
 def chunk(message: pb.StreamRequest) -> Chunk:
@@ -134,7 +138,7 @@ def chunk(message: pb.StreamRequest) -> Chunk:
 
 
 def infer_request(message: pb.InferRequest) -> InferRequest:
-    return InferRequest(message.model, message.version, message.text, tuple(message.tokens), message.top_k)
+    return InferRequest(message.text, tuple(message.tokens), message.top_k)
 
 
 def stream_response(result: ChunkResult) -> pb.StreamResponse:

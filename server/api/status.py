@@ -14,7 +14,7 @@ import grpc
 
 from server import errors
 from server.metrics import Metrics
-from server.repository import Repository
+from server.repository import Model, Repository
 
 log = logging.getLogger(__name__)
 
@@ -110,15 +110,20 @@ async def _close(responses) -> None:
         await responses.aclose()
 
 
-@contextmanager
-def counted(metrics: Metrics, repository: Repository, api: str, method: str, model: str, version: str):
-    """Counts one inference request as a success, or as a failure under the status it gets. A model that
-    does not exist is counted as "" so that clients cannot create series at will."""
+def resolved(metrics: Metrics, repository: Repository, api: str, method: str, name: str, version: str) -> Model:
+    """The model a request names, looked up once per request. A model that does not exist fails the request,
+    counted under model "" so that clients cannot create series at will."""
     try:
-        card = repository.get(model, version).card
-        labels = (card.name, card.version)
+        return repository.get(name, version)
     except errors.NotFound:
-        labels = ("", "")
+        metrics.request_done("", "", api, method, grpc.StatusCode.NOT_FOUND.name)
+        raise
+
+
+@contextmanager
+def counted(metrics: Metrics, model: Model, api: str, method: str):
+    """Counts one inference request as a success, or as a failure under the status it gets."""
+    labels = (model.card.name, model.card.version)
     try:
         yield
     except errors.ServeError as err:

@@ -1,0 +1,117 @@
+"""What a request asks of a model, checked against the model and this server's limits before anything runs: text
+and token ids as the model's tokens, sampling settings, top-k, the label or source an encoder reads. Every
+mistake is an error that names the field and says what would be accepted."""
+
+from __future__ import annotations
+
+import math
+import secrets
+
+import numpy as np
+
+from server.config import ServerConfig
+from server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from server.repository import Model
+from server.requests import SamplingRequest
+from server.sampling import SamplingParams
+from training.text import UnknownText, token_text
+
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
+MAX_TEMPERATURE = 100.0
+DEFAULT_STREAM_TOP_K = 5
+
+
+class Inputs:
+    def __init__(self, config: ServerConfig):
+        self._config = config
+
+    def tokens(self, model: Model, text: str, tokens: tuple[int, ...]) -> list[int]:
+        """A chunk's or call's input, sent as text or as token ids (not both)."""
+        if text and tokens:
+            raise InvalidArgument("text", "send text or tokens in one message, not both")
+        return self.encode(model, text, "text") if text else self.check_ids(model, tokens)
+
+    def encode(self, model: Model, text: str, field_name: str) -> list[int]:
+        try:
+            tokens = model.tokenizer.encode(text)
+        except UnknownText as err:
+            raise InvalidArgument(field_name, f"model {model.card.name!r} cannot encode it: {err}") from None
+        self._check_length(len(tokens), field_name)
+        return tokens
+
+    def check_ids(self, model: Model, tokens: tuple[int, ...], vocab: int | None = None) -> list[int]:
+        self._check_length(len(tokens), "tokens")
+        vocab = vocab or model.card.text_vocab_size
+        for position, token in enumerate(tokens):
+            if not 0 <= token < vocab:
+                raise InvalidArgument(f"tokens[{position}]", f"{token} is outside the vocabulary [0, {vocab})")
+        return list(tokens)
+
+    def _check_length(self, count: int, field_name: str) -> None:
+        limit = self._config.max_input_tokens
+        if count > limit:
+            raise ResourceExhausted(f"{field_name}: {count} tokens is over this server's limit of {limit} per message")
+
+    def top_k(self, model: Model, asked: int, field_name: str) -> int:
+        top_k = asked or min(DEFAULT_STREAM_TOP_K, model.card.output_size)
+        if top_k > model.card.output_size:
+            raise InvalidArgument(field_name, f"{top_k} is more than the {model.card.output_size} outputs of the model")
+        return top_k
+
+    def encoder_inputs(self, model: Model, label: str = "", source: str = "") -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+        """What the model's encoder reads from a request's label or source (none for a plain language model),
+        and the source's tokens as text."""
+        card, encoder = model.card, model.card.encoder
+        kind = encoder.input if encoder else None
+        for field_name, value in (("label", label), ("source", source)):
+            if value and kind != field_name:
+                raise InvalidArgument(field_name, f"model {card.name!r} ({card.task}) takes no {field_name}")
+        if kind == "label":
+            if label not in encoder.labels:
+                raise InvalidArgument(
+                    "label", f"{label!r} is not one of the kinds of text model {card.name!r} writes: {', '.join(encoder.labels)}"
+                )
+            return {"label": np.array([encoder.labels.index(label)], np.int64)}, ()
+        if kind == "source":
+            source = self.encode(model, source, "source")
+            if not source:
+                raise InvalidArgument("source", f"model {card.name!r} ({card.task}) transduces a source text: send one")
+            if len(source) > encoder.max_source_tokens:
+                raise InvalidArgument(
+                    "source", f"{len(source)} tokens is longer than the {encoder.max_source_tokens} model {card.name!r} reads"
+                )
+            return {"source": np.array([source], np.int64)}, tuple(token_text(model.tokenizer, t) for t in source)
+        return {}, ()
+
+    def sampling(self, model: Model, asked: SamplingRequest) -> SamplingParams:
+        """The request's settings over the model's defaults; a seed is drawn when none is given."""
+        defaults = model.card.sampling
+        params = SamplingParams(
+            temperature=defaults.temperature if asked.temperature is None else asked.temperature,
+            top_k=defaults.top_k if asked.top_k is None else asked.top_k,
+            top_p=defaults.top_p if asked.top_p is None else asked.top_p,
+            seed=secrets.randbits(63) if asked.seed is None else asked.seed,
+            max_tokens=defaults.max_tokens if asked.max_tokens is None else asked.max_tokens,
+            stop=asked.stop,
+        )
+        if not (math.isfinite(params.temperature) and 0.0 <= params.temperature <= MAX_TEMPERATURE):
+            raise InvalidArgument("sampling.temperature", f"{params.temperature} is not in [0, {MAX_TEMPERATURE:g}] (0 is greedy)")
+        if not 0 <= params.top_k <= model.card.vocab_size:
+            raise InvalidArgument("sampling.top_k", f"{params.top_k} is not in [0, {model.card.vocab_size}] (0 is off)")
+        if not (math.isfinite(params.top_p) and 0.0 < params.top_p <= 1.0):
+            raise InvalidArgument("sampling.top_p", f"{params.top_p} is not in (0, 1] (1 is off)")
+        if not 1 <= params.max_tokens <= self._config.max_new_tokens:
+            raise InvalidArgument("sampling.max_tokens", f"{params.max_tokens} is not in [1, {self._config.max_new_tokens}]")
+        if len(params.stop) > MAX_STOP_STRINGS or any(not s or len(s) > MAX_STOP_CHARS for s in params.stop):
+            raise InvalidArgument(
+                "sampling.stop", f"at most {MAX_STOP_STRINGS} non-empty strings of at most {MAX_STOP_CHARS} characters each"
+            )
+        return params
+
+
+def check_call(model: Model, call: str) -> None:
+    """FAILED_PRECONDITION unless the model supports the call (a classifier does not Generate, …)."""
+    card = model.card
+    if call not in card.calls:
+        raise FailedPrecondition(f"model {card.name!r} ({card.task}) does not support {call}: it supports {', '.join(card.calls)}")

@@ -1,0 +1,41 @@
+"""A step's outputs as a client reads them: each input token with the text it completes and the most probable
+next outputs named as tokens or labels, and a classifier's classes for all it has read."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from server.batcher import StepResult
+from server.repository import Model
+from server.requests import Candidate, StepPrediction
+from server.sampling import softmax
+from training.text import IncrementalDecoder, token_text
+
+
+def step_predictions(model: Model, tokens: list[int], decoder: IncrementalDecoder, result: StepResult) -> tuple[StepPrediction, ...]:
+    """Each step's input, the text it completes (none for a byte in the middle of a character) and its top-k
+    outputs, ranked by the engine."""
+    tokenizer, labels = model.tokenizer, model.card.labels
+
+    def name(output: int) -> str:
+        return labels[output] if labels else token_text(tokenizer, output)
+
+    return tuple(
+        StepPrediction(
+            token,
+            token_text(tokenizer, token),
+            tuple(Candidate(i, name(i), p) for i, p in zip(ids, probabilities)),
+            decoder.feed(token),
+        )
+        for token, ids, probabilities in zip(tokens, result.top_ids.tolist(), result.top_probabilities.tolist())
+    )
+
+
+def classes(model: Model, logits: np.ndarray) -> tuple[Candidate, ...]:
+    """A classifier's answer for all it has read: every class with its probability, most probable first."""
+    card = model.card
+    if not card.sequence_output:
+        return ()
+    per_step = softmax(logits.astype(np.float64))  # [T, C]
+    probabilities = per_step.mean(0) if card.sequence_output == "mean" else per_step[-1]
+    return tuple(Candidate(int(i), card.labels[i], float(probabilities[i])) for i in np.argsort(-probabilities))

@@ -1,0 +1,95 @@
+"""Tensor requests (the KServe API), free of protobuf: a batch of rows, each from the initial state on a session of
+its own (batched together by the engine), or a sequence's one row continuing its state."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from server.errors import FailedPrecondition, InvalidArgument
+from server.inputs import Inputs
+from server.repository import Model
+from server.requests import TensorRequest, TensorResult
+from server.sessions import Session, SessionRegistry
+
+
+class TensorService:
+    def __init__(self, sessions: SessionRegistry, inputs: Inputs):
+        self.sessions = sessions
+        self._inputs = inputs
+
+    async def run(self, model: Model, request: TensorRequest) -> TensorResult:
+        """A model with an encoder starts each row's state from its label or source."""
+        card, sequence = model.card, request.sequence
+        if sequence.id and not card.streaming:
+            raise FailedPrecondition(
+                f"model {card.name!r} needs the whole input at once, so it keeps no sequences: send each input "
+                "in one ModelInfer without sequence parameters"
+            )
+        rows = self._rows(model, request)
+        if sequence.id and len(rows) != 1:
+            raise InvalidArgument("inputs", f"a sequence's request carries one row (batch size 1), not {len(rows)}")
+        starts = self._starts(model, request, len(rows))
+        if sequence.id:
+            async with self.sessions.sequence(model, sequence.id, sequence.start, sequence.end, request.owner) as session:
+                results = [await _run_row(session, rows[0], starts[0])]
+        else:
+            results = await asyncio.gather(*(self._run_alone(model, row, start) for row, start in zip(rows, starts)))
+        return TensorResult(model, _stacked(model, results))
+
+    async def _run_alone(self, model: Model, row: list[int], start: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+        async with self.sessions.attach(model) as session:
+            return await _run_row(session, row, start)
+
+    def _rows(self, model: Model, request: TensorRequest) -> list[list[int]]:
+        if (request.tokens is None) == (not request.texts):
+            raise InvalidArgument("inputs", "send exactly one of the inputs tokens (INT64) or text (BYTES)")
+        if request.tokens is not None:
+            if request.tokens.shape[0] == 0:
+                raise InvalidArgument("tokens", "the batch is empty: send at least one row")
+            # every id the graph reads, its start token included: a decoder's first input is <bos>
+            return [self._inputs.check_ids(model, tuple(row), model.card.vocab_size) for row in request.tokens.tolist()]
+        rows = [self._inputs.encode(model, text, "text") for text in request.texts]
+        lengths = sorted({len(row) for row in rows})
+        if len(lengths) > 1:
+            raise InvalidArgument(
+                "text", f"the rows encode to different numbers of tokens ({', '.join(map(str, lengths))}); the outputs of "
+                "one request are one tensor, so send rows of different lengths in separate requests"
+            )
+        return rows
+
+    def _starts(self, model: Model, request: TensorRequest, rows: int) -> list[dict[str, np.ndarray]]:
+        """Each row's encoder inputs (empty where the row continues a sequence, or the model has no encoder)."""
+        encoder, starting = model.card.encoder, not request.sequence.id or request.sequence.start
+        if encoder is None:
+            return [{}] * rows
+        if not starting:
+            if request.starts:
+                raise InvalidArgument(encoder.input, "is read only when a sequence starts: send it with sequence_start")
+            return [{}] * rows
+        if len(request.starts) != rows:
+            raise InvalidArgument(
+                encoder.input, f"model {model.card.name!r} starts each sequence from a {encoder.input}: send one per row "
+                f"({rows}) with every request that starts a sequence (or belongs to none)"
+            )
+        return [self._inputs.encoder_inputs(model, **{encoder.input: start})[0] for start in request.starts]
+
+
+async def _run_row(session: Session, row: list[int], start: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+    if start:
+        await session.encode(start)
+    return (await session.step(row)).outputs if row else None
+
+
+def _stacked(model: Model, results: list[list[np.ndarray] | None]) -> dict[str, np.ndarray]:
+    """Each output over the batch's rows; a row of zero steps (None) has empty outputs of the right width."""
+    card = model.card
+    names = ("logits", *card.extra_outputs)
+    if len(results) == 1 and results[0] is not None:  # a sequence's one row
+        return {name: results[0][i][None] for i, name in enumerate(names)}
+    widths = card.output_widths
+    return {
+        name: np.stack([np.zeros((0, widths[name]), np.float32) if r is None else r[i] for r in results])
+        for i, name in enumerate(names)
+    }
