@@ -36,8 +36,8 @@ def model_path(args) -> tuple[Path, str]:
         return Path(args.repository), args.model
     import torch
 
-    from export.exporter import export_model
-    from training.models import ModelConfig, RecurrentNet
+    from rnnserve.export.exporter import export_model
+    from rnnserve.training.models import ModelConfig, RecurrentNet
 
     repository = Path(tempfile.mkdtemp(prefix="rnnserve-bench-"))
     torch.manual_seed(0)
@@ -85,7 +85,7 @@ def process_cpu_s(pid: int) -> float:
 
 def in_process_session(path: Path, args, batch: int = 1) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
     """The baseline: the model file run directly, state fed back by hand, as a user would write it."""
-    from server.runtime import Device
+    from rnnserve.server.runtime import Device
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads

@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 
 from bench.common import add_model_flags, in_process_session, model_path, runtime_flags, server_process
-from client import RnnServeClient
+from rnnserve.client import RnnServeClient
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
 

@@ -211,7 +211,7 @@ def torch_tokens_per_s(hidden: int, layers: int, batch: int, tokens: int) -> flo
     try:
         import torch
 
-        from training.models import ModelConfig, RecurrentNet
+        from rnnserve.training.models import ModelConfig, RecurrentNet
     except ModuleNotFoundError:
         return None
     model = RecurrentNet(ModelConfig(256, "lstm", layers, hidden, 64)).eval()

@@ -1,5 +1,5 @@
 """A small Python client for the native rnnserve.v1 API."""
 
-from client.native import RnnServeClient
+from rnnserve.client.native import RnnServeClient
 
 __all__ = ["RnnServeClient"]

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import onnx
 
-from export.config import ExportConfig
-from export.graphs import ENCODER_FILE, encoder_graph, step_graph, to_onnx
-from export.metadata import attach, model_document
-from export.quantize import MAX_LOSS_INCREASE_NATS, quantization_report, quantize_int8
-from export.verify import check_parity, parity_report
-from training.config import TrainConfig
-from training.tasks import LanguageModel, task_named
-from training.train import load_model
+from rnnserve.export.config import ExportConfig
+from rnnserve.export.graphs import ENCODER_FILE, encoder_graph, step_graph, to_onnx
+from rnnserve.export.metadata import attach, model_document
+from rnnserve.export.quantize import MAX_LOSS_INCREASE_NATS, quantization_report, quantize_int8
+from rnnserve.export.verify import check_parity, parity_report
+from rnnserve.training.config import TrainConfig
+from rnnserve.training.tasks import LanguageModel, task_named
+from rnnserve.training.train import load_model
 
 
 def export(config: ExportConfig) -> tuple[Path, dict]:
@@ -70,7 +70,7 @@ def export_model(
                 f"--quantize int8: validation loss rose by {quantization['val_loss_increase_nats']:.4f} nats/token "
                 f"(over {MAX_LOSS_INCREASE_NATS}): nothing written; pass --force to keep it anyway"
             )
-        document = model_document(model.config, task, tokenizer_spec, training_metrics, report) | {"quantization": quantization}
+        document = model_document(model.config, task, tokenizer_spec, training_metrics, report, quantization=quantization)
         files[target.name] = attach(int8_bytes, document)
         report["quantization"] = quantization
     target.parent.mkdir(parents=True, exist_ok=True)

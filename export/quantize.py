@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from training.batches import IGNORE
+from rnnserve.training.batches import IGNORE
 
 QUANTIZED_OPS = ["LSTM", "MatMul", "Gather"]  # onnxruntime has no int8 GRU or RNN: their MatMuls are quantized alone
 MAX_LOSS_INCREASE_NATS = 0.02  # per token; above it the export is refused unless forced

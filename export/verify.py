@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from export.graphs import GraphSpec
+from rnnserve.export.graphs import GraphSpec
 
 TOLERANCE = 1e-4
 

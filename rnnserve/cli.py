@@ -14,11 +14,11 @@ from importlib import metadata
 
 import grpc
 
-from client import RnnServeClient
-from export.config import ExportConfig
+from rnnserve.client import RnnServeClient
+from rnnserve.export.config import ExportConfig
 from rnnserve.options import add_flags, config_from
-from server.config import ServerConfig
-from training.config import TrainConfig
+from rnnserve.server.config import ServerConfig
+from rnnserve.training.config import TrainConfig
 
 NEEDS_TRAIN_EXTRA = "this command needs torch and onnx: pip install 'rnnserve[train]'"
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -75,15 +75,15 @@ def _config(config_type: type, args):
 
 def _train(args) -> None:
     config = _config(TrainConfig, args)
-    from training.train import train
+    from rnnserve.training.train import train
 
     print(json.dumps(train(config)))
 
 
 def _export(args) -> None:
     config = _config(ExportConfig, args)
-    from export.exporter import export
-    from export.verify import ParityError
+    from rnnserve.export.exporter import export
+    from rnnserve.export.verify import ParityError
 
     try:
         path, report = export(config)
@@ -102,10 +102,10 @@ def _export(args) -> None:
 def _serve(args) -> None:
     config = _config(ServerConfig, args)
     if config.workers > 1:
-        from server.workers import run_workers
+        from rnnserve.server.workers import run_workers
 
         raise SystemExit(run_workers(config))
-    from server.app import run
+    from rnnserve.server.app import run
 
     run(config)
 

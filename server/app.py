@@ -15,17 +15,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from rnnserve.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from rnnserve.server.api.kserve import KServeServicer
+from rnnserve.server.api.native import NativeServicer
+from rnnserve.server.api.status import InFlight
+from rnnserve.server.config import ServerConfig
+from rnnserve.server.inputs import Inputs
+from rnnserve.server.metrics import Metrics, MetricsServer
+from rnnserve.server.repository import Repository
+from rnnserve.server.service import InferenceService
+from rnnserve.server.sessions import SessionRegistry
+from rnnserve.server.tensors import TensorService
 from rnnserve.v1 import rnnserve_pb2, rnnserve_pb2_grpc
-from server.api.kserve import KServeServicer
-from server.api.native import NativeServicer
-from server.api.status import InFlight
-from server.config import ServerConfig
-from server.inputs import Inputs
-from server.metrics import Metrics, MetricsServer
-from server.repository import Repository
-from server.service import InferenceService
-from server.sessions import SessionRegistry
-from server.tensors import TensorService
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ async def serve(config: ServerConfig) -> None:
 def run(config: ServerConfig) -> None:
     """The process entry point, for `rnnserve serve` and for each of its --workers: logging, the server, and
     a clear exit when the requested device cannot run."""
-    from server.runtime import DeviceUnavailable
+    from rnnserve.server.runtime import DeviceUnavailable
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s pid {os.getpid()} %(name)s: %(message)s")
     try:

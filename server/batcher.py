@@ -27,11 +27,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.errors import RuntimeFailure
-from server.generation import Generation
-from server.metrics import ModelMetrics
-from server.runtime import Runtime
-from server.sampling import SamplingParams, sample_rows, top_tokens
+from rnnserve.server.errors import RuntimeFailure
+from rnnserve.server.generation import Generation
+from rnnserve.server.metrics import ModelMetrics
+from rnnserve.server.runtime import Runtime
+from rnnserve.server.sampling import SamplingParams, sample_rows, top_tokens
 
 log = logging.getLogger(__name__)
 

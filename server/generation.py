@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server.requests import GeneratedPiece
-from server.sampling import SamplingParams, StopMatcher
-from training.text import IncrementalDecoder, Tokenizer
+from rnnserve.server.requests import GeneratedPiece
+from rnnserve.server.sampling import SamplingParams, StopMatcher
+from rnnserve.text import IncrementalDecoder, Tokenizer
 
 
 @dataclass(slots=True, eq=False)

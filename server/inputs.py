@@ -9,12 +9,12 @@ import secrets
 
 import numpy as np
 
-from server.config import ServerConfig
-from server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from server.repository import Model
-from server.requests import SamplingRequest
-from server.sampling import SamplingParams
-from training.text import UnknownText, token_text
+from rnnserve.server.config import ServerConfig
+from rnnserve.server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from rnnserve.server.repository import Model
+from rnnserve.server.requests import SamplingRequest
+from rnnserve.server.sampling import SamplingParams
+from rnnserve.text import UnknownText, token_text
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.batcher import StepResult
-from server.repository import Model
-from server.requests import Candidate, StepPrediction
-from server.sampling import softmax
-from training.text import IncrementalDecoder, token_text
+from rnnserve.server.batcher import StepResult
+from rnnserve.server.repository import Model
+from rnnserve.server.requests import Candidate, StepPrediction
+from rnnserve.server.sampling import softmax
+from rnnserve.text import IncrementalDecoder, token_text
 
 
 def step_predictions(model: Model, tokens: list[int], decoder: IncrementalDecoder, result: StepResult) -> tuple[StepPrediction, ...]:

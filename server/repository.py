@@ -6,13 +6,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.batcher import Batcher
-from server.card import BadModelFile, ModelCard, parse_card
-from server.config import ServerConfig
-from server.errors import NotFound
-from server.metrics import Metrics, ModelMetrics
-from server.runtime import Device, DeviceUnavailable, Runtime, open_session
-from training.text import Tokenizer, tokenizer_from_spec
+from rnnserve.contract import BadModelFile, ModelCard, read_card
+from rnnserve.server.batcher import Batcher
+from rnnserve.server.config import ServerConfig
+from rnnserve.server.errors import NotFound
+from rnnserve.server.metrics import Metrics, ModelMetrics
+from rnnserve.server.runtime import Device, DeviceUnavailable, Runtime, open_session
+from rnnserve.text import Tokenizer, tokenizer_from_spec
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def _load_model(path: Path, config: ServerConfig, device: Device, io_binding: bo
         raise
     except Exception as err:  # onnxruntime's errors have no common type
         raise BadModelFile(f"onnxruntime cannot load it: {err}") from None
-    card = parse_card(name, version, session.get_modelmeta().custom_metadata_map)
+    card = read_card(name, version, session.get_modelmeta().custom_metadata_map)
     encoder = None
     if card.encoder is not None:
         encoder_path = path.parent / card.encoder.file

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # the request types are below the repository: they name a model only in annotations
-    from server.repository import Model
+    from rnnserve.server.repository import Model
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from server.card import ModelCard, StateSpec
-from server.config import parse_device
-from server.errors import ResourceExhausted
+from rnnserve.contract import ModelCard, StateSpec
+from rnnserve.server.config import parse_device
+from rnnserve.server.errors import ResourceExhausted
 
 SLAB_GRAPHS = Path(__file__).parent / "slab_graphs"  # made by scripts/gen_slab_graphs.py
 

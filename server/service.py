@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from server.errors import FailedPrecondition, InvalidArgument
-from server.generation import TextStream
-from server.inputs import Inputs, check_call
-from server.predictions import classes, step_predictions
-from server.repository import Model
-from server.requests import Chunk, ChunkResult, GeneratedPiece, GenerateRequest, InferRequest, InferResult, StreamStart
-from server.sessions import Session, SessionRegistry
-from training.text import IncrementalDecoder
+from rnnserve.server.errors import FailedPrecondition, InvalidArgument
+from rnnserve.server.generation import TextStream
+from rnnserve.server.inputs import Inputs, check_call
+from rnnserve.server.predictions import classes, step_predictions
+from rnnserve.server.repository import Model
+from rnnserve.server.requests import Chunk, ChunkResult, GeneratedPiece, GenerateRequest, InferRequest, InferResult, StreamStart
+from rnnserve.server.sessions import Session, SessionRegistry
+from rnnserve.text import IncrementalDecoder
 
 
 class InferenceService:

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server.batcher import StepResult
-from server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from server.repository import Model
-from training.text import IncrementalDecoder
+from rnnserve.server.batcher import StepResult
+from rnnserve.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from rnnserve.server.repository import Model
+from rnnserve.text import IncrementalDecoder
 
 REMEMBERED_ENDINGS = 10_000  # ended ids kept to tell a client why its session or sequence is gone
 WHY_GONE = {

@@ -7,11 +7,11 @@ import asyncio
 
 import numpy as np
 
-from server.errors import FailedPrecondition, InvalidArgument
-from server.inputs import Inputs
-from server.repository import Model
-from server.requests import TensorRequest, TensorResult
-from server.sessions import Session, SessionRegistry
+from rnnserve.server.errors import FailedPrecondition, InvalidArgument
+from rnnserve.server.inputs import Inputs
+from rnnserve.server.repository import Model
+from rnnserve.server.requests import TensorRequest, TensorResult
+from rnnserve.server.sessions import Session, SessionRegistry
 
 
 class TensorService:

@@ -15,8 +15,8 @@ import signal
 import sys
 from multiprocessing.connection import wait
 
-from server.app import SIGHUP_IGNORED
-from server.config import ServerConfig
+from rnnserve.server.app import SIGHUP_IGNORED
+from rnnserve.server.config import ServerConfig
 
 
 def run_workers(config: ServerConfig) -> int:
@@ -59,6 +59,6 @@ def _worker_config(config: ServerConfig, index: int) -> ServerConfig:
 
 
 def _worker(config: ServerConfig) -> None:
-    from server.app import run
+    from rnnserve.server.app import run
 
     run(config)

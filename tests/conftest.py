@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from server.config import ServerConfig
+from rnnserve.server.config import ServerConfig
 from tests.helpers import KOREAN, Reference, ServerThread
 
 
 def _train_and_export(tmp: Path, repo: Path, name: str, **overrides) -> Path:
     """Trains a model, exports it as <repo>/<name>/1, and returns its checkpoint."""
-    from export.config import ExportConfig
-    from export.exporter import export
-    from training.config import TrainConfig
-    from training.train import train
+    from rnnserve.export.config import ExportConfig
+    from rnnserve.export.exporter import export
+    from rnnserve.training.config import TrainConfig
+    from rnnserve.training.train import train
 
     settings = dict(layers=2, hidden=32, embedding=16, batch_size=8, bptt=32, steps=40, eval_every=1000, quiet=True)
     settings.update(overrides)
@@ -35,7 +35,7 @@ class Trained:
 @pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory) -> Path:
     """A small English corpus (a slice of the built-in one) so tiny models train in a second."""
-    from training.data import builtin_corpus
+    from rnnserve.training.data import builtin_corpus
 
     path = tmp_path_factory.mktemp("corpus") / "english.txt"
     path.write_text(builtin_corpus()[:60_000], encoding="utf-8")

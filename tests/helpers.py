@@ -17,10 +17,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from client import RnnServeClient
+from rnnserve.client import RnnServeClient
 from rnnserve.inference import grpc_service_pb2 as kserve_pb
-from server.app import start
-from server.config import ServerConfig
+from rnnserve.server.app import start
+from rnnserve.server.config import ServerConfig
 
 KOREAN = "안녕하세요. 오늘은 날씨가 좋습니다. 우리는 공원에서 산책을 합니다. 한국어 문장을 배웁니다.\n"
 

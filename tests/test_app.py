@@ -104,7 +104,7 @@ def test_cuda_gives_the_same_greedy_text(make_server, client):
 
 
 def test_sigterm_shuts_down_gracefully(repository):
-    from client import RnnServeClient
+    from rnnserve.client import RnnServeClient
 
     process = subprocess.Popen(
         [sys.executable, "-m", "rnnserve", "serve", "--repository", str(repository), "--port", "0", "--grace-s", "1"],
@@ -181,7 +181,10 @@ class Block:
             raise ImportError("blocked: " + name)
 
 sys.meta_path.insert(0, Block())
-import client, rnnserve.cli, server.app
+import rnnserve.client, rnnserve.server.app, rnnserve.server.workers
+training = sorted(m for m in sys.modules if m.startswith(("rnnserve.training", "rnnserve.export")))
+assert not training, f"the server imports training or export code: {training}"
+import rnnserve.cli
 rnnserve.cli.build_parser()
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

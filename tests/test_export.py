@@ -6,9 +6,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.graphs import step_graph, to_onnx
-from export.verify import ParityError, check_parity, parity_report
-from training.train import load_model
+from rnnserve.export.graphs import step_graph, to_onnx
+from rnnserve.export.verify import ParityError, check_parity, parity_report
+from rnnserve.training.train import load_model
 
 MODELS = ["lstm", "gru", "rnn"]
 
@@ -77,8 +77,8 @@ def test_parity_check_fails_loudly_on_a_wrong_graph(checkpoints):
 
 
 def test_export_refuses_to_overwrite(repository, checkpoints):
-    from export.config import ExportConfig
-    from export.exporter import export
+    from rnnserve.export.config import ExportConfig
+    from rnnserve.export.exporter import export
 
     with pytest.raises(SystemExit, match="--force"):
         export(ExportConfig(str(checkpoints["rnn"]), str(repository), "rnn", "1"))

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from rnnserve.training.tasks import greedy_decode, sequence_probabilities
+from rnnserve.training.train import load_model
 from tests.helpers import run_cli, status_of
-from training.tasks import greedy_decode, sequence_probabilities
-from training.train import load_model
 
 SNIPPETS = [
     "def area(radius):\n    return 3.14159 * radius ** 2\n",

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from server.config import ServerConfig
+from rnnserve.server.config import ServerConfig
+from rnnserve.training.config import TrainConfig
+from rnnserve.training.train import load_model, train
 from tests.helpers import KOREAN, ServerThread, run_cli
-from training.config import TrainConfig
-from training.train import load_model, train
 
 TINY = ["--layers", "1", "--hidden", "48", "--embedding", "16", "--batch-size", "8", "--bptt", "32", "--lr", "0.01"]
 
@@ -49,7 +49,7 @@ def test_train_export_serve_and_stream_korean(tmp_path, korean_corpus, tokenizer
 
 
 def test_a_failing_sample_never_loses_the_checkpoint(tmp_path, korean_corpus, monkeypatch, capsys):
-    from training.tasks import LanguageModel
+    from rnnserve.training.tasks import LanguageModel
 
     def broken_sample(*args, **kwargs):
         raise RuntimeError("the sample broke")

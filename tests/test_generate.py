@@ -5,10 +5,10 @@ import time
 
 import pytest
 
+from rnnserve.client import RnnServeClient
+from rnnserve.text import tokenizer_from_spec
 from rnnserve.v1 import rnnserve_pb2 as pb
-from client import RnnServeClient
 from tests.helpers import ReferenceSampler, together
-from training.text import tokenizer_from_spec
 
 PROMPT = "The return statement "
 

@@ -6,11 +6,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from export.config import ExportConfig
-from export.exporter import export
+from rnnserve.export.config import ExportConfig
+from rnnserve.export.exporter import export
+from rnnserve.training.config import TrainConfig
+from rnnserve.training.train import load_model, train
 from tests.helpers import ServerThread
-from training.config import TrainConfig
-from training.train import load_model, train
 
 
 def test_vanilla_rnn_learns_hello_and_serves_the_same_predictions(tmp_path, base_config):

@@ -7,8 +7,7 @@ import grpc
 import pytest
 
 from rnnserve.inference import grpc_service_pb2_grpc as pb_grpc
-from tests.helpers import scrape, status_of
-from tests.helpers import request
+from tests.helpers import request, scrape, status_of
 
 
 def test_metrics_count_requests_steps_batches_and_tokens(make_server):

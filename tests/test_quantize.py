@@ -7,10 +7,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from export.config import ExportConfig
-from export.exporter import export
-from server.config import ServerConfig
-from server.sampling import softmax
+from rnnserve.export.config import ExportConfig
+from rnnserve.export.exporter import export
+from rnnserve.server.config import ServerConfig
+from rnnserve.server.sampling import softmax
 from tests.helpers import Reference, ServerThread
 
 

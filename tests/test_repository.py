@@ -5,8 +5,8 @@ import shutil
 import onnx
 import pytest
 
-from server.config import ServerConfig
-from server.repository import Repository
+from rnnserve.server.config import ServerConfig
+from rnnserve.server.repository import Repository
 
 
 def test_a_model_without_metadata_is_refused_by_path(repository, tmp_path):

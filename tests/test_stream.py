@@ -4,8 +4,8 @@ import grpc
 import numpy as np
 import pytest
 
+from rnnserve.server.sampling import softmax
 from rnnserve.v1 import rnnserve_pb2 as pb
-from server.sampling import softmax
 from tests.helpers import status_of
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import onnx
 import pytest
 
-from server.sampling import softmax
+from rnnserve.server.sampling import softmax
+from rnnserve.training.train import load_model
 from tests.helpers import status_of
-from training.train import load_model
 
 TEXT = "Thereturnstatementleavesthecurrentfunctioncall"
 

@@ -1,6 +1,6 @@
 import pytest
 
-from training.text import (
+from rnnserve.text import (
     ByteTokenizer,
     CharTokenizer,
     IncrementalDecoder,

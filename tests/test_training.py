@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from training.batches import Batch, batchify, chunks
-from training.config import TrainConfig
-from training.data import builtin_corpus, unigram_entropy_bits
-from training.models import ModelConfig, RecurrentNet
-from training.train import evaluate, load_model, train
+from rnnserve.training.batches import Batch, batchify, chunks
+from rnnserve.training.config import TrainConfig
+from rnnserve.training.data import builtin_corpus, unigram_entropy_bits
+from rnnserve.training.models import ModelConfig, RecurrentNet
+from rnnserve.training.train import evaluate, load_model, train
 
 
 def test_builtin_corpus_is_english_text_without_download():

@@ -7,7 +7,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pytest
 
-from server.sampling import softmax
+from rnnserve.server.sampling import softmax
 
 CHUNKS = [list(b"The server keeps "), list(b"the state "), list(b"between requests.")]
 

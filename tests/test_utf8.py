@@ -2,7 +2,7 @@
 
 import codecs
 
-from training.text import ByteTokenizer
+from rnnserve.text import ByteTokenizer
 
 KOREAN_PROMPT = "안녕하세요. "
 

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from bench.common import free_port
-from client import RnnServeClient
+from rnnserve.client import RnnServeClient
 
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # gRPC would otherwise share one connection
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from training.config import TrainConfig
+from rnnserve.training.config import TrainConfig
 
 IGNORE = -100  # target of a padded position: no loss, no metric
 EXAMPLE_BATCHES_PER_EPOCH = 500

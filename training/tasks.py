@@ -8,11 +8,11 @@ import random
 
 import torch
 
-from training.batches import IGNORE, Batch, Examples, Streams, TaskData, batched, pad
-from training.config import TrainConfig
-from training.data import date_pair, labelled_corpus, load_corpus, split_corpus, unigram_entropy_bits
-from training.models import ModelConfig
-from training.text import IncrementalDecoder, Tokenizer
+from rnnserve.text import IncrementalDecoder, Tokenizer
+from rnnserve.training.batches import IGNORE, Batch, Examples, Streams, TaskData, batched, pad
+from rnnserve.training.config import TrainConfig
+from rnnserve.training.data import date_pair, labelled_corpus, load_corpus, split_corpus, unigram_entropy_bits
+from rnnserve.training.models import ModelConfig
 
 LN2 = math.log(2)
 SAMPLE_PROMPT_CHARS = 4  # of the corpus's opening, which a language model's sample continues

@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from training.batches import IGNORE, Batch
-from training.config import TrainConfig
-from training.models import ModelConfig, build_model
-from training.progress import ProgressReport
-from training.tasks import task_named
-from training.text import Tokenizer, make_tokenizer, tokenizer_from_spec
+from rnnserve.text import Tokenizer, make_tokenizer, tokenizer_from_spec
+from rnnserve.training.batches import IGNORE, Batch
+from rnnserve.training.config import TrainConfig
+from rnnserve.training.models import ModelConfig, build_model
+from rnnserve.training.progress import ProgressReport
+from rnnserve.training.tasks import task_named
 
 
 @dataclass

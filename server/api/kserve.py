@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 from importlib import metadata
 
+from rnnserve.contract import ModelCard
 from rnnserve.inference import grpc_service_pb2 as pb
 from rnnserve.inference import grpc_service_pb2_grpc as pb_grpc
 from rnnserve.inference import model_config_pb2 as config_pb
-from server.api.kserve_tensors import (
+from rnnserve.server.api.kserve_tensors import (
     infer_response,
     inputs_of,
     outputs_of,
@@ -20,15 +21,14 @@ from server.api.kserve_tensors import (
     stream_sequence,
     tensor_request,
 )
-from server.api.status import InFlight, counted, resolved, streaming, unary
-from server.card import ModelCard
-from server.config import ServerConfig
-from server.errors import NotFound, ServeError
-from server.metrics import Metrics
-from server.ordering import answers_in_sequence_order
-from server.runtime import Device
-from server.repository import Repository
-from server.tensors import TensorService
+from rnnserve.server.api.status import InFlight, counted, resolved, streaming, unary
+from rnnserve.server.config import ServerConfig
+from rnnserve.server.errors import NotFound, ServeError
+from rnnserve.server.metrics import Metrics
+from rnnserve.server.ordering import answers_in_sequence_order
+from rnnserve.server.repository import Repository
+from rnnserve.server.runtime import Device
+from rnnserve.server.tensors import TensorService
 
 log = logging.getLogger(__name__)
 

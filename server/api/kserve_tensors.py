@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rnnserve.contract import ModelCard
 from rnnserve.inference import grpc_service_pb2 as pb
 from rnnserve.inference import model_config_pb2 as config_pb
-from server.card import ModelCard
-from server.errors import InvalidArgument
-from server.requests import SequenceControl, TensorRequest, TensorResult
-from training.text import token_text
+from rnnserve.server.errors import InvalidArgument
+from rnnserve.server.requests import SequenceControl, TensorRequest, TensorResult
+from rnnserve.text import token_text
 
 
 @dataclass(frozen=True, slots=True)

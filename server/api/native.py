@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 from contextlib import AsyncExitStack
 
-from rnnserve.v1 import rnnserve_pb2 as pb
-from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
-from server.api.status import InFlight, counted, resolved, streaming, unary
-from server.errors import InvalidArgument
-from server.metrics import Metrics
-from server.repository import Model, Repository
-from server.requests import (
+from rnnserve.server.api.status import InFlight, counted, resolved, streaming, unary
+from rnnserve.server.errors import InvalidArgument
+from rnnserve.server.metrics import Metrics
+from rnnserve.server.repository import Model, Repository
+from rnnserve.server.requests import (
     Candidate,
     Chunk,
     ChunkResult,
@@ -22,7 +20,9 @@ from server.requests import (
     StepPrediction,
     StreamStart,
 )
-from server.service import InferenceService
+from rnnserve.server.service import InferenceService
+from rnnserve.v1 import rnnserve_pb2 as pb
+from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
 
 FINISH_REASONS = {
     "": pb.FINISH_REASON_UNSPECIFIED,

@@ -12,9 +12,9 @@ from contextlib import contextmanager
 
 import grpc
 
-from server import errors
-from server.metrics import Metrics
-from server.repository import Model, Repository
+from rnnserve.server import errors
+from rnnserve.server.metrics import Metrics
+from rnnserve.server.repository import Model, Repository
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,18 @@
-"""What the server knows about a model, read from the metadata document inside its file."""
+"""The model contract: the self-describing document inside each model file's ONNX metadata, written by export and
+read by the server through this one module (torch-free, onnx-free), so that its key, its schema version and its
+defaults are defined once.
+
+The document tells the server the task, how to tokenize, which state tensors to keep per sequence, what the
+outputs mean and which sampling settings to default to: the server needs nothing but the model file.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-METADATA_KEY = "rnnserve"
-NO_SAMPLING = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "max_tokens": 1}  # for models that do not generate
-SUPPORTED_SCHEMA = 1
+METADATA_KEY = "rnnserve"  # the metadata_props entry that holds the document
+SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,7 +20,17 @@ class StateSpec:
     name: str  # graph input holding this state
     output: str  # graph output holding the next state; "" for state that stays as the encoder wrote it
     shape: tuple[int, ...]  # one sequence's row, without the batch dimension
-    initial: float  # value of a fresh sequence's state
+    initial: float = 0.0  # value of a fresh sequence's state
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSpec:
+    """A per-step output [batch, T, width]: logits first, then any extra (an encoder–decoder's attention)."""
+
+    name: str
+    width: int | str  # entries per step; "S" for attention over the source rows
+    meaning: str
+    labels: tuple[str, ...] = ()  # taggers and classifiers: what each entry of logits names
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +39,11 @@ class SamplingDefaults:
     top_k: int
     top_p: float
     max_tokens: int
+
+
+DEFAULT_SAMPLING = SamplingDefaults(temperature=0.8, top_k=0, top_p=1.0, max_tokens=200)  # language models
+GREEDY = SamplingDefaults(temperature=0.0, top_k=0, top_p=1.0, max_tokens=32)  # transducers: one right answer
+NO_SAMPLING = SamplingDefaults(temperature=0.0, top_k=0, top_p=1.0, max_tokens=1)  # models that do not generate
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,15 +106,62 @@ class BadModelFile(ValueError):
     """A model file without a readable rnnserve metadata document."""
 
 
-def parse_card(name: str, version: str, metadata: dict[str, str]) -> ModelCard:
+def model_document(
+    task: str,
+    architecture: dict,
+    tokenizer: dict,
+    state: list[StateSpec],
+    outputs: list[OutputSpec],
+    streaming: bool,
+    *,
+    encoder: EncoderSpec | None = None,
+    special_tokens: tuple[int, int] | None = None,  # (bos, eos)
+    sequence_output: str = "",
+    sampling: SamplingDefaults | None = None,  # for a model that generates text
+    **provenance,  # training metrics, the parity report, versions, quantization: kept as given
+) -> dict:
+    """The document for a model's metadata: what `read_card` reads back."""
+    document = {"schema_version": SCHEMA_VERSION, "task": task, "architecture": architecture, "tokenizer": tokenizer}
+    if special_tokens is not None:
+        document["special_tokens"] = {"bos": special_tokens[0], "eos": special_tokens[1]}
+    if encoder is not None:
+        document["encoder"] = {"file": encoder.file, "input": encoder.input} | (
+            {"labels": list(encoder.labels)} if encoder.input == "label" else {"max_source_tokens": encoder.max_source_tokens}
+        )
+    document |= {
+        "inputs": [{"name": "tokens", "dtype": "int64", "shape": ["batch", "T"]}],
+        "state": [
+            {"name": s.name, "output": s.output, "shape": list(s.shape), "dtype": "float32", "initial": s.initial} for s in state
+        ],
+        "outputs": [
+            {"name": o.name, "shape": ["batch", "T", o.width], "meaning": o.meaning} | ({"labels": list(o.labels)} if o.labels else {})
+            for o in outputs
+        ],
+        "streaming": streaming,
+    }
+    document |= provenance
+    if sequence_output:
+        document["sequence_output"] = sequence_output
+    if sampling is not None:
+        document["sampling"] = asdict(sampling)
+    return document
+
+
+def metadata_entry(document: dict) -> tuple[str, str]:
+    """(key, value) of the ONNX metadata_props entry that carries the document."""
+    return METADATA_KEY, json.dumps(document, ensure_ascii=False)
+
+
+def read_card(name: str, version: str, metadata: dict[str, str]) -> ModelCard:
+    """The card of a model from its file's metadata_props; BadModelFile says what is wrong with it."""
     if METADATA_KEY not in metadata:
         raise BadModelFile(f"no '{METADATA_KEY}' metadata entry: export the model with `rnnserve export`")
     try:
         doc = json.loads(metadata[METADATA_KEY])
     except json.JSONDecodeError as err:
         raise BadModelFile(f"metadata is not JSON: {err}") from None
-    if doc.get("schema_version") != SUPPORTED_SCHEMA:
-        raise BadModelFile(f"metadata schema_version {doc.get('schema_version')!r}, this server reads {SUPPORTED_SCHEMA}")
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise BadModelFile(f"metadata schema_version {doc.get('schema_version')!r}, this server reads {SCHEMA_VERSION}")
     try:
         return ModelCard(
             name=name,
@@ -109,7 +176,7 @@ def parse_card(name: str, version: str, metadata: dict[str, str]) -> ModelCard:
                 StateSpec(s["name"], s["output"], tuple(s["shape"]), float(s.get("initial", 0.0))) for s in doc["state"]
             ),
             streaming=bool(doc["streaming"]),
-            sampling=SamplingDefaults(**doc.get("sampling", NO_SAMPLING)),
+            sampling=SamplingDefaults(**doc["sampling"]) if "sampling" in doc else NO_SAMPLING,
             document=doc,
             encoder=_encoder(doc.get("encoder")),
             bos=doc.get("special_tokens", {}).get("bos"),
