@@ -56,6 +56,9 @@ EXAMPLES = {
     "models": """examples:
   rnnserve models
   rnnserve models --target 10.0.0.5:50051""",
+    "health": """exit status 0 when the server answers SERVING, 1 otherwise (a container's HEALTHCHECK, a probe):
+  rnnserve health
+  rnnserve health --target 10.0.0.5:50051 --timeout-s 2""",
 }
 
 
@@ -179,6 +182,18 @@ def _models(args) -> None:
             )
 
 
+def _health(args) -> None:
+    """Asks the gRPC health service (what Kubernetes' gRPC probes ask too)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.target) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout_s)
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+    if answer.status != health_pb2.HealthCheckResponse.SERVING:
+        raise SystemExit(f"{args.target} is {status}")
+    print(status)
+
+
 def _number(kind: type, minimum: float, maximum: float | None = None, above: bool = False):
     """An argparse type: a `kind` number within [minimum, maximum] ((minimum, maximum] when `above`)."""
     span = f"{'(' if above else '['}{minimum}, {'∞)' if maximum is None else f'{maximum}]'}"
@@ -231,10 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("stream", _stream, "send stdin line by line and show the model's per-step predictions"),
         ("infer", _infer, "send a whole text at once and show every step's top outputs"),
         ("models", _models, "list the models a server serves"),
+        ("health", _health, "ask a server whether it is serving (exit status 0 if so)"),
     ):
         sub = command(name, run, help_text)
         sub.add_argument("--target", type=_target, default=DEFAULT_TARGET, help=f"server address HOST:PORT (default: {DEFAULT_TARGET})")
-        if name != "models":
+        if name not in ("models", "health"):
             sub.add_argument("--model", required=True, help="model name (`rnnserve models` lists them)")
             sub.add_argument("--version", default="", help="model version (default: the newest)")
     generate = commands.choices["generate"]
@@ -254,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer = commands.choices["infer"]
     infer.add_argument("text", help="the whole input")
     infer.add_argument("--top-k", type=_number(int, 1, 2**32 - 1), default=0, help="outputs shown per step (default: 5, or all when fewer)")
+    health = commands.choices["health"]
+    health.add_argument("--service", default="", help="a service to ask about, e.g. rnnserve.v1.RnnServe (default: the whole server)")
+    health.add_argument("--timeout-s", type=_number(float, 0, above=True), default=5.0, help="how long to wait for the answer (default: 5)")
     stream = commands.choices["stream"]
     stream.add_argument("--session-id", default="", help="name the session so a later stream can --resume it")
     stream.add_argument("--resume", action="store_true", help="continue the named session's state (needs --session-id)")

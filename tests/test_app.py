@@ -30,6 +30,11 @@ def test_health_reports_serving(server):
             assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_cli_health_says_serving(server):
+    done = run_cli("health", "--target", server.target, "--service", "inference.GRPCInferenceService")
+    assert (done.returncode, done.stdout) == (0, "SERVING\n"), done.stderr
+
+
 def test_reflection_lets_tools_discover_the_api(server):
     with grpc.insecure_channel(server.target) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)

@@ -76,6 +76,10 @@ MISTAKES = [  # (what is wrong, the command line, its exit code, words its one l
     ("top-k beyond the outputs", ["infer", "--target", "{target}", "--model", "kind", "--top-k", "9", "x"], FAILED, "9 is more than the 3 outputs"),
     # models
     ("models of a server not running", ["models", "--target", "127.0.0.1:{closed}"], FAILED, "cannot reach a server"),
+    # health
+    ("health of a server not running", ["health", "--target", "127.0.0.1:{closed}"], FAILED, "cannot reach a server"),
+    ("health of a service nobody serves", ["health", "--target", "{target}", "--service", "nope"], FAILED, "NOT_FOUND"),
+    ("health with no time to answer", ["health", "--timeout-s", "0"], USAGE, "--timeout-s: 0 is not in (0"),
 ]
 
 
@@ -112,7 +116,7 @@ def test_a_mistake_is_one_line_and_an_exit_code(places, argv, code, words):
 
 
 def test_help_lists_choices_and_ends_with_examples():
-    for command in ("train", "export", "serve", "generate", "stream", "infer", "models"):
+    for command in ("train", "export", "serve", "generate", "stream", "infer", "models", "health"):
         done = run_cli(command, "--help")
         assert done.returncode == 0
         assert done.stdout.rstrip().splitlines()[-1].strip().startswith("rnnserve "), f"{command} --help ends without an example"
