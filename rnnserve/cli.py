@@ -41,6 +41,7 @@ EXAMPLES = {
     "serve": """examples:
   rnnserve serve --repository models                                       # 127.0.0.1:50051
   rnnserve serve --repository models --host 0.0.0.0 --port 8001 --metrics-port 8002
+  RNNSERVE_PORT=8001 rnnserve serve --config serve.toml --log-format json   # flag > environment > file
   rnnserve serve --repository models --workers 2 --port 50051""",
     "generate": """examples:
   rnnserve generate --model lm --max-tokens 200 --temperature 0.7 --seed 1 "The "
@@ -69,9 +70,9 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
-def _config(config_type: type, args):
+def _config(config_type: type, args, environ=None):
     try:
-        return config_from(config_type, args)
+        return config_from(config_type, args, environ)
     except ValueError as err:
         raise SystemExit(str(err)) from None
 
@@ -103,7 +104,7 @@ def _export(args) -> None:
 
 
 def _serve(args) -> None:
-    config = _config(ServerConfig, args)
+    config = _config(ServerConfig, args, os.environ)
     if config.workers > 1:
         from rnnserve.server.workers import run_workers
 
@@ -239,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(command("train", _train, "train a language model, tagger, classifier or encoder–decoder (needs the [train] extra)"), TrainConfig)
     export = command("export", _export, "export a checkpoint to ONNX in a model repository, parity-checked (needs the [train] extra)")
     add_flags(export, ExportConfig, positional=("checkpoint",))
-    add_flags(command("serve", _serve, "serve every model in a repository over gRPC"), ServerConfig)
+    add_flags(command("serve", _serve, "serve every model in a repository over gRPC"), ServerConfig, layered=True)
 
     for name, run, help_text in (
         ("generate", _generate, "stream a generation from a server to the terminal"),

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 from dataclasses import dataclass
 
 import grpc
@@ -15,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from rnnserve.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from rnnserve.server import logs
 from rnnserve.server.api.kserve import KServeServicer
 from rnnserve.server.api.native import NativeServicer
 from rnnserve.server.api.status import InFlight
@@ -109,12 +109,6 @@ SIGHUP_IGNORED = (
 )
 
 
-def announce(line: str) -> None:
-    """One write per line, so the lines of --workers sharing one stdout pipe never interleave (print may write
-    the text and its newline apart)."""
-    os.write(sys.stdout.fileno(), (line + "\n").encode())
-
-
 async def serve(config: ServerConfig) -> None:
     """Runs until SIGTERM or SIGINT, then shuts down gracefully. SIGHUP is logged and ignored."""
     stopping = asyncio.Event()
@@ -125,11 +119,17 @@ async def serve(config: ServerConfig) -> None:
     app = await start(config)
     models = ", ".join(f"{m.card.name}/{m.card.version}" for m in app.repository.all())
     providers = ", ".join(app.repository.all()[0].runtime.providers)
-    announce(f"rnnserve listening on {config.host}:{app.port} (pid {os.getpid()}) — models: {models} — providers: {providers}")
+    logs.announce(
+        f"rnnserve listening on {config.host}:{app.port} (pid {os.getpid()}) — models: {models} — providers: {providers}",
+        event="listening", port=app.port,
+    )
     if app.metrics_server is not None:
-        announce(f"rnnserve metrics on http://{config.host}:{app.metrics_server.port}/metrics (pid {os.getpid()})")
+        logs.announce(
+            f"rnnserve metrics on http://{config.host}:{app.metrics_server.port}/metrics (pid {os.getpid()})",
+            event="metrics", port=app.metrics_server.port,
+        )
     await stopping.wait()
-    announce(f"rnnserve shutting down (in-flight calls have {config.grace_s:g} s to finish)")
+    logs.announce(f"rnnserve shutting down (in-flight calls have {config.grace_s:g} s to finish)", event="shutting_down")
     await app.stop(config.grace_s)
 
 
@@ -138,7 +138,7 @@ def run(config: ServerConfig) -> None:
     a clear exit when the requested device cannot run."""
     from rnnserve.server.runtime import DeviceUnavailable
 
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s pid {os.getpid()} %(name)s: %(message)s")
+    logs.setup(config.log_format, config.log_level)
     try:
         asyncio.run(serve(config))
     except DeviceUnavailable as err:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rnnserve.options import option
+from rnnserve.options import check_choices, option
+from rnnserve.server.logs import FORMATS, LEVELS
 
 
 def parse_device(text: str) -> tuple[str, int]:
@@ -31,8 +32,11 @@ class ServerConfig:
     threads: int = option(0, "onnxruntime intra-op threads per model (0: onnxruntime's default, one per core)")
     grace_s: float = option(10.0, "on SIGTERM, how long in-flight calls may take to finish")
     metrics_port: int = option(-1, "port of the Prometheus /metrics HTTP endpoint on --host (0 picks a free one; -1: none)")
+    log_format: str = option("text", "text: lines for a person; json: one JSON object per line, and one per call", choices=FORMATS)
+    log_level: str = option("info", "the least severe log lines written (calls are logged at info)", choices=LEVELS)
 
     def __post_init__(self):
+        check_choices(self)
         parse_device(self.device)
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port must be a port number (0–65535; 0 picks a free one), not {self.port}")

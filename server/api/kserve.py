@@ -111,9 +111,11 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: pb.ModelInferRequest, method: str, owner: object = None) -> pb.ModelInferResponse:
         model = resolved(self._metrics, self._repository, API, method, request.model_name, request.model_version)
-        with counted(self._metrics, model, API, method):
+        with counted(self._metrics, model, API, method) as call:
             wanted = requested_outputs(model.card, request)  # checked before the sequence moves on
-            result = await self._tensors.run(model, tensor_request(model.card, request, owner))
+            tensors = tensor_request(model.card, request, owner)
+            call.session = tensors.sequence.id
+            result = await self._tensors.run(model, tensors)
             return infer_response(request, result, wanted, raw=bool(request.raw_input_contents))
 
     def _model_config(self, card: ModelCard) -> config_pb.ModelConfig:

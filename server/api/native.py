@@ -66,14 +66,16 @@ class NativeServicer(pb_grpc.RnnServeServicer):
             raise InvalidArgument("start.model", "the first message of a stream must name the model in `start`")
         model = self._resolved("Stream", first.start.model, first.start.version)
         async with AsyncExitStack() as stack:
-            with self._counted(model, "Stream"):  # each chunk is one request; the first also opens the stream
+            with self._counted(model, "Stream") as call:  # each chunk is one request; the first also opens the stream
                 consume = await stack.enter_async_context(self._service.open_stream(model, stream_start(first.start)))
                 result = await consume(chunk(first))
+                call.session = result.session_id
             yield stream_response(result)
             async for request in requests:
                 if request.HasField("start"):
                     raise InvalidArgument("start", "only the first message of a stream may carry `start`")
-                with self._counted(model, "Stream"):
+                with self._counted(model, "Stream") as call:
+                    call.session = result.session_id
                     result = await consume(chunk(request))
                 yield stream_response(result)
 

@@ -8,11 +8,13 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import grpc
 
-from rnnserve.server import errors
+from rnnserve.server import errors, logs
 from rnnserve.server.metrics import Metrics
 from rnnserve.server.repository import Model, Repository
 
@@ -117,22 +119,35 @@ def resolved(metrics: Metrics, repository: Repository, api: str, method: str, na
         return repository.get(name, version)
     except errors.NotFound:
         metrics.request_done("", "", api, method, grpc.StatusCode.NOT_FOUND.name)
+        if logs.records_calls():
+            logs.call(api, method, name, version, "", grpc.StatusCode.NOT_FOUND.name, 0.0)
         raise
+
+
+@dataclass(slots=True)
+class Call:
+    """What a servicer learns about the call it counts, for the call log."""
+
+    session: str = ""  # the session or KServe sequence it ran on, if named
 
 
 @contextmanager
 def counted(metrics: Metrics, model: Model, api: str, method: str):
-    """Counts one inference request as a success, or as a failure under the status it gets."""
-    labels = (model.card.name, model.card.version)
+    """Counts one inference request as a success, or as a failure under the status it gets, and logs it when calls
+    are logged (`--log-format json`)."""
+    call, began, status = Call(), time.perf_counter(), ""
     try:
-        yield
+        yield call
     except errors.ServeError as err:
-        metrics.request_done(*labels, api, method, STATUS.get(type(err), grpc.StatusCode.INTERNAL).name)
+        status = STATUS.get(type(err), grpc.StatusCode.INTERNAL).name
         raise
-    except asyncio.CancelledError:  # the client went away, or the shutdown ended the call
-        metrics.request_done(*labels, api, method, "CANCELLED")
+    except (asyncio.CancelledError, GeneratorExit):  # the client went away, or the shutdown ended the call
+        status = "CANCELLED"
         raise
     except Exception:  # a fault of ours
-        metrics.request_done(*labels, api, method, "INTERNAL")
+        status = "INTERNAL"
         raise
-    metrics.request_done(*labels, api, method)
+    finally:
+        metrics.request_done(model.card.name, model.card.version, api, method, status)
+        if logs.records_calls():
+            logs.call(api, method, model.card.name, model.card.version, call.session, status or "OK", time.perf_counter() - began)
