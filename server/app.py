@@ -93,10 +93,10 @@ async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
     metrics_server = None
     if config.metrics_port >= 0:
         try:
-            metrics_server = metrics.serve(config.host, config.metrics_port)
+            metrics_server = metrics.serve(config.metrics_host, config.metrics_port)
         except OSError as err:
             await repository.close()
-            raise SystemExit(f"cannot serve metrics on {config.host}:{config.metrics_port}: {err.strerror}") from None
+            raise SystemExit(f"cannot serve metrics on {config.metrics_host}:{config.metrics_port}: {err.strerror}") from None
     await server.start()
     for name in ("", SERVICE_NAME, KSERVE_SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -125,7 +125,7 @@ async def serve(config: ServerConfig) -> None:
     )
     if app.metrics_server is not None:
         logs.announce(
-            f"rnnserve metrics on http://{config.host}:{app.metrics_server.port}/metrics (pid {os.getpid()})",
+            f"rnnserve metrics on http://{config.metrics_host}:{app.metrics_server.port}/metrics (pid {os.getpid()})",
             event="metrics", port=app.metrics_server.port,
         )
     await stopping.wait()

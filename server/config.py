@@ -31,7 +31,8 @@ class ServerConfig:
     max_queue_delay_ms: float = option(0.0, "how long a step may wait for others to fill its batch (0: run what is ready)")
     threads: int = option(0, "onnxruntime intra-op threads per model (0: onnxruntime's default, one per core)")
     grace_s: float = option(10.0, "on SIGTERM, how long in-flight calls may take to finish")
-    metrics_port: int = option(-1, "port of the Prometheus /metrics HTTP endpoint on --host (0 picks a free one; -1: none)")
+    metrics_port: int = option(-1, "port of the Prometheus /metrics HTTP endpoint (0 picks a free one; -1: none)")
+    metrics_host: str = option("127.0.0.1", "address the metrics endpoint listens on, apart from --host: metrics stay local unless asked")
     log_format: str = option("text", "text: lines for a person; json: one JSON object per line, and one per call", choices=FORMATS)
     log_level: str = option("info", "the least severe log lines written (calls are logged at info)", choices=LEVELS)
 

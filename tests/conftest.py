@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 
 from rnnserve.server.config import ServerConfig
 from tests.helpers import KOREAN, Reference, ServerThread
+from tests.triton_process import triton_call
 
 
 def _train_and_export(tmp: Path, repo: Path, name: str, **overrides) -> Path:
@@ -120,3 +123,11 @@ def client(server):
 @pytest.fixture(scope="session")
 def reference(repository):
     return lambda name: Reference(repository / name / "1" / "model.onnx")
+
+
+
+@pytest.fixture(scope="session")
+def triton():
+    """Triton's client, in a process of its own (tests/triton_calls.py says why it cannot share this one)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield lambda name, *args: pool.submit(triton_call, name, *args).result(120)

@@ -1,29 +1,12 @@
 """Triton's own client (tritonclient[grpc], unmodified) against rnnserve: it reads the metadata, runs
 sequences with infer and with a stream, and gets the same outputs as the native API for the same inputs."""
 
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-
 import numpy as np
 import pytest
 
 from rnnserve.server.sampling import softmax
 
 CHUNKS = [list(b"The server keeps "), list(b"the state "), list(b"between requests.")]
-
-
-def _call(name: str, *args):
-    """Runs tests/triton_calls.<name> in the client's process, the only one that imports tritonclient."""
-    from tests import triton_calls
-
-    return getattr(triton_calls, name)(*args)
-
-
-@pytest.fixture(scope="module")
-def triton():
-    """A process for Triton's client (tests/triton_calls.py says why it cannot share this one)."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield lambda name, *args: pool.submit(_call, name, *args).result(120)
 
 
 def native_distributions(client, model: str, chunks: list[list[int]]) -> list[np.ndarray]:
