@@ -4,16 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-import grpc
-
+from rnnserve.client.channel import open_channel
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
 
 
 class RnnServeClient:
-    def __init__(self, target: str = "127.0.0.1:50051", timeout_s: float | None = None, options: list | None = None):
-        """`options`: gRPC channel arguments, e.g. ("grpc.use_local_subchannel_pool", 1) for a connection of its own."""
-        self._channel = grpc.insecure_channel(target, options=options)
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        timeout_s: float | None = None,
+        options: list | None = None,
+        tls_ca: str | None = None,
+        token: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+    ):
+        """`options`: gRPC channel arguments, e.g. ("grpc.use_local_subchannel_pool", 1) for a connection of its own.
+        `tls_ca`, `token`, `tls_cert`, `tls_key`: for a server with TLS and tokens (see client/channel.py)."""
+        self._channel = open_channel(target, tls_ca, token, tls_cert, tls_key, options)
         self._stub = pb_grpc.RnnServeStub(self._channel)
         self._timeout_s = timeout_s
 

@@ -11,10 +11,12 @@ import json
 import os
 import sys
 from importlib import metadata
+from pathlib import Path
 
 import grpc
 
 from rnnserve.client import RnnServeClient
+from rnnserve.client.channel import open_channel
 from rnnserve.export.config import ExportConfig
 from rnnserve.options import add_flags, config_from
 from rnnserve.server.config import ServerConfig
@@ -23,6 +25,12 @@ from rnnserve.training.config import TrainConfig
 NEEDS_TRAIN_EXTRA = "this command needs torch and onnx: pip install 'rnnserve[train]'"
 DEFAULT_TARGET = "127.0.0.1:50051"
 SHOW_TRACEBACK = "RNNSERVE_TRACEBACK"  # set it to see the traceback of an unexpected error
+CONNECTION_FLAGS = (  # a client command's way to a server with TLS and tokens
+    ("--tls-ca", "RNNSERVE_TLS_CA", "PEM file of the CA that signed the server's certificate: connect with TLS"),
+    ("--token", "RNNSERVE_TOKEN", "bearer token for a server started with --auth-tokens"),
+    ("--client-cert", "RNNSERVE_CLIENT_CERT", "PEM certificate of this client, for a server with --tls-client-ca"),
+    ("--client-key", "RNNSERVE_CLIENT_KEY", "PEM private key of --client-cert"),
+)
 
 EXAMPLES = {
     "rnnserve": """the main job, end to end:
@@ -57,6 +65,9 @@ EXAMPLES = {
     "models": """examples:
   rnnserve models
   rnnserve models --target 10.0.0.5:50051""",
+    "token": """examples (the token is printed once; the file keeps only its hash):
+  RNNSERVE_TOKEN=$(rnnserve token --file tokens.txt) rnnserve models
+  rnnserve token --file tokens.txt --models lm,kind --name ci   # then: rnnserve serve --auth-tokens tokens.txt""",
     "health": """exit status 0 when the server answers SERVING, 1 otherwise (a container's HEALTHCHECK, a probe):
   rnnserve health
   rnnserve health --target 10.0.0.5:50051 --timeout-s 2""",
@@ -115,7 +126,7 @@ def _serve(args) -> None:
 
 
 def _client(args) -> RnnServeClient:
-    return RnnServeClient(args.target)
+    return RnnServeClient(args.target, tls_ca=args.tls_ca, token=args.token, tls_cert=args.client_cert, tls_key=args.client_key)
 
 
 def _generate(args) -> None:
@@ -187,12 +198,30 @@ def _health(args) -> None:
     """Asks the gRPC health service (what Kubernetes' gRPC probes ask too)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(args.target) as channel:
+    with open_channel(args.target, args.tls_ca, args.token, args.client_cert, args.client_key) as channel:
         answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout_s)
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
     if answer.status != health_pb2.HealthCheckResponse.SERVING:
         raise SystemExit(f"{args.target} is {status}")
     print(status)
+
+
+def _token(args) -> None:
+    """A new token: its hashed line goes into the server's --auth-tokens file, the token itself to stdout, once."""
+    from rnnserve.server.security import new_token, token_line
+
+    models = args.models.replace(" ", "")
+    if not models or "#" in models or (models != "*" and "*" in models):
+        raise SystemExit(f"--models {args.models!r}: name models separated by commas, or * for all")
+    token = new_token()
+    path = Path(args.file)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # readable by the server's user alone
+    except OSError as err:
+        raise SystemExit(f"--file {path}: {err.strerror}") from None
+    with os.fdopen(descriptor, "a") as file:
+        file.write(token_line(token, models, args.name.replace("#", "")) + "\n")
+    print(token)
 
 
 def _number(kind: type, minimum: float, maximum: float | None = None, above: bool = False):
@@ -250,7 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("health", _health, "ask a server whether it is serving (exit status 0 if so)"),
     ):
         sub = command(name, run, help_text)
-        sub.add_argument("--target", type=_target, default=DEFAULT_TARGET, help=f"server address HOST:PORT (default: {DEFAULT_TARGET})")
+        target = os.environ.get("RNNSERVE_TARGET", DEFAULT_TARGET)
+        sub.add_argument("--target", type=_target, default=target, help=f"server address HOST:PORT (default: {target}; env RNNSERVE_TARGET)")
+        for flag, env, help_text in CONNECTION_FLAGS:
+            sub.add_argument(flag, default=os.environ.get(env) or None, help=f"{help_text} (env {env})")
         if name not in ("models", "health"):
             sub.add_argument("--model", required=True, help="model name (`rnnserve models` lists them)")
             sub.add_argument("--version", default="", help="model version (default: the newest)")
@@ -274,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     health = commands.choices["health"]
     health.add_argument("--service", default="", help="a service to ask about, e.g. rnnserve.v1.RnnServe (default: the whole server)")
     health.add_argument("--timeout-s", type=_number(float, 0, above=True), default=5.0, help="how long to wait for the answer (default: 5)")
+    token = command("token", _token, "make a bearer token for a server's --auth-tokens file (its hash goes in the file)")
+    token.add_argument("--file", required=True, help="the tokens file to append the token's line to (created, readable by its owner alone)")
+    token.add_argument("--models", default="*", help="the models it may use, separated by commas (default: *, every model)")
+    token.add_argument("--name", default="", help="a name for people reading the file (who or what uses the token)")
     stream = commands.choices["stream"]
     stream.add_argument("--session-id", default="", help="name the session so a later stream can --resume it")
     stream.add_argument("--resume", action="store_true", help="continue the named session's state (needs --session-id)")
@@ -308,6 +344,8 @@ def main(argv: list[str] | None = None) -> None:
         if err.name in ("torch", "onnx", "tqdm"):
             raise SystemExit(f"{prefix}: {NEEDS_TRAIN_EXTRA} ({err.name} is missing)") from None
         raise
+    except FileNotFoundError as err:  # a file named on the command line (a certificate, say)
+        raise SystemExit(f"{prefix}: {err.filename}: {err.strerror}") from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except BrokenPipeError:  # piped into a command that stopped reading (`| head`): not an error

@@ -66,8 +66,8 @@ def add_flags(parser: argparse.ArgumentParser, config_type: type, positional: tu
         help_text += f" ({'; '.join(shown)})" if shown else ""
         if f.name in positional:
             parser.add_argument(f.name, type=kind, help=help_text)
-        elif kind is bool:
-            parser.add_argument(flag(f.name), action="store_true", default=default, help=help_text)
+        elif kind is bool:  # --x and --no-x
+            parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:
             parser.add_argument(flag(f.name), type=kind, default=default, choices=choices, help=help_text)
 

@@ -23,6 +23,7 @@ from rnnserve.server.inputs import Inputs
 from rnnserve.server.metrics import Metrics, MetricsServer
 from rnnserve.server.repository import Repository
 from rnnserve.server.service import InferenceService
+from rnnserve.server.security import TokenCheck, load_tokens, server_credentials
 from rnnserve.server.sessions import SessionRegistry
 from rnnserve.server.tensors import TensorService
 from rnnserve.v1 import rnnserve_pb2, rnnserve_pb2_grpc
@@ -65,26 +66,31 @@ class App:
 
 async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
     """Loads every model and starts serving; returns once the port is bound."""
+    try:  # before the models load: a mistake here is reported at once
+        interceptors = [TokenCheck(load_tokens(config.auth_tokens))] if config.auth_tokens else []
+        credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca) if config.tls_cert else None
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     metrics = Metrics()
     repository = Repository.load(config, io_binding, metrics)
     repository.start()
     sessions = SessionRegistry(config.session_ttl_s)
     inputs = Inputs(config)
-    # SO_REUSEPORT only between our own workers: a stray second server on a busy port must fail,
-    # not silently take half of its traffic.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", int(config.workers > 1))])
+    server = grpc.aio.server(interceptors=interceptors, options=channel_options(config))
     in_flight = InFlight()
     rnnserve_pb2_grpc.add_RnnServeServicer_to_server(NativeServicer(repository, InferenceService(sessions, inputs), metrics, in_flight), server)
     kserve = KServeServicer(repository, TensorService(sessions, inputs), config, metrics, in_flight)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [SERVICE_NAME, KSERVE_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-        server,
-    )
+    if config.reflection:
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, KSERVE_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            server,
+        )
+    address = f"{config.host}:{config.port}"
     try:
-        port = server.add_insecure_port(f"{config.host}:{config.port}")
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     except RuntimeError:
         port = 0
     if port == 0:
@@ -101,6 +107,22 @@ async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
     for name in ("", SERVICE_NAME, KSERVE_SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return App(server, port, health_servicer, repository, sessions, kserve, in_flight, metrics_server)
+
+
+def channel_options(config: ServerConfig) -> list[tuple[str, int]]:
+    """gRPC's limits, set explicitly (their defaults are documented with the flags)."""
+    return [
+        # SO_REUSEPORT only between our own workers: a stray second server on a busy port must fail,
+        # not silently take half of its traffic.
+        ("grpc.so_reuseport", int(config.workers > 1)),
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.max_concurrent_streams", config.max_concurrent_streams),
+        ("grpc.keepalive_time_ms", int(config.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(config.min_ping_interval_s * 1000)),
+    ]
 
 
 SIGHUP_IGNORED = (

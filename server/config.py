@@ -35,6 +35,19 @@ class ServerConfig:
     metrics_host: str = option("127.0.0.1", "address the metrics endpoint listens on, apart from --host: metrics stay local unless asked")
     log_format: str = option("text", "text: lines for a person; json: one JSON object per line, and one per call", choices=FORMATS)
     log_level: str = option("info", "the least severe log lines written (calls are logged at info)", choices=LEVELS)
+    tls_cert: str = option("", "PEM certificate chain: serve TLS on --port (with --tls-key)")
+    tls_key: str = option("", "PEM private key of --tls-cert")
+    tls_client_ca: str = option("", "PEM CA certificates: clients must show a certificate one of them signed (mutual TLS)")
+    auth_tokens: str = option(
+        "", "file of hashed bearer tokens, each with the models it may use: every call but health's needs one "
+        "(make them with `rnnserve token`)"
+    )
+    reflection: bool = option(True, "serve gRPC reflection, which lets tools such as grpcurl list and call the APIs")
+    max_message_bytes: int = option(16 * 2**20, "largest message in either direction; a larger one is answered RESOURCE_EXHAUSTED")
+    max_concurrent_streams: int = option(1024, "calls in flight on one client connection (HTTP/2 streams); more wait for one to end")
+    keepalive_time_s: float = option(60.0, "ping a connection that has been quiet this long, to find clients that are gone")
+    keepalive_timeout_s: float = option(20.0, "close a connection whose ping has gone unanswered this long")
+    min_ping_interval_s: float = option(10.0, "the most often a client may ping without calls; one that pings more often is cut off")
 
     def __post_init__(self):
         check_choices(self)
@@ -43,7 +56,15 @@ class ServerConfig:
             raise ValueError(f"--port must be a port number (0–65535; 0 picks a free one), not {self.port}")
         if self.metrics_port > 65535:
             raise ValueError(f"--metrics-port must be a port number (0–65535), not {self.metrics_port}")
-        for name in ("workers", "max_sessions", "max_input_tokens", "max_new_tokens", "max_batch"):
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together: the certificate chain and its private key")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key: clients are checked during a TLS handshake")
+        for name in ("keepalive_time_s", "keepalive_timeout_s", "min_ping_interval_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
+        for name in ("workers", "max_sessions", "max_input_tokens", "max_new_tokens", "max_batch", "max_message_bytes",
+                     "max_concurrent_streams"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         if self.metrics_port < -1:

@@ -26,5 +26,9 @@ class AlreadyExists(ServeError):
     pass
 
 
+class PermissionDenied(ServeError):
+    """The call's token does not cover what it asks for."""
+
+
 class RuntimeFailure(ServeError):
     """onnxruntime failed on a step: a model or server fault, not the client's."""

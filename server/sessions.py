@@ -111,15 +111,23 @@ class SessionRegistry:
         for session in [s for s in self._named.values() if s.owner is owner]:
             self._free(session, "stream_closed")
 
+    def model_of(self, session_id: str) -> Model:
+        """The model of a named session (NOT_FOUND when there is none by that name)."""
+        return self._named_session(session_id).model
+
     def close(self, session_id: str) -> None:
+        session = self._named_session(session_id)
+        if session.attached:
+            raise FailedPrecondition(f"session {session_id!r} is attached to an open stream: end that stream first")
+        self._free(session, "closed")
+
+    def _named_session(self, session_id: str) -> Session:
         if not session_id:
             raise InvalidArgument("session_id", "name the session to close")
         session = self._named.get(session_id)
         if session is None:
             raise NotFound(self._unknown(session_id))
-        if session.attached:
-            raise FailedPrecondition(f"session {session_id!r} is attached to an open stream: end that stream first")
-        self._free(session, "closed")
+        return session
 
     def close_all(self) -> None:
         for session in list(self._named.values()):

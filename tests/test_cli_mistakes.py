@@ -76,6 +76,15 @@ MISTAKES = [  # (what is wrong, the command line, its exit code, words its one l
     ("top-k beyond the outputs", ["infer", "--target", "{target}", "--model", "kind", "--top-k", "9", "x"], FAILED, "9 is more than the 3 outputs"),
     # models
     ("models of a server not running", ["models", "--target", "127.0.0.1:{closed}"], FAILED, "cannot reach a server"),
+    # security
+    ("a certificate without its key", ["serve", "--tls-cert", "{text}"], FAILED, "--tls-cert and --tls-key go together"),
+    ("a client CA without TLS", ["serve", "--tls-client-ca", "{text}"], FAILED, "--tls-client-ca needs --tls-cert and --tls-key"),
+    ("a missing tokens file", ["serve", "--repository", "{repository}", "--auth-tokens", "{missing}"], FAILED, "--auth-tokens {missing}: No such file"),
+    ("a tokens file that is not one", ["serve", "--repository", "{repository}", "--auth-tokens", "{text}"], FAILED, "line 1: expected"),
+    ("a missing certificate", ["serve", "--repository", "{repository}", "--tls-cert", "{missing}", "--tls-key", "{text}"], FAILED, "--tls-cert {missing}: No such file"),
+    ("a missing CA for a client", ["models", "--tls-ca", "{missing}"], FAILED, "{missing}: No such file"),
+    ("a token for no models", ["token", "--file", "{missing}", "--models", ""], FAILED, "--models '': name models"),
+    ("a token in a folder that is not there", ["token", "--file", "{missing}/tokens.txt"], FAILED, "No such file"),
     # health
     ("health of a server not running", ["health", "--target", "127.0.0.1:{closed}"], FAILED, "cannot reach a server"),
     ("health of a service nobody serves", ["health", "--target", "{target}", "--service", "nope"], FAILED, "NOT_FOUND"),
@@ -100,6 +109,7 @@ def places(tmp_path_factory, server, repository, checkpoints):
         "tmp": str(tmp), "target": server.target, "repository": str(repository), "checkpoint": str(checkpoints["rnn"]),
         "writer": str(checkpoints["writer"]),
         "closed": str(free_port()), "http": str(http_server.server_port),
+        "text": str(tmp / "tiny.txt"), "missing": str(tmp / "missing.pem"),
     }
     http_server.shutdown()
 
@@ -116,7 +126,7 @@ def test_a_mistake_is_one_line_and_an_exit_code(places, argv, code, words):
 
 
 def test_help_lists_choices_and_ends_with_examples():
-    for command in ("train", "export", "serve", "generate", "stream", "infer", "models", "health"):
+    for command in ("train", "export", "serve", "generate", "stream", "infer", "models", "health", "token"):
         done = run_cli(command, "--help")
         assert done.returncode == 0
         assert done.stdout.rstrip().splitlines()[-1].strip().startswith("rnnserve "), f"{command} --help ends without an example"

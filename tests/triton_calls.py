@@ -11,6 +11,7 @@ import queue
 
 import numpy as np
 import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
 
 
 def server_facts(target: str, model: str) -> dict:
@@ -35,16 +36,24 @@ def _tokens(chunk: list[int]) -> triton.InferInput:
     return tensor
 
 
-def infer_sequence(target: str, model: str, chunks: list[list[int]], sequence_id: int | str) -> list[np.ndarray]:
-    """One `infer` per chunk, the first with sequence_start and the last with sequence_end."""
-    with triton.InferenceServerClient(target) as client:
-        return [
-            client.infer(
-                model, [_tokens(chunk)], outputs=[triton.InferRequestedOutput("logits")], sequence_id=sequence_id,
-                sequence_start=index == 0, sequence_end=index == len(chunks) - 1,
-            ).as_numpy("logits")
-            for index, chunk in enumerate(chunks)
-        ]
+def infer_sequence(
+    target: str, model: str, chunks: list[list[int]], sequence_id: int | str, tls_ca: str = "", token: str = ""
+) -> list[np.ndarray] | str:
+    """One `infer` per chunk, the first with sequence_start and the last with sequence_end; over TLS (ssl=True,
+    checked against `tls_ca`) and with the token as an `authorization` header when given. A refusal comes back as
+    its status and message."""
+    headers = {"authorization": f"Bearer {token}"} if token else None
+    with triton.InferenceServerClient(target, ssl=bool(tls_ca), root_certificates=tls_ca or None) as client:  # a file
+        try:
+            return [
+                client.infer(
+                    model, [_tokens(chunk)], outputs=[triton.InferRequestedOutput("logits")], sequence_id=sequence_id,
+                    sequence_start=index == 0, sequence_end=index == len(chunks) - 1, headers=headers,
+                ).as_numpy("logits")
+                for index, chunk in enumerate(chunks)
+            ]
+        except InferenceServerException as err:
+            return f"{err.status()}: {err.message()}"
 
 
 def infer_text(target: str, model: str, text: str) -> np.ndarray:

@@ -21,7 +21,7 @@ from rnnserve.server.api.kserve_tensors import (
     stream_sequence,
     tensor_request,
 )
-from rnnserve.server.api.status import InFlight, counted, resolved, streaming, unary
+from rnnserve.server.api.status import InFlight, counted, looked_up, resolved, streaming, unary
 from rnnserve.server.config import ServerConfig
 from rnnserve.server.errors import NotFound, ServeError
 from rnnserve.server.metrics import Metrics
@@ -56,7 +56,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
         """Every model is loaded at start-up, so a model is ready exactly when it exists."""
         try:
-            self._repository.get(request.name, request.version)
+            looked_up(self._repository, request.name, request.version)
         except NotFound:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=self.serving)
@@ -66,7 +66,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @unary
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
-        card = self._repository.get(request.name, request.version).card
+        card = looked_up(self._repository, request.name, request.version).card
 
         def described(specs):
             return [pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape) for s in specs]
@@ -81,7 +81,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @unary
     async def ModelConfig(self, request: pb.ModelConfigRequest, context) -> pb.ModelConfigResponse:
-        return pb.ModelConfigResponse(config=self._model_config(self._repository.get(request.name, request.version).card))
+        return pb.ModelConfigResponse(config=self._model_config(looked_up(self._repository, request.name, request.version).card))
 
     @unary
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from contextlib import AsyncExitStack
 
-from rnnserve.server.api.status import InFlight, counted, resolved, streaming, unary
+from rnnserve.server.api.status import InFlight, counted, looked_up, resolved, streaming, unary
 from rnnserve.server.errors import InvalidArgument
 from rnnserve.server.metrics import Metrics
 from rnnserve.server.repository import Model, Repository
@@ -20,6 +20,7 @@ from rnnserve.server.requests import (
     StepPrediction,
     StreamStart,
 )
+from rnnserve.server.security import allowed_models, authorize
 from rnnserve.server.service import InferenceService
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
@@ -44,11 +45,13 @@ class NativeServicer(pb_grpc.RnnServeServicer):
 
     @unary
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[self._model_info(m) for m in self._repository.all()])
+        allowed = allowed_models()  # a token for some models lists only those
+        models = [m for m in self._repository.all() if allowed is None or m.card.name in allowed]
+        return pb.ListModelsResponse(models=[self._model_info(m) for m in models])
 
     @unary
     async def GetModel(self, request: pb.GetModelRequest, context) -> pb.ModelInfo:
-        return self._model_info(self._repository.get(request.model, request.version))
+        return self._model_info(looked_up(self._repository, request.model, request.version))
 
     @streaming
     async def Generate(self, request: pb.GenerateRequest, context):
@@ -88,6 +91,7 @@ class NativeServicer(pb_grpc.RnnServeServicer):
 
     @unary
     async def CloseSession(self, request: pb.CloseSessionRequest, context) -> pb.CloseSessionResponse:
+        authorize(self._service.sessions.model_of(request.session_id).card.name)
         self._service.close_session(request.session_id)
         return pb.CloseSessionResponse()
 

@@ -17,6 +17,7 @@ import grpc
 from rnnserve.server import errors, logs
 from rnnserve.server.metrics import Metrics
 from rnnserve.server.repository import Model, Repository
+from rnnserve.server.security import authorize
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ STATUS: dict[type[errors.ServeError], grpc.StatusCode] = {
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.RuntimeFailure: grpc.StatusCode.INTERNAL,
 }
 
@@ -112,15 +114,24 @@ async def _close(responses) -> None:
         await responses.aclose()
 
 
+def looked_up(repository: Repository, name: str, version: str) -> Model:
+    """The model a metadata call names, if the call's token covers it (not counted: no inference runs)."""
+    authorize(name)
+    return repository.get(name, version)
+
+
 def resolved(metrics: Metrics, repository: Repository, api: str, method: str, name: str, version: str) -> Model:
-    """The model a request names, looked up once per request. A model that does not exist fails the request,
-    counted under model "" so that clients cannot create series at will."""
+    """The model a request names, looked up once per request, if the call's token covers it. A model that does not
+    exist, or that the token does not cover, fails the request, counted under model "" so that clients cannot create
+    series at will."""
     try:
+        authorize(name)
         return repository.get(name, version)
-    except errors.NotFound:
-        metrics.request_done("", "", api, method, grpc.StatusCode.NOT_FOUND.name)
+    except (errors.NotFound, errors.PermissionDenied) as err:
+        status = STATUS[type(err)].name
+        metrics.request_done("", "", api, method, status)
         if logs.records_calls():
-            logs.call(api, method, name, version, "", grpc.StatusCode.NOT_FOUND.name, 0.0)
+            logs.call(api, method, name, version, "", status, 0.0)
         raise
 
 
