@@ -15,11 +15,15 @@
 ARG BASE=python:3.11-slim-bookworm
 ARG CUDA_BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
+# rnnserve's wheel with its dependencies, but tokenizers without its own (huggingface_hub and friends, ~40 MB, which
+# download from the Hugging Face hub: the server reads tokenizers from model files and never downloads one).
 FROM ${BASE} AS serve-environment
 ARG PIP_INSTALL_OPTIONS=""
 COPY dist/ /tmp/dist/
 RUN python3 -m venv /opt/rnnserve \
-    && /opt/rnnserve/bin/pip install --no-cache-dir --disable-pip-version-check ${PIP_INSTALL_OPTIONS} /tmp/dist/rnnserve-*.whl \
+    && /opt/rnnserve/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps ${PIP_INSTALL_OPTIONS} /tmp/dist/rnnserve-*.whl "tokenizers>=0.20" \
+    && /opt/rnnserve/bin/python -c "from importlib.metadata import requires; print('\n'.join(r for r in requires('rnnserve') if 'extra ==' not in r and not r.startswith('tokenizers')))" > /tmp/requirements.txt \
+    && /opt/rnnserve/bin/pip install --no-cache-dir --disable-pip-version-check ${PIP_INSTALL_OPTIONS} -r /tmp/requirements.txt \
     && /opt/rnnserve/bin/pip uninstall -y --disable-pip-version-check pip setuptools \
     && find /opt/rnnserve -depth -type d -name tests -path '*/site-packages/numpy/*' -exec rm -rf {} +
 

@@ -7,9 +7,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from rnnserve.contract import PARITY_TOLERANCE
 from rnnserve.export.graphs import GraphSpec
 
-TOLERANCE = 1e-4
+TOLERANCE = PARITY_TOLERANCE
 
 
 class ParityError(RuntimeError):

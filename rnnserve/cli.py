@@ -46,6 +46,9 @@ EXAMPLES = {
     "export": """examples:
   rnnserve export runs/lm.pt --repository models --name lm                 # writes models/lm/1/model.onnx
   rnnserve export runs/lm.pt --repository models --name lm --version 2""",
+    "describe": """examples:
+  rnnserve describe lm.onnx --state h:h_next --state c:c_next --tokenizer tokenizer.json --out models/lm/1/model.onnx
+  rnnserve describe tagger.onnx --state h:hn --tokenizer byte --task tagger --labels no,yes --tokens input_ids --logits scores""",
     "serve": """examples:
   rnnserve serve --repository models                                       # 127.0.0.1:50051
   rnnserve serve --repository models --host 0.0.0.0 --port 8001 --metrics-port 8002
@@ -112,6 +115,23 @@ def _export(args) -> None:
             f"({q['val_loss_increase_nats']:+.4f}); a step {q['step_speedup_batch_1']:g}× as fast at batch 1, "
             f"{q['step_speedup_batch_64']:g}× at batch 64; {q['file_bytes_fp32'] / 1e6:.1f} MB → {q['file_bytes_int8'] / 1e6:.1f} MB"
         )
+
+
+def _describe(args) -> None:
+    from rnnserve.export.describe import describe
+
+    states = []
+    for pair in args.state:
+        name, _, output = pair.partition(":")
+        if not name or not output:
+            raise SystemExit(f"--state {pair!r}: expected INPUT:OUTPUT, e.g. h:h_next")
+        states.append((name, output))
+    labels = tuple(label for label in args.labels.split(",") if label)
+    try:
+        path = describe(args.model, states, args.tokenizer, args.task, labels, args.tokens, args.logits, args.out)
+    except ValueError as err:  # ContractError, or a tokenizer that is not one
+        raise SystemExit(f"{args.model}: {err}") from None
+    print(f"wrote {path}: serve it from a repository as <repository>/<name>/<version>/model.onnx")
 
 
 def _serve(args) -> None:
@@ -269,6 +289,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(command("train", _train, "train a language model, tagger, classifier or encoder–decoder (needs the [train] extra)"), TrainConfig)
     export = command("export", _export, "export a checkpoint to ONNX in a model repository, parity-checked (needs the [train] extra)")
     add_flags(export, ExportConfig, positional=("checkpoint",))
+    describe = command(
+        "describe", _describe, "make an ONNX step graph exported elsewhere servable: check it and write its metadata (needs the [train] extra)"
+    )
+    describe.add_argument("model", help="the .onnx file: (token ids [batch, T], state [batch, …]) → (outputs [batch, T, …], next state)")
+    describe.add_argument("--state", action="append", required=True, metavar="INPUT:OUTPUT", help="a state tensor's input and the output that carries it to the next step (repeatable)")
+    describe.add_argument("--tokenizer", required=True, help="byte, or the path of a Hugging Face tokenizer.json (it goes into the model file)")
+    describe.add_argument("--task", choices=("language_model", "tagger", "classifier"), default="language_model", help="what the outputs are (default: language_model)")
+    describe.add_argument("--labels", default="", help="a tagger's or classifier's labels, comma-separated, one per output")
+    describe.add_argument("--tokens", default="tokens", help="the graph's token input (renamed tokens)")
+    describe.add_argument("--logits", default="logits", help="the graph's per-step output (renamed logits)")
+    describe.add_argument("--out", help="write the described model here (e.g. models/lm/1/model.onnx) instead of in place")
     add_flags(command("serve", _serve, "serve every model in a repository over gRPC"), ServerConfig, layered=True)
 
     for name, run, help_text in (

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 METADATA_KEY = "rnnserve"  # the metadata_props entry that holds the document
 SCHEMA_VERSION = 1
+PARITY_TOLERANCE = 1e-4  # an exported graph's outputs may differ from its source's by at most this
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,14 @@ class SamplingDefaults:
     top_p: float
     max_tokens: int
 
+
+# what a model exported from a user's own code may be (export_module, rnnserve describe): its task as served, and
+# what its outputs mean
+USER_TASKS = {
+    "language_model": ("language_model", "unnormalised log-probabilities of the next token after each step"),
+    "tagger": ("boundary_tagger", "unnormalised log-probabilities of each label at each step"),
+    "classifier": ("text_classifier", "unnormalised log-probabilities of each class after each step: the running guess for the text so far"),
+}
 
 DEFAULT_SAMPLING = SamplingDefaults(temperature=0.8, top_k=0, top_p=1.0, max_tokens=200)  # language models
 GREEDY = SamplingDefaults(temperature=0.0, top_k=0, top_p=1.0, max_tokens=32)  # transducers: one right answer
@@ -104,6 +113,10 @@ class ModelCard:
 
 class BadModelFile(ValueError):
     """A model file without a readable rnnserve metadata document."""
+
+
+class ContractError(ValueError):
+    """A user's module or graph does not fit the contract; the message says how."""
 
 
 def model_document(

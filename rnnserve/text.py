@@ -6,6 +6,7 @@ This module has no torch dependency: the server uses it to turn text into token 
 from __future__ import annotations
 
 import codecs
+import json
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -80,13 +81,89 @@ class CharTokenizer:
         return {"kind": self.kind, "vocab": "".join(self.chars)}
 
 
+class HFTokenizer:
+    """A Hugging Face `tokenizers` tokenizer (BPE, WordPiece, Unigram, word-level…), whose JSON travels inside the
+    model file. A token's bytes are what it adds to the text: a byte-level BPE token may be a part of a character,
+    which the incremental decoder holds until the character is whole; special tokens add nothing."""
+
+    kind = "hf"
+
+    def __init__(self, json_text: str):
+        from tokenizers import Tokenizer as Loaded  # imported here: only models that use it need it
+
+        self._json = json_text
+        try:
+            self._tokenizer = Loaded.from_str(json_text)
+        except Exception as err:
+            raise ValueError(f"not a Hugging Face tokenizer.json: {err}") from None
+        decoder = json.loads(json_text).get("decoder") or {}
+        if decoder.get("type") == "Sequence":  # the one of its decoders that says how tokens become text
+            known = [d for d in decoder.get("decoders", []) if d.get("type") in ("ByteLevel", "Metaspace", "WordPiece")]
+            decoder = known[0] if known else {}
+        self._decoder_kind = decoder.get("type", "")
+        self._metaspace = decoder.get("replacement", "▁")
+        self._wordpiece_prefix = decoder.get("prefix", "##")
+        special = {t.content for t in self._tokenizer.get_added_tokens_decoder().values() if t.special}
+        self._bytes = [self._bytes_of(self._tokenizer.id_to_token(i), special) for i in range(self.vocab_size)]
+
+    @classmethod
+    def from_file(cls, path: str) -> HFTokenizer:
+        with open(path, encoding="utf-8") as file:
+            return cls(file.read())
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return self._tokenizer.encode(text, add_special_tokens=False).ids
+        except Exception as err:  # e.g. a word-level vocabulary without an unknown token
+            raise UnknownText(str(err)) from None
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self._bytes[token_id]
+
+    def spec(self) -> dict:
+        return {"kind": self.kind, "json": self._json}
+
+    def _bytes_of(self, token: str | None, special: set[str]) -> bytes:
+        if token is None or token in special:
+            return b""
+        if self._decoder_kind == "ByteLevel":
+            return bytes(_BYTE_OF_CHAR.get(ch, 0) for ch in token)
+        if self._decoder_kind == "Metaspace":
+            return token.replace(self._metaspace, " ").encode("utf-8")
+        if self._decoder_kind == "WordPiece":
+            prefix = self._wordpiece_prefix
+            return (token[len(prefix):] if token.startswith(prefix) else " " + token).encode("utf-8")
+        return token.encode("utf-8")
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE writes each byte as a printable character: this maps them back."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = list(printable), 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+_BYTE_OF_CHAR = _byte_level_alphabet()
+
+
 def tokenizer_from_spec(spec: dict) -> Tokenizer:
     """Rebuilds a tokenizer from the `tokenizer` entry of a model's metadata."""
     if spec.get("kind") == "byte":
         return ByteTokenizer()
     if spec.get("kind") == "char":
         return CharTokenizer(tuple(spec["vocab"]))
-    raise ValueError(f"unknown tokenizer kind {spec.get('kind')!r} (expected 'byte' or 'char')")
+    if spec.get("kind") == "hf":
+        return HFTokenizer(spec["json"])
+    raise ValueError(f"unknown tokenizer kind {spec.get('kind')!r} (expected 'byte', 'char' or 'hf')")
 
 
 def make_tokenizer(kind: str, corpus: str) -> Tokenizer:

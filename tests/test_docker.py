@@ -100,6 +100,8 @@ def test_the_serving_image_is_small_and_has_no_torch(image):
     assert size <= MAX_IMAGE_BYTES, f"the serve image is {size / 1e6:.0f} MB"
     probe = docker("run", "--rm", "--entrypoint", "python3", image, "-c", "import torch", check=False)
     assert "No module named 'torch'" in probe.stderr
+    tokenizers = "from tokenizers import Tokenizer, models; Tokenizer.from_str(Tokenizer(models.BPE()).to_str())"
+    docker("run", "--rm", "--entrypoint", "python3", image, "-c", tokenizers)  # subword models load without the hub client
     user = docker("run", "--rm", "--entrypoint", "id", image, "-u").stdout.strip()
     assert user == "10001"
 

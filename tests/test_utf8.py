@@ -18,7 +18,8 @@ def test_korean_generation_streams_whole_characters(client, reference):
     for piece in pieces[:-1]:
         # each piece is exactly the whole characters its bytes make: none held over, none cut
         assert piece.text.encode("utf-8") == bytes(piece.token_ids)
-    assert any(len(p.token_ids) == 3 for p in pieces)  # a 3-byte syllable waited for its last byte
+    # a 3-byte syllable waited for its last byte (how many a piece holds depends on how fast the client reads)
+    assert any(len(p.token_ids) > len(p.text) for p in pieces)
 
 
 def test_sampled_bytes_never_break_the_stream(client):
