@@ -166,12 +166,34 @@ def tokenizer_from_spec(spec: dict) -> Tokenizer:
     raise ValueError(f"unknown tokenizer kind {spec.get('kind')!r} (expected 'byte', 'char' or 'hf')")
 
 
-def make_tokenizer(kind: str, corpus: str) -> Tokenizer:
+def make_tokenizer(kind: str, corpus: str, vocab_size: int = 2000) -> Tokenizer:
+    """A tokenizer for training: byte and char need nothing more; bpe (byte-level BPE: any text, no unknown
+    characters) and word (whole words and whitespace runs, <unk> for the rest) learn `vocab_size` tokens from the
+    corpus with Hugging Face `tokenizers`."""
     if kind == "byte":
         return ByteTokenizer()
     if kind == "char":
         return CharTokenizer.from_text(corpus)
-    raise ValueError(f"unknown tokenizer {kind!r} (expected 'byte' or 'char')")
+    if kind in ("bpe", "word"):
+        from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+        from tokenizers import Tokenizer as Trained
+
+        if kind == "bpe":
+            trained = Trained(models.BPE())
+            trained.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            trained.decoder = decoders.ByteLevel()
+            trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        else:
+            trained = Trained(models.WordLevel(unk_token=UNKNOWN_WORD))
+            trained.pre_tokenizer = pre_tokenizers.Split(Regex(r"\w+|[^\w\s]|\s+"), behavior="isolated")
+            trained.decoder = decoders.Fuse()
+            trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=[UNKNOWN_WORD], show_progress=False)
+        trained.train_from_iterator(corpus.splitlines(keepends=True), trainer)
+        return HFTokenizer(trained.to_str())
+    raise ValueError(f"unknown tokenizer {kind!r} (expected 'byte', 'char', 'bpe' or 'word')")
+
+
+UNKNOWN_WORD = "<unk>"
 
 
 class IncrementalDecoder:

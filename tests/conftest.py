@@ -47,7 +47,8 @@ def corpus_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, corpus_file) -> Trained:
-    """lstm (byte), gru (char), rnn (byte), LSTMs that have learnt some Korean (`korean` byte, `korean_char` char),
+    """lstm (byte), gru (char), rnn (byte), LSTMs that have learnt some Korean (`korean` byte, `korean_char` char,
+    `korean_bpe` byte-level BPE), a word-level LSTM (`words`),
     word-boundary taggers (`tagger` unidirectional, streams; `tagger_bi` bidirectional, whole input only),
     text-kind classifiers (`kind`, `kind_bi`), a conditional language model (`writer`) and a date-normalising
     encoder–decoder (`dates`)."""
@@ -63,6 +64,8 @@ def trained(tmp_path_factory, corpus_file) -> Trained:
         "rnn": dict(cell="rnn", layers=1, **english),
         "korean": dict(steps=300, **learns_korean),
         "korean_char": dict(steps=150, tokenizer="char", **learns_korean),
+        "korean_bpe": dict(steps=300, tokenizer="bpe", vocab_size=320, **learns_korean),
+        "words": dict(cell="lstm", layers=1, tokenizer="word", vocab_size=600, **english),
         "writer": dict(task="conditional_language_model", layers=1, steps=30),
         "dates": dict(task="date_normaliser", cell="gru", layers=1, hidden=64, steps=250, batch_size=32, lr=1e-2, dropout=0.0),
     }

@@ -16,7 +16,9 @@ MISTAKES = [  # (what is wrong, the command line, its exit code, words its one l
     ("no command", [], USAGE, "required: COMMAND"),
     ("unknown command", ["frobnicate"], USAGE, "invalid choice: 'frobnicate'"),
     # train
-    ("unknown tokenizer", ["train", "--tokenizer", "bpe"], USAGE, "invalid choice: 'bpe' (choose from 'byte', 'char')"),
+    ("unknown tokenizer", ["train", "--tokenizer", "sentencepiece"], USAGE, "invalid choice: 'sentencepiece' (choose from 'byte', 'char', 'bpe', 'word')"),
+    ("a subword tagger", ["train", "--task", "boundary_tagger", "--tokenizer", "bpe"], FAILED, "--tokenizer bpe is for language models"),
+    ("a BPE smaller than its bytes", ["train", "--tokenizer", "bpe", "--vocab-size", "100"], FAILED, "--vocab-size 100: a byte-level BPE"),
     ("unknown cell", ["train", "--cell", "transformer"], USAGE, "invalid choice: 'transformer'"),
     ("unknown task", ["train", "--task", "translate"], USAGE, "--task: invalid choice: 'translate'"),
     ("not a number", ["train", "--hidden", "big"], USAGE, "--hidden: invalid int value: 'big'"),
@@ -131,7 +133,7 @@ def test_help_lists_choices_and_ends_with_examples():
         assert done.returncode == 0
         assert done.stdout.rstrip().splitlines()[-1].strip().startswith("rnnserve "), f"{command} --help ends without an example"
     train_help = run_cli("train", "--help").stdout
-    assert "{rnn,lstm,gru}" in train_help and "{byte,char}" in train_help and "date_normaliser" in train_help
+    assert "{rnn,lstm,gru}" in train_help and "{byte,char,bpe,word}" in train_help and "date_normaliser" in train_help
 
 
 def test_version():

@@ -122,7 +122,9 @@ def test_model_defaults_apply_when_settings_are_unset(client):
 
 def test_list_and_get_models(client):
     names = [m.name for m in client.list_models()]
-    assert names == ["dates", "gru", "kind", "kind_bi", "korean", "korean_char", "lstm", "rnn", "tagger", "tagger_bi", "writer"]
+    assert names == [
+        "dates", "gru", "kind", "kind_bi", "korean", "korean_bpe", "korean_char", "lstm", "rnn", "tagger", "tagger_bi", "words", "writer"
+    ]
     info = client.get_model("lstm")
     assert (info.cell, info.layers, info.hidden, info.vocab_size) == ("lstm", 2, 32, 256)
     assert [s.name for s in info.state] == ["h", "c"] and list(info.state[0].shape) == [2, 32]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from rnnserve.options import check_choices, flag, option
 
 TASK_NAMES = ("language_model", "boundary_tagger", "text_classifier", "conditional_language_model", "date_normaliser")
-TOKENIZER_KINDS = ("byte", "char")
+TOKENIZER_KINDS = ("byte", "char", "bpe", "word")
 CELL_TYPES = ("rnn", "lstm", "gru")
 
 
@@ -24,7 +24,12 @@ class TrainConfig:
         None, "UTF-8 text file to train on (default: the built-in corpus, Python's help topics; the classifier, conditional "
         "model and date normaliser use their own built-in data)"
     )
-    tokenizer: str = option("byte", "byte (any UTF-8, vocabulary 256) or char (vocabulary built from the corpus)", TOKENIZER_KINDS)
+    tokenizer: str = option(
+        "byte", "byte (any UTF-8, vocabulary 256), char (the corpus's characters), bpe (byte-level BPE learnt from the corpus: "
+        "subwords, any text) or word (the corpus's commonest words, <unk> for the rest); bpe and word are for language models",
+        TOKENIZER_KINDS,
+    )
+    vocab_size: int = option(2000, "bpe and word: how many tokens to learn from the corpus")
     cell: str = option("lstm", "recurrent cell", CELL_TYPES)
     layers: int = option(2, "stacked recurrent layers")
     hidden: int = option(256, "units per recurrent layer")
@@ -52,7 +57,11 @@ class TrainConfig:
 
     def __post_init__(self):
         check_choices(self)
-        for name in ("layers", "hidden", "embedding", "batch_size", "bptt", "eval_every", "sample_chars"):
+        if self.tokenizer in ("bpe", "word") and self.task != "language_model":
+            raise ValueError(f"--tokenizer {self.tokenizer} is for language models; a {self.task} reads characters: use byte or char")
+        if self.vocab_size < 257 and self.tokenizer == "bpe":
+            raise ValueError(f"--vocab-size {self.vocab_size}: a byte-level BPE vocabulary starts from 256 bytes, so it needs more")
+        for name in ("layers", "hidden", "embedding", "batch_size", "bptt", "eval_every", "sample_chars", "vocab_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{flag(name)} must be at least 1, not {getattr(self, name)}")
         if self.steps is not None and self.steps < 1:

@@ -33,8 +33,10 @@ class LanguageModel:
     def corpus(self, config: TrainConfig) -> str:
         return load_corpus(config.corpus)
 
-    def tokenizer_text(self, text: str) -> str:
-        return text
+    def tokenizer_text(self, text: str, config: TrainConfig) -> str:
+        """What the tokenizer is built from: a learnt vocabulary (bpe, word) sees the training text alone, so the
+        validation text is as new to it as to the model."""
+        return split_corpus(text, config.val_fraction)[0] if config.tokenizer in ("bpe", "word") else text
 
     def model_config(self, vocab_size: int, config: TrainConfig) -> ModelConfig:
         """A model that generates from a label or a source also reads <bos> and writes <eos>, past the tokenizer's vocabulary."""
@@ -115,7 +117,7 @@ class BoundaryTagger(LanguageModel):
     def _chars(self, text: str) -> int:
         return sum(len(w) for w in text.split())
 
-    def tokenizer_text(self, text: str) -> str:
+    def tokenizer_text(self, text: str, config: TrainConfig) -> str:
         return "".join(text.split())
 
     def metrics(self, loss: float, logits: list[torch.Tensor], data: TaskData, model) -> dict:

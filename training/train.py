@@ -127,8 +127,8 @@ def train(config: TrainConfig) -> dict:
     checkpoint = read_checkpoint(out) if config.resume else None
     task = task_named(checkpoint["train_config"].get("task", "language_model") if checkpoint else config.task)
     text = task.corpus(config)
-    tokenizer = (
-        tokenizer_from_spec(checkpoint["tokenizer"]) if checkpoint else make_tokenizer(config.tokenizer, task.tokenizer_text(text))
+    tokenizer = tokenizer_from_spec(checkpoint["tokenizer"]) if checkpoint else make_tokenizer(
+        config.tokenizer, task.tokenizer_text(text, config), config.vocab_size
     )
     data = task.data(tokenizer, text, config)
     model_config = ModelConfig(**checkpoint["model_config"]) if checkpoint else task.model_config(tokenizer.vocab_size, config)
