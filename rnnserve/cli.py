@@ -22,7 +22,7 @@ from rnnserve.options import add_flags, config_from
 from rnnserve.server.config import ServerConfig
 from rnnserve.training.config import TrainConfig
 
-NEEDS_TRAIN_EXTRA = "this command needs torch and onnx: pip install 'rnnserve[train]'"
+NEEDS_TRAIN_EXTRA = "this command needs the train extra (torch, onnx, matplotlib): pip install 'rnnserve[train]'"
 DEFAULT_TARGET = "127.0.0.1:50051"
 SHOW_TRACEBACK = "RNNSERVE_TRACEBACK"  # set it to see the traceback of an unexpected error
 CONNECTION_FLAGS = (  # a client command's way to a server with TLS and tokens
@@ -43,6 +43,9 @@ EXAMPLES = {
   rnnserve train --corpus ko.txt --tokenizer char --minutes 5 --out runs/ko.pt
   rnnserve train --task boundary_tagger --tokenizer char --bidirectional --minutes 2 --out runs/tagger.pt
   rnnserve train --steps 2000 --out runs/lm.pt --resume                    # continue a run to 2,000 steps""",
+    "plot": """examples:
+  rnnserve plot runs/lm.pt --out curves.png
+  rnnserve generate --model dates --source 'Tuesday, March 5th, 2024' --plot attention.png   # an attention heatmap""",
     "export": """examples:
   rnnserve export runs/lm.pt --repository models --name lm                 # writes models/lm/1/model.onnx
   rnnserve export runs/lm.pt --repository models --name lm --version 2""",
@@ -96,6 +99,15 @@ def _train(args) -> None:
     from rnnserve.training.train import train
 
     print(json.dumps(train(config)))
+
+
+def _plot(args) -> None:
+    from rnnserve.training.plots import plot_curves
+    from rnnserve.training.train import read_checkpoint
+
+    checkpoint = read_checkpoint(args.checkpoint)
+    path = plot_curves(checkpoint["progress"], args.out, title=Path(args.checkpoint).name)
+    print(f"wrote {path}")
 
 
 def _export(args) -> None:
@@ -162,6 +174,12 @@ def _generate(args) -> None:
     sys.stdout.write("\n")
     if args.attention:
         _print_attention(source_tokens, looked_at)
+    if args.plot:
+        if not looked_at:
+            raise SystemExit("--plot: the model answered no attention (only encoder–decoders have it)")
+        from rnnserve.training.plots import plot_attention
+
+        print(f"wrote {plot_attention(source_tokens, [t for t, _ in looked_at], [list(w) for _, w in looked_at], args.plot)}")
 
 
 def _print_attention(source_tokens: list[str], looked_at: list[tuple[str, list[float]]]) -> None:
@@ -287,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     add_flags(command("train", _train, "train a language model, tagger, classifier or encoder–decoder (needs the [train] extra)"), TrainConfig)
+    plot = command("plot", _plot, "draw a run's training and validation curves from its checkpoint (needs the [train] extra)")
+    plot.add_argument("checkpoint", help="a checkpoint written by `rnnserve train`")
+    plot.add_argument("--out", default="curves.png", help="the PNG to write (default: curves.png)")
     export = command("export", _export, "export a checkpoint to ONNX in a model repository, parity-checked (needs the [train] extra)")
     add_flags(export, ExportConfig, positional=("checkpoint",))
     describe = command(
@@ -322,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--label", default="", help="conditional language models: the kind of text to write")
     generate.add_argument("--source", default="", help="encoder–decoders: the text to transduce")
     generate.add_argument("--attention", action="store_true", help="encoder–decoders: show where each output token looked")
+    generate.add_argument("--plot", metavar="PNG", help="encoder–decoders: draw the attention as a heatmap into this file (needs the [train] extra)")
     generate.add_argument("--temperature", type=_number(float, 0, 100), help="0 is greedy (default: the model's)")
     generate.add_argument("--top-k", type=_number(int, 0), help="sample from the k most probable tokens (0: off)")
     generate.add_argument("--top-p", type=_number(float, 0, 1, above=True), help="nucleus sampling mass (1: off)")
@@ -372,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"{prefix}: {exit_.code}") from None
         raise
     except ModuleNotFoundError as err:
-        if err.name in ("torch", "onnx", "tqdm"):
+        if err.name in ("torch", "onnx", "tqdm", "matplotlib"):
             raise SystemExit(f"{prefix}: {NEEDS_TRAIN_EXTRA} ({err.name} is missing)") from None
         raise
     except FileNotFoundError as err:  # a file named on the command line (a certificate, say)

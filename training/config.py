@@ -54,6 +54,7 @@ class TrainConfig:
     sample_chars: int = option(160, "characters of sample text printed at each evaluation")
     progress_interval_s: float = option(10.0, "seconds between progress lines when the output is not a terminal (a log)")
     quiet: bool = option(False, "no progress bar or samples")
+    metrics_csv: str | None = option(None, "append every evaluation's figures to this CSV file (for a spreadsheet or a plot)")
 
     def __post_init__(self):
         check_choices(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import pickle
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from rnnserve.text import Tokenizer, make_tokenizer, tokenizer_from_spec
 from rnnserve.training.batches import IGNORE, Batch
 from rnnserve.training.config import TrainConfig
+from rnnserve.training.distributed import World, join
 from rnnserve.training.models import ModelConfig, build_model
 from rnnserve.training.progress import ProgressReport
 from rnnserve.training.tasks import task_named
@@ -29,6 +32,22 @@ class Progress:
     chunk: int = 0
     elapsed_s: float = 0.0
     metrics: dict = field(default_factory=dict)
+    # the curves `rnnserve plot` draws: [step, training loss] every few steps, and every evaluation's metrics
+    train_curve: list = field(default_factory=list)
+    evaluations: list = field(default_factory=list)
+
+
+CURVE_POINTS_PER_EVALUATION = 20
+
+
+def write_metrics_row(path: Path, row: dict) -> None:
+    """One evaluation's figures as a CSV row (the header first, when the file is new)."""
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
 
 
 def lr_factor(config: TrainConfig, step: int, fraction_done: float) -> float:
@@ -123,7 +142,15 @@ def _check_out(config: TrainConfig) -> Path:
 def train(config: TrainConfig) -> dict:
     """Trains until the step or time budget is spent; returns the final metrics."""
     torch.manual_seed(config.seed)
-    out = _check_out(config)
+    world = join(config.batch_size)
+    try:
+        return _train(config, world)
+    finally:
+        world.close()
+
+
+def _train(config: TrainConfig, world: World) -> dict:
+    out = _check_out(config) if world.leader else Path(config.out)
     checkpoint = read_checkpoint(out) if config.resume else None
     task = task_named(checkpoint["train_config"].get("task", "language_model") if checkpoint else config.task)
     text = task.corpus(config)
@@ -134,6 +161,8 @@ def train(config: TrainConfig) -> dict:
     model_config = ModelConfig(**checkpoint["model_config"]) if checkpoint else task.model_config(tokenizer.vocab_size, config)
     model = build_model(model_config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    # the model every rank steps: gradients averaged across ranks (one process: the model itself)
+    stepped = DistributedDataParallel(model) if world.size > 1 else model
     progress = Progress()
     if checkpoint:
         model.load_state_dict(checkpoint["model_state"])
@@ -159,6 +188,11 @@ def train(config: TrainConfig) -> dict:
             "corpus": config.corpus or task.builtin_corpus,
             "corpus_chars": len(text),
         }
+        progress.evaluations.append({k: v for k, v in progress.metrics.items() if isinstance(v, (int, float))})
+        if not world.leader:
+            return
+        if config.metrics_csv:
+            write_metrics_row(Path(config.metrics_csv), progress.evaluations[-1])
         save_checkpoint(out, model, optimizer, tokenizer, config, progress)  # before the sample, which may fail
         report.write(f"step {progress.step}: {task.summary(progress.metrics)}")
         if not config.quiet:
@@ -173,7 +207,8 @@ def train(config: TrainConfig) -> dict:
         return progress.step if total_steps else round(progress.elapsed_s)
 
     report = ProgressReport(
-        total_steps or round(total_s), done(), "step" if total_steps else "second", config.quiet, config.progress_interval_s
+        total_steps or round(total_s), done(), "step" if total_steps else "second", config.quiet or not world.leader,
+        config.progress_interval_s,
     )
     model.train()
     loss_ema = None
@@ -185,8 +220,9 @@ def train(config: TrainConfig) -> dict:
             started = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * lr_factor(config, progress.step, fraction_done())
+            batch = world.rows(batch)
             state = model.start(batch) if batch.fresh or state is None else model.carried(state)
-            logits, state = model(batch.inputs, state)
+            logits, state = stepped(batch.inputs, state)
             loss = nn.functional.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -196,12 +232,15 @@ def train(config: TrainConfig) -> dict:
             seconds = time.perf_counter() - started
             progress.step += 1
             progress.chunk += 1
-            progress.elapsed_s += seconds
-            loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+            progress.elapsed_s = world.agreed(progress.elapsed_s + seconds)
+            step_loss = world.mean(loss.item())
+            loss_ema = step_loss if loss_ema is None else 0.95 * loss_ema + 0.05 * step_loss
             report.update(
                 done(), step=str(progress.step), loss=f"{loss_ema:.3f}",
-                chars_s=f"{batch.inputs.numel() * data.chars_per_token / seconds:,.0f}",
+                chars_s=f"{batch.inputs.numel() * world.size * data.chars_per_token / seconds:,.0f}",
             )
+            if progress.step % max(1, config.eval_every // CURVE_POINTS_PER_EVALUATION) == 0:
+                progress.train_curve.append([progress.step, round(loss_ema, 4)])
             if progress.step % config.eval_every == 0:
                 checkpoint_now(loss_ema)
             if fraction_done() >= 1.0:

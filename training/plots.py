@@ -1,0 +1,67 @@
+"""Pictures where people would rather look than read: a run's training and validation curves, and an
+encoder–decoder's attention over its source. matplotlib comes with the train extra, never with serving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(progress: dict, out: str | Path, title: str = "") -> Path:
+    """Training loss (every few steps) and validation loss (every evaluation) against steps, and the validation
+    bits per character beside them, from a checkpoint's progress."""
+    curve, evaluations = progress.get("train_curve", []), progress.get("evaluations", [])
+    if not curve and not evaluations:
+        raise SystemExit("the checkpoint has no curves to draw: it was written before rnnserve kept them, or before its first step")
+    plt = _pyplot()
+    figure, (loss, bits) = plt.subplots(1, 2, figsize=(11, 4))
+    if curve:
+        loss.plot([s for s, _ in curve], [v for _, v in curve], label="training (moving average)", color="tab:blue")
+    validated = [e for e in evaluations if "val_loss_nats" in e]
+    if validated:
+        loss.plot([e["steps"] for e in validated], [e["val_loss_nats"] for e in validated], "o-", label="validation", color="tab:orange")
+    loss.set(xlabel="step", ylabel="loss (nats per token)", title="loss")
+    loss.legend()
+    per_char = [e for e in evaluations if "val_bits_per_char" in e]
+    if per_char:
+        bits.plot([e["steps"] for e in per_char], [e["val_bits_per_char"] for e in per_char], "o-", color="tab:green", label="validation")
+        if "unigram_bits_per_char" in per_char[-1]:
+            bits.axhline(per_char[-1]["unigram_bits_per_char"], linestyle="--", color="grey", label="unigram (no context)")
+        bits.legend()
+    bits.set(xlabel="step", ylabel="bits per character", title="held-out bits per character")
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return _save(figure, plt, out)
+
+
+def plot_attention(source_tokens: list[str], output_tokens: list[str], weights: list[list[float]], out: str | Path) -> Path:
+    """Rows: the tokens written; columns: the source tokens; shade: where each output token looked."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(max(4, 0.4 * len(source_tokens) + 2), max(3, 0.35 * len(output_tokens) + 1.5)))
+    image = axes.imshow([row[: len(source_tokens)] for row in weights], cmap="viridis", aspect="auto", vmin=0.0)
+    axes.set_xticks(range(len(source_tokens)), [repr(t)[1:-1] for t in source_tokens], rotation=90)
+    axes.set_yticks(range(len(output_tokens)), [repr(t)[1:-1] for t in output_tokens])
+    axes.set(xlabel="source", ylabel="written")
+    figure.colorbar(image, ax=axes, label="attention")
+    figure.tight_layout()
+    return _save(figure, plt, out)
+
+
+def _save(figure, plt, out: str | Path) -> Path:
+    out = Path(out)
+    try:
+        figure.savefig(out, dpi=120)
+    except OSError as err:
+        raise SystemExit(f"--out {out}: {err.strerror}") from None
+    finally:
+        plt.close(figure)
+    return out
