@@ -137,13 +137,13 @@ def encoder_graph(model) -> GraphSpec | None:
     return None
 
 
-def to_onnx(spec: GraphSpec) -> bytes:
-    """The serialized ONNX graph, batch and T dynamic.
+def to_onnx(spec: GraphSpec, steps: int = 3) -> bytes:
+    """The serialized ONNX graph, batch and T dynamic (traced with an example of `steps` steps).
 
     dynamo=False maps nn.LSTM/GRU/RNN to ONNX's fused recurrent operators, which onnxruntime runs fast;
     the parity check in export/verify.py decides whether the result is right.
     """
-    example = spec.sample(2, 3, torch.Generator().manual_seed(0))
+    example = spec.sample(2, steps, torch.Generator().manual_seed(0))
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the recurrent-op and batch_first notices are expected here

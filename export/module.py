@@ -1,5 +1,6 @@
 """Export a recurrent model written without rnnserve: any `nn.Module` whose `forward(tokens, state)` returns
-`(outputs, state)` one step or many steps at a time, served like the models `rnnserve train` makes.
+`(outputs, state)` one step or many steps at a time, built on nn.RNN/nn.LSTM/nn.GRU or on a custom cell stepped in
+a Python loop (exported as one step inside an ONNX Scan), served like the models `rnnserve train` makes.
 
     from rnnserve.export import export_module
 
@@ -18,12 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 
 from rnnserve.contract import DEFAULT_SAMPLING, USER_TASKS, ContractError, OutputSpec, SamplingDefaults, StateSpec, model_document
 from rnnserve.export.graphs import GraphSpec, state_output_name, to_onnx
 from rnnserve.export.metadata import attach
+from rnnserve.export.scan import scan_over_steps
 from rnnserve.export.verify import check_parity, parity_report
 from rnnserve.text import HFTokenizer, Tokenizer
 
@@ -73,6 +76,8 @@ def export_module(
 
     spec = _graph_spec(graph, shapes, tokenizer.vocab_size)
     model_bytes = to_onnx(spec)
+    if not _takes_any_length(model_bytes, spec):  # a Python loop over the steps, unrolled by tracing: scan one step
+        model_bytes = scan_over_steps(to_onnx(spec, steps=1), spec.state)
     report = parity_report(spec, model_bytes)
     check_parity(report)
     document = model_document(
@@ -153,6 +158,16 @@ def _check_module(graph: _StepGraph, shapes: dict[str, tuple[int, ...]], vocab: 
             f"{difference:.3g} away from the whole sequence at once; the state must carry everything the next step needs"
         )
     return int(whole.shape[-1])
+
+
+def _takes_any_length(model_bytes: bytes, spec: GraphSpec) -> bool:
+    """Whether the traced graph answers T steps for T other than the example's."""
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    feeds = {n: t.numpy() for n, t in spec.sample(2, 5, torch.Generator().manual_seed(1)).items()}
+    try:
+        return session.run(["logits"], feeds)[0].shape[1] == 5
+    except Exception:  # shapes fixed by the trace
+        return False
 
 
 def _batch_dim_hint(graph: _StepGraph) -> str:

@@ -46,6 +46,21 @@ class LstmLM(nn.Module):
         return self.out(x), state
 
 
+class CellLM(nn.Module):
+    """A custom cell stepped in a Python loop (tracing would unroll it: it is exported inside an ONNX Scan)."""
+
+    def __init__(self, vocab=256, hidden=32):
+        super().__init__()
+        self.embed, self.cell, self.out = nn.Embedding(vocab, 16), nn.GRUCell(16, hidden), nn.Linear(hidden, vocab)
+
+    def forward(self, tokens, h):
+        outputs = []
+        for t in range(tokens.size(1)):
+            h = self.cell(self.embed(tokens[:, t]), h)
+            outputs.append(self.out(torch.tanh(h)))
+        return torch.stack(outputs, 1), h
+
+
 def pytorch_steps(model: nn.Module, tokens: list[int], state) -> np.ndarray:
     """The module's probabilities after each token, one step at a time from `state`."""
     rows = []
@@ -87,6 +102,8 @@ def user_repository(tmp_path_factory):
     repository = tmp_path_factory.mktemp("user_models")
     lstm = LstmLM().eval()
     export_module(lstm, {"h": (2, 32), "c": (2, 32)}, ByteTokenizer(), repository, "user_lstm", state_batch_dim=1)
+    cell = CellLM().eval()
+    export_module(cell, {"h": (32,)}, ByteTokenizer(), repository, "user_cell")
     gru = GruLM().eval()
     exported = repository.parent / "gru.onnx"
     torch.onnx.export(
@@ -99,7 +116,7 @@ def user_repository(tmp_path_factory):
         "--out", str(repository / "user_gru" / "1" / "model.onnx"),
     )
     assert done.returncode == 0, done.stderr
-    return repository, {"user_lstm": lstm, "user_gru": gru}
+    return repository, {"user_lstm": lstm, "user_gru": gru, "user_cell": cell}
 
 
 @pytest.fixture(scope="module")
@@ -108,10 +125,10 @@ def user_server(base_config, user_repository):
         yield running
 
 
-@pytest.mark.parametrize("name", ["user_lstm", "user_gru"])
+@pytest.mark.parametrize("name", ["user_lstm", "user_gru", "user_cell"])
 def test_a_users_model_streams_and_generates_as_pytorch_does(user_server, user_repository, name):
     model = user_repository[1][name]
-    zeros = (torch.zeros(2, 1, 32), torch.zeros(2, 1, 32)) if name == "user_lstm" else torch.zeros(1, 2, 32)
+    zeros = {"user_lstm": (torch.zeros(2, 1, 32), torch.zeros(2, 1, 32)), "user_gru": torch.zeros(1, 2, 32), "user_cell": torch.zeros(1, 32)}[name]
     tokens = list(TEXT.encode())
     with user_server.client() as client:
         served = streamed(client, name, [TEXT[:10], TEXT[10:]])
