@@ -99,6 +99,21 @@ class RnnServeClient:
     def close_session(self, session_id: str) -> None:
         self._stub.CloseSession(pb.CloseSessionRequest(session_id=session_id), timeout=self._timeout_s)
 
+    def snapshot_session(self, session_id: str = "", model: str = "", sequence_id: str = "", version: str = "") -> pb.SessionSnapshot:
+        """A named session's (or a KServe sequence's) whole state as a blob; the session goes on unchanged."""
+        ref = pb.SessionRef(session_id=session_id, model=model, version=version, sequence_id=str(sequence_id or ""))
+        return self._stub.SnapshotSession(ref, timeout=self._timeout_s)
+
+    def restore_session(self, blob: bytes, session_id: str = "", sequence_id: str = "") -> pb.SessionInfo:
+        """A snapshot as a live session (under its own id unless another is given), for a stream to resume."""
+        request = pb.RestoreSessionRequest(blob=blob, session_id=session_id, sequence_id=str(sequence_id or ""))
+        return self._stub.RestoreSession(request, timeout=self._timeout_s)
+
+    def fork_session(self, session_id: str, new_session_id: str = "") -> pb.SessionInfo:
+        """A copy of a named session under a new id (made up when none is given)."""
+        request = pb.ForkSessionRequest(source=pb.SessionRef(session_id=session_id), session_id=new_session_id)
+        return self._stub.ForkSession(request, timeout=self._timeout_s)
+
 
 def _chunk_request(item: str | list[int]) -> pb.StreamRequest:
     return pb.StreamRequest(text=item) if isinstance(item, str) else pb.StreamRequest(tokens=item)

@@ -74,6 +74,14 @@ EXAMPLES = {
     "token": """examples (the token is printed once; the file keeps only its hash):
   RNNSERVE_TOKEN=$(rnnserve token --file tokens.txt) rnnserve models
   rnnserve token --file tokens.txt --models lm,kind --name ci   # then: rnnserve serve --auth-tokens tokens.txt""",
+    "snapshot": """examples:
+  rnnserve snapshot --session-id talk-1 --out talk-1.snap
+  rnnserve snapshot --model dates --sequence-id 42 --out seq-42.snap""",
+    "restore": """examples:
+  rnnserve restore talk-1.snap --target other-host:50051                 # then: rnnserve stream --session-id talk-1 --resume
+  rnnserve restore talk-1.snap --session-id talk-1-copy""",
+    "fork": """examples:
+  rnnserve fork --session-id talk-1 --new-session-id talk-1-b""",
     "health": """exit status 0 when the server answers SERVING, 1 otherwise (a container's HEALTHCHECK, a probe):
   rnnserve health
   rnnserve health --target 10.0.0.5:50051 --timeout-s 2""",
@@ -262,6 +270,30 @@ def _token(args) -> None:
     print(token)
 
 
+def _snapshot(args) -> None:
+    with _client(args) as client:
+        snapshot = client.snapshot_session(args.session_id, args.model, args.sequence_id)
+    try:
+        Path(args.out).write_bytes(snapshot.blob)
+    except OSError as err:
+        raise SystemExit(f"--out {args.out}: {err.strerror}") from None
+    print(f"wrote {args.out}: model {snapshot.model}/{snapshot.version} at position {snapshot.position} ({len(snapshot.blob):,} bytes)")
+
+
+def _restore(args) -> None:
+    blob = Path(args.snapshot).read_bytes()
+    with _client(args) as client:
+        info = client.restore_session(blob, args.session_id, args.sequence_id)
+    where = f"session {info.session_id}" if info.session_id else f"sequence {info.sequence_id}"
+    print(f"restored {where} of model {info.model}/{info.version} at position {info.position}: resume it within the session TTL")
+
+
+def _fork(args) -> None:
+    with _client(args) as client:
+        info = client.fork_session(args.session_id, args.new_session_id)
+    print(f"forked session {args.session_id} into {info.session_id} at position {info.position}")
+
+
 def _number(kind: type, minimum: float, maximum: float | None = None, above: bool = False):
     """An argparse type: a `kind` number within [minimum, maximum] ((minimum, maximum] when `above`)."""
     span = f"{'(' if above else '['}{minimum}, {'∞)' if maximum is None else f'{maximum}]'}"
@@ -329,13 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
         ("infer", _infer, "send a whole text at once and show every step's top outputs"),
         ("models", _models, "list the models a server serves"),
         ("health", _health, "ask a server whether it is serving (exit status 0 if so)"),
+        ("snapshot", _snapshot, "save a named session's (or a KServe sequence's) whole state to a file"),
+        ("restore", _restore, "turn a snapshot file into a live session, here or on another server with the same model"),
+        ("fork", _fork, "copy a named session under a new id, to continue it two ways"),
     ):
         sub = command(name, run, help_text)
         target = os.environ.get("RNNSERVE_TARGET", DEFAULT_TARGET)
         sub.add_argument("--target", type=_target, default=target, help=f"server address HOST:PORT (default: {target}; env RNNSERVE_TARGET)")
         for flag, env, help_text in CONNECTION_FLAGS:
             sub.add_argument(flag, default=os.environ.get(env) or None, help=f"{help_text} (env {env})")
-        if name not in ("models", "health"):
+        if name in ("generate", "stream", "infer"):
             sub.add_argument("--model", required=True, help="model name (`rnnserve models` lists them)")
             sub.add_argument("--version", default="", help="model version (default: the newest)")
     generate = commands.choices["generate"]
@@ -356,6 +391,18 @@ def build_parser() -> argparse.ArgumentParser:
     infer = commands.choices["infer"]
     infer.add_argument("text", help="the whole input")
     infer.add_argument("--top-k", type=_number(int, 1, 2**32 - 1), default=0, help="outputs shown per step (default: 5, or all when fewer)")
+    snapshot = commands.choices["snapshot"]
+    snapshot.add_argument("--session-id", default="", help="the named session (or --model and --sequence-id for a KServe sequence)")
+    snapshot.add_argument("--model", default="", help="a KServe sequence's model")
+    snapshot.add_argument("--sequence-id", default="", help="a KServe sequence's id")
+    snapshot.add_argument("--out", required=True, help="the file to write the snapshot to")
+    restore = commands.choices["restore"]
+    restore.add_argument("snapshot", help="a file written by `rnnserve snapshot`")
+    restore.add_argument("--session-id", default="", help="restore it under this id (default: the id it had)")
+    restore.add_argument("--sequence-id", default="", help="restore it as this KServe sequence")
+    fork = commands.choices["fork"]
+    fork.add_argument("--session-id", required=True, help="the named session to copy")
+    fork.add_argument("--new-session-id", default="", help="the copy's id (default: one is made up and printed)")
     health = commands.choices["health"]
     health.add_argument("--service", default="", help="a service to ask about, e.g. rnnserve.v1.RnnServe (default: the whole server)")
     health.add_argument("--timeout-s", type=_number(float, 0, above=True), default=5.0, help="how long to wait for the answer (default: 5)")

@@ -204,12 +204,18 @@ class IncrementalDecoder:
     U+FFFD rather than an error.
     """
 
-    def __init__(self, tokenizer: Tokenizer):
+    def __init__(self, tokenizer: Tokenizer, pending: bytes = b""):
+        """`pending`: the bytes of a character begun before (what `pending()` said of an earlier decoder)."""
         self._tokenizer = tokenizer
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._decoder.setstate((pending, 0))
 
     def feed(self, token_id: int) -> str:
         return self._decoder.decode(self._tokenizer.token_bytes(token_id))
+
+    def pending(self) -> bytes:
+        """The bytes of a character not yet complete."""
+        return self._decoder.getstate()[0]
 
 
 def token_text(tokenizer: Tokenizer, token_id: int) -> str:

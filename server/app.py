@@ -22,9 +22,10 @@ from rnnserve.server.config import ServerConfig
 from rnnserve.server.inputs import Inputs
 from rnnserve.server.metrics import Metrics, MetricsServer
 from rnnserve.server.repository import Repository
-from rnnserve.server.service import InferenceService
 from rnnserve.server.security import TokenCheck, load_tokens, server_credentials
+from rnnserve.server.service import InferenceService
 from rnnserve.server.sessions import SessionRegistry
+from rnnserve.server.snapshots import Snapshots
 from rnnserve.server.tensors import TensorService
 from rnnserve.v1 import rnnserve_pb2, rnnserve_pb2_grpc
 
@@ -78,7 +79,7 @@ async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
     inputs = Inputs(config)
     server = grpc.aio.server(interceptors=interceptors, options=channel_options(config))
     in_flight = InFlight()
-    rnnserve_pb2_grpc.add_RnnServeServicer_to_server(NativeServicer(repository, InferenceService(sessions, inputs), metrics, in_flight), server)
+    rnnserve_pb2_grpc.add_RnnServeServicer_to_server(NativeServicer(repository, InferenceService(sessions, inputs), Snapshots(repository, sessions), metrics, in_flight), server)
     kserve = KServeServicer(repository, TensorService(sessions, inputs), config, metrics, in_flight)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, server)
     health_servicer = health.aio.HealthServicer()

@@ -1,7 +1,8 @@
 """The engine: continuous batching of all of a model's sessions, on a thread of its own, so the event loop only
 serves requests while onnxruntime works.
 
-Requests queue steps (a chunk, a prompt, a generation's first step), encodings and frees. The engine thread takes
+Requests queue steps (a chunk, a prompt, a generation's first step), encodings, state reads and writes (snapshots
+and restores) and frees. The engine thread takes
 every step that is ready (up to `max_batch`, optionally waiting `max_queue_delay_ms` for more), groups them by
 length T, and runs each group as one onnxruntime call over a gather of the sessions' state rows. Generations stay
 with it: after each call it samples the next token of every generating row at once (each row with its own
@@ -72,6 +73,19 @@ class _Encode:
     slot: int
     inputs: dict[str, np.ndarray]
     result: asyncio.Future  # resolves to None once the slot's state is written
+
+
+@dataclass(slots=True)
+class _Read:
+    slot: int
+    result: asyncio.Future  # resolves to the slot's state: name → row
+
+
+@dataclass(slots=True)
+class _Write:
+    slot: int
+    values: dict[str, np.ndarray]
+    result: asyncio.Future  # resolves to None once the slot holds the values
 
 
 @dataclass(slots=True)
@@ -149,6 +163,18 @@ class Batcher:
         self._queue.put(_Encode(slot, inputs, result))
         await result
 
+    async def read_state(self, slot: int) -> dict[str, np.ndarray]:
+        """A copy of the slot's state after every step queued before this (a snapshot)."""
+        result = self._loop.create_future()
+        self._queue.put(_Read(slot, result))
+        return await result
+
+    async def write_state(self, slot: int, values: dict[str, np.ndarray]) -> None:
+        """Sets the slot's whole state (a restore), in queue order."""
+        result = self._loop.create_future()
+        self._queue.put(_Write(slot, values, result))
+        await result
+
     def free(self, slot: int) -> None:
         """The slot goes back to the free list once the work queued before this is done."""
         self._queue.put(_Free(slot))
@@ -177,6 +203,8 @@ class Batcher:
                 return
             if isinstance(barrier, _Encode):
                 self._run_encode(barrier)
+            elif isinstance(barrier, (_Read, _Write)):
+                self._run_state_job(barrier)
             elif isinstance(barrier, _Free):
                 self._waiting.pop(barrier.slot, None)
                 self._hand_over(self._runtime.free, barrier.slot)
@@ -223,6 +251,20 @@ class Batcher:
             self._hand_over(_settle, job.result, None, RuntimeFailure(f"model {self._name}: encoding failed: {err}"))
             return
         self._hand_over(_settle, job.result, None, None)
+
+    def _run_state_job(self, job: _Read | _Write) -> None:
+        """A snapshot's read or a restore's write of one slot's whole state."""
+        try:
+            if isinstance(job, _Read):
+                value = self._runtime.read_state(job.slot, job.slot in self._fresh)
+            else:
+                self._fresh.discard(job.slot)
+                value = self._runtime.write_state(job.slot, job.values)
+        except Exception as err:
+            log.exception("model %s: reading or writing a slot's state failed", self._name)
+            self._hand_over(_settle, job.result, None, RuntimeFailure(f"model {self._name}: state transfer failed: {err}"))
+            return
+        self._hand_over(_settle, job.result, value, None)
 
     def _run_group(self, group: list[_Step]) -> None:
         slots = [job.slot for job in group]

@@ -71,6 +71,10 @@ class Metrics:
         self.sessions_expired = Counter(
             "rnnserve_sessions_expired", "Sessions freed after the idle time-out.", session_kind, registry=registry
         )
+        self.snapshots = Counter(
+            "rnnserve_snapshots", "Session snapshots: taken (SnapshotSession, ForkSession) and restored (RestoreSession, ForkSession).",
+            [*MODEL, "event"], registry=registry,
+        )
         self.slots_in_use = Gauge("rnnserve_slots_in_use", "Rows of the state slab in use.", MODEL, registry=registry)
         self.slots_capacity = Gauge("rnnserve_slots_capacity", "Rows of the state slab (--max-sessions).", MODEL, registry=registry)
 
@@ -150,6 +154,12 @@ class ModelMetrics:
     def session_started(self, kind: str) -> None:
         self._metrics.sessions_started.labels(*self.labels, kind).inc()
         self._metrics.sessions_active.labels(*self.labels, kind).inc()
+
+    def snapshot_taken(self) -> None:
+        self._metrics.snapshots.labels(*self.labels, "taken").inc()
+
+    def snapshot_restored(self) -> None:
+        self._metrics.snapshots.labels(*self.labels, "restored").inc()
 
     def session_ended(self, kind: str, reason: str) -> None:
         if reason == "expired":

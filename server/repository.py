@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ class Model:
     runtime: Runtime
     batcher: Batcher
     metrics: ModelMetrics
+    digest: str  # SHA-256 of its files: a snapshot restores only into the model it was taken from
 
 
 def _version_key(version: str):
@@ -56,7 +58,10 @@ def _load_model(path: Path, config: ServerConfig, device: Device, io_binding: bo
     runtime = Runtime(session, card, device, config.max_sessions, io_binding, encoder)
     model_metrics = metrics.model(name, version)
     batcher = Batcher(runtime, f"{name}/{version}", model_metrics, config.max_batch, config.max_queue_delay_ms)
-    return Model(card, tokenizer_from_spec(card.tokenizer), runtime, batcher, model_metrics)
+    digest = hashlib.sha256(path.read_bytes())
+    if card.encoder is not None:
+        digest.update((path.parent / card.encoder.file).read_bytes())
+    return Model(card, tokenizer_from_spec(card.tokenizer), runtime, batcher, model_metrics, digest.hexdigest())
 
 
 class Repository:

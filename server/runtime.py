@@ -64,6 +64,10 @@ class HostStateSlab:
                 value = values[spec.name]
                 row[: value.shape[0]] = value
 
+    def read(self, slot: int) -> dict[str, np.ndarray]:
+        """A copy of the slot's state (a snapshot)."""
+        return {spec.name: self._rows[spec.name][slot].copy() for spec in self._specs}
+
     def step(
         self, session: ort.InferenceSession, slots: list[int], fresh: np.ndarray, tokens: np.ndarray, extra_outputs: tuple[str, ...] = ()
     ) -> list[np.ndarray]:
@@ -123,6 +127,19 @@ class DeviceStateSlab:
             self._run_scatter(spec.name, slot_ids[:, None], value)
         self._current = 1 - self._current
         return [logits.numpy()]
+
+    def read(self, slot: int) -> dict[str, np.ndarray]:
+        """A copy of the slot's state on the host (a snapshot)."""
+        read = np.array([slot], np.int64)
+        return {spec.name: self._run_gather(spec.name, read).numpy()[0].reshape(spec.shape) for spec in self._specs}
+
+    def write(self, slot: int, values: dict[str, np.ndarray]) -> None:
+        """Sets a slot's whole state (a restore): every tensor's row, scattered on the device."""
+        write = np.array([[slot]], np.int64)
+        for spec in self._specs:
+            row = np.ascontiguousarray(values[spec.name], np.float32).reshape(1, self._row_size[spec.name])
+            self._run_scatter(spec.name, write, ort.OrtValue.ortvalue_from_numpy(row, self._device.kind, self._device.index))
+        self._current = 1 - self._current
 
     def _half(self, name: str, half: int) -> tuple[list[int], int]:
         """Shape and device address of one half of a state tensor's slab."""
@@ -207,6 +224,15 @@ class Runtime:
         steps, from the initial state where `fresh` [B] is set."""
         self.calls += 1
         return self.slab.step(self.session, slots, fresh, tokens, self._card.extra_outputs)
+
+    def read_state(self, slot: int, fresh: bool) -> dict[str, np.ndarray]:
+        """The slot's state: its rows, or the initial state when it has not stepped since it was (re)started."""
+        if fresh:
+            return {spec.name: np.full(spec.shape, spec.initial, np.float32) for spec in self._card.state}
+        return self.slab.read(slot)
+
+    def write_state(self, slot: int, values: dict[str, np.ndarray]) -> None:
+        self.slab.write(slot, values)
 
     def encode(self, slot: int, inputs: dict[str, np.ndarray]) -> None:
         """Runs the encoder on one sequence's request (batch 1) and writes its outputs as the slot's whole state."""

@@ -106,6 +106,34 @@ class SessionRegistry:
             else:
                 self._detach(session)
 
+    def live_sequence(self, model: Model, sequence_id: str) -> Session:
+        """A KServe sequence that is live (NOT_FOUND, saying why, when it is not)."""
+        key = ("sequence", model.card.name, sequence_id)
+        session = self._named.get(key)
+        if session is None:
+            raise NotFound(f"sequence {sequence_id} of model {model.card.name!r} {self._why_gone(key, 'was never started')}")
+        return session
+
+    async def restored(self, model: Model, session_id: str, sequence_id: str, position: int, pending: bytes, write) -> Session:
+        """A new named session (or KServe sequence) holding a snapshot's state, waiting for a stream (or request)
+        to resume it within the TTL. `write(slot)` puts the state into its slot."""
+        if sequence_id:
+            key, name, kind = ("sequence", model.card.name, sequence_id), f"sequence {sequence_id} of model {model.card.name!r}", "sequence"
+        else:
+            key, name, kind = session_id, session_id, "named"
+        if key in self._named:
+            raise AlreadyExists(f"{'session ' + repr(name) if kind == 'named' else name} is live: close or end it first, or restore under another id")
+        session = self._create(model, name, kind, key)
+        session.position = position
+        session.decoder = IncrementalDecoder(model.tokenizer, pending) if pending else None
+        try:
+            await write(session.slot)
+        except BaseException:
+            self._free(session, "closed")
+            raise
+        self._detach(session)
+        return session
+
     def end_owned_by(self, owner: object) -> None:
         """Ends the sequences a closing stream started and left open."""
         for session in [s for s in self._named.values() if s.owner is owner]:
@@ -113,17 +141,18 @@ class SessionRegistry:
 
     def model_of(self, session_id: str) -> Model:
         """The model of a named session (NOT_FOUND when there is none by that name)."""
-        return self._named_session(session_id).model
+        return self.named(session_id).model
 
     def close(self, session_id: str) -> None:
-        session = self._named_session(session_id)
+        session = self.named(session_id)
         if session.attached:
             raise FailedPrecondition(f"session {session_id!r} is attached to an open stream: end that stream first")
         self._free(session, "closed")
 
-    def _named_session(self, session_id: str) -> Session:
+    def named(self, session_id: str) -> Session:
+        """A live named session (NOT_FOUND when there is none by that name)."""
         if not session_id:
-            raise InvalidArgument("session_id", "name the session to close")
+            raise InvalidArgument("session_id", "name the session")
         session = self._named.get(session_id)
         if session is None:
             raise NotFound(self._unknown(session_id))

@@ -92,7 +92,7 @@ class TestBadInput:
 
     def test_resume_or_close_without_a_session_id(self, client):
         check(lambda: list(client.stream("lstm", ["a"], resume=True)), grpc.StatusCode.INVALID_ARGUMENT, "start.session_id")
-        check(lambda: client.close_session(""), grpc.StatusCode.INVALID_ARGUMENT, "session_id: name the session to close")
+        check(lambda: client.close_session(""), grpc.StatusCode.INVALID_ARGUMENT, "session_id: name the session")
 
     def test_an_empty_stream_still_names_a_missing_model(self, client):
         check(lambda: list(client.stream("nope", [])), grpc.StatusCode.NOT_FOUND, "'nope'")

@@ -87,6 +87,11 @@ MISTAKES = [  # (what is wrong, the command line, its exit code, words its one l
     ("a missing CA for a client", ["models", "--tls-ca", "{missing}"], FAILED, "{missing}: No such file"),
     ("a token for no models", ["token", "--file", "{missing}", "--models", ""], FAILED, "--models '': name models"),
     ("a token in a folder that is not there", ["token", "--file", "{missing}/tokens.txt"], FAILED, "No such file"),
+    # snapshots
+    ("snapshot of a session that is not there", ["snapshot", "--target", "{target}", "--session-id", "nope", "--out", "{missing}"], FAILED, "NOT_FOUND: session 'nope'"),
+    ("restore of a file that is not a snapshot", ["restore", "--target", "{target}", "{text}"], FAILED, "INVALID_ARGUMENT: blob: is not a snapshot"),
+    ("restore of a missing file", ["restore", "{missing}"], FAILED, "{missing}: No such file"),
+    ("fork without a session", ["fork"], USAGE, "the following arguments are required: --session-id"),
     # health
     ("health of a server not running", ["health", "--target", "127.0.0.1:{closed}"], FAILED, "cannot reach a server"),
     ("health of a service nobody serves", ["health", "--target", "{target}", "--service", "nope"], FAILED, "NOT_FOUND"),
@@ -128,7 +133,7 @@ def test_a_mistake_is_one_line_and_an_exit_code(places, argv, code, words):
 
 
 def test_help_lists_choices_and_ends_with_examples():
-    for command in ("train", "export", "serve", "generate", "stream", "infer", "models", "health", "token"):
+    for command in ("train", "export", "serve", "generate", "stream", "infer", "models", "health", "token", "describe", "plot", "snapshot", "restore", "fork"):
         done = run_cli(command, "--help")
         assert done.returncode == 0
         assert done.stdout.rstrip().splitlines()[-1].strip().startswith("rnnserve "), f"{command} --help ends without an example"

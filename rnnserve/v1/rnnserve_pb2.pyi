@@ -218,6 +218,64 @@ class CloseSessionResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class SessionRef(_message.Message):
+    __slots__ = ("session_id", "model", "version", "sequence_id")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    model: str
+    version: str
+    sequence_id: str
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., sequence_id: _Optional[str] = ...) -> None: ...
+
+class SessionSnapshot(_message.Message):
+    __slots__ = ("blob", "model", "version", "position")
+    BLOB_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    blob: bytes
+    model: str
+    version: str
+    position: int
+    def __init__(self, blob: _Optional[bytes] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., position: _Optional[int] = ...) -> None: ...
+
+class RestoreSessionRequest(_message.Message):
+    __slots__ = ("blob", "session_id", "sequence_id")
+    BLOB_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    blob: bytes
+    session_id: str
+    sequence_id: str
+    def __init__(self, blob: _Optional[bytes] = ..., session_id: _Optional[str] = ..., sequence_id: _Optional[str] = ...) -> None: ...
+
+class ForkSessionRequest(_message.Message):
+    __slots__ = ("source", "session_id", "sequence_id")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    source: SessionRef
+    session_id: str
+    sequence_id: str
+    def __init__(self, source: _Optional[_Union[SessionRef, _Mapping]] = ..., session_id: _Optional[str] = ..., sequence_id: _Optional[str] = ...) -> None: ...
+
+class SessionInfo(_message.Message):
+    __slots__ = ("session_id", "sequence_id", "model", "version", "position")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    sequence_id: str
+    model: str
+    version: str
+    position: int
+    def __init__(self, session_id: _Optional[str] = ..., sequence_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., position: _Optional[int] = ...) -> None: ...
+
 class InferRequest(_message.Message):
     __slots__ = ("model", "version", "text", "tokens", "top_k")
     MODEL_FIELD_NUMBER: _ClassVar[int]

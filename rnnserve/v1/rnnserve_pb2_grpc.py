@@ -59,6 +59,21 @@ class RnnServeStub:
                 request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.CloseSessionRequest.SerializeToString,
                 response_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.CloseSessionResponse.FromString,
                 _registered_method=True)
+        self.SnapshotSession = channel.unary_unary(
+                '/rnnserve.v1.RnnServe/SnapshotSession',
+                request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.SessionRef.SerializeToString,
+                response_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.SessionSnapshot.FromString,
+                _registered_method=True)
+        self.RestoreSession = channel.unary_unary(
+                '/rnnserve.v1.RnnServe/RestoreSession',
+                request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.RestoreSessionRequest.SerializeToString,
+                response_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.SessionInfo.FromString,
+                _registered_method=True)
+        self.ForkSession = channel.unary_unary(
+                '/rnnserve.v1.RnnServe/ForkSession',
+                request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.ForkSessionRequest.SerializeToString,
+                response_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.SessionInfo.FromString,
+                _registered_method=True)
         self.Infer = channel.unary_unary(
                 '/rnnserve.v1.RnnServe/Infer',
                 request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.InferRequest.SerializeToString,
@@ -107,6 +122,30 @@ class RnnServeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SnapshotSession(self, request, context):
+        """A session's whole state as a self-describing, integrity-checked blob: the model (name, version and a hash of
+        its file), every state tensor, the position in tokens, and the input bytes of a character not yet complete.
+        Takes a named session's id, or a KServe sequence (model and sequence_id). The session goes on as it was.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreSession(self, request, context):
+        """A blob from SnapshotSession as a live named session (or KServe sequence) that a stream resumes, here or on
+        another server with the same model file; FAILED_PRECONDITION, naming the difference, for another model file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForkSession(self, request, context):
+        """A copy of a live session under a new id: two continuations from one point, each independent of the other.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Infer(self, request, context):
         """The whole input at once, from the model's initial state: the output distribution at every step.
         Every model supports it, including those that cannot stream per step (bidirectional ones).
@@ -142,6 +181,21 @@ def add_RnnServeServicer_to_server(servicer, server):
                     servicer.CloseSession,
                     request_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.CloseSessionRequest.FromString,
                     response_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.CloseSessionResponse.SerializeToString,
+            ),
+            'SnapshotSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.SnapshotSession,
+                    request_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.SessionRef.FromString,
+                    response_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.SessionSnapshot.SerializeToString,
+            ),
+            'RestoreSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreSession,
+                    request_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.RestoreSessionRequest.FromString,
+                    response_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.SessionInfo.SerializeToString,
+            ),
+            'ForkSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForkSession,
+                    request_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.ForkSessionRequest.FromString,
+                    response_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.SessionInfo.SerializeToString,
             ),
             'Infer': grpc.unary_unary_rpc_method_handler(
                     servicer.Infer,
@@ -284,6 +338,87 @@ class RnnServe:
             '/rnnserve.v1.RnnServe/CloseSession',
             rnnserve_dot_v1_dot_rnnserve__pb2.CloseSessionRequest.SerializeToString,
             rnnserve_dot_v1_dot_rnnserve__pb2.CloseSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SnapshotSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rnnserve.v1.RnnServe/SnapshotSession',
+            rnnserve_dot_v1_dot_rnnserve__pb2.SessionRef.SerializeToString,
+            rnnserve_dot_v1_dot_rnnserve__pb2.SessionSnapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rnnserve.v1.RnnServe/RestoreSession',
+            rnnserve_dot_v1_dot_rnnserve__pb2.RestoreSessionRequest.SerializeToString,
+            rnnserve_dot_v1_dot_rnnserve__pb2.SessionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForkSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rnnserve.v1.RnnServe/ForkSession',
+            rnnserve_dot_v1_dot_rnnserve__pb2.ForkSessionRequest.SerializeToString,
+            rnnserve_dot_v1_dot_rnnserve__pb2.SessionInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,6 +22,8 @@ from rnnserve.server.requests import (
 )
 from rnnserve.server.security import allowed_models, authorize
 from rnnserve.server.service import InferenceService
+from rnnserve.server.sessions import Session
+from rnnserve.server.snapshots import Snapshots, unpack
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
 
@@ -37,9 +39,10 @@ API = "native"
 
 
 class NativeServicer(pb_grpc.RnnServeServicer):
-    def __init__(self, repository: Repository, service: InferenceService, metrics: Metrics, in_flight: InFlight):
+    def __init__(self, repository: Repository, service: InferenceService, snapshots: Snapshots, metrics: Metrics, in_flight: InFlight):
         self._repository = repository
         self._service = service
+        self._snapshots = snapshots
         self._metrics = metrics
         self.in_flight = in_flight
 
@@ -94,6 +97,33 @@ class NativeServicer(pb_grpc.RnnServeServicer):
         authorize(self._service.sessions.model_of(request.session_id).card.name)
         self._service.close_session(request.session_id)
         return pb.CloseSessionResponse()
+
+    @unary
+    async def SnapshotSession(self, request: pb.SessionRef, context) -> pb.SessionSnapshot:
+        session = self._live(request)
+        blob = await self._snapshots.snapshot(session)
+        card = session.model.card
+        return pb.SessionSnapshot(blob=blob, model=card.name, version=card.version, position=session.position)
+
+    @unary
+    async def RestoreSession(self, request: pb.RestoreSessionRequest, context) -> pb.SessionInfo:
+        header, _ = unpack(request.blob)
+        authorize(header["model"])
+        return session_info(await self._snapshots.restore(request.blob, request.session_id, request.sequence_id))
+
+    @unary
+    async def ForkSession(self, request: pb.ForkSessionRequest, context) -> pb.SessionInfo:
+        session = self._live(request.source)
+        return session_info(await self._snapshots.fork(session, request.session_id, request.sequence_id))
+
+    def _live(self, ref: pb.SessionRef):
+        """The live named session or KServe sequence a request names, if its token covers the model."""
+        if bool(ref.session_id) == bool(ref.sequence_id):
+            raise InvalidArgument("session_id", "name a session (session_id), or a KServe sequence (model and sequence_id)")
+        model = looked_up(self._repository, ref.model, ref.version) if ref.sequence_id else None
+        session = self._snapshots.find(ref.session_id, model, ref.sequence_id)
+        authorize(session.model.card.name)
+        return session
 
     def _resolved(self, method: str, name: str, version: str) -> Model:
         return resolved(self._metrics, self._repository, API, method, name, version)
@@ -162,6 +192,15 @@ def step_prediction(step: StepPrediction) -> pb.StepPrediction:
 
 def candidates(items: tuple[Candidate, ...]) -> list[pb.TokenProbability]:
     return [pb.TokenProbability(token_id=c.token_id, text=c.text, probability=c.probability) for c in items]
+
+
+def session_info(session: Session) -> pb.SessionInfo:
+    card = session.model.card
+    named = session.kind == "named"
+    return pb.SessionInfo(
+        session_id=session.key if named else "", sequence_id="" if named else session.key[2], model=card.name, version=card.version,
+        position=session.position,
+    )
 
 
 def model_info(model: Model, versions: list[str]) -> pb.ModelInfo:
