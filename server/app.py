@@ -26,6 +26,7 @@ from rnnserve.server.security import TokenCheck, load_tokens, server_credentials
 from rnnserve.server.service import InferenceService
 from rnnserve.server.sessions import SessionRegistry
 from rnnserve.server.snapshots import Snapshots
+from rnnserve.server.store import StateStore
 from rnnserve.server.tensors import TensorService
 from rnnserve.v1 import rnnserve_pb2, rnnserve_pb2_grpc
 
@@ -56,10 +57,15 @@ class App:
         stopping = asyncio.create_task(self.server.stop(grace_s + SHUTDOWN_MARGIN_S))
         await self.in_flight.end_all(
             grace_s, f"the server is shutting down and this call did not finish within its {grace_s:g} s grace period: "
-            "retry once it is back, or on another replica (sessions and sequences did not survive it)"
+            "retry once it is back, or on another replica (with --state-store, sessions and sequences resume there)"
         )
         await stopping
+        store = self.sessions.store
+        if store is not None:  # every live session's latest state, for the servers that go on
+            await store.drain(self.sessions.live_sessions())
         self.sessions.close_all()
+        if store is not None:
+            await store.close()
         await self.repository.close()
         if self.metrics_server is not None:
             self.metrics_server.stop()
@@ -79,7 +85,10 @@ async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
     inputs = Inputs(config)
     server = grpc.aio.server(interceptors=interceptors, options=channel_options(config))
     in_flight = InFlight()
-    rnnserve_pb2_grpc.add_RnnServeServicer_to_server(NativeServicer(repository, InferenceService(sessions, inputs), Snapshots(repository, sessions), metrics, in_flight), server)
+    snapshots = Snapshots(repository, sessions)
+    if config.state_store:
+        sessions.store = StateStore(config.state_store, config.session_ttl_s, config.state_lease_s, snapshots, metrics)
+    rnnserve_pb2_grpc.add_RnnServeServicer_to_server(NativeServicer(repository, InferenceService(sessions, inputs), snapshots, metrics, in_flight), server)
     kserve = KServeServicer(repository, TensorService(sessions, inputs), config, metrics, in_flight)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, server)
     health_servicer = health.aio.HealthServicer()

@@ -42,6 +42,11 @@ class ServerConfig:
         "", "file of hashed bearer tokens, each with the models it may use: every call but health's needs one "
         "(make them with `rnnserve token`)"
     )
+    state_store: str = option(
+        "", "redis://HOST:PORT/DB: named sessions and KServe sequences are written there after every answer and resume on "
+        "any server that shares it (pip install 'rnnserve[store]')"
+    )
+    state_lease_s: float = option(10.0, "with --state-store: how long a server's hold on a session outlives its last write")
     reflection: bool = option(True, "serve gRPC reflection, which lets tools such as grpcurl list and call the APIs")
     max_message_bytes: int = option(16 * 2**20, "largest message in either direction; a larger one is answered RESOURCE_EXHAUSTED")
     max_concurrent_streams: int = option(1024, "calls in flight on one client connection (HTTP/2 streams); more wait for one to end")
@@ -60,7 +65,9 @@ class ServerConfig:
             raise ValueError("--tls-cert and --tls-key go together: the certificate chain and its private key")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key: clients are checked during a TLS handshake")
-        for name in ("keepalive_time_s", "keepalive_timeout_s", "min_ping_interval_s"):
+        if self.state_store and not self.state_store.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"--state-store {self.state_store!r}: expected redis://HOST:PORT/DB (or rediss:// or unix://)")
+        for name in ("keepalive_time_s", "keepalive_timeout_s", "min_ping_interval_s", "state_lease_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
         for name in ("workers", "max_sessions", "max_input_tokens", "max_new_tokens", "max_batch", "max_message_bytes",

@@ -75,6 +75,18 @@ class Metrics:
             "rnnserve_snapshots", "Session snapshots: taken (SnapshotSession, ForkSession) and restored (RestoreSession, ForkSession).",
             [*MODEL, "event"], registry=registry,
         )
+        self.store_writes = Counter(
+            "rnnserve_state_store_writes", "Session states written to the state store, by result (ok, failed).", ["result"],
+            registry=registry,
+        )
+        self.store_reads = Counter(
+            "rnnserve_state_store_reads", "Resumes that looked in the state store, by result (found, missing).", ["result"],
+            registry=registry,
+        )
+        self.store_latency = Histogram(
+            "rnnserve_state_store_write_seconds", "Time to write one session's state to the state store.", buckets=SECONDS,
+            registry=registry,
+        )
         self.slots_in_use = Gauge("rnnserve_slots_in_use", "Rows of the state slab in use.", MODEL, registry=registry)
         self.slots_capacity = Gauge("rnnserve_slots_capacity", "Rows of the state slab (--max-sessions).", MODEL, registry=registry)
 

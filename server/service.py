@@ -77,9 +77,11 @@ class InferenceService:
         if chunk.reset:
             session.reset()
         if not tokens:
+            self.sessions.answered(session)
             return ChunkResult(session.id, session.position)
         result = await session.step(tokens, top_k)
         session.decoder = session.decoder or IncrementalDecoder(model.tokenizer)
+        self.sessions.answered(session)  # a named session's new state goes to the state store, if there is one
         return ChunkResult(
             session.id, session.position, step_predictions(model, tokens, session.decoder, result), classes(model, result.outputs[0])
         )

@@ -42,6 +42,7 @@ class Session:
     owner: object = None  # the stream whose end ends this sequence, if one started it
     position: int = 0  # steps consumed since creation or the last reset
     attached: bool = True
+    live: bool = True  # false once it has ended: its slot may be another session's
     expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
     decoder: IncrementalDecoder | None = field(default=None, repr=False)  # Stream: input read so far, to whole characters
 
@@ -62,20 +63,65 @@ class Session:
         self.decoder = None
 
 
+_tasks: set[asyncio.Task] = set()
+
+
+def _background(coroutine) -> None:
+    """Runs store work without making the call wait (the task is kept until it is done)."""
+    task = asyncio.get_running_loop().create_task(coroutine)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+def store_key(key) -> str:
+    """A session's key here ("id", or ("sequence", model, id)) as its key in the state store."""
+    return f"sequence:{key[1]}:{key[2]}" if isinstance(key, tuple) else f"session:{key}"
+
+
 class SessionRegistry:
     def __init__(self, ttl_s: float):
         self._ttl_s = ttl_s
+        self.store = None  # a StateStore (server/store.py) when sessions outlive the process
         self._named: dict[Hashable, Session] = {}  # sessions that outlive a call: native ids and KServe sequences
         self._ended: OrderedDict[Hashable, str] = OrderedDict()  # recently ended keys → why
 
     @asynccontextmanager
     async def attach(self, model: Model, session_id: str = "", resume: bool = False):
-        """A session for the duration of one call: created, or resumed by id; always detached at the end."""
+        """A session for the duration of one call: created, or resumed by id (from the state store, when it is not
+        live here); always detached at the end."""
+        if resume and session_id:
+            await self._refresh(session_id)
         session = self._resume(model, session_id) if resume else self._open(model, session_id)
         try:
+            await self._claim(session)
             yield session
         finally:
             self._detach(session)
+
+    def answered(self, session: Session) -> None:
+        """A message of the session was answered: the store, if there is one, gets its new state."""
+        if self.store is not None:
+            self.store.answered(session)
+
+    def live_sessions(self) -> list[Session]:
+        return list(self._named.values())
+
+    async def _refresh(self, key: Hashable) -> None:
+        """With a state store, a session about to be resumed is the store's latest: loaded when it is not live here,
+        reloaded when the store holds a later state than this copy (another server served it meanwhile)."""
+        if self.store is None:
+            return
+        local = self._named.get(key)
+        if local is not None:
+            stored = await self.store.position(store_key(key))
+            if stored is None or stored == local.position or local.attached:
+                return
+            self._free(local, "superseded")
+        await self.store.load(store_key(key))
+
+    async def _claim(self, session: Session) -> None:
+        if self.store is not None and session.key is not None:
+            await self.store.claim(session)
 
     @asynccontextmanager
     async def sequence(self, model: Model, sequence_id: str, start: bool, end: bool, owner: object = None):
@@ -83,6 +129,8 @@ class SessionRegistry:
         be live. `end` ends it after the request; otherwise it waits, idle, for its next request."""
         key = ("sequence", model.card.name, sequence_id)
         name = f"sequence {sequence_id} of model {model.card.name!r}"
+        if not start:
+            await self._refresh(key)
         session = self._named.get(key)
         if session is not None and session.attached:
             raise FailedPrecondition(
@@ -99,6 +147,7 @@ class SessionRegistry:
                 raise NotFound(f"{name} {self._why_gone(key, 'was never started')}: start it with sequence_start")
             self._attach(session, model, name)
         try:
+            await self._claim(session)
             yield session
         finally:
             if end:
@@ -202,6 +251,8 @@ class SessionRegistry:
             self._free(session, "end")
         elif self._named.get(session.key) is session:
             session.expiry = asyncio.get_running_loop().call_later(self._ttl_s, self._expire, session)
+            if self.store is not None:  # another server may take it over now
+                _background(self.store.release(session))
 
     def _expire(self, session: Session) -> None:
         if not session.attached and self._named.get(session.key) is session:
@@ -217,6 +268,10 @@ class SessionRegistry:
                 self._ended.popitem(last=False)
         if session.expiry is not None:
             session.expiry.cancel()
+        session.live = False
+        if self.store is not None and session.key is not None and reason not in ("expired", "shutdown", "superseded"):
+            # expired: its key in the store expires too; shutdown: kept for other servers; superseded: the store's is newer
+            _background(self.store.forget(session))
         session.model.batcher.free(session.slot)
         session.model.metrics.session_ended(session.kind, reason)
 

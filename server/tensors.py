@@ -34,6 +34,8 @@ class TensorService:
         if sequence.id:
             async with self.sessions.sequence(model, sequence.id, sequence.start, sequence.end, request.owner) as session:
                 results = [await _run_row(session, rows[0], starts[0])]
+                if not sequence.end:
+                    self.sessions.answered(session)  # its new state goes to the state store, if there is one
         else:
             results = await asyncio.gather(*(self._run_alone(model, row, start) for row, start in zip(rows, starts)))
         return TensorResult(model, _stacked(model, results))

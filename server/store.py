@@ -1,0 +1,180 @@
+"""A shared state store (`--state-store redis://HOST:PORT/DB`): named sessions and KServe sequences outlive their
+process. After each answered message a session's snapshot is written to Redis (in the background, so the answer is
+not delayed; writes of one session are coalesced, the latest wins), stamped with its position and expiring with
+`--session-ttl-s`. A resume that finds no live session here restores it from the store, so a stream can continue on
+any process or replica. A lease in the store lets one server at a time hold a session. On SIGTERM every live
+session is written before the process exits.
+
+The store never takes a live session down: when Redis cannot be reached, the server goes on serving from memory,
+says so in its logs, metrics and health details, and writes again once Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+from rnnserve.server.errors import FailedPrecondition
+from rnnserve.server.metrics import Metrics
+from rnnserve.server.sessions import Session, store_key
+from rnnserve.server.snapshots import Snapshots
+
+log = logging.getLogger(__name__)
+
+PREFIX = "rnnserve:"
+RENEW_IF_HOLDER = """
+if redis.call('get', KEYS[1]) == ARGV[1] or redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    redis.call('pexpire', KEYS[1], ARGV[2])
+    return 1
+end
+return 0
+"""
+RELEASE_IF_HOLDER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+def key_of(session: Session) -> str:
+    return PREFIX + store_key(session.key)
+
+
+class StateStore:
+    """Sessions' snapshots and leases in Redis."""
+
+    def __init__(self, url: str, ttl_s: float, lease_s: float, snapshots: Snapshots, metrics: Metrics):
+        import redis.asyncio as redis  # the store extra: pip install 'rnnserve[store]'
+
+        self._redis = redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self._url = url
+        self._ttl_ms = int(ttl_s * 1000)
+        self._lease_ms = int(lease_s * 1000)
+        self._snapshots = snapshots
+        self._metrics = metrics
+        self.holder = uuid.uuid4().hex  # this process, as a lease holder
+        self.degraded = ""  # why the last write failed; "" while the store is healthy
+        self._saving: dict[Session, asyncio.Task] = {}
+        self._again: set[Session] = set()  # answered again while being written: write once more
+        self._renew = self._redis.register_script(RENEW_IF_HOLDER)
+        self._release = self._redis.register_script(RELEASE_IF_HOLDER)
+
+    # writing
+
+    def answered(self, session: Session) -> None:
+        """After a message of a named session or sequence is answered: write its state in the background."""
+        if session.kind not in ("named", "sequence"):
+            return
+        if session in self._saving:
+            self._again.add(session)
+            return
+        self._saving[session] = asyncio.create_task(self._write(session))
+
+    async def _write(self, session: Session) -> None:
+        try:
+            while True:
+                self._again.discard(session)
+                if not session.live:  # closed or ended meanwhile: its slot may be someone else's
+                    return
+                blob = await self._snapshots.snapshot(session)
+                position = session.position  # what the blob holds: nothing ran between the read and now
+                if not session.live:
+                    return
+                await self._put(session, blob, position)
+                if session not in self._again:
+                    return
+        finally:
+            del self._saving[session]
+
+    async def _put(self, session: Session, blob: bytes, position: int) -> None:
+        began = time.perf_counter()
+        key = key_of(session)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(key, blob, px=self._ttl_ms)
+                pipe.set(key + ":position", position, px=self._ttl_ms)
+                await self._renew(keys=[key + ":lease"], args=[self.holder, self._lease_ms], client=pipe)
+                await pipe.execute()
+        except Exception as err:  # the store is down or slow: serve from memory, say so, try again next time
+            self._failed("write", err)
+            return
+        self._metrics.store_latency.observe(time.perf_counter() - began)
+        self._metrics.store_writes.labels("ok").inc()
+        if self.degraded:
+            log.warning("state store %s is back: writing sessions again", self._url)
+            self.degraded = ""
+
+    def _failed(self, what: str, err: Exception) -> None:
+        self._metrics.store_writes.labels("failed").inc()
+        if not self.degraded:
+            log.error("state store %s: %s failed (%s): serving from memory until it is back", self._url, what, err)
+        self.degraded = f"{what} failed: {err}"
+
+    async def drain(self, sessions: list[Session]) -> None:
+        """Writes every live named session and sequence (at shutdown), waiting for writes already under way."""
+        for session in sessions:
+            if session.kind in ("named", "sequence") and session.live:
+                self.answered(session)
+        if self._saving:
+            await asyncio.gather(*self._saving.values(), return_exceptions=True)
+
+    async def forget(self, session: Session) -> None:
+        """A session that ended (closed, sequence_end): its state and lease leave the store."""
+        try:
+            await self._redis.delete(key_of(session), key_of(session) + ":position")
+            await self._release(keys=[key_of(session) + ":lease"], args=[self.holder])
+        except Exception as err:
+            self._failed("delete", err)
+
+    # reading
+
+    async def claim(self, session: Session) -> None:
+        """The lease on a session this server is about to serve; FAILED_PRECONDITION when another server holds it."""
+        key = key_of(session) + ":lease"
+        try:
+            held = await self._renew(keys=[key], args=[self.holder, self._lease_ms])
+        except Exception as err:  # no store: nobody else can be checked, so this server serves it
+            self._failed("lease", err)
+            return
+        if not held:
+            raise FailedPrecondition(
+                f"{_name(session)} is being served by another server: end that stream first (its lease expires "
+                f"{self._lease_ms / 1000:g} s after that server stops)"
+            )
+
+    async def release(self, session: Session) -> None:
+        """Lets another server take the session (its stream here has ended), once its last state is written."""
+        if session in self._saving:
+            await asyncio.gather(self._saving[session], return_exceptions=True)
+        try:
+            await self._release(keys=[key_of(session) + ":lease"], args=[self.holder])
+        except Exception as err:
+            self._failed("release", err)
+
+    async def position(self, key: str) -> int | None:
+        """The position of the session's latest state in the store (None: not there, or no store)."""
+        try:
+            value = await self._redis.get(PREFIX + key + ":position")
+        except Exception as err:
+            self._failed("read", err)
+            return None
+        return None if value is None else int(value)
+
+    async def load(self, key: str) -> bool:
+        """Restores the session stored under `key` here (detached, for a resume to attach); False when the store
+        does not have it (or cannot be reached)."""
+        try:
+            blob = await self._redis.get(PREFIX + key)
+        except Exception as err:
+            self._failed("read", err)
+            return False
+        self._metrics.store_reads.labels("found" if blob is not None else "missing").inc()
+        if blob is None:
+            return False
+        await self._snapshots.restore(blob)
+        return True
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def _name(session: Session) -> str:
+    return session.id if session.kind == "sequence" else f"session {session.id!r}"

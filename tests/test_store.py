@@ -1,0 +1,147 @@
+"""A shared state store: a real Redis (started here; the test skips when redis-server is not installed), two real
+servers that share it. A session or KServe sequence answered on one server continues exactly on the other; one
+server at a time holds a session; a Redis that stops never fails a live session, and writes resume when it is back."""
+
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import replace
+
+import grpc
+import numpy as np
+import pytest
+
+from rnnserve.inference import grpc_service_pb2_grpc as kserve_grpc
+from tests.helpers import ServerThread, logits_of, request, scrape, status_of
+
+FIRST, SECOND = "The server keeps ", "the state between messages."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Redis:
+    """redis-server on 127.0.0.1, in memory only."""
+
+    def __init__(self, port: int):
+        self.port, self.url = port, f"redis://127.0.0.1:{port}/0"
+        self.process = None
+
+    def start(self) -> "Redis":
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not self._answers():
+            assert time.monotonic() < deadline and self.process.poll() is None, "redis-server did not start"
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+    def get(self, key: str):
+        import redis
+
+        return redis.Redis(port=self.port).get(key)
+
+    def _answers(self) -> bool:
+        import redis
+
+        try:
+            return redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+        except redis.exceptions.ConnectionError:
+            return False
+
+
+@pytest.fixture
+def redis_server():
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = Redis(free_port()).start()
+    yield server
+    if server.process.poll() is None:
+        server.stop()
+
+
+@pytest.fixture
+def two_servers(base_config, redis_server):
+    config = replace(base_config, state_store=redis_server.url, state_lease_s=5.0, metrics_port=0)
+    with ServerThread(config) as a, ServerThread(config) as b:
+        yield a, b
+
+
+def wait_for_position(redis_server, key: str, position: int) -> None:
+    """The store is written after the answer, in the background: wait until it holds this position."""
+    deadline = time.monotonic() + 10
+    while redis_server.get(f"rnnserve:{key}:position") != str(position).encode():
+        assert time.monotonic() < deadline, f"the store never reached position {position} for {key}"
+        time.sleep(0.02)
+
+
+def distributions(responses) -> np.ndarray:
+    return np.array([[c.probability for c in step.next] for r in responses for step in r.steps])
+
+
+def test_a_session_continues_exactly_on_another_server(two_servers, redis_server):
+    a, b = two_servers
+    with a.client() as on_a, b.client() as on_b:
+        uninterrupted = distributions(on_a.stream("lstm", [FIRST, SECOND]))
+        before = list(on_a.stream("lstm", [FIRST], session_id="travel"))
+        wait_for_position(redis_server, "session:travel", len(FIRST))
+        after = list(on_b.stream("lstm", [SECOND], session_id="travel", resume=True))
+    assert after[-1].position == len(FIRST + SECOND)
+    assert np.abs(distributions(before + after) - uninterrupted).max() < 1e-6
+    assert scrape(b, "rnnserve_state_store_reads_total", result="found") == 1
+
+
+def test_one_server_at_a_time_holds_a_session(two_servers, redis_server):
+    import queue
+
+    a, b = two_servers
+    with a.client() as on_a, b.client() as on_b:
+        box = queue.Queue()
+        held = on_a.stream("lstm", iter(box.get, None), session_id="held")
+        box.put(FIRST)
+        next(held)  # the stream on a is open: a holds the session
+        wait_for_position(redis_server, "session:held", len(FIRST))
+        error = status_of(lambda: list(on_b.stream("lstm", [SECOND], session_id="held", resume=True)))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "being served by another server" in error.details()
+        box.put(None)
+        list(held)  # a's stream ends: it lets go
+        deadline = time.monotonic() + 10
+        while redis_server.get("rnnserve:session:held:lease") is not None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert list(on_b.stream("lstm", [SECOND], session_id="held", resume=True))[-1].position == len(FIRST + SECOND)
+
+
+def test_a_kserve_sequence_continues_on_another_server(two_servers, redis_server):
+    a, b = two_servers
+    chunks = [list(FIRST.encode()), list(SECOND.encode())]
+    with grpc.insecure_channel(a.target) as to_a, grpc.insecure_channel(b.target) as to_b:
+        on_a, on_b = kserve_grpc.GRPCInferenceServiceStub(to_a), kserve_grpc.GRPCInferenceServiceStub(to_b)
+        whole = [logits_of(on_a.ModelInfer(request(tokens=c, sequence=1, start=i == 0, end=i == 1))) for i, c in enumerate(chunks)]
+        moved = [logits_of(on_a.ModelInfer(request(tokens=chunks[0], sequence=2, start=True)))]
+        wait_for_position(redis_server, "sequence:lstm:2", len(chunks[0]))
+        moved.append(logits_of(on_b.ModelInfer(request(tokens=chunks[1], sequence=2, end=True))))
+    for got, want in zip(moved, whole):
+        assert np.abs(got - want).max() < 1e-6
+
+
+def test_a_store_that_stops_never_fails_a_live_session(base_config, redis_server):
+    with ServerThread(replace(base_config, state_store=redis_server.url, metrics_port=0)) as running, running.client() as client:
+        expected = distributions(client.stream("lstm", [FIRST, SECOND, FIRST]))
+        redis_server.stop()
+        got = distributions(client.stream("lstm", [FIRST, SECOND, FIRST], session_id="through-outage"))
+        assert np.abs(got - expected).max() < 1e-6  # served from memory, every message answered
+        assert scrape(running, "rnnserve_state_store_writes_total", result="failed") >= 1
+        redis_server.start()
+        list(client.stream("lstm", [SECOND], session_id="through-outage", resume=True))
+        wait_for_position(redis_server, "session:through-outage", len(FIRST + SECOND + FIRST + SECOND))
