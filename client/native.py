@@ -63,8 +63,10 @@ class RnnServeClient:
         session_id: str = "",
         resume: bool = False,
         top_k: int = 0,
+        metadata: list[tuple[str, str]] | None = None,
     ) -> Iterator[pb.StreamResponse]:
-        """One response per chunk: text, a list of token ids, or a full StreamRequest (to reset, say)."""
+        """One response per chunk: text, a list of token ids, or a full StreamRequest (to reset, say). `metadata`:
+        extra call metadata, e.g. the session id for a load balancer's affinity."""
         start = pb.StreamStart(model=model, version=version, session_id=session_id, resume=resume, top_k=top_k)
 
         def requests():
@@ -78,7 +80,7 @@ class RnnServeClient:
             if first:  # no chunks: the stream still opens, so a wrong model or session is still reported
                 yield pb.StreamRequest(start=start)
 
-        return self._stub.Stream(requests(), timeout=self._timeout_s)
+        return self._stub.Stream(requests(), timeout=self._timeout_s, metadata=metadata)
 
     def infer(self, model: str, text: str | list[int], version: str = "", top_k: int = 0) -> list[pb.StepPrediction]:
         """The whole input at once from the initial state: every step's top-k outputs (tokens or labels)."""

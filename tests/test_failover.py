@@ -1,0 +1,187 @@
+"""Exact failover behind a load balancer: three real server processes sharing a real Redis, behind a real nginx
+(deploy/nginx/rnnserve.conf) that keeps each session on one replica. 30 named sessions stream through nginx; the
+store falls behind (Redis stopped for a while), one replica is SIGKILLed, and every client resumes through nginx on
+another replica, replays what the store had not seen, and gets exactly the answers of an uninterrupted run."""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rnnserve.client import RnnServeClient
+from rnnserve.client.resumable import ResumableStream
+from tests.test_store import Redis, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SESSIONS = 30
+TEXT = "The server keeps each sequence's state between messages, and answers every step. "
+CHUNKS = [TEXT[i : i + 7] for i in range(0, 84, 7)]  # 12 chunks
+BEFORE_OUTAGE, DURING_OUTAGE = 4, 2  # chunks sent with the store up, then with it stopped
+
+
+def distributions(answers) -> np.ndarray:
+    return np.array([[c.probability for c in step.next] for answer in answers for step in answer.steps])
+
+
+def wait_for_port(port: int, process: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert process.poll() is None and time.monotonic() < deadline, f"{what} did not start"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def deployment(tmp_path, repository):
+    if shutil.which("nginx") is None or shutil.which("redis-server") is None:
+        pytest.skip("needs nginx and redis-server (apt-get install nginx redis-server)")
+    redis = Redis(free_port()).start()
+    models = tmp_path / "models"
+    shutil.copytree(repository / "lstm", models / "lstm")
+    ports = [free_port() for _ in range(3)]
+    replicas = [
+        subprocess.Popen(
+            [sys.executable, "-m", "rnnserve", "serve", "--repository", str(models), "--port", str(port), "--state-store", redis.url,
+             "--state-lease-s", "1", "--grace-s", "2", "--max-sessions", "64"],
+            stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"replica-{port}.log", "w"),
+        )
+        for port in ports
+    ]
+    balancer_port = free_port()
+    config = (ROOT / "deploy" / "nginx" / "rnnserve.conf").read_text()
+    for number, port in enumerate(ports, 1):
+        config = config.replace(f"127.0.0.1:5005{number}", f"127.0.0.1:{port}")
+    config = re.sub(r"listen 8080 http2;", f"listen 127.0.0.1:{balancer_port} http2;", config)
+    (tmp_path / "rnnserve.conf").write_text(config)
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/nginx-error.log;\nevents {{}}\n"
+        f"http {{\n access_log off;\n client_body_temp_path {tmp_path};\n include {tmp_path}/rnnserve.conf;\n}}\n"
+    )
+    nginx = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"])
+    try:
+        for port, replica in zip(ports, replicas):
+            wait_for_port(port, replica, "a replica")
+        wait_for_port(balancer_port, nginx, "nginx")
+        yield {"balancer": f"127.0.0.1:{balancer_port}", "replicas": replicas, "ports": ports, "redis": redis}
+    finally:
+        nginx.terminate()
+        for replica in replicas:
+            if replica.poll() is None:
+                replica.kill()
+        for process in (nginx, *replicas):
+            process.wait(30)
+        if redis.process.poll() is None:
+            os.kill(redis.process.pid, signal.SIGCONT)
+            redis.stop()
+
+
+def test_sigkill_behind_nginx_resumes_every_session_exactly(deployment):
+    redis = deployment["redis"]
+    # before chunk 5 and chunk 7 every session waits: the test changes the world, then lets them go on
+    arrived = {number: threading.Barrier(SESSIONS + 1) for number in (BEFORE_OUTAGE, BEFORE_OUTAGE + DURING_OUTAGE)}
+    go = {number: threading.Event() for number in arrived}
+    answers, streams, errors = {}, {}, []
+
+    def session(index: int) -> None:
+        try:
+            stream = ResumableStream(lambda: RnnServeClient(deployment["balancer"], timeout_s=60), "lstm", f"s{index}", top_k=3)
+            streams[index] = stream
+            got = []
+            for number, chunk in enumerate(CHUNKS):
+                if number in arrived:
+                    arrived[number].wait(120)
+                    go[number].wait(120)
+                got.append(stream.send(chunk))
+            answers[index] = got
+            stream.close()
+        except Exception as err:  # reported below with the session's number
+            errors.append((index, repr(err)))
+            for barrier in arrived.values():
+                barrier.abort()
+
+    threads = [threading.Thread(target=session, args=(i,)) for i in range(SESSIONS)]
+    for thread in threads:
+        thread.start()
+    arrived[BEFORE_OUTAGE].wait(120)  # every session has 4 answers
+    for index in range(SESSIONS):
+        _wait_stored(redis, f"s{index}")  # and the store has them
+    os.kill(redis.process.pid, signal.SIGSTOP)  # the store stops answering: chunks 5 and 6 live in memory only
+    go[BEFORE_OUTAGE].set()
+    arrived[BEFORE_OUTAGE + DURING_OUTAGE].wait(120)  # every session has 6 answers
+    deployment["replicas"][0].kill()  # SIGKILL: its sessions' chunks 5 and 6 are lost with it
+    time.sleep(2.5)  # the stopped store's writes time out, the dead replica's leases expire
+    os.kill(redis.process.pid, signal.SIGCONT)
+    go[BEFORE_OUTAGE + DURING_OUTAGE].set()
+    for thread in threads:
+        thread.join(180)
+    assert not errors, errors
+    resumed = [i for i, stream in streams.items() if stream.resumes]
+    replayed = sum(streams[i].replayed for i in resumed)
+    print(f"{len(resumed)} of {SESSIONS} sessions resumed on another replica; {replayed} chunks replayed")
+    assert resumed, "no session was on the killed replica"
+    assert replayed == DURING_OUTAGE * len(resumed)  # exactly what the store had not seen
+
+    with RnnServeClient(f"127.0.0.1:{deployment['ports'][1]}", timeout_s=60) as direct:
+        expected = distributions(direct.stream("lstm", CHUNKS, top_k=3))  # never interrupted
+    for index in range(SESSIONS):
+        assert np.abs(distributions(answers[index]) - expected).max() < 1e-6, f"session s{index}"
+
+
+def _wait_stored(redis: Redis, session_id: str) -> None:
+    deadline = time.monotonic() + 10
+    expected = str(len("".join(CHUNKS[:BEFORE_OUTAGE]))).encode()
+    while redis.get(f"rnnserve:session:{session_id}:position") != expected:
+        assert time.monotonic() < deadline, (
+            f"the store never got {session_id} at {expected}: it has {redis.get(f'rnnserve:session:{session_id}:position')}"
+        )
+        time.sleep(0.02)
+
+
+def test_sigterm_moves_sessions_to_other_replicas_with_nothing_to_replay(deployment):
+    sessions = 12
+    arrived, go = threading.Barrier(sessions + 1), threading.Event()
+    answers, streams, errors = {}, {}, []
+
+    def session(index: int) -> None:
+        try:
+            stream = streams[index] = ResumableStream(lambda: RnnServeClient(deployment["balancer"], timeout_s=60), "lstm", f"t{index}", top_k=3)
+            got = []
+            for number, chunk in enumerate(CHUNKS):
+                if number == BEFORE_OUTAGE:
+                    arrived.wait(120)
+                    go.wait(120)
+                got.append(stream.send(chunk))
+            answers[index] = got
+            stream.close()
+        except Exception as err:
+            errors.append((index, repr(err)))
+            arrived.abort()
+
+    threads = [threading.Thread(target=session, args=(i,)) for i in range(sessions)]
+    for thread in threads:
+        thread.start()
+    arrived.wait(120)
+    replica = deployment["replicas"][0]
+    replica.send_signal(signal.SIGTERM)  # drains: its open streams end after --grace-s, every session is written
+    assert replica.wait(30) == 0
+    go.set()
+    for thread in threads:
+        thread.join(180)
+    assert not errors, errors
+    moved = [i for i, stream in streams.items() if stream.resumes]
+    assert moved and all(streams[i].replayed == 0 for i in moved)  # the store had everything: nothing to replay
+    with RnnServeClient(f"127.0.0.1:{deployment['ports'][1]}", timeout_s=60) as direct:
+        expected = distributions(direct.stream("lstm", CHUNKS, top_k=3))
+    for index in range(sessions):
+        assert np.abs(distributions(answers[index]) - expected).max() < 1e-6, f"session t{index}"
