@@ -110,6 +110,8 @@ class Batcher:
         # the engine thread's own
         self._generating: list[Generation] = []  # generations with a step to run
         self._waiting: dict[int, Generation] = {}  # slot → a generation waiting for its client to catch up
+        self._reads: list[_Read] = []  # state reads taken with the current batch, run after it
+        self._held: _Step | None = None  # a step taken after a read of its slot: the next batch's first
         metrics.watch(self._queue.qsize, lambda: runtime.slots_in_use, runtime.capacity)
 
     def start(self) -> None:
@@ -199,11 +201,13 @@ class Batcher:
                     by_length[job.tokens.size].append(job)
                 for group in by_length.values():
                     self._run_group(group)
+            for read in self._reads:  # snapshots of the state these steps left
+                self._run_state_job(read)
             if barrier is _STOP:
                 return
             if isinstance(barrier, _Encode):
                 self._run_encode(barrier)
-            elif isinstance(barrier, (_Read, _Write)):
+            elif isinstance(barrier, _Write):
                 self._run_state_job(barrier)
             elif isinstance(barrier, _Free):
                 self._waiting.pop(barrier.slot, None)
@@ -211,7 +215,8 @@ class Batcher:
 
     def _take_work(self) -> tuple[list[_Step], object]:
         """The steps ready now — every generating row's next step, then queued steps in order — up to max_batch,
-        stopping at a free, an encoding or the end, which runs after the steps before it."""
+        stopping at a free, an encoding, a state write or the end, which runs after the steps before it. State reads
+        (snapshots) do not stop it: they run after the batch, unless a later step is for a slot being read."""
         for slot, generation in list(self._waiting.items()):  # those whose client caught up go on
             if generation.stopped or generation.written - generation.taken < MAX_UNREAD_TOKENS:
                 del self._waiting[slot]
@@ -220,13 +225,23 @@ class Batcher:
         self._generating = []
         block = not steps
         deadline = time.perf_counter() + self._max_queue_delay_s
+        self._reads = []
         while len(steps) < self._max_batch:
-            try:
-                if block:  # nothing to do but wait
-                    job, block = self._queue.get(), False
-                else:
-                    job = self._queue.get(timeout=max(0.0, deadline - time.perf_counter())) if self._max_queue_delay_s else self._queue.get_nowait()
-            except queue.Empty:
+            if self._held is not None:  # a step that had to wait for a read of its slot
+                job, self._held, block = self._held, None, False
+            else:
+                try:
+                    if block:  # nothing to do but wait
+                        job, block = self._queue.get(), False
+                    else:
+                        job = self._queue.get(timeout=max(0.0, deadline - time.perf_counter())) if self._max_queue_delay_s else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if isinstance(job, _Read):  # runs after this batch: it sees the steps queued before it, and no others
+                self._reads.append(job)
+                continue
+            if isinstance(job, _Step) and any(read.slot == job.slot for read in self._reads):
+                self._held = job  # its slot is being read: it steps after the read
                 break
             if isinstance(job, _Resume):
                 generation = job.generation

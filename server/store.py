@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
+import weakref
 
 from rnnserve.server.errors import FailedPrecondition
 from rnnserve.server.metrics import Metrics
@@ -52,69 +53,77 @@ class StateStore:
         self._metrics = metrics
         self.holder = uuid.uuid4().hex  # this process, as a lease holder
         self.degraded = ""  # why the last write failed; "" while the store is healthy
-        self._saving: dict[Session, asyncio.Task] = {}
-        self._again: set[Session] = set()  # answered again while being written: write once more
+        self._dirty: dict[Session, None] = {}  # answered since their last write, in order
+        self._writer: asyncio.Task | None = None
+        self._renewed: weakref.WeakKeyDictionary[Session, float] = weakref.WeakKeyDictionary()  # when each lease was renewed
         self._renew = self._redis.register_script(RENEW_IF_HOLDER)
         self._release = self._redis.register_script(RELEASE_IF_HOLDER)
 
     # writing
 
     def answered(self, session: Session) -> None:
-        """After a message of a named session or sequence is answered: write its state in the background."""
+        """After a message of a named session or sequence is answered: its state is written in the background."""
         if session.kind not in ("named", "sequence"):
             return
-        if session in self._saving:
-            self._again.add(session)
+        self._dirty[session] = None
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_all())
+
+    async def _write_all(self) -> None:
+        """Writes every session answered since the last write, in one round trip to Redis; those answered meanwhile
+        go in the next one (so a busy server writes in batches, and a session's latest state always wins)."""
+        while self._dirty:
+            sessions = [s for s in self._dirty if s.live]  # ended meanwhile: its slot may be someone else's
+            self._dirty.clear()
+            taken = await asyncio.gather(*(self._capture(s) for s in sessions), return_exceptions=True)
+            await self._put([(s, t) for s, t in zip(sessions, taken) if not isinstance(t, BaseException) and s.live])
+
+    async def _capture(self, session: Session) -> tuple[bytes, int]:
+        blob = await self._snapshots.snapshot(session)
+        return blob, session.position  # what the blob holds: nothing of the session ran between the read and now
+
+    async def _put(self, captured: list[tuple[Session, tuple[bytes, int]]]) -> None:
+        if not captured:
             return
-        self._saving[session] = asyncio.create_task(self._write(session))
-
-    async def _write(self, session: Session) -> None:
-        try:
-            while True:
-                self._again.discard(session)
-                if not session.live:  # closed or ended meanwhile: its slot may be someone else's
-                    return
-                blob = await self._snapshots.snapshot(session)
-                position = session.position  # what the blob holds: nothing ran between the read and now
-                if not session.live:
-                    return
-                await self._put(session, blob, position)
-                if session not in self._again:
-                    return
-        finally:
-            del self._saving[session]
-
-    async def _put(self, session: Session, blob: bytes, position: int) -> None:
         began = time.perf_counter()
-        key = key_of(session)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.set(key, blob, px=self._ttl_ms)
-                pipe.set(key + ":position", position, px=self._ttl_ms)
-                await self._renew(keys=[key + ":lease"], args=[self.holder, self._lease_ms], client=pipe)
+                now = time.monotonic()
+                for session, (blob, position) in captured:
+                    key = key_of(session)
+                    pipe.set(key, blob, px=self._ttl_ms)
+                    pipe.set(key + ":position", position, px=self._ttl_ms)
+                    if now - self._renewed.get(session, 0.0) > self._lease_ms / 3000:  # a third of the lease: renew
+                        await self._renew(keys=[key + ":lease"], args=[self.holder, self._lease_ms], client=pipe)
+                        self._renewed[session] = now
                 await pipe.execute()
         except Exception as err:  # the store is down or slow: serve from memory, say so, try again next time
-            self._failed("write", err)
+            self._failed("write", err, len(captured))
             return
         self._metrics.store_latency.observe(time.perf_counter() - began)
-        self._metrics.store_writes.labels("ok").inc()
+        self._metrics.store_writes.labels("ok").inc(len(captured))
         if self.degraded:
             log.warning("state store %s is back: writing sessions again", self._url)
             self.degraded = ""
 
-    def _failed(self, what: str, err: Exception) -> None:
-        self._metrics.store_writes.labels("failed").inc()
+    async def _written(self) -> None:
+        """Until the writes under way (and those they were followed by) are done."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.gather(self._writer, return_exceptions=True)
+
+    def _failed(self, what: str, err: Exception, count: int = 1) -> None:
+        if what == "write":
+            self._metrics.store_writes.labels("failed").inc(count)
         if not self.degraded:
             log.error("state store %s: %s failed (%s): serving from memory until it is back", self._url, what, err)
         self.degraded = f"{what} failed: {err}"
 
     async def drain(self, sessions: list[Session]) -> None:
-        """Writes every live named session and sequence (at shutdown), waiting for writes already under way."""
+        """Writes every live named session and sequence (at shutdown), after the writes already under way."""
         for session in sessions:
-            if session.kind in ("named", "sequence") and session.live:
+            if session.live:
                 self.answered(session)
-        if self._saving:
-            await asyncio.gather(*self._saving.values(), return_exceptions=True)
+        await self._written()
 
     async def forget(self, session: Session) -> None:
         """A session that ended (closed, sequence_end): its state and lease leave the store."""
@@ -142,8 +151,7 @@ class StateStore:
 
     async def release(self, session: Session) -> None:
         """Lets another server take the session (its stream here has ended), once its last state is written."""
-        if session in self._saving:
-            await asyncio.gather(self._saving[session], return_exceptions=True)
+        await self._written()
         try:
             await self._release(keys=[key_of(session) + ":lease"], args=[self.holder])
         except Exception as err:

@@ -1,0 +1,74 @@
+"""What the shared state store costs: 64 named sessions streaming one token per message, against the same server
+without a store, in one run (a redis-server is started for it).
+
+    python -m bench.state_store --streams 64 --tokens 100
+
+Every answered message of a named session writes its snapshot to Redis in the background; the figure that matters
+is the served steps per second with the store as a fraction of those without (issue 13's target: at least 0.85).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import time
+import uuid
+
+from bench.common import add_model_flags, free_port, model_path, runtime_flags, server_process
+from bench.throughput import _tokens_per_s
+
+TARGET_RATIO = 0.85
+
+
+async def _named_streams(target: str, model: str, streams: int, tokens: int) -> dict:
+    from rnnserve.v1 import rnnserve_pb2 as pb
+
+    async def one(stub, i: int) -> int:
+        call = stub.Stream()
+        start = pb.StreamStart(model=model, top_k=1, session_id=f"bench-{i}-{uuid.uuid4().hex[:8]}")
+        await call.write(pb.StreamRequest(start=start))
+        await call.read()
+        for _ in range(tokens):
+            await call.write(pb.StreamRequest(text="A"))
+            await call.read()
+        await call.done_writing()
+        return tokens
+
+    return await _tokens_per_s(target, streams, 1, one)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_flags(parser)
+    parser.add_argument("--streams", type=int, default=64, help="concurrent named sessions")
+    parser.add_argument("--tokens", type=int, default=100, help="messages (one token each) per session")
+    args = parser.parse_args()
+    if shutil.which("redis-server") is None:
+        raise SystemExit("needs redis-server (apt-get install redis-server)")
+    repository, model = model_path(args)
+    port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                             stdout=subprocess.DEVNULL)
+    time.sleep(0.5)
+    try:
+        figures = {}
+        common = (*runtime_flags(args), "--max-sessions", str(args.streams * 3 + 1))
+        for name, extra in (("without_store", ()), ("with_store", ("--state-store", f"redis://127.0.0.1:{port}/0"))):
+            with server_process(repository, *common, *extra) as (target, _):
+                figures[name] = asyncio.run(_named_streams(target, model, args.streams, args.tokens))["tokens_per_s"]
+    finally:
+        redis.terminate()
+        redis.wait(10)
+    ratio = figures["with_store"] / figures["without_store"]
+    print(json.dumps({
+        "bench": "state_store", "model": model, "streams": args.streams, "tokens_per_stream": args.tokens,
+        "steps_per_s": {k: round(v, 1) for k, v in figures.items()}, "ratio_with_store": round(ratio, 3),
+        f"target_{TARGET_RATIO}x_met": ratio >= TARGET_RATIO,
+    }))
+
+
+if __name__ == "__main__":
+    main()
