@@ -1,9 +1,12 @@
 """The benchmarks run end to end on a tiny model and print the figures and target verdicts they promise."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,3 +43,13 @@ def test_throughput_bench_over_kserve(repository):
     (line,) = bench("bench.throughput", repository, "--api", "kserve", "--streams", "4", "--tokens", "5")
     assert line["api"] == "kserve" and line["tokens_per_s"]["rnnserve"] > 0
     assert abs(line["ratio_vs_naive_server"] - line["tokens_per_s"]["rnnserve"] / line["tokens_per_s"]["naive_server"]) < 0.02
+
+
+def test_state_store_bench(repository):
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    (line,) = bench("bench.state_store", repository, "--streams", "4", "--tokens", "5")
+    steps = line["steps_per_s"]
+    assert steps["with_store"] > 0 and steps["without_store"] > 0
+    assert abs(line["ratio_with_store"] - steps["with_store"] / steps["without_store"]) < 0.002
+    assert isinstance(line["target_0.85x_met"], bool)
