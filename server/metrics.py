@@ -83,6 +83,10 @@ class Metrics:
             "rnnserve_state_store_reads", "Resumes that looked in the state store, by result (found, missing).", ["result"],
             registry=registry,
         )
+        self.store_up = Gauge(
+            "rnnserve_state_store_up", "1 while the state store takes writes, 0 while it does not (serving from memory).",
+            registry=registry,
+        )
         self.store_latency = Histogram(
             "rnnserve_state_store_write_seconds", "Time to write one session's state to the state store.", buckets=SECONDS,
             registry=registry,

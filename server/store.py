@@ -56,6 +56,7 @@ class StateStore:
         self._dirty: dict[Session, None] = {}  # answered since their last write, in order
         self._writer: asyncio.Task | None = None
         self._renewed: weakref.WeakKeyDictionary[Session, float] = weakref.WeakKeyDictionary()  # when each lease was renewed
+        metrics.store_up.set(1)
         self._renew = self._redis.register_script(RENEW_IF_HOLDER)
         self._release = self._redis.register_script(RELEASE_IF_HOLDER)
 
@@ -102,6 +103,7 @@ class StateStore:
             return
         self._metrics.store_latency.observe(time.perf_counter() - began)
         self._metrics.store_writes.labels("ok").inc(len(captured))
+        self._metrics.store_up.set(1)
         if self.degraded:
             log.warning("state store %s is back: writing sessions again", self._url)
             self.degraded = ""
@@ -114,6 +116,7 @@ class StateStore:
     def _failed(self, what: str, err: Exception, count: int = 1) -> None:
         if what == "write":
             self._metrics.store_writes.labels("failed").inc(count)
+            self._metrics.store_up.set(0)
         if not self.degraded:
             log.error("state store %s: %s failed (%s): serving from memory until it is back", self._url, what, err)
         self.degraded = f"{what} failed: {err}"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from rnnserve.inference import grpc_service_pb2_grpc as kserve_grpc
-from tests.helpers import ServerThread, logits_of, request, scrape, status_of
+from tests.helpers import ServerThread, logits_of, request, scrape, scrape_settled, status_of
 
 FIRST, SECOND = "The server keeps ", "the state between messages."
 
@@ -142,6 +142,8 @@ def test_a_store_that_stops_never_fails_a_live_session(base_config, redis_server
         got = distributions(client.stream("lstm", [FIRST, SECOND, FIRST], session_id="through-outage"))
         assert np.abs(got - expected).max() < 1e-6  # served from memory, every message answered
         assert scrape(running, "rnnserve_state_store_writes_total", result="failed") >= 1
+        assert scrape_settled(running, "rnnserve_state_store_up", 0) == 0
         redis_server.start()
         list(client.stream("lstm", [SECOND], session_id="through-outage", resume=True))
         wait_for_position(redis_server, "session:through-outage", len(FIRST + SECOND + FIRST + SECOND))
+        assert scrape_settled(running, "rnnserve_state_store_up", 1) == 1  # set just after the write it waited for
