@@ -1,9 +1,11 @@
-"""`rnnserve serve --workers 2`: two processes on one port; a stream stays in the process that took it."""
+"""`rnnserve serve --workers 2`: two processes on one port; a stream stays in the process that took it, and with a
+state store a session resumes on either."""
 
 import contextlib
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,10 +13,12 @@ import threading
 import time
 
 import grpc
+import numpy as np
 import pytest
 
 from bench.common import free_port
 from rnnserve.client import RnnServeClient
+from tests.test_store import Redis, wait_for_position
 
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # gRPC would otherwise share one connection
 
@@ -76,3 +80,38 @@ def test_sigterm_stops_every_worker(workers):
     process, _ = workers
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
+
+
+def test_with_a_state_store_a_session_resumes_on_either_worker(repository, client):
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    redis, port = Redis(free_port()).start(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rnnserve", "serve", "--repository", str(repository), "--port", str(port), "--workers", "2",
+         "--state-store", redis.url],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    chunks = ["The ", "server ", "keeps ", "the ", "state ", "between ", "workers."]
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with connect(f"127.0.0.1:{port}") as probe:
+                    probe.list_models()
+                break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline, "the workers did not start"
+                time.sleep(0.2)
+        answers, position = [], 0
+        for number, chunk in enumerate(chunks):  # each chunk on a new connection: either worker
+            with connect(f"127.0.0.1:{port}") as connection:
+                answers += list(connection.stream("lstm", [chunk], session_id="across", resume=number > 0, top_k=3))
+            position += len(chunk)
+            wait_for_position(redis, "session:across", position)
+        expected = [[c.probability for c in s.next] for r in client.stream("lstm", chunks, top_k=3) for s in r.steps]
+        got = [[c.probability for c in s.next] for r in answers for s in r.steps]
+        assert np.abs(np.array(got) - np.array(expected)).max() < 1e-6
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        redis.stop()
