@@ -201,14 +201,14 @@ class Batcher:
                     by_length[job.tokens.size].append(job)
                 for group in by_length.values():
                     self._run_group(group)
-            for read in self._reads:  # snapshots of the state these steps left
-                self._run_state_job(read)
+            if self._reads:  # snapshots of the state these steps left, handed over together
+                self._hand_over(_settle_all, [self._state_result(read) for read in self._reads])
             if barrier is _STOP:
                 return
             if isinstance(barrier, _Encode):
                 self._run_encode(barrier)
             elif isinstance(barrier, _Write):
-                self._run_state_job(barrier)
+                self._hand_over(_settle, *self._state_result(barrier))
             elif isinstance(barrier, _Free):
                 self._waiting.pop(barrier.slot, None)
                 self._hand_over(self._runtime.free, barrier.slot)
@@ -267,19 +267,16 @@ class Batcher:
             return
         self._hand_over(_settle, job.result, None, None)
 
-    def _run_state_job(self, job: _Read | _Write) -> None:
-        """A snapshot's read or a restore's write of one slot's whole state."""
+    def _state_result(self, job: _Read | _Write) -> tuple[asyncio.Future, object, Exception | None]:
+        """A snapshot's read or a restore's write of one slot's whole state: (its future, value, error)."""
         try:
             if isinstance(job, _Read):
-                value = self._runtime.read_state(job.slot, job.slot in self._fresh)
-            else:
-                self._fresh.discard(job.slot)
-                value = self._runtime.write_state(job.slot, job.values)
+                return job.result, self._runtime.read_state(job.slot, job.slot in self._fresh), None
+            self._fresh.discard(job.slot)
+            return job.result, self._runtime.write_state(job.slot, job.values), None
         except Exception as err:
             log.exception("model %s: reading or writing a slot's state failed", self._name)
-            self._hand_over(_settle, job.result, None, RuntimeFailure(f"model {self._name}: state transfer failed: {err}"))
-            return
-        self._hand_over(_settle, job.result, value, None)
+            return job.result, None, RuntimeFailure(f"model {self._name}: state transfer failed: {err}")
 
     def _run_group(self, group: list[_Step]) -> None:
         slots = [job.slot for job in group]
@@ -344,6 +341,11 @@ def _settle(future: asyncio.Future, value, error: Exception | None) -> None:
             future.set_result(value)
         else:
             future.set_exception(error)
+
+
+def _settle_all(results: list[tuple[asyncio.Future, object, Exception | None]]) -> None:
+    for result in results:
+        _settle(*result)
 
 
 def _fail(group: list[_Step], error: Exception) -> None:
