@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_MARGIN_S = 2.0  # after the grace period, the time calls have to receive the shutdown's message
 SERVICE_NAME = rnnserve_pb2.DESCRIPTOR.services_by_name["RnnServe"].full_name
+STORE_SERVICE_NAME = "rnnserve.StateStore"  # its health: NOT_SERVING while the state store takes no writes
 KSERVE_SERVICE_NAME = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
@@ -86,12 +87,19 @@ async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
     server = grpc.aio.server(interceptors=interceptors, options=channel_options(config))
     in_flight = InFlight()
     snapshots = Snapshots(repository, sessions)
+    health_servicer = health.aio.HealthServicer()
     if config.state_store:
-        sessions.store = StateStore(config.state_store, config.session_ttl_s, config.state_lease_s, snapshots, metrics)
+
+        def store_health(up: bool) -> None:  # the store's own health service: the server stays SERVING without it
+            status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+            asyncio.ensure_future(health_servicer.set(STORE_SERVICE_NAME, status))
+
+        sessions.store = StateStore(
+            config.state_store, config.session_ttl_s, config.state_lease_s, snapshots, metrics, on_health=store_health
+        )
     rnnserve_pb2_grpc.add_RnnServeServicer_to_server(NativeServicer(repository, InferenceService(sessions, inputs), snapshots, metrics, in_flight), server)
     kserve = KServeServicer(repository, TensorService(sessions, inputs), config, metrics, in_flight)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, server)
-    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:
         reflection.enable_server_reflection(
@@ -114,7 +122,7 @@ async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
             await repository.close()
             raise SystemExit(f"cannot serve metrics on {config.metrics_host}:{config.metrics_port}: {err.strerror}") from None
     await server.start()
-    for name in ("", SERVICE_NAME, KSERVE_SERVICE_NAME):
+    for name in ("", SERVICE_NAME, KSERVE_SERVICE_NAME, *((STORE_SERVICE_NAME,) if config.state_store else ())):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return App(server, port, health_servicer, repository, sessions, kserve, in_flight, metrics_server)
 

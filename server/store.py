@@ -42,7 +42,8 @@ def key_of(session: Session) -> str:
 class StateStore:
     """Sessions' snapshots and leases in Redis."""
 
-    def __init__(self, url: str, ttl_s: float, lease_s: float, snapshots: Snapshots, metrics: Metrics):
+    def __init__(self, url: str, ttl_s: float, lease_s: float, snapshots: Snapshots, metrics: Metrics, on_health=None):
+        """`on_health(up)` is told when the store stops or starts taking writes (the health service reports it)."""
         import redis.asyncio as redis  # the store extra: pip install 'rnnserve[store]'
 
         self._redis = redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
@@ -53,6 +54,7 @@ class StateStore:
         self._metrics = metrics
         self.holder = uuid.uuid4().hex  # this process, as a lease holder
         self.degraded = ""  # why the last write failed; "" while the store is healthy
+        self._on_health = on_health or (lambda up: None)
         self._dirty: dict[Session, None] = {}  # answered since their last write, in order
         self._writer: asyncio.Task | None = None
         self._renewed: weakref.WeakKeyDictionary[Session, float] = weakref.WeakKeyDictionary()  # when each lease was renewed
@@ -107,6 +109,7 @@ class StateStore:
         if self.degraded:
             log.warning("state store %s is back: writing sessions again", self._url)
             self.degraded = ""
+            self._on_health(True)
 
     async def _written(self) -> None:
         """Until the writes under way (and those they were followed by) are done."""
@@ -119,6 +122,7 @@ class StateStore:
             self._metrics.store_up.set(0)
         if not self.degraded:
             log.error("state store %s: %s failed (%s): serving from memory until it is back", self._url, what, err)
+            self._on_health(False)
         self.degraded = f"{what} failed: {err}"
 
     async def drain(self, sessions: list[Session]) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from rnnserve.inference import grpc_service_pb2_grpc as kserve_grpc
-from tests.helpers import ServerThread, logits_of, request, scrape, scrape_settled, status_of
+from tests.helpers import ServerThread, logits_of, request, run_cli, scrape, scrape_settled, status_of
 
 FIRST, SECOND = "The server keeps ", "the state between messages."
 
@@ -85,6 +85,11 @@ def wait_for_position(redis_server, key: str, position: int) -> None:
         time.sleep(0.02)
 
 
+def health(running, service: str) -> str:
+    done = run_cli("health", "--target", running.target, "--service", service)
+    return (done.stdout or done.stderr).strip().rsplit(" ", 1)[-1]
+
+
 def distributions(responses) -> np.ndarray:
     return np.array([[c.probability for c in step.next] for r in responses for step in r.steps])
 
@@ -143,7 +148,9 @@ def test_a_store_that_stops_never_fails_a_live_session(base_config, redis_server
         assert np.abs(got - expected).max() < 1e-6  # served from memory, every message answered
         assert scrape(running, "rnnserve_state_store_writes_total", result="failed") >= 1
         assert scrape_settled(running, "rnnserve_state_store_up", 0) == 0
+        assert health(running, "rnnserve.StateStore") == "NOT_SERVING" and health(running, "") == "SERVING"
         redis_server.start()
         list(client.stream("lstm", [SECOND], session_id="through-outage", resume=True))
         wait_for_position(redis_server, "session:through-outage", len(FIRST + SECOND + FIRST + SECOND))
         assert scrape_settled(running, "rnnserve_state_store_up", 1) == 1  # set just after the write it waited for
+        assert health(running, "rnnserve.StateStore") == "SERVING"
