@@ -15,29 +15,11 @@ import json
 import shutil
 import subprocess
 import time
-import uuid
 
 from bench.common import add_model_flags, free_port, model_path, runtime_flags, server_process
-from bench.throughput import _tokens_per_s
+from bench.throughput import _stream_all
 
 TARGET_RATIO = 0.85
-
-
-async def _named_streams(target: str, model: str, streams: int, tokens: int) -> dict:
-    from rnnserve.v1 import rnnserve_pb2 as pb
-
-    async def one(stub, i: int) -> int:
-        call = stub.Stream()
-        start = pb.StreamStart(model=model, top_k=1, session_id=f"bench-{i}-{uuid.uuid4().hex[:8]}")
-        await call.write(pb.StreamRequest(start=start))
-        await call.read()
-        for _ in range(tokens):
-            await call.write(pb.StreamRequest(text="A"))
-            await call.read()
-        await call.done_writing()
-        return tokens
-
-    return await _tokens_per_s(target, streams, 1, one)
 
 
 def main() -> None:
@@ -58,7 +40,7 @@ def main() -> None:
         common = (*runtime_flags(args), "--max-sessions", str(args.streams * 3 + 1))
         for name, extra in (("without_store", ()), ("with_store", ("--state-store", f"redis://127.0.0.1:{port}/0"))):
             with server_process(repository, *common, *extra) as (target, _):
-                figures[name] = asyncio.run(_named_streams(target, model, args.streams, args.tokens))["tokens_per_s"]
+                figures[name] = asyncio.run(_stream_all(target, model, args.streams, args.tokens, named=True))["tokens_per_s"]
     finally:
         redis.terminate()
         redis.wait(10)

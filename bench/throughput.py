@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -75,13 +76,15 @@ async def _generate_all(target: str, model: str, streams: int, tokens: int, conn
     return await _tokens_per_s(target, streams, connections, one)
 
 
-async def _stream_all(target: str, model: str, streams: int, tokens: int, connections: int = 1) -> float:
-    """Steps/s of `streams` concurrent bidirectional streams, each sending one token and waiting for its answer."""
+async def _stream_all(target: str, model: str, streams: int, tokens: int, connections: int = 1, named: bool = False) -> float:
+    """Steps/s of `streams` concurrent bidirectional streams, each sending one token and waiting for its answer;
+    `named`: each on a named session of its own (what a state store writes)."""
     from rnnserve.v1 import rnnserve_pb2 as pb
 
     async def one(stub, i: int) -> int:
         call = stub.Stream()
-        await call.write(pb.StreamRequest(start=pb.StreamStart(model=model, top_k=1)))
+        session_id = f"bench-{i}-{uuid.uuid4().hex[:8]}" if named else ""
+        await call.write(pb.StreamRequest(start=pb.StreamStart(model=model, top_k=1, session_id=session_id)))
         await call.read()
         for _ in range(tokens):
             await call.write(pb.StreamRequest(text="A"))
