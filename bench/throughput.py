@@ -62,7 +62,7 @@ async def _tokens_per_s(target: str, streams: int, connections: int, one, stub_t
         await asyncio.gather(*(channel.close() for channel in channels))
 
 
-async def _generate_all(target: str, model: str, streams: int, tokens: int, connections: int = 1) -> float:
+async def _generate_all(target: str, model: str, streams: int, tokens: int, connections: int = 1) -> dict:
     """Tokens/s of `streams` concurrent greedy generations (run in a client process of its own)."""
     from rnnserve.v1 import rnnserve_pb2 as pb
 
@@ -76,7 +76,7 @@ async def _generate_all(target: str, model: str, streams: int, tokens: int, conn
     return await _tokens_per_s(target, streams, connections, one)
 
 
-async def _stream_all(target: str, model: str, streams: int, tokens: int, connections: int = 1, named: bool = False) -> float:
+async def _stream_all(target: str, model: str, streams: int, tokens: int, connections: int = 1, named: bool = False) -> dict:
     """Steps/s of `streams` concurrent bidirectional streams, each sending one token and waiting for its answer;
     `named`: each on a named session of its own (what a state store writes)."""
     from rnnserve.v1 import rnnserve_pb2 as pb

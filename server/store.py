@@ -1,7 +1,7 @@
 """A shared state store (`--state-store redis://HOST:PORT/DB`): named sessions and KServe sequences outlive their
-process. After each answered message a session's snapshot is written to Redis (in the background, so the answer is
-not delayed; writes of one session are coalesced, the latest wins), stamped with its position and expiring with
-`--session-ttl-s`. A resume that finds no live session here restores it from the store, so a stream can continue on
+process. After each answered message a session's snapshot is written to Redis: in the background, so the answer is
+not delayed, and in batches (one round trip for every session answered since the last write; a session's latest
+state wins), stamped with its position and expiring with `--session-ttl-s`. A resume that finds no live session here restores it from the store, so a stream can continue on
 any process or replica. A lease in the store lets one server at a time hold a session. On SIGTERM every live
 session is written before the process exits.
 
