@@ -108,13 +108,12 @@ class SessionRegistry:
 
     async def _refresh(self, key: Hashable) -> None:
         """With a state store, a session about to be resumed is the store's latest: loaded when it is not live here,
-        reloaded when the store holds a later state than this copy (another server served it meanwhile)."""
+        reloaded when another server wrote the store's state (it served the session after this copy was made)."""
         if self.store is None:
             return
         local = self._named.get(key)
         if local is not None:
-            stored = await self.store.position(store_key(key))
-            if stored is None or stored == local.position or local.attached:
+            if local.attached or not await self.store.written_elsewhere(store_key(key)):
                 return
             self._free(local, "superseded")
         await self.store.load(store_key(key))

@@ -95,7 +95,7 @@ class StateStore:
                 for session, (blob, position) in captured:
                     key = key_of(session)
                     pipe.set(key, blob, px=self._ttl_ms)
-                    pipe.set(key + ":position", position, px=self._ttl_ms)
+                    pipe.set(key + ":position", f"{position} {self.holder}", px=self._ttl_ms)  # where, and who wrote it
                     if now - self._renewed.get(session, 0.0) > self._lease_ms / 3000:  # a third of the lease: renew
                         await self._renew(keys=[key + ":lease"], args=[self.holder, self._lease_ms], client=pipe)
                         self._renewed[session] = now
@@ -164,14 +164,15 @@ class StateStore:
         except Exception as err:
             self._failed("release", err)
 
-    async def position(self, key: str) -> int | None:
-        """The position of the session's latest state in the store (None: not there, or no store)."""
+    async def written_elsewhere(self, key: str) -> bool:
+        """Whether another server wrote the session's latest state in the store (then it is newer than a copy here:
+        this server's own writes may lag its copy, never lead it)."""
         try:
             value = await self._redis.get(PREFIX + key + ":position")
         except Exception as err:
             self._failed("read", err)
-            return None
-        return None if value is None else int(value)
+            return False
+        return value is not None and value.decode().partition(" ")[2] != self.holder
 
     async def load(self, key: str) -> bool:
         """Restores the session stored under `key` here (detached, for a resume to attach); False when the store
