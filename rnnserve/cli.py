@@ -443,6 +443,8 @@ def main(argv: list[str] | None = None) -> None:
     except ModuleNotFoundError as err:
         if err.name in ("torch", "onnx", "tqdm", "matplotlib"):
             raise SystemExit(f"{prefix}: {NEEDS_TRAIN_EXTRA} ({err.name} is missing)") from None
+        if err.name == "redis":
+            raise SystemExit(f"{prefix}: --state-store needs the Redis client: pip install 'rnnserve[store]'") from None
         raise
     except FileNotFoundError as err:  # a file named on the command line (a certificate, say)
         raise SystemExit(f"{prefix}: {err.filename}: {err.strerror}") from None
