@@ -46,6 +46,11 @@ class Session:
     expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
     decoder: IncrementalDecoder | None = field(default=None, repr=False)  # Stream: input read so far, to whole characters
 
+    @property
+    def ids(self) -> tuple[str, str]:
+        """(session id, sequence id) as a client names it: a named session's id, or a KServe sequence's id."""
+        return (self.key, "") if self.kind == "named" else ("", self.key[2]) if self.kind == "sequence" else ("", "")
+
     async def step(self, tokens: list[int], top_k: int = 0) -> StepResult:
         """The outputs after each of `tokens` (logits [T, V] and the model's extra outputs, e.g. attention [T, S]),
         continuing this session's state; with `top_k`, each step's k most probable outputs."""
@@ -61,6 +66,11 @@ class Session:
         self.model.batcher.reset(self.slot)
         self.position = 0
         self.decoder = None
+
+
+def sequence_key(model: Model, sequence_id: str) -> tuple[tuple[str, str, str], str]:
+    """A KServe sequence's key among the sessions, and its name in messages."""
+    return ("sequence", model.card.name, sequence_id), f"sequence {sequence_id} of model {model.card.name!r}"
 
 
 _tasks: set[asyncio.Task] = set()
@@ -126,8 +136,7 @@ class SessionRegistry:
     async def sequence(self, model: Model, sequence_id: str, start: bool, end: bool, owner: object = None):
         """A KServe sequence for one request. `start` opens it (afresh, if it is live); without `start` it must
         be live. `end` ends it after the request; otherwise it waits, idle, for its next request."""
-        key = ("sequence", model.card.name, sequence_id)
-        name = f"sequence {sequence_id} of model {model.card.name!r}"
+        key, name = sequence_key(model, sequence_id)
         if not start:
             await self._refresh(key)
         session = self._named.get(key)
@@ -156,17 +165,17 @@ class SessionRegistry:
 
     def live_sequence(self, model: Model, sequence_id: str) -> Session:
         """A KServe sequence that is live (NOT_FOUND, saying why, when it is not)."""
-        key = ("sequence", model.card.name, sequence_id)
+        key, name = sequence_key(model, sequence_id)
         session = self._named.get(key)
         if session is None:
-            raise NotFound(f"sequence {sequence_id} of model {model.card.name!r} {self._why_gone(key, 'was never started')}")
+            raise NotFound(f"{name} {self._why_gone(key, 'was never started')}")
         return session
 
     async def restored(self, model: Model, session_id: str, sequence_id: str, position: int, pending: bytes, write) -> Session:
         """A new named session (or KServe sequence) holding a snapshot's state, waiting for a stream (or request)
         to resume it within the TTL. `write(slot)` puts the state into its slot."""
         if sequence_id:
-            key, name, kind = ("sequence", model.card.name, sequence_id), f"sequence {sequence_id} of model {model.card.name!r}", "sequence"
+            (key, name), kind = sequence_key(model, sequence_id), "sequence"
         else:
             key, name, kind = session_id, session_id, "named"
         if key in self._named:
@@ -186,10 +195,6 @@ class SessionRegistry:
         """Ends the sequences a closing stream started and left open."""
         for session in [s for s in self._named.values() if s.owner is owner]:
             self._free(session, "stream_closed")
-
-    def model_of(self, session_id: str) -> Model:
-        """The model of a named session (NOT_FOUND when there is none by that name)."""
-        return self.named(session_id).model
 
     def close(self, session_id: str) -> None:
         session = self.named(session_id)

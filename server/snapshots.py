@@ -76,9 +76,8 @@ class Snapshots:
         header = {
             "model": model.card.name, "version": model.card.version, "model_sha256": model.digest, "position": session.position,
             "pending": (session.decoder.pending() if session.decoder else b"").hex(),
-            "session_id": session.key if session.kind == "named" else "",
-            "sequence_id": session.key[2] if session.kind == "sequence" else "",
         }
+        header["session_id"], header["sequence_id"] = session.ids
         model.metrics.snapshot_taken()
         return pack(header, state)
 

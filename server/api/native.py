@@ -94,7 +94,7 @@ class NativeServicer(pb_grpc.RnnServeServicer):
 
     @unary
     async def CloseSession(self, request: pb.CloseSessionRequest, context) -> pb.CloseSessionResponse:
-        authorize(self._service.sessions.model_of(request.session_id).card.name)
+        authorize(self._service.sessions.named(request.session_id).model.card.name)
         self._service.close_session(request.session_id)
         return pb.CloseSessionResponse()
 
@@ -196,11 +196,8 @@ def candidates(items: tuple[Candidate, ...]) -> list[pb.TokenProbability]:
 
 def session_info(session: Session) -> pb.SessionInfo:
     card = session.model.card
-    named = session.kind == "named"
-    return pb.SessionInfo(
-        session_id=session.key if named else "", sequence_id="" if named else session.key[2], model=card.name, version=card.version,
-        position=session.position,
-    )
+    session_id, sequence_id = session.ids
+    return pb.SessionInfo(session_id=session_id, sequence_id=sequence_id, model=card.name, version=card.version, position=session.position)
 
 
 def model_info(model: Model, versions: list[str]) -> pb.ModelInfo:
