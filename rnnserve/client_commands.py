@@ -1,0 +1,123 @@
+"""The `rnnserve` commands that talk to a running server: generate, stream, infer, models, health, snapshot,
+restore and fork. Each opens a client from its command line (target, TLS, token), makes its calls and prints what
+came back; `rnnserve/cli.py` builds their flags and turns their failures into one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rnnserve.client import RnnServeClient
+from rnnserve.client.channel import open_channel
+
+
+def client_of(args) -> RnnServeClient:
+    return RnnServeClient(args.target, tls_ca=args.tls_ca, token=args.token, tls_cert=args.client_cert, tls_key=args.client_key)
+
+
+def generate(args) -> None:
+    sampling = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "seed", "max_tokens") if getattr(args, k) is not None}
+    source_tokens, looked_at = [], []
+    with client_of(args) as client:
+        pieces = client.generate(args.model, args.prompt, args.version, args.label, args.source, stop=args.stop or [], **sampling)
+        for piece in pieces:
+            sys.stdout.write(piece.text)
+            sys.stdout.flush()
+            source_tokens += piece.source_tokens
+            looked_at += [(piece.text, attention.weights) for attention in piece.attention]
+    sys.stdout.write("\n")
+    if args.attention:
+        print_attention(source_tokens, looked_at)
+    if args.plot:
+        if not looked_at:
+            raise SystemExit("--plot: the model answered no attention (only encoder–decoders have it)")
+        from rnnserve.training.plots import plot_attention
+
+        print(f"wrote {plot_attention(source_tokens, [t for t, _ in looked_at], [list(w) for _, w in looked_at], args.plot)}")
+
+
+def print_attention(source_tokens: list[str], looked_at: list[tuple[str, list[float]]]) -> None:
+    """For each output token, the source tokens it attended to most."""
+    for text, weights in looked_at:
+        top = sorted(range(len(weights)), key=lambda i: -weights[i])[:3]
+        print(f"{text!r:>8} ← " + "  ".join(f"{source_tokens[i]!r}@{i} {weights[i]:.2f}" for i in top))
+
+
+def stream(args) -> None:
+    """Each line of stdin (with its newline) is one chunk; every step's top predictions are printed."""
+    with client_of(args) as client:
+        lines = iter(sys.stdin.readline, "")
+        responses = client.stream(args.model, lines, args.version, args.session_id, args.resume, args.top_k)
+        for response in responses:
+            print_steps(response.steps)
+            print_classes("so far", response.classes)
+            print(f"[session {response.session_id}, position {response.position}]", flush=True)
+
+
+def infer(args) -> None:
+    """The whole text at once; every step's top outputs (next tokens, or labels)."""
+    with client_of(args) as client:
+        response = client.infer_response(args.model, args.text, args.version, args.top_k)
+    print_steps(response.steps)
+    print_classes("whole text", response.classes)
+
+
+def print_classes(what: str, classes) -> None:
+    if classes:
+        print(f"[{what}: " + ", ".join(f"{c.text} {c.probability:.3f}" for c in classes) + "]")
+
+
+def print_steps(steps) -> None:
+    """A line per step, or for steps that each read a part of one character (a byte model), a line for the step
+    that completes it: the whole character, then what the model expects after it."""
+    for step in steps:
+        if step.text:
+            candidates = "  ".join(f"{c.text!r} {c.probability:.2f}" for c in step.next)
+            print(f"{step.text!r:>8} → {candidates}")
+
+
+def models(args) -> None:
+    with client_of(args) as client:
+        for info in client.list_models():
+            quantized = json.loads(info.metadata_json).get("quantization", {}).get("kind")
+            print(
+                f"{info.name}/{info.version}  {info.task}  {info.cell} {info.layers}×{info.hidden}{f' {quantized}' if quantized else ''}  "
+                f"tokenizer={info.tokenizer}  calls={','.join(info.calls)}  providers={','.join(info.providers)}"
+            )
+
+
+def health(args) -> None:
+    """Asks the gRPC health service (what Kubernetes' gRPC probes ask too)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with open_channel(args.target, args.tls_ca, args.token, args.client_cert, args.client_key) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout_s)
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+    if answer.status != health_pb2.HealthCheckResponse.SERVING:
+        raise SystemExit(f"{args.target} is {status}")
+    print(status)
+
+
+def snapshot(args) -> None:
+    with client_of(args) as client:
+        snapshot = client.snapshot_session(args.session_id, args.model, args.sequence_id)
+    try:
+        Path(args.out).write_bytes(snapshot.blob)
+    except OSError as err:
+        raise SystemExit(f"--out {args.out}: {err.strerror}") from None
+    print(f"wrote {args.out}: model {snapshot.model}/{snapshot.version} at position {snapshot.position} ({len(snapshot.blob):,} bytes)")
+
+
+def restore(args) -> None:
+    blob = Path(args.snapshot).read_bytes()
+    with client_of(args) as client:
+        info = client.restore_session(blob, args.session_id, args.sequence_id)
+    where = f"session {info.session_id}" if info.session_id else f"sequence {info.sequence_id}"
+    print(f"restored {where} of model {info.model}/{info.version} at position {info.position}: resume it within the session TTL")
+
+
+def fork(args) -> None:
+    with client_of(args) as client:
+        info = client.fork_session(args.session_id, args.new_session_id)
+    print(f"forked session {args.session_id} into {info.session_id} at position {info.position}")
