@@ -64,10 +64,14 @@ class RnnServeClient:
         resume: bool = False,
         top_k: int = 0,
         metadata: list[tuple[str, str]] | None = None,
+        acknowledged: int = 0,
     ) -> Iterator[pb.StreamResponse]:
         """One response per chunk: text, a list of token ids, or a full StreamRequest (to reset, say). `metadata`:
-        extra call metadata, e.g. the session id for a load balancer's affinity."""
-        start = pb.StreamStart(model=model, version=version, session_id=session_id, resume=resume, top_k=top_k)
+        extra call metadata, e.g. the session id for a load balancer's affinity. `acknowledged` (with `resume`):
+        the position of the last answer this client got; answers' `behind` then says what the state lacks of it."""
+        start = pb.StreamStart(
+            model=model, version=version, session_id=session_id, resume=resume, top_k=top_k, acknowledged=acknowledged
+        )
 
         def requests():
             first = True

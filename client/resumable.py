@@ -1,10 +1,12 @@
 """A named session's stream that survives the server it runs on, for servers that share a state store.
 
 The protocol, for any client: keep every chunk you send, with the position the session was at before it (the
-`position` of the previous answer). When the stream breaks, open a new one with `resume` and an empty first
-message: its answer's `position` is where the restored state is. Drop the kept chunks that start before it (the
-state has them) and send the rest again, ignoring the answers to the chunks you had answers for. The answers
-then equal those of a stream that never broke. Through a load balancer, send the session id as the `x-session-id`
+`position` of the previous answer). When the stream breaks, open a new one with `resume`, `acknowledged` set to
+the position of the last answer you got, and an empty first message: its answer's `position` is where the restored
+state is, and its `behind` how many tokens that is short of `acknowledged` (0: nothing to replay). Drop the kept
+chunks that start before `position` (the state has them) and send the rest again, ignoring the answers to the
+chunks you had answers for (the server counts them in `rnnserve_replayed_chunks`). The answers then equal those of
+a stream that never broke. Through a load balancer, send the session id as the `x-session-id`
 metadata so every stream of a session goes to the same server while it lives.
 """
 
@@ -69,7 +71,7 @@ class ResumableStream:
         self._client, self._box = self._connect(), queue.Queue()
         self._answers = self._client.stream(
             self._model, iter(self._box.get, None), session_id=self._session_id, resume=resume, top_k=self._top_k,
-            metadata=[(AFFINITY_HEADER, self._session_id)],
+            metadata=[(AFFINITY_HEADER, self._session_id)], acknowledged=self.position if resume else 0,
         )
 
     def _exchange(self, chunk) -> pb.StreamResponse:

@@ -75,6 +75,18 @@ class Metrics:
             "rnnserve_snapshots", "Session snapshots: taken (SnapshotSession, ForkSession) and restored (RestoreSession, ForkSession).",
             [*MODEL, "event"], registry=registry,
         )
+        self.resumes = Counter(
+            "rnnserve_resumes",
+            "Sessions resumed, by where their state came from: local (live in this process) or store (loaded from the "
+            "state store). A KServe sequence counts when it is loaded from the store.",
+            [*MODEL, "source"], registry=registry,
+        )
+        self.replayed_chunks = Counter(
+            "rnnserve_replayed_chunks",
+            "Stream messages a resuming client sent again because the restored state was behind the position it had "
+            "acknowledged (the state store had not yet been written when its last server stopped).",
+            MODEL, registry=registry,
+        )
         self.store_writes = Counter(
             "rnnserve_state_store_writes", "Session states written to the state store, by result (ok, failed).", ["result"],
             registry=registry,
@@ -176,6 +188,12 @@ class ModelMetrics:
 
     def snapshot_restored(self) -> None:
         self._metrics.snapshots.labels(*self.labels, "restored").inc()
+
+    def resumed(self, source: str) -> None:
+        self._metrics.resumes.labels(*self.labels, source).inc()
+
+    def chunk_replayed(self) -> None:
+        self._metrics.replayed_chunks.labels(*self.labels).inc()
 
     def session_ended(self, kind: str, reason: str) -> None:
         if reason == "expired":

@@ -48,6 +48,7 @@ class StreamStart:
     session_id: str = ""
     resume: bool = False
     top_k: int = 0
+    acknowledged: int = 0  # resume: the position of the last answer the client got (it replays what the state lacks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,7 @@ class ChunkResult:
     position: int
     steps: tuple[StepPrediction, ...] = field(default=())
     classes: tuple[Candidate, ...] = ()  # classifiers: every class's probability for all input so far
+    behind: int = 0  # a resume: tokens the state lacked of the client's acknowledged position when the chunk arrived
 
 
 @dataclass(frozen=True, slots=True)

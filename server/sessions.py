@@ -99,9 +99,10 @@ class SessionRegistry:
     async def attach(self, model: Model, session_id: str = "", resume: bool = False):
         """A session for the duration of one call: created, or resumed by id (from the state store, when it is not
         live here); always detached at the end."""
-        if resume and session_id:
-            await self._refresh(session_id)
+        source = await self._refresh(session_id) if resume and session_id else "local"
         session = self._resume(model, session_id) if resume else self._open(model, session_id)
+        if resume:
+            model.metrics.resumed(source)
         try:
             await self._claim(session)
             yield session
@@ -116,17 +117,18 @@ class SessionRegistry:
     def live_sessions(self) -> list[Session]:
         return list(self._named.values())
 
-    async def _refresh(self, key: Hashable) -> None:
+    async def _refresh(self, key: Hashable) -> str:
         """With a state store, a session about to be resumed is the store's latest: loaded when it is not live here,
-        reloaded when another server wrote the store's state (it served the session after this copy was made)."""
+        reloaded when another server wrote the store's state (it served the session after this copy was made).
+        Where its state now comes from: "store" (loaded) or "local"."""
         if self.store is None:
-            return
+            return "local"
         local = self._named.get(key)
         if local is not None:
             if local.attached or not await self.store.written_elsewhere(store_key(key)):
-                return
+                return "local"
             self._free(local, "superseded")
-        await self.store.load(store_key(key))
+        return "store" if await self.store.load(store_key(key)) else "local"
 
     async def _claim(self, session: Session) -> None:
         if self.store is not None and session.key is not None:
@@ -137,8 +139,8 @@ class SessionRegistry:
         """A KServe sequence for one request. `start` opens it (afresh, if it is live); without `start` it must
         be live. `end` ends it after the request; otherwise it waits, idle, for its next request."""
         key, name = sequence_key(model, sequence_id)
-        if not start:
-            await self._refresh(key)
+        if not start and await self._refresh(key) == "store":
+            model.metrics.resumed("store")  # a sequence's requests go on locally without counting as resumes
         session = self._named.get(key)
         if session is not None and session.attached:
             raise FailedPrecondition(

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -49,14 +50,14 @@ def deployment(tmp_path, repository):
     redis = Redis(free_port()).start()
     models = tmp_path / "models"
     shutil.copytree(repository / "lstm", models / "lstm")
-    ports = [free_port() for _ in range(3)]
+    ports, metrics_ports = [free_port() for _ in range(3)], [free_port() for _ in range(3)]
     replicas = [
         subprocess.Popen(
             [sys.executable, "-m", "rnnserve", "serve", "--repository", str(models), "--port", str(port), "--state-store", redis.url,
-             "--state-lease-s", "1", "--grace-s", "2", "--max-sessions", "64"],
+             "--state-lease-s", "1", "--grace-s", "2", "--max-sessions", "64", "--metrics-port", str(metrics_port)],
             stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"replica-{port}.log", "w"),
         )
-        for port in ports
+        for port, metrics_port in zip(ports, metrics_ports)
     ]
     balancer_port = free_port()
     config = (ROOT / "deploy" / "nginx" / "rnnserve.conf").read_text()
@@ -73,7 +74,7 @@ def deployment(tmp_path, repository):
         for port, replica in zip(ports, replicas):
             wait_for_port(port, replica, "a replica")
         wait_for_port(balancer_port, nginx, "nginx")
-        yield {"balancer": f"127.0.0.1:{balancer_port}", "replicas": replicas, "ports": ports, "redis": redis}
+        yield {"balancer": f"127.0.0.1:{balancer_port}", "replicas": replicas, "ports": ports, "metrics_ports": metrics_ports, "redis": redis}
     finally:
         nginx.terminate()
         for replica in replicas:
@@ -133,11 +134,21 @@ def test_sigkill_behind_nginx_resumes_every_session_exactly(deployment):
     # what the store had not seen: chunks 5 and 6 — fewer when a write sent while Redis was stopped still sat in its
     # socket buffer (a stopped Redis runs it when it continues, after the server gave up waiting)
     assert replayed and all(streams[i].replayed <= DURING_OUTAGE for i in resumed), [streams[i].replayed for i in resumed]
+    # the servers saw the same: the clients said what they had acknowledged, the survivors counted what came again
+    survivors = deployment["metrics_ports"][1:]
+    assert sum(_metric(port, "rnnserve_replayed_chunks_total") for port in survivors) == replayed
+    assert sum(_metric(port, "rnnserve_resumes_total", 'source="store"') for port in survivors) >= len(resumed)
 
     with RnnServeClient(f"127.0.0.1:{deployment['ports'][1]}", timeout_s=60) as direct:
         expected = distributions(direct.stream("lstm", CHUNKS, top_k=3))  # never interrupted
     for index in range(SESSIONS):
         assert np.abs(distributions(answers[index]) - expected).max() < 1e-6, f"session s{index}"
+
+
+def _metric(port: int, name: str, label: str = "") -> float:
+    """The sum of a series over one replica's /metrics page (those with `label`, when given)."""
+    page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines() if line.startswith(name + "{") and label in line)
 
 
 def _wait_stored(redis: Redis, session_id: str) -> None:

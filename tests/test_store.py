@@ -106,6 +106,26 @@ def test_a_session_continues_exactly_on_another_server(two_servers, redis_server
     assert scrape(b, "rnnserve_state_store_reads_total", result="found") == 1
 
 
+def test_a_resume_behind_the_client_says_so_and_the_replay_is_counted(two_servers, redis_server):
+    """The client got an answer the store never saw (its server died before writing it): the resumed stream says
+    how far behind its state is, the client sends that chunk again, and the session goes on exactly."""
+    a, b = two_servers
+    third = " And on."
+    with a.client() as on_a, b.client() as on_b:
+        uninterrupted = distributions(on_a.stream("lstm", [FIRST, SECOND, third]))
+        before = list(on_a.stream("lstm", [FIRST], session_id="lost"))
+        wait_for_position(redis_server, "session:lost", len(FIRST))
+        acknowledged = len(FIRST + SECOND)  # as if a had answered SECOND and died before the store had it
+        restored, replayed, after = on_b.stream("lstm", ["", SECOND, third], session_id="lost", resume=True, acknowledged=acknowledged)
+        error = status_of(lambda: list(on_b.stream("lstm", [FIRST], acknowledged=3)))
+    assert (restored.position, restored.behind) == (len(FIRST), len(SECOND))
+    assert (replayed.behind, after.behind, after.position) == (len(SECOND), 0, len(FIRST + SECOND + third))
+    assert np.abs(distributions(before + [replayed, after]) - uninterrupted).max() < 1e-6
+    assert scrape(b, "rnnserve_replayed_chunks_total") == 1
+    assert scrape(b, "rnnserve_resumes_total", source="store") == 1 and scrape(b, "rnnserve_resumes_total", source="local") == 0
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "start.acknowledged" in error.details()
+
+
 def test_one_server_at_a_time_holds_a_session(two_servers, redis_server):
     import queue
 
@@ -152,6 +172,7 @@ def test_a_store_that_stops_never_fails_a_live_session(base_config, redis_server
         redis_server.start()
         list(client.stream("lstm", [SECOND], session_id="through-outage", resume=True))
         wait_for_position(redis_server, "session:through-outage", len(FIRST + SECOND + FIRST + SECOND))
+        assert scrape(running, "rnnserve_resumes_total", source="local") == 1  # live here: nothing loaded
         assert scrape_settled(running, "rnnserve_state_store_up", 1) == 1  # set just after the write it waited for
         assert health(running, "rnnserve.StateStore") == "SERVING"
 

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1arnnserve/v1/rnnserve.proto\x12\x0brnnserve.v1\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.rnnserve.v1.ModelInfo\"1\n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"9\n\x0bStateTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\"\xc8\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\rH\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\tB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x07\n\x05_seedB\r\n\x0b_max_tokens\"\xd0\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08versions\x18\x03 \x03(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x0c\n\x04\x63\x65ll\x18\x05 \x01(\t\x12\x0e\n\x06layers\x18\x06 \x01(\r\x12\x0e\n\x06hidden\x18\x07 \x01(\r\x12\x11\n\ttokenizer\x18\x08 \x01(\t\x12\x12\n\nvocab_size\x18\t \x01(\r\x12\'\n\x05state\x18\n \x03(\x0b\x32\x18.rnnserve.v1.StateTensor\x12\x11\n\tstreaming\x18\x0b \x01(\x08\x12\x11\n\tproviders\x18\x0c \x03(\t\x12\x35\n\x10\x64\x65\x66\x61ult_sampling\x18\r \x01(\x0b\x32\x1b.rnnserve.v1.SamplingParams\x12\x15\n\rmetadata_json\x18\x0e \x01(\t\x12\x17\n\x0f\x61\x63tive_sessions\x18\x0f \x01(\r\x12\x14\n\x0cmax_sessions\x18\x10 \x01(\r\x12\x15\n\rruntime_calls\x18\x11 \x01(\x04\x12\r\n\x05\x63\x61lls\x18\x12 \x03(\t\x12\x0e\n\x06labels\x18\x13 \x03(\t\x12\x12\n\nconditions\x18\x14 \x03(\t\x12\x19\n\x11max_source_tokens\x18\x15 \x01(\r\"\x8f\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12-\n\x08sampling\x18\x04 \x01(\x0b\x32\x1b.rnnserve.v1.SamplingParams\x12\r\n\x05label\x18\x05 \x01(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\"\x1c\n\tAttention\x12\x0f\n\x07weights\x18\x01 \x03(\x02\"\xd8\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x03\x12\x30\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x19.rnnserve.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x04 \x01(\r\x12\x18\n\x10generated_tokens\x18\x05 \x01(\r\x12)\n\tattention\x18\x06 \x03(\x0b\x32\x16.rnnserve.v1.Attention\x12\x15\n\rsource_tokens\x18\x07 \x03(\t\"`\n\x0bStreamStart\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0e\n\x06resume\x18\x04 \x01(\x08\x12\r\n\x05top_k\x18\x05 \x01(\r\"e\n\rStreamRequest\x12\'\n\x05start\x18\x01 \x01(\x0b\x32\x18.rnnserve.v1.StreamStart\x12\r\n\x05reset\x18\x02 \x01(\x08\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x0e\n\x06tokens\x18\x04 \x03(\x03\"G\n\x10TokenProbability\x12\x10\n\x08token_id\x18\x01 \x01(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"q\n\x0eStepPrediction\x12\x10\n\x08token_id\x18\x01 \x01(\x03\x12\x12\n\ntoken_text\x18\x02 \x01(\t\x12+\n\x04next\x18\x03 \x03(\x0b\x32\x1d.rnnserve.v1.TokenProbability\x12\x0c\n\x04text\x18\x04 \x01(\t\"\x92\x01\n\x0eStreamResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x04\x12*\n\x05steps\x18\x03 \x03(\x0b\x32\x1b.rnnserve.v1.StepPrediction\x12.\n\x07\x63lasses\x18\x04 \x03(\x0b\x32\x1d.rnnserve.v1.TokenProbability\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse\"U\n\nSessionRef\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x13\n\x0bsequence_id\x18\x04 \x01(\t\"Q\n\x0fSessionSnapshot\x12\x0c\n\x04\x62lob\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08position\x18\x04 \x01(\x04\"N\n\x15RestoreSessionRequest\x12\x0c\n\x04\x62lob\x18\x01 \x01(\x0c\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x13\n\x0bsequence_id\x18\x03 \x01(\t\"f\n\x12\x46orkSessionRequest\x12\'\n\x06source\x18\x01 \x01(\x0b\x32\x17.rnnserve.v1.SessionRef\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x13\n\x0bsequence_id\x18\x03 \x01(\t\"h\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0bsequence_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x10\n\x08position\x18\x05 \x01(\x04\"[\n\x0cInferRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x0e\n\x06tokens\x18\x04 \x03(\x03\x12\r\n\x05top_k\x18\x05 \x01(\r\"k\n\rInferResponse\x12*\n\x05steps\x18\x01 \x03(\x0b\x32\x1b.rnnserve.v1.StepPrediction\x12.\n\x07\x63lasses\x18\x02 \x03(\x0b\x32\x1d.rnnserve.v1.TokenProbability*v\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x15\n\x11\x46INISH_REASON_END\x10\x03\x32\xa6\x05\n\x08RnnServe\x12M\n\nListModels\x12\x1e.rnnserve.v1.ListModelsRequest\x1a\x1f.rnnserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.rnnserve.v1.GetModelRequest\x1a\x16.rnnserve.v1.ModelInfo\x12I\n\x08Generate\x12\x1c.rnnserve.v1.GenerateRequest\x1a\x1d.rnnserve.v1.GenerateResponse0\x01\x12\x45\n\x06Stream\x12\x1a.rnnserve.v1.StreamRequest\x1a\x1b.rnnserve.v1.StreamResponse(\x01\x30\x01\x12S\n\x0c\x43loseSession\x12 .rnnserve.v1.CloseSessionRequest\x1a!.rnnserve.v1.CloseSessionResponse\x12H\n\x0fSnapshotSession\x12\x17.rnnserve.v1.SessionRef\x1a\x1c.rnnserve.v1.SessionSnapshot\x12N\n\x0eRestoreSession\x12\".rnnserve.v1.RestoreSessionRequest\x1a\x18.rnnserve.v1.SessionInfo\x12H\n\x0b\x46orkSession\x12\x1f.rnnserve.v1.ForkSessionRequest\x1a\x18.rnnserve.v1.SessionInfo\x12>\n\x05Infer\x12\x19.rnnserve.v1.InferRequest\x1a\x1a.rnnserve.v1.InferResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1arnnserve/v1/rnnserve.proto\x12\x0brnnserve.v1\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.rnnserve.v1.ModelInfo\"1\n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"9\n\x0bStateTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\"\xc8\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\rH\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\tB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x07\n\x05_seedB\r\n\x0b_max_tokens\"\xd0\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08versions\x18\x03 \x03(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x0c\n\x04\x63\x65ll\x18\x05 \x01(\t\x12\x0e\n\x06layers\x18\x06 \x01(\r\x12\x0e\n\x06hidden\x18\x07 \x01(\r\x12\x11\n\ttokenizer\x18\x08 \x01(\t\x12\x12\n\nvocab_size\x18\t \x01(\r\x12\'\n\x05state\x18\n \x03(\x0b\x32\x18.rnnserve.v1.StateTensor\x12\x11\n\tstreaming\x18\x0b \x01(\x08\x12\x11\n\tproviders\x18\x0c \x03(\t\x12\x35\n\x10\x64\x65\x66\x61ult_sampling\x18\r \x01(\x0b\x32\x1b.rnnserve.v1.SamplingParams\x12\x15\n\rmetadata_json\x18\x0e \x01(\t\x12\x17\n\x0f\x61\x63tive_sessions\x18\x0f \x01(\r\x12\x14\n\x0cmax_sessions\x18\x10 \x01(\r\x12\x15\n\rruntime_calls\x18\x11 \x01(\x04\x12\r\n\x05\x63\x61lls\x18\x12 \x03(\t\x12\x0e\n\x06labels\x18\x13 \x03(\t\x12\x12\n\nconditions\x18\x14 \x03(\t\x12\x19\n\x11max_source_tokens\x18\x15 \x01(\r\"\x8f\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12-\n\x08sampling\x18\x04 \x01(\x0b\x32\x1b.rnnserve.v1.SamplingParams\x12\r\n\x05label\x18\x05 \x01(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\"\x1c\n\tAttention\x12\x0f\n\x07weights\x18\x01 \x03(\x02\"\xd8\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x03\x12\x30\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x19.rnnserve.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x04 \x01(\r\x12\x18\n\x10generated_tokens\x18\x05 \x01(\r\x12)\n\tattention\x18\x06 \x03(\x0b\x32\x16.rnnserve.v1.Attention\x12\x15\n\rsource_tokens\x18\x07 \x03(\t\"v\n\x0bStreamStart\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0e\n\x06resume\x18\x04 \x01(\x08\x12\r\n\x05top_k\x18\x05 \x01(\r\x12\x14\n\x0c\x61\x63knowledged\x18\x06 \x01(\x04\"e\n\rStreamRequest\x12\'\n\x05start\x18\x01 \x01(\x0b\x32\x18.rnnserve.v1.StreamStart\x12\r\n\x05reset\x18\x02 \x01(\x08\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x0e\n\x06tokens\x18\x04 \x03(\x03\"G\n\x10TokenProbability\x12\x10\n\x08token_id\x18\x01 \x01(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"q\n\x0eStepPrediction\x12\x10\n\x08token_id\x18\x01 \x01(\x03\x12\x12\n\ntoken_text\x18\x02 \x01(\t\x12+\n\x04next\x18\x03 \x03(\x0b\x32\x1d.rnnserve.v1.TokenProbability\x12\x0c\n\x04text\x18\x04 \x01(\t\"\xa2\x01\n\x0eStreamResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x04\x12*\n\x05steps\x18\x03 \x03(\x0b\x32\x1b.rnnserve.v1.StepPrediction\x12.\n\x07\x63lasses\x18\x04 \x03(\x0b\x32\x1d.rnnserve.v1.TokenProbability\x12\x0e\n\x06\x62\x65hind\x18\x05 \x01(\x04\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse\"U\n\nSessionRef\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x13\n\x0bsequence_id\x18\x04 \x01(\t\"Q\n\x0fSessionSnapshot\x12\x0c\n\x04\x62lob\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08position\x18\x04 \x01(\x04\"N\n\x15RestoreSessionRequest\x12\x0c\n\x04\x62lob\x18\x01 \x01(\x0c\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x13\n\x0bsequence_id\x18\x03 \x01(\t\"f\n\x12\x46orkSessionRequest\x12\'\n\x06source\x18\x01 \x01(\x0b\x32\x17.rnnserve.v1.SessionRef\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x13\n\x0bsequence_id\x18\x03 \x01(\t\"h\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0bsequence_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x10\n\x08position\x18\x05 \x01(\x04\"[\n\x0cInferRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x0e\n\x06tokens\x18\x04 \x03(\x03\x12\r\n\x05top_k\x18\x05 \x01(\r\"k\n\rInferResponse\x12*\n\x05steps\x18\x01 \x03(\x0b\x32\x1b.rnnserve.v1.StepPrediction\x12.\n\x07\x63lasses\x18\x02 \x03(\x0b\x32\x1d.rnnserve.v1.TokenProbability*v\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x15\n\x11\x46INISH_REASON_END\x10\x03\x32\xa6\x05\n\x08RnnServe\x12M\n\nListModels\x12\x1e.rnnserve.v1.ListModelsRequest\x1a\x1f.rnnserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.rnnserve.v1.GetModelRequest\x1a\x16.rnnserve.v1.ModelInfo\x12I\n\x08Generate\x12\x1c.rnnserve.v1.GenerateRequest\x1a\x1d.rnnserve.v1.GenerateResponse0\x01\x12\x45\n\x06Stream\x12\x1a.rnnserve.v1.StreamRequest\x1a\x1b.rnnserve.v1.StreamResponse(\x01\x30\x01\x12S\n\x0c\x43loseSession\x12 .rnnserve.v1.CloseSessionRequest\x1a!.rnnserve.v1.CloseSessionResponse\x12H\n\x0fSnapshotSession\x12\x17.rnnserve.v1.SessionRef\x1a\x1c.rnnserve.v1.SessionSnapshot\x12N\n\x0eRestoreSession\x12\".rnnserve.v1.RestoreSessionRequest\x1a\x18.rnnserve.v1.SessionInfo\x12H\n\x0b\x46orkSession\x12\x1f.rnnserve.v1.ForkSessionRequest\x1a\x18.rnnserve.v1.SessionInfo\x12>\n\x05Infer\x12\x19.rnnserve.v1.InferRequest\x1a\x1a.rnnserve.v1.InferResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rnnserve.v1.rnnserve_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=2568
-  _globals['_FINISHREASON']._serialized_end=2686
+  _globals['_FINISHREASON']._serialized_start=2606
+  _globals['_FINISHREASON']._serialized_end=2724
   _globals['_LISTMODELSREQUEST']._serialized_start=43
   _globals['_LISTMODELSREQUEST']._serialized_end=62
   _globals['_LISTMODELSRESPONSE']._serialized_start=64
@@ -52,33 +52,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATERESPONSE']._serialized_start=1083
   _globals['_GENERATERESPONSE']._serialized_end=1299
   _globals['_STREAMSTART']._serialized_start=1301
-  _globals['_STREAMSTART']._serialized_end=1397
-  _globals['_STREAMREQUEST']._serialized_start=1399
-  _globals['_STREAMREQUEST']._serialized_end=1500
-  _globals['_TOKENPROBABILITY']._serialized_start=1502
-  _globals['_TOKENPROBABILITY']._serialized_end=1573
-  _globals['_STEPPREDICTION']._serialized_start=1575
-  _globals['_STEPPREDICTION']._serialized_end=1688
-  _globals['_STREAMRESPONSE']._serialized_start=1691
-  _globals['_STREAMRESPONSE']._serialized_end=1837
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=1839
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=1880
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1882
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1904
-  _globals['_SESSIONREF']._serialized_start=1906
-  _globals['_SESSIONREF']._serialized_end=1991
-  _globals['_SESSIONSNAPSHOT']._serialized_start=1993
-  _globals['_SESSIONSNAPSHOT']._serialized_end=2074
-  _globals['_RESTORESESSIONREQUEST']._serialized_start=2076
-  _globals['_RESTORESESSIONREQUEST']._serialized_end=2154
-  _globals['_FORKSESSIONREQUEST']._serialized_start=2156
-  _globals['_FORKSESSIONREQUEST']._serialized_end=2258
-  _globals['_SESSIONINFO']._serialized_start=2260
-  _globals['_SESSIONINFO']._serialized_end=2364
-  _globals['_INFERREQUEST']._serialized_start=2366
-  _globals['_INFERREQUEST']._serialized_end=2457
-  _globals['_INFERRESPONSE']._serialized_start=2459
-  _globals['_INFERRESPONSE']._serialized_end=2566
-  _globals['_RNNSERVE']._serialized_start=2689
-  _globals['_RNNSERVE']._serialized_end=3367
+  _globals['_STREAMSTART']._serialized_end=1419
+  _globals['_STREAMREQUEST']._serialized_start=1421
+  _globals['_STREAMREQUEST']._serialized_end=1522
+  _globals['_TOKENPROBABILITY']._serialized_start=1524
+  _globals['_TOKENPROBABILITY']._serialized_end=1595
+  _globals['_STEPPREDICTION']._serialized_start=1597
+  _globals['_STEPPREDICTION']._serialized_end=1710
+  _globals['_STREAMRESPONSE']._serialized_start=1713
+  _globals['_STREAMRESPONSE']._serialized_end=1875
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=1877
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=1918
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1920
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1942
+  _globals['_SESSIONREF']._serialized_start=1944
+  _globals['_SESSIONREF']._serialized_end=2029
+  _globals['_SESSIONSNAPSHOT']._serialized_start=2031
+  _globals['_SESSIONSNAPSHOT']._serialized_end=2112
+  _globals['_RESTORESESSIONREQUEST']._serialized_start=2114
+  _globals['_RESTORESESSIONREQUEST']._serialized_end=2192
+  _globals['_FORKSESSIONREQUEST']._serialized_start=2194
+  _globals['_FORKSESSIONREQUEST']._serialized_end=2296
+  _globals['_SESSIONINFO']._serialized_start=2298
+  _globals['_SESSIONINFO']._serialized_end=2402
+  _globals['_INFERREQUEST']._serialized_start=2404
+  _globals['_INFERREQUEST']._serialized_end=2495
+  _globals['_INFERRESPONSE']._serialized_start=2497
+  _globals['_INFERRESPONSE']._serialized_end=2604
+  _globals['_RNNSERVE']._serialized_start=2727
+  _globals['_RNNSERVE']._serialized_end=3405
 # @@protoc_insertion_point(module_scope)

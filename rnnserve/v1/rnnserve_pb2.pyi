@@ -149,18 +149,20 @@ class GenerateResponse(_message.Message):
     def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., attention: _Optional[_Iterable[_Union[Attention, _Mapping]]] = ..., source_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StreamStart(_message.Message):
-    __slots__ = ("model", "version", "session_id", "resume", "top_k")
+    __slots__ = ("model", "version", "session_id", "resume", "top_k", "acknowledged")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     session_id: str
     resume: bool
     top_k: int
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., session_id: _Optional[str] = ..., resume: _Optional[bool] = ..., top_k: _Optional[int] = ...) -> None: ...
+    acknowledged: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., session_id: _Optional[str] = ..., resume: _Optional[bool] = ..., top_k: _Optional[int] = ..., acknowledged: _Optional[int] = ...) -> None: ...
 
 class StreamRequest(_message.Message):
     __slots__ = ("start", "reset", "text", "tokens")
@@ -197,16 +199,18 @@ class StepPrediction(_message.Message):
     def __init__(self, token_id: _Optional[int] = ..., token_text: _Optional[str] = ..., next: _Optional[_Iterable[_Union[TokenProbability, _Mapping]]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class StreamResponse(_message.Message):
-    __slots__ = ("session_id", "position", "steps", "classes")
+    __slots__ = ("session_id", "position", "steps", "classes", "behind")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
+    BEHIND_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     position: int
     steps: _containers.RepeatedCompositeFieldContainer[StepPrediction]
     classes: _containers.RepeatedCompositeFieldContainer[TokenProbability]
-    def __init__(self, session_id: _Optional[str] = ..., position: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[StepPrediction, _Mapping]]] = ..., classes: _Optional[_Iterable[_Union[TokenProbability, _Mapping]]] = ...) -> None: ...
+    behind: int
+    def __init__(self, session_id: _Optional[str] = ..., position: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[StepPrediction, _Mapping]]] = ..., classes: _Optional[_Iterable[_Union[TokenProbability, _Mapping]]] = ..., behind: _Optional[int] = ...) -> None: ...
 
 class CloseSessionRequest(_message.Message):
     __slots__ = ("session_id",)

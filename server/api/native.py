@@ -166,7 +166,7 @@ def generate_response(piece: GeneratedPiece) -> pb.GenerateResponse:
 
 
 def stream_start(message: pb.StreamStart) -> StreamStart:
-    return StreamStart(message.session_id, message.resume, message.top_k)
+    return StreamStart(message.session_id, message.resume, message.top_k, message.acknowledged)
 
 
 def chunk(message: pb.StreamRequest) -> Chunk:
@@ -183,6 +183,7 @@ def stream_response(result: ChunkResult) -> pb.StreamResponse:
         position=result.position,
         steps=[step_prediction(s) for s in result.steps],
         classes=candidates(result.classes),
+        behind=result.behind,
     )
 
 
