@@ -11,21 +11,26 @@
 #
 # BASE is any Debian-like image with python3 (3.11 or newer) and its venv module; where no registry is reachable,
 # make one with deploy/debootstrap-base.sh. Without a package index, put the dependencies' wheels in dist/ too
-# (pip download --dest dist dist/rnnserve-*.whl) and pass --build-arg PIP_INSTALL_OPTIONS="--no-index --find-links /tmp/dist".
+# (pip download --dest dist "$(ls dist/rnnserve-*.whl)[store]" async-timeout: async-timeout is what redis needs on
+# Pythons before 3.11.3, bookworm's among them) and pass --build-arg PIP_INSTALL_OPTIONS="--no-index --find-links /tmp/dist".
 ARG BASE=python:3.11-slim-bookworm
 ARG CUDA_BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
-# rnnserve's wheel with its dependencies, but tokenizers without its own (huggingface_hub and friends, ~40 MB, which
-# download from the Hugging Face hub: the server reads tokenizers from model files and never downloads one).
+# rnnserve's wheel with its dependencies and the state store's client (the store extra: --state-store), but tokenizers
+# without its own (huggingface_hub and friends, ~40 MB, which download from the Hugging Face hub: the server reads
+# tokenizers from model files and never downloads one), and without onnxruntime's Python tools for converting,
+# optimising and quantising models (~9 MB), which serving never imports.
 FROM ${BASE} AS serve-environment
 ARG PIP_INSTALL_OPTIONS=""
 COPY dist/ /tmp/dist/
 RUN python3 -m venv /opt/rnnserve \
     && /opt/rnnserve/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps ${PIP_INSTALL_OPTIONS} /tmp/dist/rnnserve-*.whl "tokenizers>=0.20" \
-    && /opt/rnnserve/bin/python -c "from importlib.metadata import requires; print('\n'.join(r for r in requires('rnnserve') if 'extra ==' not in r and not r.startswith('tokenizers')))" > /tmp/requirements.txt \
+    && /opt/rnnserve/bin/python -c "from importlib.metadata import requires; print('\n'.join(r.split(';')[0] for r in requires('rnnserve') if ('extra ==' not in r or 'store' in r.split(';')[1]) and not r.startswith('tokenizers')))" > /tmp/requirements.txt \
     && /opt/rnnserve/bin/pip install --no-cache-dir --disable-pip-version-check ${PIP_INSTALL_OPTIONS} -r /tmp/requirements.txt \
     && /opt/rnnserve/bin/pip uninstall -y --disable-pip-version-check pip setuptools \
-    && find /opt/rnnserve -depth -type d -name tests -path '*/site-packages/numpy/*' -exec rm -rf {} +
+    && find /opt/rnnserve -depth -type d -name tests -path '*/site-packages/numpy/*' -exec rm -rf {} + \
+    && rm -rf /opt/rnnserve/lib/python3*/site-packages/onnxruntime/transformers /opt/rnnserve/lib/python3*/site-packages/onnxruntime/tools \
+        /opt/rnnserve/lib/python3*/site-packages/onnxruntime/quantization
 
 # CPU serving: the models are mounted at /models; gRPC on 50051 (both APIs, health, reflection), metrics on 8002.
 FROM ${BASE} AS serve

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import multiprocessing
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
+from bench.common import free_port
 from rnnserve.server.config import ServerConfig
 from tests.helpers import KOREAN, Reference, ServerThread
+from tests.redis_process import Redis
 from tests.triton_process import triton_call
 
 
@@ -134,3 +137,13 @@ def triton():
     """Triton's client, in a process of its own (tests/triton_calls.py says why it cannot share this one)."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         yield lambda name, *args: pool.submit(triton_call, name, *args).result(120)
+
+
+@pytest.fixture
+def redis_server():
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = Redis(free_port()).start()
+    yield server
+    if server.process.poll() is None:
+        server.stop()

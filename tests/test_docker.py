@@ -7,18 +7,22 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench.common import free_port
 from rnnserve.client import RnnServeClient
 from rnnserve.server.sampling import softmax
+from tests.helpers import ServerThread
+from tests.test_store import FIRST, SECOND, distributions, wait_for_position
 from tests.test_triton_client import CHUNKS, native_distributions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +75,9 @@ def image(daemon, tmp_path_factory):
     dist = context / "dist"
     subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", dist, ROOT], check=True, capture_output=True, timeout=300)
     (wheel,) = glob.glob(str(dist / "rnnserve-*.whl"))
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--dest", dist, wheel], check=True, capture_output=True, timeout=600)
+    # with the store extra, and async-timeout: redis needs it on the base image's Python (bookworm's 3.11.2), not here
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--dest", dist, f"{wheel}[store]", "async-timeout"],
+                   check=True, capture_output=True, timeout=600)
     shutil.copy(ROOT / ".dockerignore", context)
     build = subprocess.run(
         ["docker", "build", "--network", "host", "-f", ROOT / "Dockerfile", "--target", "serve", "-t", IMAGE,
@@ -107,19 +113,7 @@ def test_the_serving_image_is_small_and_has_no_torch(image):
 
 
 def test_a_container_serves_both_apis_turns_healthy_and_drains_on_docker_stop(image, models, client, triton):
-    port, metrics_port = _free_port(), _free_port()
-    name = f"rnnserve-test-{os.getpid()}"
-    docker(
-        "run", "-d", "--name", name, "--network", "host", "-v", f"{models}:/models:ro", "--health-interval", "1s",
-        "-e", "RNNSERVE_HOST=127.0.0.1", "-e", f"RNNSERVE_PORT={port}", "-e", "RNNSERVE_METRICS_HOST=127.0.0.1",
-        "-e", f"RNNSERVE_METRICS_PORT={metrics_port}", image,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while (health := _state(name)["Health"]["Status"]) != "healthy":
-            assert health == "starting" and time.monotonic() < deadline, docker("logs", name).stderr
-            time.sleep(0.5)
-        target = f"127.0.0.1:{port}"
+    with container(image, models) as (name, target):
         with RnnServeClient(target) as container_client:
             served = container_client.generate_text("lstm", "The ", temperature=0.0, max_tokens=40)
         assert served == client.generate_text("lstm", "The ", temperature=0.0, max_tokens=40)
@@ -133,6 +127,37 @@ def test_a_container_serves_both_apis_turns_healthy_and_drains_on_docker_stop(im
         assert (state["ExitCode"], state["OOMKilled"]) == (0, False)
         logs = docker("logs", name)
         assert "rnnserve shutting down" in logs.stdout, logs.stdout + logs.stderr
+
+
+def test_a_container_keeps_its_sessions_in_a_state_store(image, models, redis_server, base_config):
+    """The image has the store's client: a session streamed in the container goes on exactly in another server."""
+    with container(image, models, RNNSERVE_STATE_STORE=redis_server.url) as (_, target):
+        with RnnServeClient(target) as in_container:
+            uninterrupted = distributions(in_container.stream("lstm", [FIRST, SECOND]))
+            before = list(in_container.stream("lstm", [FIRST], session_id="boxed"))
+        wait_for_position(redis_server, "session:boxed", len(FIRST))
+    with ServerThread(replace(base_config, state_store=redis_server.url)) as elsewhere, elsewhere.client() as outside:
+        after = list(outside.stream("lstm", [SECOND], session_id="boxed", resume=True))
+    assert np.abs(distributions(before + after) - uninterrupted).max() < 1e-6
+
+
+@contextmanager
+def container(image: str, models: Path, **environment):
+    """A serve container on the host's network, once its health check says healthy: (its name, its gRPC target)."""
+    port, metrics_port = free_port(), free_port()
+    name = f"rnnserve-test-{os.getpid()}-{port}"
+    settings = {"RNNSERVE_HOST": "127.0.0.1", "RNNSERVE_PORT": port, "RNNSERVE_METRICS_HOST": "127.0.0.1",
+                "RNNSERVE_METRICS_PORT": metrics_port, **environment}
+    docker(
+        "run", "-d", "--name", name, "--network", "host", "-v", f"{models}:/models:ro", "--health-interval", "1s",
+        *(f"--env={key}={value}" for key, value in settings.items()), image,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while (health := _state(name)["Health"]["Status"]) != "healthy":
+            assert health == "starting" and time.monotonic() < deadline, docker("logs", name).stderr
+            time.sleep(0.5)
+        yield name, f"127.0.0.1:{port}"
     finally:
         docker("rm", "-f", name, check=False)
 
@@ -140,8 +165,3 @@ def test_a_container_serves_both_apis_turns_healthy_and_drains_on_docker_stop(im
 def _state(name: str) -> dict:
     return json.loads(docker("inspect", name).stdout)[0]["State"]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

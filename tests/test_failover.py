@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.common import free_port
 from rnnserve.client import RnnServeClient
 from rnnserve.client.resumable import ResumableStream
-from tests.test_store import Redis, free_port
+from tests.redis_process import Redis
 
 ROOT = Path(__file__).resolve().parent.parent
 SESSIONS = 30

@@ -2,9 +2,6 @@
 servers that share it. A session or KServe sequence answered on one server continues exactly on the other; one
 server at a time holds a session; a Redis that stops never fails a live session, and writes resume when it is back."""
 
-import shutil
-import socket
-import subprocess
 import time
 from dataclasses import replace
 
@@ -16,58 +13,6 @@ from rnnserve.inference import grpc_service_pb2_grpc as kserve_grpc
 from tests.helpers import ServerThread, logits_of, request, run_cli, scrape, scrape_settled, status_of
 
 FIRST, SECOND = "The server keeps ", "the state between messages."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Redis:
-    """redis-server on 127.0.0.1, in memory only."""
-
-    def __init__(self, port: int):
-        self.port, self.url = port, f"redis://127.0.0.1:{port}/0"
-        self.process = None
-
-    def start(self) -> "Redis":
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not self._answers():
-            assert time.monotonic() < deadline and self.process.poll() is None, "redis-server did not start"
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-
-    def get(self, key: str):
-        import redis
-
-        return redis.Redis(port=self.port).get(key)
-
-    def _answers(self) -> bool:
-        import redis
-
-        try:
-            return redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
-        except redis.exceptions.ConnectionError:
-            return False
-
-
-@pytest.fixture
-def redis_server():
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    server = Redis(free_port()).start()
-    yield server
-    if server.process.poll() is None:
-        server.stop()
 
 
 @pytest.fixture
