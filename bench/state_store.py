@@ -5,6 +5,8 @@ without a store, in one run (a redis-server is started for it).
 
 Every answered message of a named session writes its snapshot to Redis in the background; the figure that matters
 is the served steps per second with the store as a fraction of those without (issue 13's target: at least 0.85).
+Beside it, the CPU per step of the server and of redis-server: on a small machine they share the cores with the
+client, so Redis's own work is part of what the store costs here.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import shutil
 import subprocess
 import time
 
-from bench.common import add_model_flags, free_port, model_path, runtime_flags, server_process
+from bench.common import add_model_flags, free_port, model_path, process_cpu_s, runtime_flags, server_process
 from bench.throughput import _stream_all
 
 TARGET_RATIO = 0.85
@@ -36,11 +38,15 @@ def main() -> None:
                              stdout=subprocess.DEVNULL)
     time.sleep(0.5)
     try:
-        figures = {}
+        figures, server_cpu, redis_cpu = {}, {}, {}
         common = (*runtime_flags(args), "--max-sessions", str(args.streams * 3 + 1))
         for name, extra in (("without_store", ()), ("with_store", ("--state-store", f"redis://127.0.0.1:{port}/0"))):
-            with server_process(repository, *common, *extra) as (target, _):
-                figures[name] = asyncio.run(_stream_all(target, model, args.streams, args.tokens, named=True))["tokens_per_s"]
+            with server_process(repository, *common, *extra) as (target, pid):
+                before = process_cpu_s(pid), process_cpu_s(redis.pid)
+                run = asyncio.run(_stream_all(target, model, args.streams, args.tokens, named=True))
+                figures[name] = run["tokens_per_s"]
+                server_cpu[name] = round((process_cpu_s(pid) - before[0]) / run["steps"] * 1e6, 1)
+                redis_cpu[name] = round((process_cpu_s(redis.pid) - before[1]) / run["steps"] * 1e6, 1)
     finally:
         redis.terminate()
         redis.wait(10)
@@ -48,6 +54,7 @@ def main() -> None:
     print(json.dumps({
         "bench": "state_store", "model": model, "streams": args.streams, "tokens_per_stream": args.tokens,
         "steps_per_s": {k: round(v, 1) for k, v in figures.items()}, "ratio_with_store": round(ratio, 3),
+        "server_cpu_us_per_step": server_cpu, "redis_cpu_us_per_step": redis_cpu,
         f"target_{TARGET_RATIO}x_met": ratio >= TARGET_RATIO,
     }))
 

@@ -95,7 +95,8 @@ async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
             asyncio.ensure_future(health_servicer.set(STORE_SERVICE_NAME, status))
 
         sessions.store = StateStore(
-            config.state_store, config.session_ttl_s, config.state_lease_s, snapshots, metrics, on_health=store_health
+            config.state_store, config.session_ttl_s, config.state_lease_s, config.state_write_interval_ms / 1000, snapshots,
+            metrics, on_health=store_health,
         )
     rnnserve_pb2_grpc.add_RnnServeServicer_to_server(NativeServicer(repository, InferenceService(sessions, inputs), snapshots, metrics, in_flight), server)
     kserve = KServeServicer(repository, TensorService(sessions, inputs), config, metrics, in_flight)

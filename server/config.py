@@ -47,6 +47,11 @@ class ServerConfig:
         "any server that shares it (pip install 'rnnserve[store]')"
     )
     state_lease_s: float = option(10.0, "with --state-store: how long a server's hold on a session outlives its last write")
+    state_write_interval_ms: float = option(
+        50.0, "with --state-store: the least time between two writes to the store; a busy server writes every session "
+        "answered meanwhile in one, so the store costs less, and a server killed without warning loses at most this much "
+        "(resumable clients replay it). 0: write as soon as the last write is done"
+    )
     reflection: bool = option(True, "serve gRPC reflection, which lets tools such as grpcurl list and call the APIs")
     max_message_bytes: int = option(16 * 2**20, "largest message in either direction; a larger one is answered RESOURCE_EXHAUSTED")
     max_concurrent_streams: int = option(1024, "calls in flight on one client connection (HTTP/2 streams); more wait for one to end")
@@ -76,6 +81,6 @@ class ServerConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         if self.metrics_port < -1:
             raise ValueError(f"--metrics-port must be a port, 0 (a free one) or -1 (none), not {self.metrics_port}")
-        for name in ("session_ttl_s", "max_queue_delay_ms", "threads", "grace_s"):
+        for name in ("session_ttl_s", "max_queue_delay_ms", "threads", "grace_s", "state_write_interval_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, not {getattr(self, name)}")

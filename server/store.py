@@ -1,7 +1,8 @@
 """A shared state store (`--state-store redis://HOST:PORT/DB`): named sessions and KServe sequences outlive their
 process. After each answered message a session's snapshot is written to Redis: in the background, so the answer is
-not delayed, and in batches (one round trip for every session answered since the last write; a session's latest
-state wins), stamped with its position and expiring with `--session-ttl-s`. A resume that finds no live session here restores it from the store, so a stream can continue on
+not delayed, and in batches (one round trip for every session answered since the last write, at most one write
+per `--state-write-interval-ms`; a session's latest state wins), stamped with its position and expiring with
+`--session-ttl-s`. A resume that finds no live session here restores it from the store, so a stream can continue on
 any process or replica. A lease in the store lets one server at a time hold a session. On SIGTERM every live
 session is written before the process exits.
 
@@ -42,7 +43,8 @@ def key_of(session: Session) -> str:
 class StateStore:
     """Sessions' snapshots and leases in Redis."""
 
-    def __init__(self, url: str, ttl_s: float, lease_s: float, snapshots: Snapshots, metrics: Metrics, on_health=None):
+    def __init__(self, url: str, ttl_s: float, lease_s: float, interval_s: float, snapshots: Snapshots, metrics: Metrics,
+                 on_health=None):
         """`on_health(up)` is told when the store stops or starts taking writes (the health service reports it)."""
         import redis.asyncio as redis  # the store extra: pip install 'rnnserve[store]'
 
@@ -50,6 +52,8 @@ class StateStore:
         self._url = url
         self._ttl_ms = int(ttl_s * 1000)
         self._lease_ms = int(lease_s * 1000)
+        self._interval_s = interval_s
+        self._last_write = 0.0  # when the last write began (time.monotonic)
         self._snapshots = snapshots
         self._metrics = metrics
         self.holder = uuid.uuid4().hex  # this process, as a lease holder
@@ -74,8 +78,12 @@ class StateStore:
 
     async def _write_all(self) -> None:
         """Writes every session answered since the last write, in one round trip to Redis; those answered meanwhile
-        go in the next one (so a busy server writes in batches, and a session's latest state always wins)."""
+        go in the next one, no sooner than the interval after it began (so a busy server writes in batches, and a
+        session's latest state always wins)."""
         while self._dirty:
+            if (wait := self._last_write + self._interval_s - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            self._last_write = time.monotonic()
             sessions = [s for s in self._dirty if s.live]  # ended meanwhile: its slot may be someone else's
             self._dirty.clear()
             taken = await asyncio.gather(*(self._capture(s) for s in sessions), return_exceptions=True)

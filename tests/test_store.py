@@ -122,6 +122,14 @@ def test_a_store_that_stops_never_fails_a_live_session(base_config, redis_server
         assert health(running, "rnnserve.StateStore") == "SERVING"
 
 
+def test_a_busy_session_is_written_once_per_interval_and_its_latest_state_wins(base_config, redis_server):
+    config = replace(base_config, state_store=redis_server.url, state_write_interval_ms=2000, metrics_port=0)
+    with ServerThread(config) as running, running.client() as client:
+        list(client.stream("lstm", list(FIRST), session_id="chatty"))  # a message per character, answered at once
+        wait_for_position(redis_server, "session:chatty", len(FIRST))
+        assert scrape(running, "rnnserve_state_store_writes_total", result="ok") <= 3  # not one per message
+
+
 def test_back_to_back_requests_never_read_a_store_that_is_behind(two_servers):
     """The store is written after each answer, in the background: the next request on the same server must go on
     from the copy here, not from a store that has not caught up with it."""
