@@ -29,7 +29,7 @@ WAIT = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
 
 
 class ReplayImpossible(RuntimeError):
-    """The restored state is older than every chunk this client kept."""
+    """The restored state is older than every chunk this client kept, or newer than the last answer it got."""
 
 
 class ResumableStream:
@@ -86,6 +86,11 @@ class ResumableStream:
                 self._open(resume=True)
                 restored = self._exchange(pb.StreamRequest()).position
                 pending = [(start, chunk) for start, chunk in self._kept if start >= restored]
+                if restored > self.position:
+                    raise ReplayImpossible(
+                        f"session {self._session_id!r} was restored at position {restored}, past the last answer this client "
+                        f"got ({self.position}): its server stored the state of a chunk whose answer never arrived"
+                    )
                 if not pending or pending[0][0] != restored:
                     raise ReplayImpossible(
                         f"session {self._session_id!r} was restored at position {restored}, but the chunks kept start at "
