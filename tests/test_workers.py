@@ -18,7 +18,8 @@ import pytest
 
 from bench.common import free_port
 from rnnserve.client import RnnServeClient
-from tests.test_store import Redis, wait_for_position
+from tests.redis_process import Redis
+from tests.test_store import wait_for_position
 
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # gRPC would otherwise share one connection
 
