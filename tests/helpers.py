@@ -101,6 +101,15 @@ def scrape(running, name: str, **labels) -> float:
     return total
 
 
+def active_sessions_settled(client, model: str, expected: int = 0) -> int:
+    """A model's active sessions once they equal `expected`, or after 10 s whatever they are: a call's slot is freed
+    on the engine thread, after the work queued before it, a moment after the client sees the call end."""
+    deadline = time.monotonic() + 10
+    while (active := client.get_model(model).active_sessions) != expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return active
+
+
 def scrape_settled(running, name: str, expected: float, **labels) -> float:
     """The series' value once it equals `expected`, or after 10 s whatever it is: a slot goes back to the free list
     on the engine thread, after the work queued before it, so a client can see its call end a moment earlier."""

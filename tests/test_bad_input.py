@@ -7,7 +7,7 @@ import grpc
 import pytest
 
 from rnnserve.v1 import rnnserve_pb2 as pb
-from tests.helpers import status_of
+from tests.helpers import active_sessions_settled, status_of
 
 PROMPT = "The "
 
@@ -23,7 +23,7 @@ def healthy_after(client, expected_text):
     """After the test body, the server still generates exactly what it did before."""
     yield
     assert client.generate_text("lstm", PROMPT, temperature=0.0, max_tokens=20) == expected_text
-    assert client.get_model("lstm").active_sessions == 0
+    assert active_sessions_settled(client, "lstm") == 0
 
 
 def check(call, code: grpc.StatusCode, *words: str):

@@ -6,7 +6,7 @@ import pytest
 
 from rnnserve.server.sampling import softmax
 from rnnserve.v1 import rnnserve_pb2 as pb
-from tests.helpers import status_of
+from tests.helpers import active_sessions_settled, status_of
 
 
 def predictions(responses):
@@ -69,7 +69,7 @@ def test_named_session_expires_after_its_ttl(make_server):
         time.sleep(0.6)
         error = status_of(lambda: list(client.stream("lstm", ["d"], session_id="short-lived", resume=True)))
         assert error.code() == grpc.StatusCode.NOT_FOUND and "expired" in error.details()
-        assert client.get_model("lstm").active_sessions == 0
+        assert active_sessions_settled(client, "lstm") == 0
 
 
 def test_a_named_session_cannot_be_created_twice(client):
