@@ -102,6 +102,7 @@ class SequenceControl:
     id: str = ""  # "" when the request belongs to no sequence
     start: bool = False
     end: bool = False
+    position: int | None = None  # rnnserve's sequence_position: where the client says the sequence is, if it says
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,3 +120,4 @@ class TensorRequest:
 class TensorResult:
     model: Model
     outputs: dict[str, np.ndarray]  # "logits" [B, T, outputs], and any extra output (attention [B, T, source rows])
+    position: int | None = None  # a sequence's: tokens it has consumed after this request

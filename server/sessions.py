@@ -135,9 +135,12 @@ class SessionRegistry:
             await self.store.claim(session)
 
     @asynccontextmanager
-    async def sequence(self, model: Model, sequence_id: str, start: bool, end: bool, owner: object = None):
+    async def sequence(
+        self, model: Model, sequence_id: str, start: bool, end: bool, owner: object = None, position: int | None = None
+    ):
         """A KServe sequence for one request. `start` opens it (afresh, if it is live); without `start` it must
-        be live. `end` ends it after the request; otherwise it waits, idle, for its next request."""
+        be live. `end` ends it after the request; otherwise it waits, idle, for its next request. `position`: where
+        the client says it is; one that is elsewhere is refused and left as it is, for the client to catch up."""
         key, name = sequence_key(model, sequence_id)
         if not start and await self._refresh(key) == "store":
             model.metrics.resumed("store")  # a sequence's requests go on locally without counting as resumes
@@ -155,6 +158,12 @@ class SessionRegistry:
         else:
             if session is None:
                 raise NotFound(f"{name} {self._why_gone(key, 'was never started')}: start it with sequence_start")
+            if position is not None and position != session.position:
+                raise FailedPrecondition(f"{name} is at position {session.position}, not {position}: " + (
+                    "the server that answered it stopped before the state store had its latest state; send its requests "
+                    f"from position {session.position} again" if position > session.position else
+                    "it has consumed requests whose answers did not reach this client"
+                ))
             self._attach(session, model, name)
         try:
             await self._claim(session)

@@ -32,12 +32,14 @@ class TensorService:
             raise InvalidArgument("inputs", f"a sequence's request carries one row (batch size 1), not {len(rows)}")
         starts = self._starts(model, request, len(rows))
         if sequence.id:
-            async with self.sessions.sequence(model, sequence.id, sequence.start, sequence.end, request.owner) as session:
+            async with self.sessions.sequence(
+                model, sequence.id, sequence.start, sequence.end, request.owner, sequence.position
+            ) as session:
                 results = [await _run_row(session, rows[0], starts[0])]
                 if not sequence.end:
                     self.sessions.answered(session)  # its new state goes to the state store, if there is one
-        else:
-            results = await asyncio.gather(*(self._run_alone(model, row, start) for row, start in zip(rows, starts)))
+            return TensorResult(model, _stacked(model, results), session.position)
+        results = await asyncio.gather(*(self._run_alone(model, row, start) for row, start in zip(rows, starts)))
         return TensorResult(model, _stacked(model, results))
 
     async def _run_alone(self, model: Model, row: list[int], start: dict[str, np.ndarray]) -> list[np.ndarray] | None:

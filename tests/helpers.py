@@ -145,9 +145,10 @@ def together(calls):
 # KServe v2 requests as Triton's clients build them
 
 
-def request(model="lstm", tokens=None, text=None, raw=True, sequence=None, start=False, end=False, id="", outputs=(), starts=None):
+def request(model="lstm", tokens=None, text=None, raw=True, sequence=None, start=False, end=False, id="", outputs=(), starts=None,
+            position=None):
     """A ModelInferRequest as a Triton client builds it: raw contents unless raw=False. `starts`: (input, text),
-    the label or source a sequence of a model with an encoder starts from."""
+    the label or source a sequence of a model with an encoder starts from. `position`: rnnserve's sequence_position."""
     message = kserve_pb.ModelInferRequest(model_name=model, id=id)
     if tokens is not None:
         array = np.asarray(tokens, np.int64).reshape(1, -1) if np.ndim(tokens) == 1 else np.asarray(tokens, np.int64)
@@ -171,6 +172,8 @@ def request(model="lstm", tokens=None, text=None, raw=True, sequence=None, start
             message.parameters["sequence_id"].int64_param = sequence
         message.parameters["sequence_start"].bool_param = start
         message.parameters["sequence_end"].bool_param = end
+    if position is not None:
+        message.parameters["sequence_position"].int64_param = position
     for name, top_k in outputs:
         output = message.outputs.add(name=name)
         if top_k:

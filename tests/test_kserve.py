@@ -67,9 +67,15 @@ def test_model_infer_without_a_sequence_equals_the_reference(kserve, reference, 
 def test_a_sequence_continues_its_state_across_requests(kserve, reference):
     chunks = [list(b"The first "), list(b"and "), list(b"the last.")]
     expected = reference_logits(reference, "lstm", chunks)
+    position = 0
     for index, chunk in enumerate(chunks):
-        message = request(tokens=chunk, sequence=1001, start=index == 0, end=index == len(chunks) - 1)
-        assert np.abs(logits_of(kserve.ModelInfer(message))[0] - expected[index]).max() < 1e-5
+        # the client may say where it is (rnnserve's sequence_position); every answer says where the sequence is
+        message = request(tokens=chunk, sequence=1001, start=index == 0, end=index == len(chunks) - 1, position=position if index else None)
+        response = kserve.ModelInfer(message)
+        assert np.abs(logits_of(response)[0] - expected[index]).max() < 1e-5
+        position += len(chunk)
+        assert response.parameters["sequence_position"].int64_param == position
+    assert "sequence_position" not in kserve.ModelInfer(request(tokens=[65])).parameters  # no sequence, no position
     error = status_of(lambda: kserve.ModelInfer(request(tokens=[65], sequence=1001)))
     assert error.code() == NOT_FOUND and "sequence 1001 of model 'lstm' has ended" in error.details()
     error = status_of(lambda: kserve.ModelInfer(request(tokens=[65], sequence="never-started")))
@@ -127,6 +133,12 @@ def _unknown_input():
     return message
 
 
+def _position_as(kind: str, value, **fields):
+    message = request(tokens=[1], **fields)
+    setattr(message.parameters["sequence_position"], kind, value)
+    return message
+
+
 def _end_without_id():
     message = request(tokens=[1])
     message.parameters["sequence_end"].bool_param = True
@@ -143,6 +155,15 @@ BAD_REQUESTS = [  # (what is wrong, the request, its status, words its message m
     ("two rows in a sequence", lambda: request(tokens=[[1], [2]], sequence=77), INVALID, "a sequence's request carries one row (batch size 1), not 2"),
     ("float sequence id", _sequence_id_as_float, INVALID, "parameters[sequence_id]: must be an int64_param or a string_param, not double_param"),
     ("end without an id", _end_without_id, INVALID, "parameters[sequence_end]: needs a sequence_id"),
+    ("float position", lambda: _position_as("double_param", 18.0, sequence=77), INVALID, "parameters[sequence_position]: must be an int64_param"),
+    ("negative position", lambda: _position_as("int64_param", -1, sequence=77), INVALID, "parameters[sequence_position]: must be an int64_param of at least 0"),
+    ("position without a sequence", lambda: request(tokens=[1], position=0), INVALID, "parameters[sequence_position]: needs a sequence_id"),
+    ("a start that is not at 0", lambda: request(tokens=[1], sequence=78, start=True, position=5), INVALID, "is 5 on a request that starts the sequence"),
+    # a client whose answers ran ahead of the sequence's state (restored from a store that was behind): refused, left as it is
+    ("the sequence is behind the client", lambda: request(tokens=[1], sequence=77, end=True, position=25), FAILED,
+     "sequence 77 of model 'lstm' is at position 18, not 25: the server that answered it stopped before the state store had its latest state; send its requests from position 18 again"),
+    ("the sequence is ahead of the client", lambda: request(tokens=[1], sequence=77, position=3), FAILED,
+     "is at position 18, not 3: it has consumed requests whose answers did not reach this client"),
     ("unknown output", lambda: request(tokens=[1], outputs=[("probs", 0)]), INVALID, "outputs[probs]: model 'lstm' has no such output; its outputs: logits"),
     ("classification too wide", lambda: request(tokens=[1], outputs=[("logits", 999)]), INVALID, "outputs[logits].parameters[classification]: 999 is not in [1, 256]"),
     ("sequence on a whole-input model", lambda: request("tagger_bi", text="a b", sequence=3, start=True), FAILED, "needs the whole input at once, so it keeps no sequences"),

@@ -105,6 +105,25 @@ def test_a_kserve_sequence_continues_on_another_server(two_servers, redis_server
         assert np.abs(got - want).max() < 1e-6
 
 
+def test_a_kserve_client_that_is_ahead_of_the_store_is_told_where_to_replay_from(two_servers, redis_server):
+    """rnnserve's sequence_position: the client says where it is; a sequence restored from a store that is behind
+    refuses it, naming its position, and the client sends the missing request again: exact, as never stopped."""
+    a, b = two_servers
+    chunks = [list(FIRST.encode()), list(SECOND.encode()), list(b" And on.")]
+    with grpc.insecure_channel(a.target) as to_a, grpc.insecure_channel(b.target) as to_b:
+        on_a, on_b = kserve_grpc.GRPCInferenceServiceStub(to_a), kserve_grpc.GRPCInferenceServiceStub(to_b)
+        whole = [logits_of(on_a.ModelInfer(request(tokens=c, sequence=5, start=i == 0, end=i == 2))) for i, c in enumerate(chunks)]
+        got = [logits_of(on_a.ModelInfer(request(tokens=chunks[0], sequence=6, start=True)))]
+        wait_for_position(redis_server, "sequence:lstm:6", len(chunks[0]))
+        acknowledged = len(chunks[0]) + len(chunks[1])  # as if a had answered the second request and died unwritten
+        error = status_of(lambda: on_b.ModelInfer(request(tokens=chunks[2], sequence=6, position=acknowledged)))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and f"is at position {len(chunks[0])}, not" in error.details()
+        on_b.ModelInfer(request(tokens=chunks[1], sequence=6, position=len(chunks[0])))  # the replay: its answer was had
+        got.append(logits_of(on_b.ModelInfer(request(tokens=chunks[2], sequence=6, end=True, position=acknowledged))))
+    for mine, reference in zip(got, [whole[0], whole[2]]):
+        assert np.abs(mine - reference).max() < 1e-6
+
+
 def test_a_store_that_stops_never_fails_a_live_session(base_config, redis_server):
     with ServerThread(replace(base_config, state_store=redis_server.url, metrics_port=0)) as running, running.client() as client:
         expected = distributions(client.stream("lstm", [FIRST, SECOND, FIRST]))

@@ -5,6 +5,11 @@ the form the inputs came in, Triton's classification included.
 Every model takes `tokens` (INT64 [batch, steps]) or `text` (BYTES [batch, 1]) and answers `logits`
 (FP32 [batch, steps, outputs]). A model with an encoder also reads a `label` or `source` when a sequence
 starts, and an encoder–decoder also answers `attention`.
+
+Beyond Triton, a sequence's responses carry `sequence_position` (the tokens it has consumed), and a request may
+carry the position the client has had answered: a sequence that is elsewhere (restored from a state store that
+was behind) is refused with FAILED_PRECONDITION naming its position, so the client can send its requests from
+there again instead of going on from the wrong state.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from rnnserve.server.errors import InvalidArgument
 from rnnserve.server.requests import SequenceControl, TensorRequest, TensorResult
 from rnnserve.text import token_text
 
+POSITION = "sequence_position"
 
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
@@ -85,7 +91,8 @@ def sequence_id(parameters) -> str:
 
 
 def sequence_control(request: pb.ModelInferRequest) -> SequenceControl:
-    """Triton's sequence parameters: sequence_id, and sequence_start and sequence_end as bool."""
+    """Triton's sequence parameters: sequence_id, and sequence_start and sequence_end as bool; and rnnserve's own
+    sequence_position (int64: the tokens the client has had answered in the sequence before this request)."""
     parameters = request.parameters
     sequence = sequence_id(parameters)
     flags = {}
@@ -97,7 +104,22 @@ def sequence_control(request: pb.ModelInferRequest) -> SequenceControl:
         flags[name] = parameter is not None and parameter.bool_param
         if flags[name] and not sequence:
             raise InvalidArgument(f"parameters[{name}]", "needs a sequence_id (a non-zero int64 or a non-empty string)")
-    return SequenceControl(sequence, flags["sequence_start"], flags["sequence_end"])
+    return SequenceControl(sequence, flags["sequence_start"], flags["sequence_end"], sequence_position(parameters, sequence, flags["sequence_start"]))
+
+
+def sequence_position(parameters, sequence: str, start: bool) -> int | None:
+    parameter = parameters.get(POSITION)
+    if parameter is None:
+        return None
+    kind, field = parameter.WhichOneof("parameter_choice"), f"parameters[{POSITION}]"
+    if kind not in ("int64_param", "uint64_param") or getattr(parameter, kind) < 0:
+        raise InvalidArgument(field, "must be an int64_param of at least 0: the tokens this sequence had consumed before this request")
+    if not sequence:
+        raise InvalidArgument(field, "needs a sequence_id")
+    position = getattr(parameter, kind)
+    if start and position:
+        raise InvalidArgument(field, f"is {position} on a request that starts the sequence: a sequence starts at 0")
+    return position
 
 
 def tensor_request(card: ModelCard, request: pb.ModelInferRequest, owner: object) -> TensorRequest:
@@ -210,6 +232,8 @@ def infer_response(request: pb.ModelInferRequest, result: TensorResult, wanted: 
     """Outputs in the form the inputs came in: raw contents answer raw contents (what Triton's clients read)."""
     card = result.model.card
     response = pb.ModelInferResponse(model_name=card.name, model_version=card.version, id=request.id)
+    if result.position is not None:
+        response.parameters[POSITION].int64_param = result.position
     for name, top_k in wanted:
         array = result.outputs[name] if not top_k else classification(result, name, top_k)
         datatype = "BYTES" if top_k else "FP32"
