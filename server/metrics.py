@@ -83,8 +83,8 @@ class Metrics:
         )
         self.replayed_chunks = Counter(
             "rnnserve_replayed_chunks",
-            "Stream messages a resuming client sent again because the restored state was behind the position it had "
-            "acknowledged (the state store had not yet been written when its last server stopped).",
+            "Stream messages and KServe sequence requests that a resuming client sent again because the restored state "
+            "was behind the position it had acknowledged (the state store had not been written when its last server stopped).",
             MODEL, registry=registry,
         )
         self.store_writes = Counter(

@@ -71,21 +71,18 @@ class InferenceService:
         if start.acknowledged and not start.resume:
             raise InvalidArgument("start.acknowledged", "is the position a resumed stream continues from: set resume too")
         async with self.sessions.attach(model, start.session_id, start.resume) as session:
-            yield lambda chunk: self._consume(session, chunk, top_k, start.acknowledged)
+            session.replay_until = start.acknowledged  # the chunks up to there are ones the client sends again
+            yield lambda chunk: self._consume(session, chunk, top_k)
 
-    async def _consume(self, session: Session, chunk: Chunk, top_k: int, acknowledged: int) -> ChunkResult:
-        """One chunk's answer. Until the session reaches the position the client `acknowledged` when it resumed,
-        its chunks are ones the client sends again (the state store was behind): they are counted as replayed."""
+    async def _consume(self, session: Session, chunk: Chunk, top_k: int) -> ChunkResult:
         model = session.model
         tokens = self._inputs.tokens(model, chunk.text, chunk.tokens)
-        behind = max(0, acknowledged - session.position)
+        behind = max(0, session.replay_until - session.position)  # a resumed session's lag behind what its client had
         if chunk.reset:
             session.reset()
         if not tokens:
             self.sessions.answered(session)
             return ChunkResult(session.id, session.position, behind=behind)
-        if behind:
-            model.metrics.chunk_replayed()
         result = await session.step(tokens, top_k)
         session.decoder = session.decoder or IncrementalDecoder(model.tokenizer)
         self.sessions.answered(session)  # a named session's new state goes to the state store, if there is one

@@ -41,6 +41,8 @@ class Session:
     key: Hashable = None  # its key among the sessions that outlive a call
     owner: object = None  # the stream whose end ends this sequence, if one started it
     position: int = 0  # steps consumed since creation or the last reset
+    replay_until: int = 0  # a resuming client had answers up to here: the steps before it are ones it sends again
+    store_mark: bytes | None = None  # loaded from a state store: the mark ("position writer") it was loaded at
     attached: bool = True
     live: bool = True  # false once it has ended: its slot may be another session's
     expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
@@ -54,6 +56,8 @@ class Session:
     async def step(self, tokens: list[int], top_k: int = 0) -> StepResult:
         """The outputs after each of `tokens` (logits [T, V] and the model's extra outputs, e.g. attention [T, S]),
         continuing this session's state; with `top_k`, each step's k most probable outputs."""
+        if self.position < self.replay_until:
+            self.model.metrics.chunk_replayed()
         result = await self.model.batcher.step(self.slot, tokens, top_k)
         self.position += len(tokens)
         return result
@@ -64,7 +68,7 @@ class Session:
 
     def reset(self) -> None:
         self.model.batcher.reset(self.slot)
-        self.position = 0
+        self.position = self.replay_until = 0
         self.decoder = None
 
 
@@ -125,7 +129,7 @@ class SessionRegistry:
             return "local"
         local = self._named.get(key)
         if local is not None:
-            if local.attached or not await self.store.written_elsewhere(store_key(key)):
+            if local.attached or not await self.store.newer_than(local):
                 return "local"
             self._free(local, "superseded")
         return "store" if await self.store.load(store_key(key)) else "local"
@@ -159,6 +163,7 @@ class SessionRegistry:
             if session is None:
                 raise NotFound(f"{name} {self._why_gone(key, 'was never started')}: start it with sequence_start")
             if position is not None and position != session.position:
+                session.replay_until = max(session.replay_until, position)  # what it sends next, up to there, is a replay
                 raise FailedPrecondition(f"{name} is at position {session.position}, not {position}: " + (
                     "the server that answered it stopped before the state store had its latest state; send its requests "
                     f"from position {session.position} again" if position > session.position else

@@ -172,28 +172,29 @@ class StateStore:
         except Exception as err:
             self._failed("release", err)
 
-    async def written_elsewhere(self, key: str) -> bool:
-        """Whether another server wrote the session's latest state in the store (then it is newer than a copy here:
-        this server's own writes may lag its copy, never lead it)."""
+    async def newer_than(self, session: Session) -> bool:
+        """Whether the store holds a later state of the session than this copy: one another server wrote since the
+        copy was loaded (this server's own writes may lag its copy, never lead it)."""
         try:
-            value = await self._redis.get(PREFIX + key + ":position")
+            mark = await self._redis.get(key_of(session) + ":position")
         except Exception as err:
             self._failed("read", err)
             return False
-        return value is not None and value.decode().partition(" ")[2] != self.holder
+        return mark is not None and mark.decode().partition(" ")[2] != self.holder and mark != session.store_mark
 
     async def load(self, key: str) -> bool:
         """Restores the session stored under `key` here (detached, for a resume to attach); False when the store
         does not have it (or cannot be reached)."""
         try:
-            blob = await self._redis.get(PREFIX + key)
+            blob, mark = await self._redis.mget(PREFIX + key, PREFIX + key + ":position")
         except Exception as err:
             self._failed("read", err)
             return False
         self._metrics.store_reads.labels("found" if blob is not None else "missing").inc()
         if blob is None:
             return False
-        await self._snapshots.restore(blob)
+        session = await self._snapshots.restore(blob)
+        session.store_mark = mark  # the state it was loaded from: not newer than itself
         return True
 
     async def close(self) -> None:

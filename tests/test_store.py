@@ -122,6 +122,7 @@ def test_a_kserve_client_that_is_ahead_of_the_store_is_told_where_to_replay_from
         got.append(logits_of(on_b.ModelInfer(request(tokens=chunks[2], sequence=6, end=True, position=acknowledged))))
     for mine, reference in zip(got, [whole[0], whole[2]]):
         assert np.abs(mine - reference).max() < 1e-6
+    assert scrape(b, "rnnserve_replayed_chunks_total") == 1 and scrape(b, "rnnserve_resumes_total", source="store") == 1
 
 
 def test_a_store_that_stops_never_fails_a_live_session(base_config, redis_server):
