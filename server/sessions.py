@@ -165,8 +165,8 @@ class SessionRegistry:
             if position is not None and position != session.position:
                 session.replay_until = max(session.replay_until, position)  # what it sends next, up to there, is a replay
                 raise FailedPrecondition(f"{name} is at position {session.position}, not {position}: " + (
-                    "the server that answered it stopped before the state store had its latest state; send its requests "
-                    f"from position {session.position} again" if position > session.position else
+                    "it lacks requests this client had answered (did their server stop before the state store had them?): "
+                    f"send its requests from position {session.position} again" if position > session.position else
                     "it has consumed requests whose answers did not reach this client"
                 ))
             self._attach(session, model, name)

@@ -161,7 +161,7 @@ BAD_REQUESTS = [  # (what is wrong, the request, its status, words its message m
     ("a start that is not at 0", lambda: request(tokens=[1], sequence=78, start=True, position=5), INVALID, "is 5 on a request that starts the sequence"),
     # a client whose answers ran ahead of the sequence's state (restored from a store that was behind): refused, left as it is
     ("the sequence is behind the client", lambda: request(tokens=[1], sequence=77, end=True, position=25), FAILED,
-     "sequence 77 of model 'lstm' is at position 18, not 25: the server that answered it stopped before the state store had its latest state; send its requests from position 18 again"),
+     "sequence 77 of model 'lstm' is at position 18, not 25: it lacks requests this client had answered (did their server stop before the state store had them?): send its requests from position 18 again"),
     ("the sequence is ahead of the client", lambda: request(tokens=[1], sequence=77, position=3), FAILED,
      "is at position 18, not 3: it has consumed requests whose answers did not reach this client"),
     ("unknown output", lambda: request(tokens=[1], outputs=[("probs", 0)]), INVALID, "outputs[probs]: model 'lstm' has no such output; its outputs: logits"),

@@ -30,6 +30,7 @@ from rnnserve.text import token_text
 
 POSITION = "sequence_position"
 
+
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
     name: str
