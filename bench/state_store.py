@@ -29,6 +29,7 @@ def main() -> None:
     add_model_flags(parser)
     parser.add_argument("--streams", type=int, default=64, help="concurrent named sessions")
     parser.add_argument("--tokens", type=int, default=100, help="messages (one token each) per session")
+    parser.add_argument("--write-interval-ms", type=float, default=50.0, help="the server's --state-write-interval-ms")
     args = parser.parse_args()
     if shutil.which("redis-server") is None:
         raise SystemExit("needs redis-server (apt-get install redis-server)")
@@ -40,7 +41,8 @@ def main() -> None:
     try:
         figures, server_cpu, redis_cpu = {}, {}, {}
         common = (*runtime_flags(args), "--max-sessions", str(args.streams * 3 + 1))
-        for name, extra in (("without_store", ()), ("with_store", ("--state-store", f"redis://127.0.0.1:{port}/0"))):
+        store = ("--state-store", f"redis://127.0.0.1:{port}/0", "--state-write-interval-ms", str(args.write_interval_ms))
+        for name, extra in (("without_store", ()), ("with_store", store)):
             with server_process(repository, *common, *extra) as (target, pid):
                 before = process_cpu_s(pid), process_cpu_s(redis.pid)
                 run = asyncio.run(_stream_all(target, model, args.streams, args.tokens, named=True))
@@ -53,6 +55,7 @@ def main() -> None:
     ratio = figures["with_store"] / figures["without_store"]
     print(json.dumps({
         "bench": "state_store", "model": model, "streams": args.streams, "tokens_per_stream": args.tokens,
+        "write_interval_ms": args.write_interval_ms,
         "steps_per_s": {k: round(v, 1) for k, v in figures.items()}, "ratio_with_store": round(ratio, 3),
         "server_cpu_us_per_step": server_cpu, "redis_cpu_us_per_step": redis_cpu,
         f"target_{TARGET_RATIO}x_met": ratio >= TARGET_RATIO,

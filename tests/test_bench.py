@@ -53,3 +53,4 @@ def test_state_store_bench(repository):
     assert steps["with_store"] > 0 and steps["without_store"] > 0
     assert abs(line["ratio_with_store"] - steps["with_store"] / steps["without_store"]) < 0.002
     assert isinstance(line["target_0.85x_met"], bool)
+    assert line["server_cpu_us_per_step"]["with_store"] > 0 and line["write_interval_ms"] == 50.0
