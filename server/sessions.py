@@ -53,6 +53,11 @@ class Session:
         """(session id, sequence id) as a client names it: a named session's id, or a KServe sequence's id."""
         return (self.key, "") if self.kind == "named" else ("", self.key[2]) if self.kind == "sequence" else ("", "")
 
+    @property
+    def described(self) -> str:
+        """The session as messages name it: "session 'talk-1'", or a sequence's "sequence 7 of model 'lstm'"."""
+        return self.id if self.kind == "sequence" else f"session {self.id!r}"
+
     async def step(self, tokens: list[int], top_k: int = 0) -> StepResult:
         """The outputs after each of `tokens` (logits [T, V] and the model's extra outputs, e.g. attention [T, S]),
         continuing this session's state; with `top_k`, each step's k most probable outputs."""
@@ -195,7 +200,7 @@ class SessionRegistry:
         else:
             key, name, kind = session_id, session_id, "named"
         if key in self._named:
-            raise AlreadyExists(f"{'session ' + repr(name) if kind == 'named' else name} is live: close or end it first, or restore under another id")
+            raise AlreadyExists(f"{self._named[key].described} is live: close or end it first, or restore under another id")
         session = self._create(model, name, kind, key)
         session.position = position
         session.decoder = IncrementalDecoder(model.tokenizer, pending) if pending else None

@@ -160,7 +160,7 @@ class StateStore:
             return
         if not held:
             raise FailedPrecondition(
-                f"{_name(session)} is being served by another server: end that stream first (its lease expires "
+                f"{session.described} is being served by another server: end that stream first (its lease expires "
                 f"{self._lease_ms / 1000:g} s after that server stops)"
             )
 
@@ -199,7 +199,3 @@ class StateStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
-
-
-def _name(session: Session) -> str:
-    return session.id if session.kind == "sequence" else f"session {session.id!r}"
