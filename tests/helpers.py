@@ -101,6 +101,11 @@ def scrape(running, name: str, **labels) -> float:
     return total
 
 
+def distributions(responses) -> np.ndarray:
+    """Every step's top-k probabilities over a stream's responses, in order: what an exact continuation must equal."""
+    return np.array([[c.probability for c in step.next] for r in responses for step in r.steps])
+
+
 def active_sessions_settled(client, model: str, expected: int = 0) -> int:
     """A model's active sessions once they equal `expected`, or after 10 s whatever they are: a call's slot is freed
     on the engine thread, after the work queued before it, a moment after the client sees the call end."""

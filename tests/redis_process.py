@@ -26,6 +26,16 @@ class Redis:
         self.process.terminate()
         self.process.wait(10)
 
+    def wait_for_position(self, key: str, position: int) -> None:
+        """The store is written after the answer, in the background: wait until it holds this position for `key`
+        ("session:ID" or "sequence:MODEL:ID")."""
+        deadline = time.monotonic() + 10
+        while (self.get(f"rnnserve:{key}:position") or b"").split(b" ")[0] != str(position).encode():
+            assert time.monotonic() < deadline, (
+                f"the store never reached position {position} for {key}: it has {self.get(f'rnnserve:{key}:position')}"
+            )
+            time.sleep(0.02)
+
     def get(self, key: str):
         import redis
 

@@ -21,8 +21,8 @@ import pytest
 from bench.common import free_port
 from rnnserve.client import RnnServeClient
 from rnnserve.server.sampling import softmax
-from tests.helpers import ServerThread
-from tests.test_store import FIRST, SECOND, distributions, wait_for_position
+from tests.helpers import ServerThread, distributions
+from tests.test_store import FIRST, SECOND
 from tests.test_triton_client import CHUNKS, native_distributions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,7 +135,7 @@ def test_a_container_keeps_its_sessions_in_a_state_store(image, models, redis_se
         with RnnServeClient(target) as in_container:
             uninterrupted = distributions(in_container.stream("lstm", [FIRST, SECOND]))
             before = list(in_container.stream("lstm", [FIRST], session_id="boxed"))
-        wait_for_position(redis_server, "session:boxed", len(FIRST))
+        redis_server.wait_for_position("session:boxed", len(FIRST))
     with ServerThread(replace(base_config, state_store=redis_server.url)) as elsewhere, elsewhere.client() as outside:
         after = list(outside.stream("lstm", [SECOND], session_id="boxed", resume=True))
     assert np.abs(distributions(before + after) - uninterrupted).max() < 1e-6

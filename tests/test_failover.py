@@ -21,6 +21,7 @@ import pytest
 from bench.common import free_port
 from rnnserve.client import RnnServeClient
 from rnnserve.client.resumable import ResumableStream
+from tests.helpers import distributions
 from tests.redis_process import Redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,10 +29,6 @@ SESSIONS = 30
 TEXT = "The server keeps each sequence's state between messages, and answers every step. "
 CHUNKS = [TEXT[i : i + 7] for i in range(0, 84, 7)]  # 12 chunks
 BEFORE_OUTAGE, DURING_OUTAGE = 4, 2  # chunks sent with the store up, then with it stopped
-
-
-def distributions(answers) -> np.ndarray:
-    return np.array([[c.probability for c in step.next] for answer in answers for step in answer.steps])
 
 
 def wait_for_port(port: int, process: subprocess.Popen, what: str) -> None:
@@ -117,7 +114,7 @@ def test_sigkill_behind_nginx_resumes_every_session_exactly(deployment):
         thread.start()
     arrived[BEFORE_OUTAGE].wait(120)  # every session has 4 answers
     for index in range(SESSIONS):
-        _wait_stored(redis, f"s{index}")  # and the store has them
+        redis.wait_for_position(f"session:s{index}", len("".join(CHUNKS[:BEFORE_OUTAGE])))  # and the store has them
     os.kill(redis.process.pid, signal.SIGSTOP)  # the store stops answering: chunks 5 and 6 live in memory only
     go[BEFORE_OUTAGE].set()
     arrived[BEFORE_OUTAGE + DURING_OUTAGE].wait(120)  # every session has 6 answers
@@ -152,14 +149,6 @@ def _metric(port: int, name: str, label: str = "") -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines() if line.startswith(name + "{") and label in line)
 
 
-def _wait_stored(redis: Redis, session_id: str) -> None:
-    deadline = time.monotonic() + 10
-    expected = str(len("".join(CHUNKS[:BEFORE_OUTAGE]))).encode()
-    while (redis.get(f"rnnserve:session:{session_id}:position") or b"").split(b" ")[0] != expected:
-        assert time.monotonic() < deadline, (
-            f"the store never got {session_id} at {expected}: it has {redis.get(f'rnnserve:session:{session_id}:position')}"
-        )
-        time.sleep(0.02)
 
 
 def test_sigterm_moves_sessions_to_other_replicas_with_nothing_to_replay(deployment):

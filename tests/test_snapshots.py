@@ -11,11 +11,7 @@ import pytest
 
 from rnnserve.inference import grpc_service_pb2_grpc as kserve_grpc
 from rnnserve.server.snapshots import pack, unpack
-from tests.helpers import logits_of, request, scrape, status_of
-
-
-def distributions(responses) -> np.ndarray:
-    return np.array([[c.probability for c in step.next] for r in responses for step in r.steps])
+from tests.helpers import distributions, logits_of, request, scrape, status_of
 
 
 @pytest.mark.parametrize("model", ["lstm", "tagger", "gru"])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rnnserve.inference import grpc_service_pb2_grpc as kserve_grpc
-from tests.helpers import ServerThread, logits_of, request, run_cli, scrape, scrape_settled, status_of
+from tests.helpers import ServerThread, distributions, logits_of, request, run_cli, scrape, scrape_settled, status_of
 
 FIRST, SECOND = "The server keeps ", "the state between messages."
 
@@ -22,21 +22,9 @@ def two_servers(base_config, redis_server):
         yield a, b
 
 
-def wait_for_position(redis_server, key: str, position: int) -> None:
-    """The store is written after the answer, in the background: wait until it holds this position."""
-    deadline = time.monotonic() + 10
-    while (redis_server.get(f"rnnserve:{key}:position") or b"").split(b" ")[0] != str(position).encode():
-        assert time.monotonic() < deadline, f"the store never reached position {position} for {key}"
-        time.sleep(0.02)
-
-
 def health(running, service: str) -> str:
     done = run_cli("health", "--target", running.target, "--service", service)
     return (done.stdout or done.stderr).strip().rsplit(" ", 1)[-1]
-
-
-def distributions(responses) -> np.ndarray:
-    return np.array([[c.probability for c in step.next] for r in responses for step in r.steps])
 
 
 def test_a_session_continues_exactly_on_another_server(two_servers, redis_server):
@@ -44,7 +32,7 @@ def test_a_session_continues_exactly_on_another_server(two_servers, redis_server
     with a.client() as on_a, b.client() as on_b:
         uninterrupted = distributions(on_a.stream("lstm", [FIRST, SECOND]))
         before = list(on_a.stream("lstm", [FIRST], session_id="travel"))
-        wait_for_position(redis_server, "session:travel", len(FIRST))
+        redis_server.wait_for_position("session:travel", len(FIRST))
         after = list(on_b.stream("lstm", [SECOND], session_id="travel", resume=True))
     assert after[-1].position == len(FIRST + SECOND)
     assert np.abs(distributions(before + after) - uninterrupted).max() < 1e-6
@@ -59,7 +47,7 @@ def test_a_resume_behind_the_client_says_so_and_the_replay_is_counted(two_server
     with a.client() as on_a, b.client() as on_b:
         uninterrupted = distributions(on_a.stream("lstm", [FIRST, SECOND, third]))
         before = list(on_a.stream("lstm", [FIRST], session_id="lost"))
-        wait_for_position(redis_server, "session:lost", len(FIRST))
+        redis_server.wait_for_position("session:lost", len(FIRST))
         acknowledged = len(FIRST + SECOND)  # as if a had answered SECOND and died before the store had it
         restored, replayed, after = on_b.stream("lstm", ["", SECOND, third], session_id="lost", resume=True, acknowledged=acknowledged)
         error = status_of(lambda: list(on_b.stream("lstm", [FIRST], acknowledged=3)))
@@ -80,7 +68,7 @@ def test_one_server_at_a_time_holds_a_session(two_servers, redis_server):
         held = on_a.stream("lstm", iter(box.get, None), session_id="held")
         box.put(FIRST)
         next(held)  # the stream on a is open: a holds the session
-        wait_for_position(redis_server, "session:held", len(FIRST))
+        redis_server.wait_for_position("session:held", len(FIRST))
         error = status_of(lambda: list(on_b.stream("lstm", [SECOND], session_id="held", resume=True)))
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "being served by another server" in error.details()
         box.put(None)
@@ -99,7 +87,7 @@ def test_a_kserve_sequence_continues_on_another_server(two_servers, redis_server
         on_a, on_b = kserve_grpc.GRPCInferenceServiceStub(to_a), kserve_grpc.GRPCInferenceServiceStub(to_b)
         whole = [logits_of(on_a.ModelInfer(request(tokens=c, sequence=1, start=i == 0, end=i == 1))) for i, c in enumerate(chunks)]
         moved = [logits_of(on_a.ModelInfer(request(tokens=chunks[0], sequence=2, start=True)))]
-        wait_for_position(redis_server, "sequence:lstm:2", len(chunks[0]))
+        redis_server.wait_for_position("sequence:lstm:2", len(chunks[0]))
         moved.append(logits_of(on_b.ModelInfer(request(tokens=chunks[1], sequence=2, end=True))))
     for got, want in zip(moved, whole):
         assert np.abs(got - want).max() < 1e-6
@@ -114,7 +102,7 @@ def test_a_kserve_client_that_is_ahead_of_the_store_is_told_where_to_replay_from
         on_a, on_b = kserve_grpc.GRPCInferenceServiceStub(to_a), kserve_grpc.GRPCInferenceServiceStub(to_b)
         whole = [logits_of(on_a.ModelInfer(request(tokens=c, sequence=5, start=i == 0, end=i == 2))) for i, c in enumerate(chunks)]
         got = [logits_of(on_a.ModelInfer(request(tokens=chunks[0], sequence=6, start=True)))]
-        wait_for_position(redis_server, "sequence:lstm:6", len(chunks[0]))
+        redis_server.wait_for_position("sequence:lstm:6", len(chunks[0]))
         acknowledged = len(chunks[0]) + len(chunks[1])  # as if a had answered the second request and died unwritten
         error = status_of(lambda: on_b.ModelInfer(request(tokens=chunks[2], sequence=6, position=acknowledged)))
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and f"is at position {len(chunks[0])}, not" in error.details()
@@ -136,7 +124,7 @@ def test_a_store_that_stops_never_fails_a_live_session(base_config, redis_server
         assert health(running, "rnnserve.StateStore") == "NOT_SERVING" and health(running, "") == "SERVING"
         redis_server.start()
         list(client.stream("lstm", [SECOND], session_id="through-outage", resume=True))
-        wait_for_position(redis_server, "session:through-outage", len(FIRST + SECOND + FIRST + SECOND))
+        redis_server.wait_for_position("session:through-outage", len(FIRST + SECOND + FIRST + SECOND))
         assert scrape(running, "rnnserve_resumes_total", source="local") == 1  # live here: nothing loaded
         assert scrape_settled(running, "rnnserve_state_store_up", 1) == 1  # set just after the write it waited for
         assert health(running, "rnnserve.StateStore") == "SERVING"
@@ -146,7 +134,7 @@ def test_a_busy_session_is_written_once_per_interval_and_its_latest_state_wins(b
     config = replace(base_config, state_store=redis_server.url, state_write_interval_ms=2000, metrics_port=0)
     with ServerThread(config) as running, running.client() as client:
         list(client.stream("lstm", list(FIRST), session_id="chatty"))  # a message per character, answered at once
-        wait_for_position(redis_server, "session:chatty", len(FIRST))
+        redis_server.wait_for_position("session:chatty", len(FIRST))
         assert scrape(running, "rnnserve_state_store_writes_total", result="ok") <= 3  # not one per message
 
 

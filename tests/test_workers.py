@@ -19,7 +19,6 @@ import pytest
 from bench.common import free_port
 from rnnserve.client import RnnServeClient
 from tests.redis_process import Redis
-from tests.test_store import wait_for_position
 
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # gRPC would otherwise share one connection
 
@@ -108,7 +107,7 @@ def test_with_a_state_store_a_session_resumes_on_either_worker(repository, clien
             with connect(f"127.0.0.1:{port}") as connection:
                 answers += list(connection.stream("lstm", [chunk], session_id="across", resume=number > 0, top_k=3))
             position += len(chunk)
-            wait_for_position(redis, "session:across", position)
+            redis.wait_for_position("session:across", position)
         expected = [[c.probability for c in s.next] for r in client.stream("lstm", chunks, top_k=3) for s in r.steps]
         got = [[c.probability for c in s.next] for r in answers for s in r.steps]
         assert np.abs(np.array(got) - np.array(expected)).max() < 1e-6
