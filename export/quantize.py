@@ -15,7 +15,6 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from rnnserve.training.batches import IGNORE
 
 QUANTIZED_OPS = ["LSTM", "MatMul", "Gather"]  # onnxruntime has no int8 GRU or RNN: their MatMuls are quantized alone
-MAX_LOSS_INCREASE_NATS = 0.02  # per token; above it the export is refused unless forced
 
 
 def quantize_int8(model_bytes: bytes) -> bytes:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rnnserve.contract import BadModelFile, ModelCard, read_card
+from rnnserve.errors import UsageError
 from rnnserve.server.batcher import Batcher
 from rnnserve.server.config import ServerConfig
 from rnnserve.server.errors import NotFound
@@ -76,19 +77,19 @@ class Repository:
         metrics = metrics or Metrics()
         root = Path(config.repository)
         if not root.is_dir():
-            raise SystemExit(f"--repository {root}: no such directory")
+            raise UsageError(f"--repository {root}: no such directory")
         device = Device.parse(config.device)
         models: dict[str, dict[str, Model]] = {}
         for path in sorted(root.glob("*/*/model.onnx")):
             try:
                 model = _load_model(path, config, device, io_binding, metrics)
             except BadModelFile as err:
-                raise SystemExit(f"{path}: {err}") from None
+                raise UsageError(f"{path}: {err}") from None
             card = model.card
             models.setdefault(card.name, {})[card.version] = model
             log.info("loaded %s version %s (%s, providers %s)", card.name, card.version, card.task, ", ".join(model.runtime.providers))
         if not models:
-            raise SystemExit(f"--repository {root}: no models found (expected {root}/<name>/<version>/model.onnx)")
+            raise UsageError(f"--repository {root}: no models found (expected {root}/<name>/<version>/model.onnx)")
         return cls(models)
 
     def all(self) -> list[Model]:

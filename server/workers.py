@@ -15,6 +15,7 @@ import signal
 import sys
 from multiprocessing.connection import wait
 
+from rnnserve.errors import UsageError
 from rnnserve.server.app import SIGHUP_IGNORED
 from rnnserve.server.config import ServerConfig
 
@@ -22,7 +23,7 @@ from rnnserve.server.config import ServerConfig
 def run_workers(config: ServerConfig) -> int:
     """Starts the workers, forwards SIGTERM/SIGINT to them, and returns the worst exit code."""
     if config.port == 0:
-        raise SystemExit("--workers needs a fixed --port: every worker must listen on the same one")
+        raise UsageError("--workers needs a fixed --port: every worker must listen on the same one")
     if config.threads == 0:  # share the cores instead of every worker's onnxruntime taking all of them
         config = dataclasses.replace(config, threads=max(1, (os.cpu_count() or 1) // config.workers))
     context = multiprocessing.get_context("spawn")

@@ -6,6 +6,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from rnnserve.errors import UsageError
 from rnnserve.export.graphs import step_graph, to_onnx
 from rnnserve.export.verify import ParityError, check_parity, parity_report
 from rnnserve.training.train import load_model
@@ -80,5 +81,5 @@ def test_export_refuses_to_overwrite(repository, checkpoints):
     from rnnserve.export.config import ExportConfig
     from rnnserve.export.exporter import export
 
-    with pytest.raises(SystemExit, match="--force"):
+    with pytest.raises(UsageError, match="--force"):
         export(ExportConfig(str(checkpoints["rnn"]), str(repository), "rnn", "1"))

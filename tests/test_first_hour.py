@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from rnnserve.errors import UsageError
 from rnnserve.server.config import ServerConfig
 from rnnserve.training.config import TrainConfig
 from rnnserve.training.train import load_model, train
@@ -65,7 +66,7 @@ def test_a_failing_sample_never_loses_the_checkpoint(tmp_path, korean_corpus, mo
 def test_force_replaces_a_checkpoint_and_resume_continues_it(tmp_path, korean_corpus):
     settings = dict(corpus=str(korean_corpus), hidden=16, layers=1, eval_every=1000, quiet=True, out=str(tmp_path / "m.pt"))
     train(TrainConfig(steps=10, **settings))
-    with pytest.raises(SystemExit, match="exists: pass --resume"):
+    with pytest.raises(UsageError, match="exists: pass --resume"):
         train(TrainConfig(steps=10, **settings))
     assert train(TrainConfig(steps=5, force=True, **settings))["steps"] == 5
     assert train(TrainConfig(steps=15, resume=True, **settings))["steps"] == 15

@@ -5,6 +5,7 @@ import shutil
 import onnx
 import pytest
 
+from rnnserve.errors import UsageError
 from rnnserve.server.config import ServerConfig
 from rnnserve.server.repository import Repository
 
@@ -14,12 +15,12 @@ def test_a_model_without_metadata_is_refused_by_path(repository, tmp_path):
     del model.metadata_props[:]
     (tmp_path / "bare" / "1").mkdir(parents=True)
     onnx.save(model, str(tmp_path / "bare" / "1" / "model.onnx"))
-    with pytest.raises(SystemExit, match=r"bare/1/model.onnx: no 'rnnserve' metadata entry"):
+    with pytest.raises(UsageError, match=r"bare/1/model.onnx: no 'rnnserve' metadata entry"):
         Repository.load(ServerConfig(repository=str(tmp_path)))
 
 
 def test_an_empty_repository_is_refused(tmp_path):
-    with pytest.raises(SystemExit, match="no models found"):
+    with pytest.raises(UsageError, match="no models found"):
         Repository.load(ServerConfig(repository=str(tmp_path)))
 
 

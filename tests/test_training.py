@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from rnnserve.errors import UsageError
 from rnnserve.training.batches import Batch, batchify, chunks
 from rnnserve.training.config import TrainConfig
 from rnnserve.training.data import builtin_corpus, unigram_entropy_bits
@@ -52,7 +53,7 @@ def test_resume_continues_from_the_checkpoint(tmp_path, corpus_file):
 
 
 def test_resume_without_a_checkpoint_says_so(tmp_path):
-    with pytest.raises(SystemExit, match="no checkpoint"):
+    with pytest.raises(UsageError, match="no checkpoint"):
         train(TrainConfig(resume=True, out=str(tmp_path / "missing.pt"), quiet=True))
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rnnserve.errors import UsageError
 from rnnserve.training.config import TrainConfig
 
 IGNORE = -100  # target of a padded position: no loss, no metric
@@ -87,7 +88,7 @@ def batchify(ids: list[int], batch_size: int) -> torch.Tensor:
     """
     columns = len(ids) // batch_size
     if columns < 2:
-        raise SystemExit(f"corpus too small: {len(ids)} tokens for --batch-size {batch_size}: train on more text or use a smaller --batch-size")
+        raise UsageError(f"corpus too small: {len(ids)} tokens for --batch-size {batch_size}: train on more text or use a smaller --batch-size")
     return torch.tensor(ids[: columns * batch_size], dtype=torch.long).view(batch_size, columns)
 
 

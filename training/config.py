@@ -61,7 +61,10 @@ class TrainConfig:
         if self.tokenizer in ("bpe", "word") and self.task != "language_model":
             raise ValueError(f"--tokenizer {self.tokenizer} is for language models; a {self.task} reads characters: use byte or char")
         if self.vocab_size < 257 and self.tokenizer == "bpe":
-            raise ValueError(f"--vocab-size {self.vocab_size}: a byte-level BPE vocabulary starts from 256 bytes, so it needs more")
+            raise ValueError(
+                f"--vocab-size {self.vocab_size}: a byte-level BPE vocabulary holds the 256 bytes before any merge, so it needs at "
+                "least 257 (2000 is the default, 4000 suits a larger corpus)"
+            )
         for name in ("layers", "hidden", "embedding", "batch_size", "bptt", "eval_every", "sample_chars", "vocab_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{flag(name)} must be at least 1, not {getattr(self, name)}")

@@ -7,6 +7,8 @@ import math
 from collections import Counter
 from pathlib import Path
 
+from rnnserve.errors import UsageError
+
 
 def builtin_corpus() -> str:
     """English text that ships with Python itself (the help topics), so training needs no download."""
@@ -22,9 +24,9 @@ def load_corpus(path: str | None) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise SystemExit(f"--corpus {path}: not UTF-8 text ({err})") from None
+        raise UsageError(f"--corpus {path}: not UTF-8 text ({err})") from None
     except OSError as err:
-        raise SystemExit(f"--corpus {path}: {err.strerror}") from None
+        raise UsageError(f"--corpus {path}: {err.strerror}") from None
 
 
 def split_corpus(text: str, val_fraction: float) -> tuple[str, str]:
@@ -58,7 +60,7 @@ def labelled_corpus() -> dict[str, str]:
     }
     for kind, text in kinds.items():
         if len(text) < 50_000:
-            raise SystemExit(f"the built-in labelled corpus needs {kind} text; this Python installation has too little of it")
+            raise UsageError(f"the built-in labelled corpus needs {kind} text; this Python installation has too little of it")
     return {kind: text[:LABELLED_CHARS] for kind, text in kinds.items()}
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.distributed as dist
 
+from rnnserve.errors import UsageError
 from rnnserve.training.batches import Batch
 
 
@@ -58,7 +59,7 @@ def join(batch_size: int) -> World:
     if size == 1:
         return World()
     if batch_size % size:
-        raise SystemExit(f"--batch-size {batch_size} does not split over {size} processes: make it a multiple of {size}")
+        raise UsageError(f"--batch-size {batch_size} does not split over {size} processes: make it a multiple of {size}")
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return World(dist.get_rank(), size)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rnnserve.errors import UsageError
+
 
 def _pyplot():
     import matplotlib
@@ -20,7 +22,7 @@ def plot_curves(progress: dict, out: str | Path, title: str = "") -> Path:
     bits per character beside them, from a checkpoint's progress."""
     curve, evaluations = progress.get("train_curve", []), progress.get("evaluations", [])
     if not curve and not evaluations:
-        raise SystemExit("the checkpoint has no curves to draw: it was written before rnnserve kept them, or before its first step")
+        raise UsageError("the checkpoint has no curves to draw: it was written before rnnserve kept them, or before its first step")
     plt = _pyplot()
     figure, (loss, bits) = plt.subplots(1, 2, figsize=(11, 4))
     if curve:
@@ -61,7 +63,7 @@ def _save(figure, plt, out: str | Path) -> Path:
     try:
         figure.savefig(out, dpi=120)
     except OSError as err:
-        raise SystemExit(f"--out {out}: {err.strerror}") from None
+        raise UsageError(f"--out {out}: {err.strerror}") from None
     finally:
         plt.close(figure)
     return out

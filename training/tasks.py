@@ -8,6 +8,7 @@ import random
 
 import torch
 
+from rnnserve.errors import UsageError
 from rnnserve.text import IncrementalDecoder, Tokenizer
 from rnnserve.training.batches import IGNORE, Batch, Examples, Streams, TaskData, batched, pad
 from rnnserve.training.config import TrainConfig
@@ -41,7 +42,7 @@ class LanguageModel:
     def model_config(self, vocab_size: int, config: TrainConfig) -> ModelConfig:
         """A model that generates from a label or a source also reads <bos> and writes <eos>, past the tokenizer's vocabulary."""
         if config.bidirectional and not self.labels:
-            raise SystemExit(self.bidirectional_refusal.format(name=self.name))
+            raise UsageError(self.bidirectional_refusal.format(name=self.name))
         special_tokens = bool(self.conditions) or self.encoder_decoder
         return ModelConfig(
             vocab_size + 2 * special_tokens, config.cell, config.layers, config.hidden, config.embedding, config.dropout,
@@ -158,7 +159,7 @@ class _LabelledText(LanguageModel):
 
     def corpus(self, config: TrainConfig) -> str:
         if config.corpus is not None:
-            raise SystemExit(f"--task {self.name} learns from the built-in labelled corpus: drop --corpus")
+            raise UsageError(f"--task {self.name} learns from the built-in labelled corpus: drop --corpus")
         return "\n".join(labelled_corpus().values())
 
     def data(self, tokenizer: Tokenizer, text: str, config: TrainConfig) -> TaskData:
@@ -280,7 +281,7 @@ class DateNormaliser(LanguageModel):
 
     def corpus(self, config: TrainConfig) -> str:
         if config.corpus is not None:
-            raise SystemExit("--task date_normaliser makes its own examples: drop --corpus")
+            raise UsageError("--task date_normaliser makes its own examples: drop --corpus")
         rng = random.Random(0)
         return "\n".join(" ".join(date_pair(rng, held_out=False)) for _ in range(5000))
 
@@ -352,5 +353,5 @@ TASKS = {
 
 def task_named(name: str):
     if name not in TASKS:
-        raise SystemExit(f"--task {name!r}: expected one of {', '.join(TASKS)}")
+        raise UsageError(f"--task {name!r}: expected one of {', '.join(TASKS)}")
     return TASKS[name]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from rnnserve.errors import UsageError
 from rnnserve.text import Tokenizer, make_tokenizer, tokenizer_from_spec
 from rnnserve.training.batches import IGNORE, Batch
 from rnnserve.training.config import TrainConfig
@@ -95,19 +96,19 @@ CHECKPOINT_KEYS = ("model_config", "tokenizer", "model_state", "optimizer_state"
 
 def read_checkpoint(path: str | Path) -> dict:
     """A checkpoint written by `train`, loaded safely (weights_only: tensors and plain data, never code), or a
-    SystemExit that says what the file is instead."""
+    UsageError that says what the file is instead."""
     path = Path(path)
     if not path.is_file():
-        raise SystemExit(f"{path}: {'is a directory' if path.is_dir() else 'no such file'}: expected a checkpoint written by `rnnserve train`")
+        raise UsageError(f"{path}: {'is a directory' if path.is_dir() else 'no such file'}: expected a checkpoint written by `rnnserve train`")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise SystemExit(f"{path}: not a checkpoint written by `rnnserve train` (not a PyTorch file of plain tensors and data)") from None
+        raise UsageError(f"{path}: not a checkpoint written by `rnnserve train` (not a PyTorch file of plain tensors and data)") from None
     except Exception:  # torch.load fails in many ways on a file it cannot read
-        raise SystemExit(f"{path}: not a checkpoint written by `rnnserve train` (damaged or cut short, or not a PyTorch file)") from None
+        raise UsageError(f"{path}: not a checkpoint written by `rnnserve train` (damaged or cut short, or not a PyTorch file)") from None
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
     if missing:
-        raise SystemExit(f"{path}: not a checkpoint written by `rnnserve train` (it has no {', '.join(missing)})")
+        raise UsageError(f"{path}: not a checkpoint written by `rnnserve train` (it has no {', '.join(missing)})")
     return checkpoint
 
 
@@ -124,18 +125,18 @@ def _check_out(config: TrainConfig) -> Path:
     one it silently replaces."""
     out = Path(config.out)
     if out.is_dir():
-        raise SystemExit(f"--out {out} is a directory: give a file path, e.g. {out / 'model.pt'}")
+        raise UsageError(f"--out {out} is a directory: give a file path, e.g. {out / 'model.pt'}")
     if config.resume:
         if not out.exists():
-            raise SystemExit(f"--resume: no checkpoint at {out}")
+            raise UsageError(f"--resume: no checkpoint at {out}")
     elif out.exists() and not config.force:
-        raise SystemExit(f"--out {out} exists: pass --resume to continue it, --force to replace it, or choose another --out")
+        raise UsageError(f"--out {out} exists: pass --resume to continue it, --force to replace it, or choose another --out")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise SystemExit(f"--out {out}: cannot create {out.parent}: {err.strerror}") from None
+        raise UsageError(f"--out {out}: cannot create {out.parent}: {err.strerror}") from None
     if not os.access(out.parent, os.W_OK):
-        raise SystemExit(f"--out {out}: {out.parent} is not writable")
+        raise UsageError(f"--out {out}: {out.parent} is not writable")
     return out
 
 
