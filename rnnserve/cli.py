@@ -6,9 +6,15 @@ ends in one line on stderr that says what was wrong and what to do, and a non-ze
 
 from __future__ import annotations
 
+import os
+
+# gRPC's C core writes its own lines (E1201 …) to stderr on a refused handshake or a busy port, beside the one line
+# this command prints about it; they are kept off the terminal unless asked for (GRPC_VERBOSITY=error or debug).
+# Set before grpc is imported: the C core reads it once.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 import argparse
 import json
-import os
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -16,6 +22,8 @@ from pathlib import Path
 import grpc
 
 from rnnserve import client_commands
+from rnnserve.client.channel import explain_unreachable
+from rnnserve.errors import UsageError
 from rnnserve.export.config import ExportConfig
 from rnnserve.options import add_flags, config_from
 from rnnserve.server.config import ServerConfig
@@ -119,12 +127,13 @@ def _plot(args) -> None:
 
 def _export(args) -> None:
     config = _config(ExportConfig, args)
+    from rnnserve.contract import ContractError
     from rnnserve.export.exporter import export
     from rnnserve.export.verify import ParityError
 
     try:
         path, report = export(config)
-    except ParityError as err:
+    except (ParityError, ContractError) as err:
         raise SystemExit(f"export failed: {err}") from None
     print(f"wrote {path} (parity with PyTorch: max abs difference {report['max_abs_diff']:.2e} ≤ {report['tolerance']:g})")
     if "quantization" in report:
@@ -245,7 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, run, help_text in (
         ("generate", client_commands.generate, "stream a generation from a server to the terminal"),
-        ("stream", client_commands.stream, "send stdin line by line and show the model's per-step predictions"),
+        (
+            "stream", client_commands.stream,
+            "send stdin line by line (each with its newline, when the model's vocabulary has one) and show the model's per-step predictions",
+        ),
         ("infer", client_commands.infer, "send a whole text at once and show every step's top outputs"),
         ("models", client_commands.models, "list the models a server serves"),
         ("health", client_commands.health, "ask a server whether it is serving (exit status 0 if so)"),
@@ -275,7 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-tokens", type=_number(int, 1, 2**32 - 1),
         help="tokens to generate (default: the model's); a character the limit would cut in half is left out",
     )
-    generate.add_argument("--stop", action="append", help="stop before this string (repeatable)")
+    generate.add_argument(
+        "--stop", action="append",
+        help="stop before this string (repeatable); Python's escapes (\\n, \\t, \\\\, \\uNNNN…) are read as the characters they "
+        "name, so --stop '\\n\\n' stops at a blank line",
+    )
     infer = commands.choices["infer"]
     infer.add_argument("text", help="the whole input")
     infer.add_argument("--top-k", type=_number(int, 1, 2**32 - 1), default=0, help="outputs shown per step (default: 5, or all when fewer)")
@@ -306,11 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _rpc_failure(args, err: grpc.RpcError) -> str:
-    """One line for a failed call, with what to do when the server could not be reached at all."""
+    """One line for a failed call; for a server that could not be reached, what was really wrong and what to do."""
     details = " ".join((err.details() or "").split())
     line = f"{err.code().name}: {details}"
-    if err.code() == grpc.StatusCode.UNAVAILABLE and ("failed to connect" in details or "errors resolving" in details):
-        line = f"cannot reach a server at {args.target} ({line}): is it running? Start one with `rnnserve serve`, or pass --target HOST:PORT"
+    if err.code() == grpc.StatusCode.UNAVAILABLE:
+        explained = explain_unreachable(args.target, details, bool(args.tls_ca or args.client_cert), bool(args.client_cert))
+        if explained:
+            return f"{explained} ({line})"
     return line
 
 
@@ -324,6 +342,8 @@ def main(argv: list[str] | None = None) -> None:
         args.run(args)
     except grpc.RpcError as err:
         raise SystemExit(f"{prefix}: {_rpc_failure(args, err)}") from None
+    except UsageError as err:
+        raise SystemExit(f"{prefix}: {err}") from None
     except SystemExit as exit_:
         if isinstance(exit_.code, str) and not exit_.code.startswith("rnnserve"):
             raise SystemExit(f"{prefix}: {exit_.code}") from None

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from rnnserve.errors import UsageError
 from rnnserve.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from rnnserve.server import logs
 from rnnserve.server.api.kserve import KServeServicer
@@ -73,18 +74,37 @@ class App:
 
 
 async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
-    """Loads every model and starts serving; returns once the port is bound."""
-    try:  # before the models load: a mistake here is reported at once
+    """Binds the port, loads every model and starts serving; returns once serving. The port is bound first, so a
+    busy port is reported at once, before minutes of model loading."""
+    try:
         interceptors = [TokenCheck(load_tokens(config.auth_tokens))] if config.auth_tokens else []
         credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca) if config.tls_cert else None
     except ValueError as err:
-        raise SystemExit(str(err)) from None
+        raise UsageError(str(err)) from None
+    server = grpc.aio.server(interceptors=interceptors, options=channel_options(config))
+    address = f"{config.host}:{config.port}"
+    try:
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise UsageError(
+            f"cannot listen on {address}: the port is in use (another server?) or the address is not this machine's: "
+            "choose another --port, or stop what holds it"
+        )
+    try:
+        return await _serve_on(server, port, config, io_binding)
+    except BaseException:
+        await server.stop(None)
+        raise
+
+
+async def _serve_on(server: grpc.aio.Server, port: int, config: ServerConfig, io_binding: bool | None) -> App:
     metrics = Metrics()
     repository = Repository.load(config, io_binding, metrics)
     repository.start()
     sessions = SessionRegistry(config.session_ttl_s)
     inputs = Inputs(config)
-    server = grpc.aio.server(interceptors=interceptors, options=channel_options(config))
     in_flight = InFlight()
     snapshots = Snapshots(repository, sessions)
     health_servicer = health.aio.HealthServicer()
@@ -107,21 +127,13 @@ async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
             [SERVICE_NAME, KSERVE_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             server,
         )
-    address = f"{config.host}:{config.port}"
-    try:
-        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
-    except RuntimeError:
-        port = 0
-    if port == 0:
-        await repository.close()
-        raise SystemExit(f"cannot listen on {config.host}:{config.port}: the port is in use or the address is not this machine's")
     metrics_server = None
     if config.metrics_port >= 0:
         try:
             metrics_server = metrics.serve(config.metrics_host, config.metrics_port)
         except OSError as err:
             await repository.close()
-            raise SystemExit(f"cannot serve metrics on {config.metrics_host}:{config.metrics_port}: {err.strerror}") from None
+            raise UsageError(f"cannot serve metrics on {config.metrics_host}:{config.metrics_port}: {err.strerror}") from None
     await server.start()
     for name in ("", SERVICE_NAME, KSERVE_SERVICE_NAME, *((STORE_SERVICE_NAME,) if config.state_store else ())):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -150,6 +162,31 @@ SIGHUP_IGNORED = (
 )
 
 
+def listening_line(config: ServerConfig, app: App) -> str:
+    """Where the server listens, what it serves, and how it is guarded: an operator reads on one line whether TLS,
+    tokens and the state store are on, rather than finding out from a refused client."""
+    models = ", ".join(f"{m.card.name}/{m.card.version}" for m in app.repository.all())
+    providers = ", ".join(app.repository.all()[0].runtime.providers)
+    tls = "off"
+    if config.tls_cert:
+        tls = f"mutual (clients need a certificate from {config.tls_client_ca})" if config.tls_client_ca else "on"
+    tokens = f"required ({config.auth_tokens})" if config.auth_tokens else "off"
+    store = redacted(config.state_store) if config.state_store else "none"
+    metrics = f"http://{config.metrics_host}:{app.metrics_server.port}/metrics" if app.metrics_server else "off"
+    return (
+        f"rnnserve listening on {config.host}:{app.port} (pid {os.getpid()}) — models: {models} — providers: {providers} — "
+        f"TLS: {tls} — tokens: {tokens} — state store: {store} — metrics: {metrics}"
+    )
+
+
+def redacted(url: str) -> str:
+    """A store URL without its password (redis://:secret@host → redis://:***@host)."""
+    head, at, tail = url.rpartition("@")
+    if not at or ":" not in head.partition("//")[2]:
+        return url
+    return head.rpartition(":")[0] + ":***@" + tail
+
+
 async def serve(config: ServerConfig) -> None:
     """Runs until SIGTERM or SIGINT, then shuts down gracefully. SIGHUP is logged and ignored."""
     stopping = asyncio.Event()
@@ -158,12 +195,7 @@ async def serve(config: ServerConfig) -> None:
         loop.add_signal_handler(sig, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, log.warning, SIGHUP_IGNORED)
     app = await start(config)
-    models = ", ".join(f"{m.card.name}/{m.card.version}" for m in app.repository.all())
-    providers = ", ".join(app.repository.all()[0].runtime.providers)
-    logs.announce(
-        f"rnnserve listening on {config.host}:{app.port} (pid {os.getpid()}) — models: {models} — providers: {providers}",
-        event="listening", port=app.port,
-    )
+    logs.announce(listening_line(config, app), event="listening", port=app.port)
     if app.metrics_server is not None:
         logs.announce(
             f"rnnserve metrics on http://{config.metrics_host}:{app.metrics_server.port}/metrics (pid {os.getpid()})",
@@ -176,11 +208,11 @@ async def serve(config: ServerConfig) -> None:
 
 def run(config: ServerConfig) -> None:
     """The process entry point, for `rnnserve serve` and for each of its --workers: logging, the server, and
-    a clear exit when the requested device cannot run."""
+    one line and exit status 1 when it cannot start (a busy port, a device that cannot run, a bad model file)."""
     from rnnserve.server.runtime import DeviceUnavailable
 
     logs.setup(config.log_format, config.log_level)
     try:
         asyncio.run(serve(config))
-    except DeviceUnavailable as err:
+    except (DeviceUnavailable, UsageError) as err:
         raise SystemExit(str(err)) from None

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc
 
+from rnnserve.pem import CERTIFICATE, PRIVATE_KEY, read_pem
 from rnnserve.server.errors import PermissionDenied
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/",)  # probes (Kubernetes, docker's HEALTHCHECK) carry no token
@@ -95,16 +96,15 @@ class TokenCheck(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or details.method.startswith(OPEN_SERVICES):
             return handler
-        grant = self._grant(details.invocation_metadata)
+        header = next((value for key, value in details.invocation_metadata or () if key == "authorization"), None)
+        if header is None:
+            return _refusal(handler, NO_TOKEN)
+        if header[:7].lower() != "bearer ":
+            return _refusal(handler, NOT_BEARER)
+        grant = self._grants.get(hash_token(header[7:].strip()))
         if grant is None:
-            return _refusal(handler)
+            return _refusal(handler, UNKNOWN_TOKEN)
         return _scoped(handler, grant.models)
-
-    def _grant(self, metadata) -> Grant | None:
-        for key, value in metadata or ():
-            if key == "authorization" and value[:7].lower() == "bearer ":
-                return self._grants.get(hash_token(value[7:].strip()))
-        return None
 
 
 def _scoped(handler: grpc.RpcMethodHandler, models: frozenset[str] | None) -> grpc.RpcMethodHandler:
@@ -137,9 +137,16 @@ def _scoped(handler: grpc.RpcMethodHandler, models: frozenset[str] | None) -> gr
     return grpc.stream_stream_rpc_method_handler(stream_stream, handler.request_deserializer, handler.response_serializer)
 
 
-def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler of the same kind that answers UNAUTHENTICATED."""
-    message = "this server needs a token: send the metadata 'authorization: Bearer <token>' (rnnserve's CLI: --token)"
+NO_TOKEN = "this server needs a token and none was sent: send the metadata 'authorization: Bearer <token>' (rnnserve's CLI: --token)"
+NOT_BEARER = "the authorization metadata is not a bearer token: send 'authorization: Bearer <token>'"
+UNKNOWN_TOKEN = (
+    "the token sent is not one this server knows (not in its --auth-tokens file, or removed from it): check it, "
+    "or make one with `rnnserve token`"
+)
+
+
+def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind that answers UNAUTHENTICATED with `message`."""
 
     async def refuse(request, context):
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
@@ -154,13 +161,9 @@ def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 def server_credentials(cert: str, key: str, client_ca: str) -> grpc.ServerCredentials:
     """TLS with the server's certificate chain and key; with a client CA, clients must show a certificate it signed."""
 
-    def read(flag: str, path: str) -> bytes:
-        try:
-            return Path(path).read_bytes()
-        except OSError as err:
-            raise ValueError(f"{flag} {path}: {err.strerror}") from None
-
-    pair = [(read("--tls-key", key), read("--tls-cert", cert))]
+    chain = read_pem("--tls-cert", cert, CERTIFICATE, "the server's certificate chain")
+    pair = [(read_pem("--tls-key", key, PRIVATE_KEY, "the private key of --tls-cert"), chain)]
     if client_ca:
-        return grpc.ssl_server_credentials(pair, root_certificates=read("--tls-client-ca", client_ca), require_client_auth=True)
+        ca = read_pem("--tls-client-ca", client_ca, CERTIFICATE, "the certificate of the CA that signs clients' certificates")
+        return grpc.ssl_server_credentials(pair, root_certificates=ca, require_client_auth=True)
     return grpc.ssl_server_credentials(pair)

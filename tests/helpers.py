@@ -80,6 +80,32 @@ def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rnnserve", *args], capture_output=True, text=True, timeout=120, **kwargs)
 
 
+class ServeProcess:
+    """`rnnserve serve` in a process of its own, as a person starts it; entered once it says where it listens,
+    left with SIGTERM (a graceful shutdown)."""
+
+    def __init__(self, *args: str, env: dict | None = None):
+        self._args, self._env = args, env
+
+    def __enter__(self) -> ServeProcess:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "rnnserve", "serve", *self._args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=self._env,
+        )
+        self.listening = self.process.stdout.readline()
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", self.listening)
+        if match is None:
+            self.process.kill()
+            raise AssertionError(f"rnnserve serve did not start: {self.listening}{self.process.communicate(timeout=30)[1]}")
+        self.port = int(match.group(1))
+        self.target = f"127.0.0.1:{self.port}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()
+        self.process.communicate(timeout=60)
+
+
 def status_of(call) -> grpc.StatusCode:
     """Runs `call` (which must fail) and returns its gRPC status code."""
     with pytest.raises(grpc.RpcError) as caught:
