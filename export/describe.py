@@ -27,6 +27,7 @@ from rnnserve.contract import (
     metadata_entry,
     model_document,
 )
+from rnnserve.errors import one_line
 from rnnserve.text import HFTokenizer, Tokenizer, make_tokenizer
 
 
@@ -50,7 +51,7 @@ def describe(
     except FileNotFoundError:
         raise
     except Exception as err:
-        raise ContractError(f"not an ONNX model: {type(err).__name__}: {err}") from None
+        raise ContractError(f"not an ONNX model: {type(err).__name__}: {one_line(err)}") from None
     for name, values, flag in ((tokens_input, model.graph.input, "--tokens"), (logits_output, model.graph.output, "--logits")):
         if name not in {v.name for v in values}:
             raise ContractError(f"no {name!r} in the graph ({', '.join(v.name for v in values)}): name it with {flag}")
@@ -127,7 +128,7 @@ def _run_checks(model: onnx.ModelProto, specs: list[StateSpec], vocab: int) -> t
     try:
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     except Exception as err:
-        raise ContractError(f"onnxruntime cannot load the graph: {err}") from None
+        raise ContractError(f"onnxruntime cannot load the graph: {one_line(err)}") from None
     rng = np.random.default_rng(0)
     batch, steps = 3, 6
     tokens = rng.integers(0, vocab, (batch, steps), dtype=np.int64)
@@ -136,7 +137,7 @@ def _run_checks(model: onnx.ModelProto, specs: list[StateSpec], vocab: int) -> t
     try:
         whole, *returned = session.run(names, {"tokens": tokens, **state})
     except Exception as err:
-        raise ContractError(f"the graph fails on tokens [{batch}, {steps}] and a batch of state: {err}") from None
+        raise ContractError(f"the graph fails on tokens [{batch}, {steps}] and a batch of state: {one_line(err)}") from None
     if whole.shape[:2] != (batch, steps):
         raise ContractError(f"logits must be [batch, T, outputs]: tokens [{batch}, {steps}] gave {list(whole.shape)}")
     for spec, value in zip(specs, returned):

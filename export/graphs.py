@@ -8,13 +8,19 @@ a source text → the decoder's state and the memory it attends over (encoder–
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import sys
+import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from rnnserve.contract import ContractError
 
 OPSET = 17
 ENCODER_FILE = "encoder.onnx"
@@ -141,20 +147,51 @@ def to_onnx(spec: GraphSpec, steps: int = 3) -> bytes:
     """The serialized ONNX graph, batch and T dynamic (traced with an example of `steps` steps).
 
     dynamo=False maps nn.LSTM/GRU/RNN to ONNX's fused recurrent operators, which onnxruntime runs fast;
-    the parity check in export/verify.py decides whether the result is right.
+    the parity check in export/verify.py decides whether the result is right. A module the exporter cannot map is
+    refused with the exporter's own first line (ContractError), not its dump of the traced graph.
     """
     example = spec.sample(2, steps, torch.Generator().manual_seed(0))
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the recurrent-op and batch_first notices are expected here
-        torch.onnx.export(
-            spec.module,
-            tuple(example[n] for n in spec.input_names),
-            buffer,
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=spec.input_names,
-            output_names=spec.output_names,
-            dynamic_axes=spec.dynamic,
-        )
+    try:
+        with warnings.catch_warnings(), _graph_dumps_dropped():
+            warnings.simplefilter("ignore")  # the recurrent-op and batch_first notices are expected here
+            torch.onnx.export(
+                spec.module,
+                tuple(example[n] for n in spec.input_names),
+                buffer,
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=spec.input_names,
+                output_names=spec.output_names,
+                dynamic_axes=spec.dynamic,
+            )
+    except torch.onnx.errors.OnnxExporterError as err:
+        raise ContractError(f"torch.onnx.export cannot export this module: {exporter_reason(err)}") from None
     return buffer.getvalue()
+
+
+def exporter_reason(err: Exception) -> str:
+    """The exporter's reason in a line: its first line, without the traced value it names ("[Caused by …")."""
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return first.split("[Caused by")[0].split(" Please feel free to request support")[0].strip()
+
+
+@contextlib.contextmanager
+def _graph_dumps_dropped() -> Iterator[None]:
+    """torch's TorchScript exporter writes the whole traced graph to stdout (file descriptor 1, from C++) when an
+    export fails; what the export writes there is kept aside and passed on only if it succeeds."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as kept:
+        os.dup2(kept.fileno(), 1)
+        succeeded = False
+        try:
+            yield
+            succeeded = True
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+            if succeeded:
+                kept.seek(0)
+                os.write(1, kept.read())

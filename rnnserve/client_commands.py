@@ -5,27 +5,46 @@ came back; `rnnserve/cli.py` builds their flags and turns their failures into on
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
 from rnnserve.client import RnnServeClient
 from rnnserve.client.channel import open_channel
+from rnnserve.text import Tokenizer, UnknownText, token_text, tokenizer_from_spec
+
+ESCAPE = re.compile(r"\\(n|t|r|\\|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8})")
+NAMED_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
 
 def client_of(args) -> RnnServeClient:
     return RnnServeClient(args.target, tls_ca=args.tls_ca, token=args.token, tls_cert=args.client_cert, tls_key=args.client_key)
 
 
+def tokenizer_of(client: RnnServeClient, model: str, version: str) -> Tokenizer:
+    """The model's own tokenizer, from the metadata the server answers (it travels inside the model file)."""
+    return tokenizer_from_spec(json.loads(client.get_model(model, version).metadata_json)["tokenizer"])
+
+
+def unescaped(text: str) -> str:
+    """A flag's value with Python's escapes read as the characters they name (\\n, \\t, \\r, \\\\, \\xNN, \\uNNNN,
+    \\UNNNNNNNN): a shell passes `--stop "\\n\\n"` as a backslash and an n, twice, where a person means a blank line."""
+    return ESCAPE.sub(lambda m: NAMED_ESCAPES.get(m[1]) or chr(int(m[1][1:], 16)), text)
+
+
 def generate(args) -> None:
     sampling = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "seed", "max_tokens") if getattr(args, k) is not None}
+    stop = [unescaped(s) for s in args.stop or []]
     source_tokens, looked_at = [], []
     with client_of(args) as client:
-        pieces = client.generate(args.model, args.prompt, args.version, args.label, args.source, stop=args.stop or [], **sampling)
+        tokenizer = tokenizer_of(client, args.model, args.version) if args.attention or args.plot else None
+        pieces = client.generate(args.model, args.prompt, args.version, args.label, args.source, stop=stop, **sampling)
         for piece in pieces:
             sys.stdout.write(piece.text)
             sys.stdout.flush()
             source_tokens += piece.source_tokens
-            looked_at += [(piece.text, attention.weights) for attention in piece.attention]
+            if tokenizer is not None:  # a row per token, labelled with that token's own text
+                looked_at += [(token_text(tokenizer, t), a.weights) for t, a in zip(piece.token_ids, piece.attention)]
     sys.stdout.write("\n")
     if args.attention:
         print_attention(source_tokens, looked_at)
@@ -45,14 +64,24 @@ def print_attention(source_tokens: list[str], looked_at: list[tuple[str, list[fl
 
 
 def stream(args) -> None:
-    """Each line of stdin (with its newline) is one chunk; every step's top predictions are printed."""
+    """Each line of stdin is one chunk, with its newline if the model's vocabulary has one (a word-boundary tagger
+    reads text without whitespace, so its lines go without); every step's top predictions are printed."""
     with client_of(args) as client:
         lines = iter(sys.stdin.readline, "")
+        if not reads_newlines(tokenizer_of(client, args.model, args.version)):
+            lines = (line.rstrip("\r\n") for line in lines)
         responses = client.stream(args.model, lines, args.version, args.session_id, args.resume, args.top_k)
         for response in responses:
             print_steps(response.steps)
             print_classes("so far", response.classes)
             print(f"[session {response.session_id}, position {response.position}]", flush=True)
+
+
+def reads_newlines(tokenizer: Tokenizer) -> bool:
+    try:
+        return bool(tokenizer.encode("\n"))
+    except UnknownText:
+        return False
 
 
 def infer(args) -> None:

@@ -70,13 +70,17 @@ class Inputs:
         if kind == "label":
             if label not in encoder.labels:
                 raise InvalidArgument(
-                    "label", f"{label!r} is not one of the kinds of text model {card.name!r} writes: {', '.join(encoder.labels)}"
+                    "label", f"{label!r} is not one of the kinds of text model {card.name!r} writes: {', '.join(encoder.labels)} "
+                    "(rnnserve generate --label KIND)"
                 )
             return {"label": np.array([encoder.labels.index(label)], np.int64)}, ()
         if kind == "source":
             source = self.encode(model, source, "source")
             if not source:
-                raise InvalidArgument("source", f"model {card.name!r} ({card.task}) transduces a source text: send one")
+                raise InvalidArgument(
+                    "source", f"model {card.name!r} ({card.task}) transduces a source text: send it as the source "
+                    "(rnnserve generate --source TEXT), not as a prompt"
+                )
             if len(source) > encoder.max_source_tokens:
                 raise InvalidArgument(
                     "source", f"{len(source)} tokens is longer than the {encoder.max_source_tokens} model {card.name!r} reads"

@@ -18,7 +18,7 @@ MISTAKES = [  # (what is wrong, the command line, its exit code, words its one l
     # train
     ("unknown tokenizer", ["train", "--tokenizer", "sentencepiece"], USAGE, "invalid choice: 'sentencepiece' (choose from 'byte', 'char', 'bpe', 'word')"),
     ("a subword tagger", ["train", "--task", "boundary_tagger", "--tokenizer", "bpe"], FAILED, "--tokenizer bpe is for language models"),
-    ("a BPE smaller than its bytes", ["train", "--tokenizer", "bpe", "--vocab-size", "100"], FAILED, "--vocab-size 100: a byte-level BPE"),
+    ("a BPE smaller than its bytes", ["train", "--tokenizer", "bpe", "--vocab-size", "100"], FAILED, "--vocab-size 100: a byte-level BPE vocabulary holds the 256 bytes before any merge, so it needs at least 257"),
     ("unknown cell", ["train", "--cell", "transformer"], USAGE, "invalid choice: 'transformer'"),
     ("unknown task", ["train", "--task", "translate"], USAGE, "--task: invalid choice: 'translate'"),
     ("not a number", ["train", "--hidden", "big"], USAGE, "--hidden: invalid int value: 'big'"),
@@ -66,6 +66,7 @@ MISTAKES = [  # (what is wrong, the command line, its exit code, words its one l
     ("no prompt", ["generate", "--target", "{target}", "--model", "lstm"], FAILED, "INVALID_ARGUMENT: prompt: must not be empty"),
     ("too many tokens", ["generate", "--target", "{target}", "--model", "lstm", "--max-tokens", "100000", "x"], FAILED, "sampling.max_tokens: 100000 is not in [1, 4096]"),
     ("text the vocabulary lacks", ["generate", "--target", "{target}", "--model", "gru", "☃"], FAILED, "cannot encode it"),
+    ("a transducer's source as a prompt", ["generate", "--target", "{target}", "--model", "dates", "5 March 2024"], FAILED, "send it as the source (rnnserve generate --source TEXT)"),
     ("generate on a classifier", ["generate", "--target", "{target}", "--model", "kind", "x"], FAILED, "FAILED_PRECONDITION: model 'kind'"),
     # stream
     ("resume without a session id", ["stream", "--model", "lstm", "--resume"], USAGE, "--resume needs --session-id"),

@@ -46,6 +46,29 @@ class LstmLM(nn.Module):
         return self.out(x), state
 
 
+class NamedStateLstmLM(LstmLM):
+    """State by name, as the declaration reads: a dict in, a dict out (nn.LSTM's own layout inside)."""
+
+    def forward(self, tokens, state):
+        x, (h, c) = self.lstm(self.embed(tokens), (state["h"], state["c"]))
+        return self.out(x), {"c": c, "h": h}  # any order: matched by name
+
+
+class NamedStateCellLM(nn.Module):
+    """A custom LSTM cell stepped in a loop, its state by name and batch-major."""
+
+    def __init__(self, vocab=256, hidden=32):
+        super().__init__()
+        self.embed, self.cell, self.out = nn.Embedding(vocab, 16), nn.LSTMCell(16, hidden), nn.Linear(hidden, vocab)
+
+    def forward(self, tokens, state):
+        h, c, outputs = state["h"], state["c"], []
+        for t in range(tokens.size(1)):
+            h, c = self.cell(self.embed(tokens[:, t]), (h, c))
+            outputs.append(self.out(h))
+        return torch.stack(outputs, 1), {"h": h, "c": c}
+
+
 class CellLM(nn.Module):
     """A custom cell stepped in a Python loop (tracing would unroll it: it is exported inside an ONNX Scan)."""
 
@@ -104,6 +127,10 @@ def user_repository(tmp_path_factory):
     export_module(lstm, {"h": (2, 32), "c": (2, 32)}, ByteTokenizer(), repository, "user_lstm", state_batch_dim=1)
     cell = CellLM().eval()
     export_module(cell, {"h": (32,)}, ByteTokenizer(), repository, "user_cell")
+    named = NamedStateLstmLM().eval()
+    export_module(named, {"h": (2, 32), "c": (2, 32)}, ByteTokenizer(), repository, "user_named", state_batch_dim=1)
+    named_cell = NamedStateCellLM().eval()
+    export_module(named_cell, {"h": (32,), "c": (32,)}, ByteTokenizer(), repository, "user_named_cell")
     gru = GruLM().eval()
     exported = repository.parent / "gru.onnx"
     torch.onnx.export(
@@ -116,7 +143,7 @@ def user_repository(tmp_path_factory):
         "--out", str(repository / "user_gru" / "1" / "model.onnx"),
     )
     assert done.returncode == 0, done.stderr
-    return repository, {"user_lstm": lstm, "user_gru": gru, "user_cell": cell}
+    return repository, {"user_lstm": lstm, "user_gru": gru, "user_cell": cell, "user_named": named, "user_named_cell": named_cell}
 
 
 @pytest.fixture(scope="module")
@@ -125,10 +152,19 @@ def user_server(base_config, user_repository):
         yield running
 
 
-@pytest.mark.parametrize("name", ["user_lstm", "user_gru", "user_cell"])
+ZEROS = {
+    "user_lstm": (torch.zeros(2, 1, 32), torch.zeros(2, 1, 32)),
+    "user_gru": torch.zeros(1, 2, 32),
+    "user_cell": torch.zeros(1, 32),
+    "user_named": {"h": torch.zeros(2, 1, 32), "c": torch.zeros(2, 1, 32)},
+    "user_named_cell": {"h": torch.zeros(1, 32), "c": torch.zeros(1, 32)},
+}
+
+
+@pytest.mark.parametrize("name", list(ZEROS))
 def test_a_users_model_streams_and_generates_as_pytorch_does(user_server, user_repository, name):
     model = user_repository[1][name]
-    zeros = {"user_lstm": (torch.zeros(2, 1, 32), torch.zeros(2, 1, 32)), "user_gru": torch.zeros(1, 2, 32), "user_cell": torch.zeros(1, 32)}[name]
+    zeros = ZEROS[name]
     tokens = list(TEXT.encode())
     with user_server.client() as client:
         served = streamed(client, name, [TEXT[:10], TEXT[10:]])
@@ -158,6 +194,22 @@ class LastStepOnly(GruLM):
         return logits[:, -1], h
 
 
+class ProjectedLstmLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.lstm, self.out = nn.Embedding(256, 16), nn.LSTM(16, 32, 1, batch_first=True, proj_size=8), nn.Linear(8, 256)
+
+    def forward(self, tokens, state):
+        x, state = self.lstm(self.embed(tokens), state)
+        return self.out(x), state
+
+
+class ReturnsOtherNames(NamedStateLstmLM):
+    def forward(self, tokens, state):
+        logits, returned = super().forward(tokens, state)
+        return logits, {"hidden": returned["h"], "c": returned["c"]}
+
+
 class ForgetsItsState(GruLM):
     """Returns a state that does not carry what came before: step by step differs from the whole sequence."""
 
@@ -178,11 +230,18 @@ class ForgetsItsState(GruLM):
         (GruLM(vocab=300), {"h": (2, 32)}, {}, "300 per step, but the tokenizer has 256 tokens"),
         (GruLM(), {"h": (2, 32)}, {"task": "tagger", "labels": ("a", "b")}, "256 per step, but 2 labels"),
         (GruLM(), {"h": (2, 32)}, {"task": "summariser"}, "expected one of language_model, tagger, classifier"),
+        (ProjectedLstmLM(), {"h": (1, 8), "c": (1, 32)}, {"state_batch_dim": 1}, "lstm: nn.LSTM with proj_size=8 has no ONNX operator: step nn.LSTMCell"),
+        (ReturnsOtherNames(), {"h": (2, 32), "c": (2, 32)}, {"state_batch_dim": 1}, "returned the state {'hidden', 'c'}; the declared state is {h, c}"),
+        (NamedStateLstmLM(), {"hidden": (2, 32), "c": (2, 32)}, {"state_batch_dim": 1}, "failed both ways a state can be passed, by name as {'hidden': [2, 3, 32], 'c': [2, 3, 32]}: KeyError: 'h'"),
+        (GruLM(), [(2, 32)], {}, "state: expected a dict of name → one sequence's shape"),
+        (GruLM(), {"h": "2x32"}, {}, "state['h']: expected one sequence's shape as a tuple of ints"),
     ],
 )
-def test_export_module_refuses_misuse_in_words(tmp_path, module, state, kwargs, message):
-    with pytest.raises(ContractError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+def test_export_module_refuses_misuse_in_words(tmp_path, capfd, module, state, kwargs, message):
+    with pytest.raises(ContractError) as refused:
         export_module(module, state, ByteTokenizer(), tmp_path, "m", **kwargs)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+    assert "graph(" not in capfd.readouterr().out  # none of the exporter's dump of the traced graph
     assert not (tmp_path / "m").exists()
 
 
