@@ -288,6 +288,7 @@ class Batcher:
         began = time.perf_counter()
         try:
             outputs = self._runtime.step(slots, fresh, tokens)  # each [B, T, ...]
+            stepped = time.perf_counter()
             sampled = self._sample(outputs[0], generating, generations)
             ranked = self._rank(outputs[0], group)
         except Exception as err:  # onnxruntime's own errors: these steps fail, the engine goes on
@@ -296,7 +297,8 @@ class Batcher:
             return
         finished = time.perf_counter()
         # a generation's later steps were never queued (queued 0.0): only queued steps count as waiting
-        self._metrics.batch(tokens.size, len(group), [began - job.queued for job in group if job.queued], finished - began)
+        waits = [began - job.queued for job in group if job.queued]
+        self._metrics.batch(tokens.size, len(group), waits, stepped - began, finished - stepped)
         if generations:
             self._metrics.tokens_generated.inc(len(generations))
         written = sampled.tolist()

@@ -15,6 +15,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from rnnserve.server.statistics import InferenceStatistics
+
 prometheus_client.disable_created_metrics()  # no `_created` series beside every counter
 
 MODEL = ("model", "version")
@@ -161,6 +163,7 @@ class ModelMetrics:
         self._queue_seconds = metrics.queue_seconds.labels(*labels)
         self._batch_size = metrics.batch_size.labels(*labels)
         self.tokens_generated = metrics.tokens_generated.labels(*labels)
+        self.statistics = InferenceStatistics()  # Triton's ModelStatistics for this version
 
     def watch(self, pending, slots_in_use, capacity: int) -> None:
         """Gauges read when scraped: the batcher's queue and the slab's rows."""
@@ -168,8 +171,11 @@ class ModelMetrics:
         self._metrics.slots_in_use.labels(*self.labels).set_function(slots_in_use)
         self._metrics.slots_capacity.labels(*self.labels).set(capacity)
 
-    def batch(self, steps: int, rows: int, waits_s: list[float], call_s: float) -> None:
-        """One onnxruntime call of `rows` sequences and `steps` steps in all, after each row's queue wait."""
+    def batch(self, steps: int, rows: int, waits_s: list[float], infer_s: float, output_s: float) -> None:
+        """One onnxruntime call of `rows` sequences and `steps` steps in all, after each row's queue wait: `infer_s`
+        in onnxruntime, `output_s` ranking and sampling its outputs."""
+        self.statistics.execution(rows, waits_s, infer_s, output_s)
+        call_s = infer_s + output_s
         self._exec_count.inc()
         self._inference_count.inc(steps)
         self._batch_size.observe(rows)

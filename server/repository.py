@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rnnserve.contract import BadModelFile, ModelCard, read_card
-from rnnserve.errors import UsageError
+from rnnserve.errors import UsageError, one_line
 from rnnserve.server.batcher import Batcher
 from rnnserve.server.config import ServerConfig
 from rnnserve.server.errors import NotFound
@@ -43,7 +43,7 @@ def _load_model(path: Path, config: ServerConfig, device: Device, io_binding: bo
     except DeviceUnavailable:
         raise
     except Exception as err:  # onnxruntime's errors have no common type
-        raise BadModelFile(f"onnxruntime cannot load it: {err}") from None
+        raise BadModelFile(f"onnxruntime cannot load it: {one_line(err)}") from None
     card = read_card(name, version, session.get_modelmeta().custom_metadata_map)
     encoder = None
     if card.encoder is not None:
@@ -55,7 +55,7 @@ def _load_model(path: Path, config: ServerConfig, device: Device, io_binding: bo
         except DeviceUnavailable:
             raise
         except Exception as err:
-            raise BadModelFile(f"onnxruntime cannot load its encoder graph: {err}") from None
+            raise BadModelFile(f"onnxruntime cannot load its encoder graph: {one_line(err)}") from None
     runtime = Runtime(session, card, device, config.max_sessions, io_binding, encoder)
     model_metrics = metrics.model(name, version)
     batcher = Batcher(runtime, f"{name}/{version}", model_metrics, config.max_batch, config.max_queue_delay_ms)

@@ -32,7 +32,7 @@ def test_server_and_model_metadata(kserve, repository):
     assert not kserve.ModelReady(pb.ModelReadyRequest(name="nope")).ready
     model = kserve.ModelMetadata(pb.ModelMetadataRequest(name="lstm"))
     assert (model.name, list(model.versions), model.platform) == ("lstm", ["1"], "onnxruntime_onnx")
-    assert [(t.name, t.datatype, list(t.shape)) for t in model.inputs] == [("tokens", "INT64", [-1, -1]), ("text", "BYTES", [-1, 1])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in model.inputs] == [("tokens", "INT64", [-1, -1])]  # text: accepted, not declared
     assert [(t.name, t.datatype, list(t.shape)) for t in model.outputs] == [("logits", "FP32", [-1, -1, 256])]
     error = status_of(lambda: kserve.ModelMetadata(pb.ModelMetadataRequest(name="nope")))
     assert error.code() == NOT_FOUND and "'nope' not found" in error.details()
@@ -42,7 +42,7 @@ def test_model_config_describes_batching_and_implicit_state(kserve):
     config = kserve.ModelConfig(pb.ModelConfigRequest(name="lstm")).config
     assert config.max_batch_size == 64 and config.platform == "onnxruntime_onnx"
     assert [(i.name, i.data_type, list(i.dims), i.optional) for i in config.input] == [
-        ("tokens", config_pb.TYPE_INT64, [-1], True), ("text", config_pb.TYPE_STRING, [1], True)
+        ("tokens", config_pb.TYPE_INT64, [-1], False)
     ]
     assert config.sequence_batching.max_sequence_idle_microseconds == 300_000_000
     assert [(s.input_name, list(s.dims)) for s in config.sequence_batching.state] == [("h", [2, 32]), ("c", [2, 32])]

@@ -26,7 +26,7 @@ def test_server_and_model_metadata_through_tritons_client(server, triton):
     facts = triton("server_facts", server.target, "lstm")
     assert facts["live"] and facts["ready"] and facts["model_ready"]
     assert "sequence" in facts["extensions"]
-    assert facts["inputs"] == [("tokens", "INT64", [-1, -1]), ("text", "BYTES", [-1, 1])]
+    assert facts["inputs"] == [("tokens", "INT64", [-1, -1])]
     assert facts["outputs"] == [("logits", "FP32", [-1, -1, 256])]
     assert (facts["max_batch_size"], facts["idle_us"]) == (64, 300_000_000)
 

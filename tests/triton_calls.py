@@ -89,3 +89,17 @@ def stream_sequence(target: str, model: str, chunks: list[list[int]], sequence_i
         else:
             by_id[result.get_response().id] = result.as_numpy("logits")
     return [by_id[name] for name in sent if name != "bad"], errors
+
+
+def repository_and_statistics(target: str, model: str) -> dict:
+    """What Triton's tools read about a repository and a model's statistics, and a load and an unload refused."""
+    with triton.InferenceServerClient(target) as client:
+        index = client.get_model_repository_index(as_json=True)["models"]
+        statistics = client.get_inference_statistics(model, as_json=True)["model_stats"]
+        refusals = []
+        for action in (client.load_model, client.unload_model):
+            try:
+                action(model)
+            except InferenceServerException as err:
+                refusals.append(f"{err.status()}: {err.message()}")
+        return {"index": [(m["name"], m["version"], m["state"]) for m in index], "statistics": statistics, "refusals": refusals}

@@ -16,24 +16,26 @@ from rnnserve.inference import model_config_pb2 as config_pb
 from rnnserve.server.api.kserve_tensors import (
     infer_response,
     inputs_of,
+    declared_inputs,
     outputs_of,
     requested_outputs,
     stream_sequence,
     tensor_request,
 )
-from rnnserve.server.api.status import InFlight, counted, looked_up, resolved, streaming, unary
+from rnnserve.server.api.status import InFlight, counted, looked_up, resolved, streaming, unary, visible
 from rnnserve.server.config import ServerConfig
-from rnnserve.server.errors import NotFound, ServeError
+from rnnserve.server.errors import FailedPrecondition, NotFound, ServeError
 from rnnserve.server.metrics import Metrics
 from rnnserve.server.ordering import answers_in_sequence_order
 from rnnserve.server.repository import Repository
 from rnnserve.server.runtime import Device
+from rnnserve.server.statistics import Duration, InferenceStatistics
 from rnnserve.server.tensors import TensorService
 
 log = logging.getLogger(__name__)
 
 API = "kserve"
-EXTENSIONS = ("sequence", "model_configuration", "classification")
+EXTENSIONS = ("sequence", "model_configuration", "classification", "statistics")
 PLATFORM = "onnxruntime_onnx"
 MAX_STREAM_IN_FLIGHT = 1024  # requests of one stream being worked on; reading waits beyond it
 
@@ -75,13 +77,50 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             name=card.name,
             versions=self._repository.versions(card.name),
             platform=PLATFORM,
-            inputs=described(inputs_of(card)),
+            inputs=described(declared_inputs(card)),
             outputs=described(outputs_of(card)),
         )
 
     @unary
     async def ModelConfig(self, request: pb.ModelConfigRequest, context) -> pb.ModelConfigResponse:
         return pb.ModelConfigResponse(config=self._model_config(looked_up(self._repository, request.name, request.version).card))
+
+    @unary
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context) -> pb.ModelStatisticsResponse:
+        """Every version of the named model (or of every model the token covers), as Triton counts them."""
+        if not request.name:
+            models = visible(self._repository)
+        elif request.version:
+            models = [looked_up(self._repository, request.name, request.version)]
+        else:
+            newest = looked_up(self._repository, request.name, "")
+            models = [self._repository.get(newest.card.name, v) for v in self._repository.versions(newest.card.name)]
+        return pb.ModelStatisticsResponse(
+            model_stats=[statistics_message(m.card.name, m.card.version, m.metrics.statistics) for m in models]
+        )
+
+    @unary
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context) -> pb.RepositoryIndexResponse:
+        """Every model version the token covers; all are READY, since all are loaded at start."""
+        index = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(models=[index(name=m.card.name, version=m.card.version, state="READY") for m in visible(self._repository)])
+
+    @unary
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context) -> pb.RepositoryModelLoadResponse:
+        raise FailedPrecondition(self._fixed_repository("load", request.model_name))
+
+    @unary
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context) -> pb.RepositoryModelUnloadResponse:
+        raise FailedPrecondition(self._fixed_repository("unload", request.model_name))
+
+    def _fixed_repository(self, action: str, name: str) -> str:
+        """Triton's explicit model control, which rnnserve does not have: what the operator can do instead."""
+        known = [m.card.name for m in visible(self._repository)]
+        state = f"model {name!r} is loaded" if name in known else f"there is no model {name!r} in it"
+        return (
+            f"cannot {action} model {name!r}: rnnserve loads its repository once, at start, and serves every model in it "
+            f"({state}); to change what it serves, change {self._config.repository} and restart the server"
+        )
 
     @unary
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
@@ -119,7 +158,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             return infer_response(request, result, wanted, raw=bool(request.raw_input_contents))
 
     def _model_config(self, card: ModelCard) -> config_pb.ModelConfig:
-        """Triton's view of the model: batch as the first dimension (left out of `dims`), inputs either-or,
+        """Triton's view of the model: batch as the first dimension (left out of `dims`), the declared inputs,
         and for a model that streams, a sequence batcher whose state is implicit (kept by the server)."""
         config = config_pb.ModelConfig(
             name=card.name,
@@ -127,7 +166,10 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             backend="onnxruntime",
             max_batch_size=self._config.max_batch,
             default_model_filename="model.onnx",
-            input=[config_pb.ModelInput(name=s.name, data_type=s.config_type, dims=s.shape[1:], optional=True) for s in inputs_of(card)],
+            input=[
+                config_pb.ModelInput(name=s.name, data_type=s.config_type, dims=s.shape[1:], optional=s.name != "tokens")
+                for s in declared_inputs(card)
+            ],
             output=[config_pb.ModelOutput(name=s.name, data_type=s.config_type, dims=s.shape[1:]) for s in outputs_of(card)],
             instance_group=[self._instance_group()],
             parameters={name: config_pb.ModelParameter(string_value=str(value)) for name, value in self._parameters(card).items()},
@@ -170,6 +212,31 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         if device.kind == "cuda":
             return config_pb.ModelInstanceGroup(name="runtime", count=1, kind=config_pb.ModelInstanceGroup.KIND_GPU, gpus=[device.index])
         return config_pb.ModelInstanceGroup(name="runtime", count=1, kind=config_pb.ModelInstanceGroup.KIND_CPU)
+
+
+def statistics_message(name: str, version: str, stats: InferenceStatistics) -> pb.ModelStatistics:
+    def duration(d: Duration) -> pb.StatisticDuration:
+        return pb.StatisticDuration(count=d.count, ns=d.ns)
+
+    return pb.ModelStatistics(
+        name=name,
+        version=version,
+        last_inference=stats.last_inference_ms,
+        inference_count=stats.inference_count,
+        execution_count=stats.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=duration(stats.success), fail=duration(stats.fail), queue=duration(stats.queue),
+            compute_input=duration(stats.compute_input), compute_infer=duration(stats.compute_infer),
+            compute_output=duration(stats.compute_output), cache_hit=pb.StatisticDuration(), cache_miss=pb.StatisticDuration(),
+        ),
+        batch_stats=[
+            pb.InferBatchStatistics(
+                batch_size=size, compute_input=duration(b.compute_input), compute_infer=duration(b.compute_infer),
+                compute_output=duration(b.compute_output),
+            )
+            for size, b in sorted(list(stats.batches.items()))  # list(): one step, while the engine thread may add a size
+        ],
+    )
 
 
 def error_response(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:

@@ -2,8 +2,8 @@
 parameters, input decoding from `contents` or raw bytes (with errors that name the tensor), and outputs in
 the form the inputs came in, Triton's classification included.
 
-Every model takes `tokens` (INT64 [batch, steps]) or `text` (BYTES [batch, 1]) and answers `logits`
-(FP32 [batch, steps, outputs]). A model with an encoder also reads a `label` or `source` when a sequence
+Every model takes `tokens` (INT64 [batch, steps]) or `text` (BYTES [batch, 1]; accepted, not declared) and answers
+`logits` (FP32 [batch, steps, outputs]). A model with an encoder also reads a `label` or `source` when a sequence
 starts, and an encoder–decoder also answers `attention`.
 
 Beyond Triton, a sequence's responses carry `sequence_position` (the tokens it has consumed), and a request may
@@ -43,6 +43,14 @@ def inputs_of(card: ModelCard) -> tuple[TensorSpec, ...]:
     """Token ids or text the server tokenizes (either), and for a model with an encoder the label or source
     each sequence starts from."""
     return _inputs(card.encoder.input if card.encoder is not None else None)
+
+
+def declared_inputs(card: ModelCard) -> tuple[TensorSpec, ...]:
+    """The inputs ModelMetadata and ModelConfig declare: token ids, and a label or source for a model with an
+    encoder. `text`, which the server tokenizes, is accepted in place of `tokens` but not declared: Triton's tools
+    send every declared input (perf_analyzer makes up data for each, BYTES ones even when marked optional), and a
+    request must not carry both."""
+    return tuple(s for s in inputs_of(card) if s.name != "text")
 
 
 def outputs_of(card: ModelCard) -> tuple[TensorSpec, ...]:

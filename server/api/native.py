@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from contextlib import AsyncExitStack
 
-from rnnserve.server.api.status import InFlight, counted, looked_up, resolved, streaming, unary
+from rnnserve.server.api.status import InFlight, counted, looked_up, resolved, streaming, unary, visible
 from rnnserve.server.errors import InvalidArgument
 from rnnserve.server.metrics import Metrics
 from rnnserve.server.repository import Model, Repository
@@ -20,7 +20,7 @@ from rnnserve.server.requests import (
     StepPrediction,
     StreamStart,
 )
-from rnnserve.server.security import allowed_models, authorize
+from rnnserve.server.security import authorize
 from rnnserve.server.service import InferenceService
 from rnnserve.server.sessions import Session
 from rnnserve.server.snapshots import Snapshots, unpack
@@ -48,9 +48,7 @@ class NativeServicer(pb_grpc.RnnServeServicer):
 
     @unary
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
-        allowed = allowed_models()  # a token for some models lists only those
-        models = [m for m in self._repository.all() if allowed is None or m.card.name in allowed]
-        return pb.ListModelsResponse(models=[self._model_info(m) for m in models])
+        return pb.ListModelsResponse(models=[self._model_info(m) for m in visible(self._repository)])
 
     @unary
     async def GetModel(self, request: pb.GetModelRequest, context) -> pb.ModelInfo:

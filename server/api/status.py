@@ -17,7 +17,7 @@ import grpc
 from rnnserve.server import errors, logs
 from rnnserve.server.metrics import Metrics
 from rnnserve.server.repository import Model, Repository
-from rnnserve.server.security import authorize
+from rnnserve.server.security import allowed_models, authorize
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,12 @@ def looked_up(repository: Repository, name: str, version: str) -> Model:
     return repository.get(name, version)
 
 
+def visible(repository: Repository) -> list[Model]:
+    """Every model version the call's token covers (a token for some models sees only those)."""
+    allowed = allowed_models()
+    return [m for m in repository.all() if allowed is None or m.card.name in allowed]
+
+
 def resolved(metrics: Metrics, repository: Repository, api: str, method: str, name: str, version: str) -> Model:
     """The model a request names, looked up once per request, if the call's token covers it. A model that does not
     exist, or that the token does not cover, fails the request, counted under model "" so that clients cannot create
@@ -159,6 +165,8 @@ def counted(metrics: Metrics, model: Model, api: str, method: str):
         status = "INTERNAL"
         raise
     finally:
+        seconds = time.perf_counter() - began
         metrics.request_done(model.card.name, model.card.version, api, method, status)
+        model.metrics.statistics.request(seconds, not status)
         if logs.records_calls():
-            logs.call(api, method, model.card.name, model.card.version, call.session, status or "OK", time.perf_counter() - began)
+            logs.call(api, method, model.card.name, model.card.version, call.session, status or "OK", seconds)
