@@ -6,6 +6,8 @@ import csv
 import matplotlib.image
 import numpy as np
 
+from rnnserve.training.plots import QUALITY
+from rnnserve.training.train import read_checkpoint
 from tests.helpers import run_cli
 
 
@@ -28,6 +30,29 @@ def test_a_runs_curves_are_drawn_from_its_checkpoint(tmp_path, corpus_file):
     done = run_cli("plot", str(checkpoint), "--out", str(tmp_path / "curves.png"))
     assert done.returncode == 0 and done.stdout.strip() == f"wrote {tmp_path / 'curves.png'}", done.stderr
     assert_picture(tmp_path / "curves.png", min_width=1000)
+
+
+GREEN = np.array([0x2C, 0xA0, 0x2C]) / 255  # matplotlib's tab:green, the colour of the quality panel's line
+
+
+def test_a_taggers_curves_show_its_f1_and_a_classifiers_its_accuracy(tmp_path):
+    for task, flags, measure in (
+        ("boundary_tagger", ["--tokenizer", "char", "--bptt", "32"], "boundary F1"),
+        ("text_classifier", ["--cell", "gru", "--bptt", "32"], "accuracy"),
+    ):
+        checkpoint, picture = tmp_path / f"{task}.pt", tmp_path / f"{task}.png"
+        done = run_cli(
+            "train", "--task", task, *flags, "--steps", "30", "--eval-every", "10", "--hidden", "16", "--layers", "1",
+            "--batch-size", "8", "--quiet", "--out", str(checkpoint),
+        )
+        assert done.returncode == 0, done.stderr
+        assert run_cli("plot", str(checkpoint), "--out", str(picture)).returncode == 0
+        pixels = matplotlib.image.imread(picture)[..., :3]
+        right = pixels[:, pixels.shape[1] // 2 :]
+        assert (np.abs(right - GREEN).max(axis=-1) < 0.08).sum() > 100, f"{task}: no {measure} curve in the right panel"
+        evaluations = read_checkpoint(checkpoint)["progress"]["evaluations"]
+        drawn = next(q for q in QUALITY if any(q[0] in e for e in evaluations))
+        assert drawn[1] == measure and len([e for e in evaluations if drawn[0] in e]) == 3
 
 
 def test_an_encoder_decoders_attention_is_drawn_as_a_heatmap(server, tmp_path):

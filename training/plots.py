@@ -17,9 +17,18 @@ def _pyplot():
     return plt
 
 
+QUALITY = (  # (the evaluation's figure, its axis label, the panel's title): the first a run has is drawn
+    ("val_bits_per_char", "bits per character", "held-out bits per character"),
+    ("boundary_f1", "boundary F1", "held-out word-boundary F1"),
+    ("exact_match", "exact match", "held-out exact match"),
+    ("accuracy", "accuracy", "held-out accuracy"),
+)
+
+
 def plot_curves(progress: dict, out: str | Path, title: str = "") -> Path:
-    """Training loss (every few steps) and validation loss (every evaluation) against steps, and the validation
-    bits per character beside them, from a checkpoint's progress."""
+    """Training loss (every few steps) and validation loss (every evaluation) against steps, and beside them the
+    run's own measure of quality at every evaluation: bits per character for a language model, F1 for a tagger,
+    accuracy for a classifier, exact match for an encoder–decoder."""
     curve, evaluations = progress.get("train_curve", []), progress.get("evaluations", [])
     if not curve and not evaluations:
         raise UsageError("the checkpoint has no curves to draw: it was written before rnnserve kept them, or before its first step")
@@ -32,13 +41,17 @@ def plot_curves(progress: dict, out: str | Path, title: str = "") -> Path:
         loss.plot([e["steps"] for e in validated], [e["val_loss_nats"] for e in validated], "o-", label="validation", color="tab:orange")
     loss.set(xlabel="step", ylabel="loss (nats per token)", title="loss")
     loss.legend()
-    per_char = [e for e in evaluations if "val_bits_per_char" in e]
-    if per_char:
-        bits.plot([e["steps"] for e in per_char], [e["val_bits_per_char"] for e in per_char], "o-", color="tab:green", label="validation")
-        if "unigram_bits_per_char" in per_char[-1]:
-            bits.axhline(per_char[-1]["unigram_bits_per_char"], linestyle="--", color="grey", label="unigram (no context)")
+    key, label, heading = next((q for q in QUALITY if any(q[0] in e for e in evaluations)), QUALITY[0])
+    measured = [e for e in evaluations if key in e]
+    if measured:
+        bits.plot([e["steps"] for e in measured], [e[key] for e in measured], "o-", color="tab:green", label="validation")
+        if "unigram_bits_per_char" in measured[-1] and key == "val_bits_per_char":
+            bits.axhline(measured[-1]["unigram_bits_per_char"], linestyle="--", color="grey", label="unigram (no context)")
+        if "accuracy_after_16_chars" in measured[-1] and key == "accuracy":
+            bits.plot([e["steps"] for e in measured], [e.get("accuracy_after_16_chars") for e in measured], "s--", color="tab:purple",
+                      label="after its first 16 characters")
         bits.legend()
-    bits.set(xlabel="step", ylabel="bits per character", title="held-out bits per character")
+    bits.set(xlabel="step", ylabel=label, title=heading)
     if title:
         figure.suptitle(title)
     figure.tight_layout()
