@@ -54,3 +54,17 @@ def test_state_store_bench(repository):
     assert abs(line["ratio_with_store"] - steps["with_store"] / steps["without_store"]) < 0.002
     assert isinstance(line["target_0.85x_met"], bool)
     assert line["server_cpu_us_per_step"]["with_store"] > 0 and line["write_interval_ms"] == 50.0
+
+
+def test_profile_server_bench_samples_the_server_under_load(repository, tmp_path):
+    flame = tmp_path / "profile.svg"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.profile_server", "--repository", str(repository), "--model", "rnn", "--threads", "1",
+         "--streams", "4", "--seconds", "2", "--gil", "--out", str(flame)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    if "Permission denied" in done.stderr or "ptrace" in done.stderr:
+        pytest.skip(f"py-spy may not sample another process here: {done.stderr.strip()[-300:]}")
+    assert done.returncode == 0, done.stderr
+    samples = int(done.stdout.split(" samples")[0].split()[-1])
+    assert samples > 0 and "--- own time" in done.stdout and flame.stat().st_size > 0

@@ -83,3 +83,12 @@ def test_progress_off_a_terminal_is_lines_not_redraws(tmp_path, korean_corpus):
     lines = done.stderr.splitlines()
     assert len(lines) == 30 and lines[-1].startswith("30/30 steps (100%)"), done.stderr
     assert all(re.match(r"\d+/30 steps \(\d+%\).*, loss \d+\.\d+", line) for line in lines), done.stderr
+
+
+def test_a_resumed_run_reads_its_own_corpus_unless_given_another(tmp_path, korean_corpus, corpus_file):
+    settings = dict(tokenizer="char", hidden=16, layers=1, eval_every=1000, quiet=True, out=str(tmp_path / "ko.pt"))
+    train(TrainConfig(corpus=str(korean_corpus), steps=5, **settings))
+    metrics = train(TrainConfig(steps=10, resume=True, **settings))  # no --corpus: the Korean text, not the built-in one
+    assert metrics["steps"] == 10 and metrics["corpus"] == str(korean_corpus)
+    with pytest.raises(UsageError, match=rf"--corpus {corpus_file}: \d+ character\(s\) not in the model's vocabulary.*learnt from {korean_corpus}"):
+        train(TrainConfig(corpus=str(corpus_file), steps=15, resume=True, **settings))

@@ -117,6 +117,15 @@ def test_the_example_trains_exports_and_serves_a_word_model_exactly(tmp_path):
     assert result["served"] == result["pytorch"]
 
 
+def exported_elsewhere(gru: GruLM, path: Path) -> None:
+    """The GRU exported by plain torch.onnx.export, as a user's own code would, with its own tensor names."""
+    torch.onnx.export(
+        gru, (torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 2, 32)), path, dynamo=False, opset_version=17,
+        input_names=["input_ids", "h0"], output_names=["scores", "h1"],
+        dynamic_axes={"input_ids": {0: "b", 1: "t"}, "h0": {0: "b"}, "scores": {0: "b", 1: "t"}, "h1": {0: "b"}},
+    )
+
+
 @pytest.fixture(scope="module")
 def user_repository(tmp_path_factory):
     """An LSTM exported with export_module (nn.LSTM's state layout), and a GRU exported by torch.onnx.export in
@@ -133,11 +142,7 @@ def user_repository(tmp_path_factory):
     export_module(named_cell, {"h": (32,), "c": (32,)}, ByteTokenizer(), repository, "user_named_cell")
     gru = GruLM().eval()
     exported = repository.parent / "gru.onnx"
-    torch.onnx.export(
-        gru, (torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 2, 32)), exported, dynamo=False, opset_version=17,
-        input_names=["input_ids", "h0"], output_names=["scores", "h1"],
-        dynamic_axes={"input_ids": {0: "b", 1: "t"}, "h0": {0: "b"}, "scores": {0: "b", 1: "t"}, "h1": {0: "b"}},
-    )
+    exported_elsewhere(gru, exported)
     done = run_cli(
         "describe", str(exported), "--state", "h0:h1", "--tokenizer", "byte", "--tokens", "input_ids", "--logits", "scores",
         "--out", str(repository / "user_gru" / "1" / "model.onnx"),

@@ -7,7 +7,7 @@ import math
 import os
 import pickle
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from rnnserve.errors import UsageError
-from rnnserve.text import Tokenizer, make_tokenizer, tokenizer_from_spec
+from rnnserve.text import Tokenizer, UnknownText, make_tokenizer, tokenizer_from_spec
 from rnnserve.training.batches import IGNORE, Batch
 from rnnserve.training.config import TrainConfig
 from rnnserve.training.distributed import World, join
@@ -153,12 +153,18 @@ def train(config: TrainConfig) -> dict:
 def _train(config: TrainConfig, world: World) -> dict:
     out = _check_out(config) if world.leader else Path(config.out)
     checkpoint = read_checkpoint(out) if config.resume else None
+    if checkpoint and config.corpus is None:  # a resumed run goes on reading what it read, unless given another text
+        config = replace(config, corpus=checkpoint["train_config"].get("corpus"))
     task = task_named(checkpoint["train_config"].get("task", "language_model") if checkpoint else config.task)
     text = task.corpus(config)
     tokenizer = tokenizer_from_spec(checkpoint["tokenizer"]) if checkpoint else make_tokenizer(
         config.tokenizer, task.tokenizer_text(text, config), config.vocab_size
     )
-    data = task.data(tokenizer, text, config)
+    try:
+        data = task.data(tokenizer, text, config)
+    except UnknownText as err:  # only a resumed char model's vocabulary can lack what the corpus holds
+        learnt_from = checkpoint["train_config"].get("corpus") or "the built-in corpus"
+        raise UsageError(f"--corpus {config.corpus}: {err}, which was learnt from {learnt_from}: resume on that text, or start a new run") from None
     model_config = ModelConfig(**checkpoint["model_config"]) if checkpoint else task.model_config(tokenizer.vocab_size, config)
     model = build_model(model_config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
