@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +44,7 @@ ELSEWHERE = [  # (a command that matches this, the test that runs it instead, wo
 REWRITES = [  # (pattern, replacement): budgets cut to seconds; the well-known ports made free ones (see Page.ports)
     (r"(^rnnserve train .*)--minutes [0-9.]+", r"\1--steps 5"),
 ]
-CLIENT_COMMANDS = ("generate", "stream", "infer", "models", "health", "snapshot", "restore", "fork", "token", "describe", "export", "plot")
+ANSWERING = ("generate", "stream", "infer", "models", "health", "snapshot", "restore", "fork", "token", "describe", "export", "plot")  # print a result
 
 
 @dataclass
@@ -64,7 +63,7 @@ class Page:
         done = subprocess.run(self.bash(command), cwd=self.folder, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, env=self.env())
         assert done.returncode == 0, f"{command}\nexit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
         program = command.split("|")[-1].split()
-        if program[:1] == ["rnnserve"] and program[1] in CLIENT_COMMANDS:
+        if program[:1] == ["rnnserve"] and program[1] in ANSWERING:
             assert done.stdout.strip(), f"{command}: printed nothing"
         if program[:2] == ["rnnserve", "stream"]:
             assert " → " in done.stdout, f"{command}: no step predictions\n{done.stdout}"
@@ -73,9 +72,12 @@ class Page:
         command = INSTALL.sub("", command)
         for pattern, replacement in REWRITES:
             command = re.sub(pattern, replacement, command)
+        return self.on_free_ports(command)
+
+    def on_free_ports(self, text: str) -> str:
         for known, free in self.ports.items():
-            command = re.sub(rf"(?<=[: ]){known}\b", free, command)
-        return command
+            text = re.sub(rf"(?<=[: \"]){known}\b", free, text)
+        return text
 
     def bash(self, command: str) -> list[str]:
         """Each command in bash of its own, the variables a command exported carried to the next (as one shell would)."""
@@ -144,7 +146,7 @@ def test_every_command_of_a_page_runs_as_written(page, tmp_path, corpus_file, re
                         running.run(command)
             elif language == "python":
                 script = tmp_path / "example.py"
-                script.write_text(re.sub(r"\b50051\b", running.ports["50051"], text))
+                script.write_text(running.on_free_ports(text))
                 done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
                 assert done.returncode == 0, f"{page}: a Python example failed\n{text}\n{done.stderr[-3000:]}"
             elif language == "toml" and text.startswith("# "):  # a file the page shows, named in its first line
