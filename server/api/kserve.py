@@ -14,9 +14,8 @@ from rnnserve.inference import grpc_service_pb2 as pb
 from rnnserve.inference import grpc_service_pb2_grpc as pb_grpc
 from rnnserve.inference import model_config_pb2 as config_pb
 from rnnserve.server.api.kserve_tensors import (
-    infer_response,
-    inputs_of,
     declared_inputs,
+    infer_response,
     outputs_of,
     requested_outputs,
     stream_sequence,
