@@ -16,9 +16,9 @@ from grpc_reflection.v1alpha import reflection
 from rnnserve.errors import UsageError
 from rnnserve.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from rnnserve.server import logs
+from rnnserve.server.api.in_flight import InFlight
 from rnnserve.server.api.kserve import KServeServicer
 from rnnserve.server.api.native import NativeServicer
-from rnnserve.server.api.status import InFlight
 from rnnserve.server.config import ServerConfig
 from rnnserve.server.inputs import Inputs
 from rnnserve.server.metrics import Metrics, MetricsServer

@@ -30,5 +30,9 @@ class PermissionDenied(ServeError):
     """The call's token does not cover what it asks for."""
 
 
+class Unavailable(ServeError):
+    """Not now, but soon: the client should retry (the message says when)."""
+
+
 class RuntimeFailure(ServeError):
     """onnxruntime failed on a step: a model or server fault, not the client's."""

@@ -6,13 +6,15 @@ the native API. The recurrent state stays on the server, in the sequence that Tr
 
 from __future__ import annotations
 
-import logging
 from importlib import metadata
 
 from rnnserve.contract import ModelCard
 from rnnserve.inference import grpc_service_pb2 as pb
 from rnnserve.inference import grpc_service_pb2_grpc as pb_grpc
 from rnnserve.inference import model_config_pb2 as config_pb
+from rnnserve.server.api.access import looked_up, resolved, visible
+from rnnserve.server.api.accounting import counted
+from rnnserve.server.api.in_flight import InFlight
 from rnnserve.server.api.kserve_tensors import (
     declared_inputs,
     infer_response,
@@ -21,7 +23,7 @@ from rnnserve.server.api.kserve_tensors import (
     stream_sequence,
     tensor_request,
 )
-from rnnserve.server.api.status import InFlight, counted, looked_up, resolved, streaming, unary, visible
+from rnnserve.server.api.status import internal_error, streaming, unary
 from rnnserve.server.config import ServerConfig
 from rnnserve.server.errors import FailedPrecondition, NotFound, ServeError
 from rnnserve.server.metrics import Metrics
@@ -30,8 +32,6 @@ from rnnserve.server.repository import Repository
 from rnnserve.server.runtime import Device
 from rnnserve.server.statistics import Duration, InferenceStatistics
 from rnnserve.server.tensors import TensorService
-
-log = logging.getLogger(__name__)
 
 API = "kserve"
 EXTENSIONS = ("sequence", "model_configuration", "classification", "statistics")
@@ -48,12 +48,15 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._metrics = metrics
         self.serving = True  # false once shutting down: ServerReady says so
 
+    @unary
     async def ServerLive(self, request, context) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
+    @unary
     async def ServerReady(self, request, context) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.serving)
 
+    @unary
     async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
         """Every model is loaded at start-up, so a model is ready exactly when it exists."""
         try:
@@ -62,6 +65,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=self.serving)
 
+    @unary
     async def ServerMetadata(self, request, context) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="rnnserve", version=metadata.version("rnnserve"), extensions=EXTENSIONS)
 
@@ -138,8 +142,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             except ServeError as err:
                 return error_response(request, str(err))
             except Exception as err:  # a fault of ours: this request fails, the stream goes on
-                log.exception("ModelStreamInfer request %r failed", request.id)
-                return error_response(request, f"internal error: {err}")
+                return error_response(request, internal_error(f"ModelStreamInfer request {request.id!r}", err))
 
         try:
             async for response in answers_in_sequence_order(requests, stream_sequence, answer, MAX_STREAM_IN_FLIGHT):

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from contextlib import AsyncExitStack
 
-from rnnserve.server.api.status import InFlight, counted, looked_up, resolved, streaming, unary, visible
+from rnnserve.server.api.access import looked_up, resolved, visible
+from rnnserve.server.api.accounting import counted
+from rnnserve.server.api.in_flight import InFlight
+from rnnserve.server.api.status import streaming, unary
 from rnnserve.server.errors import InvalidArgument
 from rnnserve.server.metrics import Metrics
 from rnnserve.server.repository import Model, Repository

@@ -1,6 +1,8 @@
-"""The one table from domain errors to gRPC status codes, and the wrappers that apply it: every call a
-servicer serves goes through `unary` or `streaming`, which also keep track of the calls in flight, so that a
-shutdown can end those still open after its grace period with a status that says why."""
+"""The one table from errors to gRPC status codes, and the wrappers that apply it to every method of every service
+(a test walks the service descriptors to check). A domain error (server/errors.py) gets its status and its message
+as it is; anything else is a fault of ours: INTERNAL, with an error id that the log line (with its traceback)
+carries, so that a client's report can be matched to the log. The wrappers also keep track of the calls in flight
+(server/api/in_flight.py): a call the shutdown ends gets UNAVAILABLE with the shutdown's message."""
 
 from __future__ import annotations
 
@@ -8,16 +10,11 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass
+import secrets
 
 import grpc
 
-from rnnserve.server import errors, logs
-from rnnserve.server.metrics import Metrics
-from rnnserve.server.repository import Model, Repository
-from rnnserve.server.security import allowed_models, authorize
+from rnnserve.server import errors
 
 log = logging.getLogger(__name__)
 
@@ -28,44 +25,33 @@ STATUS: dict[type[errors.ServeError], grpc.StatusCode] = {
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.RuntimeFailure: grpc.StatusCode.INTERNAL,
 }
+WRAPPED = "__rnnserve_status__"  # set on every wrapped method, for the test that walks the services
 
 
-class InFlight:
-    """The calls being served. At shutdown, those still open after the grace period are ended with UNAVAILABLE
-    and a message that says the server is going away (gRPC alone would say only "Cancelling all calls")."""
-
-    def __init__(self):
-        self._calls: set[asyncio.Task] = set()
-        self.ending = ""  # set at shutdown: the message the calls still open are ended with
-
-    @contextmanager
-    def track(self):
-        task = asyncio.current_task()
-        self._calls.add(task)
-        try:
-            yield
-        finally:
-            self._calls.discard(task)
-
-    async def end_all(self, grace_s: float, message: str) -> None:
-        """Waits up to `grace_s` for the open calls, then ends the rest with `message`."""
-        if self._calls:
-            await asyncio.wait(list(self._calls), timeout=grace_s)
-        self.ending = message
-        for task in list(self._calls):
-            task.cancel()
+def status_of(err: BaseException) -> grpc.StatusCode:
+    return STATUS.get(type(err), grpc.StatusCode.INTERNAL)
 
 
-async def _abort(context: grpc.aio.ServicerContext, err: errors.ServeError):
-    code = STATUS.get(type(err), grpc.StatusCode.INTERNAL)
-    if code == grpc.StatusCode.INTERNAL:
-        log.error("internal error: %s", err)
-    await context.abort(code, str(err))
+def internal_error(where: str, err: BaseException) -> str:
+    """Logs a fault of ours with its traceback under a new error id; the message for the client names the id."""
+    error_id = secrets.token_hex(6)
+    log.error("internal error %s in %s: %r", error_id, where, err, exc_info=err)
+    return f"internal error {error_id}: the server failed on this call; its log has the details under this id"
 
 
-async def _ended(in_flight: InFlight, context: grpc.aio.ServicerContext):
+async def _abort(context: grpc.aio.ServicerContext, where: str, err: Exception):
+    if isinstance(err, errors.ServeError):
+        code = status_of(err)
+        if code == grpc.StatusCode.INTERNAL:
+            log.error("%s: %s", where, err)
+        await context.abort(code, str(err))
+    await context.abort(grpc.StatusCode.INTERNAL, internal_error(where, err))
+
+
+async def _ended(in_flight, context: grpc.aio.ServicerContext):
     """A call cancelled by the shutdown gets the shutdown's message; one its client cancelled just ends."""
     if in_flight.ending:
         await context.abort(grpc.StatusCode.UNAVAILABLE, in_flight.ending)
@@ -77,12 +63,15 @@ def unary(method):
         with self.in_flight.track():
             try:
                 return await method(self, request, context)
-            except errors.ServeError as err:
-                await _abort(context, err)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as err:
+                await _abort(context, method.__name__, err)
             except asyncio.CancelledError:
                 await _ended(self.in_flight, context)
                 raise
 
+    setattr(wrapper, WRAPPED, True)
     return wrapper
 
 
@@ -100,73 +89,18 @@ def streaming(method):
                 async with contextlib.aclosing(responses):
                     async for response in responses:
                         yield response
-            except errors.ServeError as err:
-                await _abort(context, err)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as err:
+                await _abort(context, method.__name__, err)
             except asyncio.CancelledError:
                 await _ended(self.in_flight, context)
                 raise
 
+    setattr(wrapper, WRAPPED, True)
     return wrapper
 
 
 async def _close(responses) -> None:
     with contextlib.suppress(RuntimeError):  # still running: it is ending by itself
         await responses.aclose()
-
-
-def looked_up(repository: Repository, name: str, version: str) -> Model:
-    """The model a metadata call names, if the call's token covers it (not counted: no inference runs)."""
-    authorize(name)
-    return repository.get(name, version)
-
-
-def visible(repository: Repository) -> list[Model]:
-    """Every model version the call's token covers (a token for some models sees only those)."""
-    allowed = allowed_models()
-    return [m for m in repository.all() if allowed is None or m.card.name in allowed]
-
-
-def resolved(metrics: Metrics, repository: Repository, api: str, method: str, name: str, version: str) -> Model:
-    """The model a request names, looked up once per request, if the call's token covers it. A model that does not
-    exist, or that the token does not cover, fails the request, counted under model "" so that clients cannot create
-    series at will."""
-    try:
-        authorize(name)
-        return repository.get(name, version)
-    except (errors.NotFound, errors.PermissionDenied) as err:
-        status = STATUS[type(err)].name
-        metrics.request_done("", "", api, method, status)
-        if logs.records_calls():
-            logs.call(api, method, name, version, "", status, 0.0)
-        raise
-
-
-@dataclass(slots=True)
-class Call:
-    """What a servicer learns about the call it counts, for the call log."""
-
-    session: str = ""  # the session or KServe sequence it ran on, if named
-
-
-@contextmanager
-def counted(metrics: Metrics, model: Model, api: str, method: str):
-    """Counts one inference request as a success, or as a failure under the status it gets, and logs it when calls
-    are logged (`--log-format json`)."""
-    call, began, status = Call(), time.perf_counter(), ""
-    try:
-        yield call
-    except errors.ServeError as err:
-        status = STATUS.get(type(err), grpc.StatusCode.INTERNAL).name
-        raise
-    except (asyncio.CancelledError, GeneratorExit):  # the client went away, or the shutdown ended the call
-        status = "CANCELLED"
-        raise
-    except Exception:  # a fault of ours
-        status = "INTERNAL"
-        raise
-    finally:
-        seconds = time.perf_counter() - began
-        metrics.request_done(model.card.name, model.card.version, api, method, status)
-        model.metrics.statistics.request(seconds, not status)
-        if logs.records_calls():
-            logs.call(api, method, model.card.name, model.card.version, call.session, status or "OK", seconds)
