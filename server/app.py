@@ -100,13 +100,14 @@ async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
 
 
 async def _serve_on(server: grpc.aio.Server, port: int, config: ServerConfig, io_binding: bool | None) -> App:
+    key = snapshot_key(config.snapshot_key)  # before minutes of model loading
     metrics = Metrics()
     repository = Repository.load(config, io_binding, metrics)
     repository.start()
     sessions = SessionRegistry(config.session_ttl_s)
     inputs = Inputs(config)
     in_flight = InFlight()
-    snapshots = Snapshots(repository, sessions)
+    snapshots = Snapshots(repository, sessions, key)
     health_servicer = health.aio.HealthServicer()
     if config.state_store:
 
@@ -138,6 +139,25 @@ async def _serve_on(server: grpc.aio.Server, port: int, config: ServerConfig, io
     for name in ("", SERVICE_NAME, KSERVE_SERVICE_NAME, *((STORE_SERVICE_NAME,) if config.state_store else ())):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return App(server, port, health_servicer, repository, sessions, kserve, in_flight, metrics_server)
+
+
+MIN_SNAPSHOT_KEY_BYTES = 16
+
+
+def snapshot_key(path: str) -> bytes | None:
+    """--snapshot-key's secret (the file's bytes, less surrounding whitespace), or None without one."""
+    if not path:
+        return None
+    try:
+        key = open(path, "rb").read().strip()
+    except OSError as err:
+        raise UsageError(f"--snapshot-key {path}: {err.strerror}") from None
+    if len(key) < MIN_SNAPSHOT_KEY_BYTES:
+        raise UsageError(
+            f"--snapshot-key {path}: {len(key)} bytes is too short a secret; use at least {MIN_SNAPSHOT_KEY_BYTES} "
+            "(e.g. head -c 32 /dev/urandom > snapshot.key)"
+        )
+    return key
 
 
 def channel_options(config: ServerConfig) -> list[tuple[str, int]]:

@@ -52,6 +52,10 @@ class ServerConfig:
         "answered meanwhile in one, so the store costs less, and a server killed without warning loses at most this much "
         "(resumable clients replay it). 0: write as soon as the last write is done"
     )
+    snapshot_key: str = option(
+        "", "file holding a secret (at least 16 bytes) that signs every snapshot this server makes (HMAC-SHA256): only "
+        "blobs signed with it restore, so clients cannot forge a session's state; servers sharing a --state-store share it"
+    )
     reflection: bool = option(True, "serve gRPC reflection, which lets tools such as grpcurl list and call the APIs")
     max_message_bytes: int = option(16 * 2**20, "largest message in either direction; a larger one is answered RESOURCE_EXHAUSTED")
     max_concurrent_streams: int = option(1024, "calls in flight on one client connection (HTTP/2 streams); more wait for one to end")

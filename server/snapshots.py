@@ -5,13 +5,22 @@ second session that continues independently.
 The blob: b"RNNSNAP\\0", the header's length (4 bytes, little-endian), the header (JSON: format version, model name,
 version and the SHA-256 of its files, the session's position in tokens, the bytes of a character not yet complete,
 each state tensor's name and shape), every state tensor's row (float32, little-endian, in the header's order), and
-the SHA-256 of everything before it.
+a digest of everything before it: its SHA-256, or with `--snapshot-key` its HMAC-SHA256 under that key.
+
+A restore trusts nothing in a blob: the header is checked against a schema (every key, type and range) and the
+state against the model (each tensor exactly its per-row shape, every value finite) before any session exists;
+each failure is INVALID_ARGUMENT naming the field. A checksum only catches damage: without a key anyone can
+write a blob that passes these checks and holds a state of their choosing, for a session of their own. With a key,
+only servers that share it can make a blob that restores.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import hmac
 import json
+import math
 import struct
 import uuid
 
@@ -24,50 +33,141 @@ from rnnserve.server.sessions import Session, SessionRegistry
 MAGIC = b"RNNSNAP\0"
 FORMAT = 1
 DIGEST = 32
+MAX_POSITION = 2**63 - 1
+MAX_ID_CHARS = 1024
+MAX_PENDING_BYTES = 3  # a UTF-8 character is at most 4 bytes: at most 3 of them wait for the rest
+HEADER = {  # key → the type its value must have
+    "format": int, "model": str, "version": str, "model_sha256": str, "position": int, "pending": str,
+    "session_id": str, "sequence_id": str, "state": list,
+}
 
 
-def pack(header: dict, state: dict[str, np.ndarray]) -> bytes:
+def _digest(body: bytes, key: bytes | None) -> bytes:
+    return hmac.new(key, body, hashlib.sha256).digest() if key else hashlib.sha256(body).digest()
+
+
+def pack(header: dict, state: dict[str, np.ndarray], key: bytes | None = None) -> bytes:
     header = header | {"format": FORMAT, "state": [{"name": n, "shape": list(a.shape), "dtype": "float32"} for n, a in state.items()]}
     head = json.dumps(header, ensure_ascii=False).encode()
     body = MAGIC + struct.pack("<I", len(head)) + head + b"".join(np.ascontiguousarray(a, "<f4").tobytes() for a in state.values())
-    return body + hashlib.sha256(body).digest()
+    return body + _digest(body, key)
 
 
-def unpack(blob: bytes) -> tuple[dict, dict[str, np.ndarray]]:
-    """The header and the state of a blob; INVALID_ARGUMENT, saying what is wrong, for anything else."""
+def unpack(blob: bytes, key: bytes | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """The header and the state of a blob whose every header field is of its type and in its range; INVALID_ARGUMENT,
+    naming the field, for anything else. (Whether the state fits a model is `check_fits`'s.)"""
     if len(blob) < len(MAGIC) + 4 + DIGEST or not blob.startswith(MAGIC):
         raise InvalidArgument("blob", "is not a snapshot from SnapshotSession")
     body, digest = blob[:-DIGEST], blob[-DIGEST:]
-    if hashlib.sha256(body).digest() != digest:
-        raise InvalidArgument("blob", "is damaged: its checksum does not match (changed or cut short in transit?)")
+    if not hmac.compare_digest(_digest(body, key), digest):
+        raise InvalidArgument("blob", (
+            "is not signed with this server's --snapshot-key (forged, changed, or taken on a server with another key)" if key
+            else "is damaged: its checksum does not match (changed or cut short in transit?)"
+        ))
     (length,) = struct.unpack_from("<I", body, len(MAGIC))
     start = len(MAGIC) + 4
+    if start + length > len(body):
+        raise InvalidArgument("blob", f"says its header is {length} bytes, more than the blob holds")
     try:
         header = json.loads(body[start : start + length])
-        if header.get("format") != FORMAT:
-            raise InvalidArgument("blob", f"is a format {header.get('format')!r} snapshot; this server reads format {FORMAT}")
-        state, offset = {}, start + length
-        for tensor in header["state"]:
-            size = int(np.prod(tensor["shape"])) * 4
-            state[tensor["name"]] = np.frombuffer(body[offset : offset + size], "<f4").reshape(tensor["shape"])
-            offset += size
-    except (ValueError, KeyError, TypeError) as err:
-        raise InvalidArgument("blob", f"has a malformed header: {err}") from None
+    except ValueError as err:
+        raise InvalidArgument("blob.header", f"is not JSON: {err}") from None
+    _check_header(header)
+    state, offset = {}, start + length
+    for index, tensor in enumerate(header["state"]):
+        size = math.prod(tensor["shape"]) * 4
+        if offset + size > len(body):
+            raise InvalidArgument(f"blob.header.state[{index}].shape", "is larger than the state the blob holds")
+        state[tensor["name"]] = np.frombuffer(body[offset : offset + size], "<f4").reshape(tensor["shape"])
+        offset += size
     if offset != len(body):
-        raise InvalidArgument("blob", "holds more or less state than its header says")
+        raise InvalidArgument("blob", "holds more state than its header says")
     return header, state
 
 
+def _check_header(header) -> None:
+    if not isinstance(header, dict):
+        raise InvalidArgument("blob.header", f"must be a JSON object, not {type(header).__name__}")
+    if header.get("format") != FORMAT:
+        raise InvalidArgument("blob.header.format", f"is {header.get('format')!r}; this server reads format {FORMAT} snapshots")
+    if missing := sorted(HEADER.keys() - header.keys()):
+        raise InvalidArgument("blob.header", f"lacks {', '.join(missing)}")
+    if extra := sorted(header.keys() - HEADER.keys()):
+        raise InvalidArgument("blob.header", f"has keys a snapshot does not: {', '.join(map(str, extra))}")
+    for name, kind in HEADER.items():
+        value = header[name]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise InvalidArgument(f"blob.header.{name}", f"must be a {_KIND[kind]}, not {json.dumps(value)[:40]}")
+    if not 0 <= header["position"] <= MAX_POSITION:
+        raise InvalidArgument("blob.header.position", f"{header['position']} is not in [0, 2^63 - 1]")
+    if len(header["model_sha256"]) != 64:
+        raise InvalidArgument("blob.header.model_sha256", "must be 64 hexadecimal digits")
+    for name in ("session_id", "sequence_id"):
+        if len(header[name]) > MAX_ID_CHARS:
+            raise InvalidArgument(f"blob.header.{name}", f"is longer than {MAX_ID_CHARS} characters")
+    if bool(header["session_id"]) == bool(header["sequence_id"]):
+        raise InvalidArgument("blob.header", "must name one session_id or one sequence_id")
+    _check_pending(header["pending"])
+    for index, tensor in enumerate(header["state"]):
+        field = f"blob.header.state[{index}]"
+        if not isinstance(tensor, dict) or tensor.keys() != {"name", "shape", "dtype"}:
+            raise InvalidArgument(field, "must be an object of name, shape and dtype")
+        if not isinstance(tensor["name"], str) or tensor["dtype"] != "float32":
+            raise InvalidArgument(field, "must name its tensor (a string), of dtype float32")
+        shape = tensor["shape"]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape):
+            raise InvalidArgument(f"{field}.shape", f"must be a list of dimensions, not {json.dumps(shape)[:40]}")
+
+
+def _check_pending(pending: str) -> None:
+    """The hex of at most 3 bytes that begin a UTF-8 character: what an incremental decoder waits on."""
+    try:
+        raw = bytes.fromhex(pending)
+    except ValueError:
+        raise InvalidArgument("blob.header.pending", "must be hexadecimal (the bytes of a character not yet complete)") from None
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    try:
+        whole = decoder.decode(raw)
+    except UnicodeDecodeError:
+        whole = "invalid"
+    if len(raw) > MAX_PENDING_BYTES or whole or decoder.getstate()[0] != raw:
+        raise InvalidArgument("blob.header.pending", "must be the first bytes of one UTF-8 character, and no more")
+
+
+_KIND = {int: "integer", str: "string", list: "list"}
+
+
+def check_fits(header: dict, state: dict[str, np.ndarray], model: Model) -> None:
+    """The state is exactly the model's: its tensors, in order, each of its per-row shape, every value finite."""
+    expected = [(s.name, list(s.shape)) for s in model.card.state]
+    got = [(t["name"], t["shape"]) for t in header["state"]]
+    if [name for name, _ in got] != [name for name, _ in expected]:
+        raise InvalidArgument(
+            "blob.header.state", f"holds {[n for n, _ in got]}; model {model.card.name!r} has {[n for n, _ in expected]}"
+        )
+    for index, ((name, shape), (_, wanted)) in enumerate(zip(got, expected)):
+        if shape != wanted:
+            raise InvalidArgument(f"blob.header.state[{index}].shape", f"{name} is {shape}; a row of model {model.card.name!r} is {wanted}")
+        if not np.isfinite(state[name]).all():
+            raise InvalidArgument(f"blob.state.{name}", "holds values that are not finite (NaN or infinity): refused")
+
+
 class Snapshots:
-    def __init__(self, repository: Repository, sessions: SessionRegistry):
+    def __init__(self, repository: Repository, sessions: SessionRegistry, key: bytes | None = None):
+        """`key`: --snapshot-key's, which signs every blob this server makes and must sign every blob it restores."""
         self._repository = repository
         self._sessions = sessions
+        self._key = key
 
     def find(self, session_id: str, model: Model | None, sequence_id: str) -> Session:
         """A live named session, or a live KServe sequence of `model`."""
         if sequence_id:
             return self._sessions.live_sequence(model, sequence_id)
         return self._sessions.named(session_id)
+
+    def header(self, blob: bytes) -> dict:
+        """A blob's header, checked (to authorize its model before anything else)."""
+        return unpack(blob, self._key)[0]
 
     async def snapshot(self, session: Session) -> bytes:
         """The session as it is after every step queued before this; it goes on unchanged."""
@@ -79,20 +179,21 @@ class Snapshots:
         }
         header["session_id"], header["sequence_id"] = session.ids
         model.metrics.snapshot_taken()
-        return pack(header, state)
+        return pack(header, state, self._key)
 
     async def restore(self, blob: bytes, session_id: str = "", sequence_id: str = "") -> Session:
-        header, state = unpack(blob)
+        header, state = unpack(blob, self._key)
         model = self._repository.get(header["model"], header["version"])
         if model.digest != header["model_sha256"]:
             raise FailedPrecondition(
                 f"the snapshot was taken with a different file for model {header['model']!r} version {header['version']} "
                 f"(SHA-256 {header['model_sha256'][:12]}…, this server's is {model.digest[:12]}…): restore it where that file is served"
             )
+        check_fits(header, state, model)
         if not session_id and not sequence_id:  # under the id it had
             session_id, sequence_id = header["session_id"], header["sequence_id"]
         session = await self._sessions.restored(
-            model, session_id, sequence_id, int(header["position"]), bytes.fromhex(header["pending"]),
+            model, session_id, sequence_id, header["position"], bytes.fromhex(header["pending"]),
             lambda slot: model.batcher.write_state(slot, state),
         )
         model.metrics.snapshot_restored()

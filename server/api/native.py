@@ -26,7 +26,7 @@ from rnnserve.server.requests import (
 from rnnserve.server.security import authorize
 from rnnserve.server.service import InferenceService
 from rnnserve.server.sessions import Session
-from rnnserve.server.snapshots import Snapshots, unpack
+from rnnserve.server.snapshots import Snapshots
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
 
@@ -108,8 +108,9 @@ class NativeServicer(pb_grpc.RnnServeServicer):
 
     @unary
     async def RestoreSession(self, request: pb.RestoreSessionRequest, context) -> pb.SessionInfo:
-        header, _ = unpack(request.blob)
-        authorize(header["model"])
+        if request.session_id and request.sequence_id:
+            raise InvalidArgument("session_id", "restore under a session_id or a sequence_id, not both")
+        authorize(self._snapshots.header(request.blob)["model"])
         return session_info(await self._snapshots.restore(request.blob, request.session_id, request.sequence_id))
 
     @unary
