@@ -48,6 +48,14 @@ class StepResult:
     top_ids: np.ndarray | None = None  # [T, k], most probable first
     top_probabilities: np.ndarray | None = None  # [T, k]
 
+    @staticmethod
+    def joined(parts: list[StepResult]) -> StepResult:
+        """One result of consecutive pieces of an input, as if it had run in one call."""
+        outputs = [np.concatenate(pieces) for pieces in zip(*(p.outputs for p in parts))]
+        if parts[0].top_ids is None:
+            return StepResult(outputs)
+        return StepResult(outputs, np.concatenate([p.top_ids for p in parts]), np.concatenate([p.top_probabilities for p in parts]))
+
 
 @dataclass(slots=True)
 class _Step:

@@ -53,6 +53,23 @@ class Inputs:
         if count > limit:
             raise ResourceExhausted(f"{field_name}: {count} tokens is over this server's limit of {limit} per message")
 
+    def check_request_size(self, rows: int, steps: int, answer_bytes_per_step: int) -> None:
+        """A batch of rows is checked whole before any of it runs: its tokens against --max-input-tokens, and the
+        answer it will make against --max-message-bytes (computed and then refused, it would cost everyone)."""
+        limit = self._config.max_input_tokens
+        if rows * steps > limit:
+            raise ResourceExhausted(
+                f"inputs: {rows} rows × {steps} tokens = {rows * steps} tokens is over this server's limit of {limit} "
+                "per message (--max-input-tokens): send fewer or shorter rows per request"
+            )
+        answer, limit = rows * steps * answer_bytes_per_step, self._config.max_message_bytes
+        if answer > limit:
+            raise ResourceExhausted(
+                f"outputs: the answer would take about {answer:,} bytes ({rows} rows × {steps} steps × "
+                f"{answer_bytes_per_step} bytes), over this server's limit of {limit:,} per message (--max-message-bytes): "
+                "send fewer or shorter rows, or ask for fewer outputs (classification instead of logits)"
+            )
+
     def top_k(self, model: Model, asked: int, field_name: str) -> int:
         top_k = asked or min(DEFAULT_STREAM_TOP_K, model.card.output_size)
         if top_k > model.card.output_size:

@@ -114,6 +114,7 @@ class TensorRequest:
     starts: tuple[str, ...] = ()  # models with an encoder: each row's label or source, read when its sequence starts
     sequence: SequenceControl = SequenceControl()
     owner: object = None  # the stream a sequence started here belongs to
+    answer_bytes_per_step: int = 0  # what one row's step adds to the answer, as the API encodes it (checked before work)
 
 
 @dataclass(frozen=True, slots=True)

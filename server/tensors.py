@@ -7,11 +7,11 @@ import asyncio
 
 import numpy as np
 
-from rnnserve.server.errors import FailedPrecondition, InvalidArgument
+from rnnserve.server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from rnnserve.server.inputs import Inputs
 from rnnserve.server.repository import Model
 from rnnserve.server.requests import TensorRequest, TensorResult
-from rnnserve.server.sessions import Session, SessionRegistry
+from rnnserve.server.sessions import PIECE_STEPS, Session, SessionRegistry
 
 
 class TensorService:
@@ -27,9 +27,12 @@ class TensorService:
                 f"model {card.name!r} needs the whole input at once, so it keeps no sequences: send each input "
                 "in one ModelInfer without sequence parameters"
             )
+        if request.tokens is not None:  # before reading a token of it
+            self._inputs.check_request_size(*request.tokens.shape, request.answer_bytes_per_step)
         rows = self._rows(model, request)
         if sequence.id and len(rows) != 1:
             raise InvalidArgument("inputs", f"a sequence's request carries one row (batch size 1), not {len(rows)}")
+        self._inputs.check_request_size(len(rows), len(rows[0]), request.answer_bytes_per_step)  # texts, as encoded
         starts = self._starts(model, request, len(rows))
         if sequence.id:
             async with self.sessions.sequence(
@@ -39,12 +42,23 @@ class TensorService:
                 if not sequence.end:
                     self.sessions.answered(session)  # its new state goes to the state store, if there is one
             return TensorResult(model, _stacked(model, results), session.position)
-        results = await asyncio.gather(*(self._run_alone(model, row, start) for row, start in zip(rows, starts)))
-        return TensorResult(model, _stacked(model, results))
+        free = model.runtime.capacity - model.runtime.slots_in_use
+        if len(rows) > free:  # refused before any row takes a slot
+            raise ResourceExhausted(
+                f"inputs: {len(rows)} rows need a session slot each, and model {card.name!r} has {free} of "
+                f"{model.runtime.capacity} free now (--max-sessions): send fewer rows per request"
+            )
+        piece = max(1, PIECE_STEPS // len(rows))  # the rows step together, a few steps at a time
+        try:
+            async with asyncio.TaskGroup() as group:  # one row failing cancels the others, and their slots are freed
+                tasks = [group.create_task(self._run_alone(model, row, start, piece)) for row, start in zip(rows, starts)]
+        except* Exception as failed:
+            raise failed.exceptions[0] from None
+        return TensorResult(model, _stacked(model, [task.result() for task in tasks]))
 
-    async def _run_alone(self, model: Model, row: list[int], start: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+    async def _run_alone(self, model: Model, row: list[int], start: dict[str, np.ndarray], piece: int) -> list[np.ndarray] | None:
         async with self.sessions.attach(model) as session:
-            return await _run_row(session, row, start)
+            return await _run_row(session, row, start, piece)
 
     def _rows(self, model: Model, request: TensorRequest) -> list[list[int]]:
         if (request.tokens is None) == (not request.texts):
@@ -80,10 +94,10 @@ class TensorService:
         return [self._inputs.encoder_inputs(model, **{encoder.input: start})[0] for start in request.starts]
 
 
-async def _run_row(session: Session, row: list[int], start: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+async def _run_row(session: Session, row: list[int], start: dict[str, np.ndarray], piece: int = PIECE_STEPS) -> list[np.ndarray] | None:
     if start:
         await session.encode(start)
-    return (await session.step(row)).outputs if row else None
+    return (await session.step(row, piece=piece)).outputs if row else None
 
 
 def _stacked(model: Model, results: list[list[np.ndarray] | None]) -> dict[str, np.ndarray]:

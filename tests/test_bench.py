@@ -68,3 +68,11 @@ def test_profile_server_bench_samples_the_server_under_load(repository, tmp_path
     assert done.returncode == 0, done.stderr
     samples = int(done.stdout.split(" samples")[0].split()[-1])
     assert samples > 0 and "--- own time" in done.stdout and flame.stat().st_size > 0
+
+
+def test_large_request_bench(repository):
+    (line,) = bench("bench.large_request", repository, "--steps", "30", "--rows", "4", "--max-input-tokens", "2048")
+    assert line["large_request"] == [4, 512] and line["large_requests_answered"] >= 1
+    ratio = line["while_large_requests_run"]["p99_ms"] / line["unloaded"]["p99_ms"]
+    assert abs(line["ratio_p99"] - ratio) < 0.02 and isinstance(line["target_p99_3x_met"], bool)
+    assert set(line["server_rss_mb"]) == {"before", "peak", "after"}

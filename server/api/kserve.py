@@ -154,7 +154,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         model = resolved(self._metrics, self._repository, API, method, request.model_name, request.model_version)
         with counted(self._metrics, model, API, method) as call:
             wanted = requested_outputs(model.card, request)  # checked before the sequence moves on
-            tensors = tensor_request(model.card, request, owner)
+            tensors = tensor_request(model.card, request, owner, wanted)
             call.session = tensors.sequence.id
             result = await self._tensors.run(model, tensors)
             return infer_response(request, result, wanted, raw=bool(request.raw_input_contents))

@@ -131,7 +131,16 @@ def sequence_position(parameters, sequence: str, start: bool) -> int | None:
     return position
 
 
-def tensor_request(card: ModelCard, request: pb.ModelInferRequest, owner: object) -> TensorRequest:
+CLASS_BYTES = 32  # one classification entry ("0.123456:42:label") as a BYTES element, about
+
+
+def answer_bytes_per_step(card: ModelCard, wanted: list[tuple[str, int]]) -> int:
+    """What one row's step adds to the answer: FP32 values, or a classification's strings."""
+    widths = card.output_widths
+    return sum(top_k * CLASS_BYTES if top_k else widths[name] * 4 for name, top_k in wanted)
+
+
+def tensor_request(card: ModelCard, request: pb.ModelInferRequest, owner: object, wanted: list[tuple[str, int]]) -> TensorRequest:
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgument(
@@ -149,7 +158,10 @@ def tensor_request(card: ModelCard, request: pb.ModelInferRequest, owner: object
             raise InvalidArgument(f"inputs[{tensor.name}]", "is sent twice")
         arrays[tensor.name] = input_array(spec, tensor, raw[index] if raw else None)
     starts = card.encoder.input if card.encoder else ""
-    return TensorRequest(arrays.get("tokens"), strings(arrays, "text"), strings(arrays, starts), sequence_control(request), owner)
+    return TensorRequest(
+        arrays.get("tokens"), strings(arrays, "text"), strings(arrays, starts), sequence_control(request), owner,
+        answer_bytes_per_step(card, wanted),
+    )
 
 
 def strings(arrays: dict[str, np.ndarray], name: str) -> tuple[str, ...]:

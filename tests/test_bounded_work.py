@@ -1,0 +1,77 @@
+"""Bounded work: a request's size — its rows × tokens, the slots its rows need, the bytes its answer will take — is
+checked before anything runs (RESOURCE_EXHAUSTED naming the limit, nothing stepped, no slot held), and a large legal
+request runs a few steps at a time, so another client's steps are answered while it runs, not after it."""
+
+import threading
+
+import grpc
+import numpy as np
+
+from rnnserve.inference import grpc_service_pb2_grpc as kserve_grpc
+from rnnserve.server.sessions import PIECE_STEPS
+from tests.helpers import logits_of, request, scrape, scrape_settled, status_of
+
+
+def refused(running, message) -> grpc.RpcError:
+    with grpc.insecure_channel(running.target) as channel:
+        return status_of(lambda: kserve_grpc.GRPCInferenceServiceStub(channel).ModelInfer(message))
+
+
+def test_a_batch_over_the_token_limit_is_refused_before_any_step(make_server):
+    running = make_server(max_sessions=64, metrics_port=0)
+    error = refused(running, request(tokens=np.ones((63, 8192), np.int64)))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "63 rows × 8192 tokens = 516096 tokens is over this server's limit of 8192" in error.details()
+    assert "--max-input-tokens" in error.details()
+    assert scrape(running, "nv_inference_count_total") == 0 and scrape(running, "rnnserve_slots_in_use") == 0
+
+
+def test_an_answer_over_the_message_limit_is_refused_before_any_step(make_server):
+    running = make_server(max_input_tokens=100_000, max_message_bytes=256 * 1024, metrics_port=0)
+    error = refused(running, request(tokens=np.ones((4, 1000), np.int64)))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-message-bytes" in error.details(), error.details()
+    assert scrape(running, "nv_inference_count_total") == 0
+    with grpc.insecure_channel(running.target) as channel:  # the same rows, classified, make a small answer: served
+        answer = kserve_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request(tokens=np.ones((4, 1000), np.int64), outputs=[("logits", 1)]))
+    assert list(answer.outputs[0].shape) == [4, 1000, 1]
+
+
+def test_more_rows_than_free_slots_are_refused_before_any_takes_one(make_server):
+    running = make_server(max_sessions=4, metrics_port=0)
+    error = refused(running, request(tokens=np.ones((5, 3), np.int64)))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "5 rows need a session slot each" in error.details()
+    assert "4 of 4 free" in error.details()
+    assert scrape(running, "nv_inference_count_total") == 0 and scrape_settled(running, "rnnserve_slots_in_use", 0) == 0
+
+
+def test_a_long_input_in_pieces_equals_it_in_one_call(client, server):
+    tokens = (np.arange(PIECE_STEPS * 3 + 5) % 90 + 32).astype(np.int64)
+    with grpc.insecure_channel(server.target) as channel:
+        whole = logits_of(kserve_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request(tokens=tokens)))[0]
+    steps = [s for r in client.stream("lstm", [tokens[i : i + 7].tolist() for i in range(0, len(tokens), 7)], top_k=1) for s in r.steps]
+    assert [s.next[0].token_id for s in steps] == whole.argmax(-1).tolist()
+
+
+def test_other_clients_are_answered_while_a_large_request_runs(make_server):
+    """Each of the other client's answers is followed by a look at how many steps the server has run: some answers
+    came while the large request had run part of its steps, which cannot happen if it runs in one call."""
+    length = 32_768
+    running = make_server(max_input_tokens=length, metrics_port=0)
+    done = threading.Event()
+
+    def large() -> None:
+        with grpc.insecure_channel(running.target) as channel:
+            kserve_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request(tokens=np.full(length, 65), outputs=[("logits", 1)]), timeout=120)
+        done.set()
+
+    thread = threading.Thread(target=large)
+    thread.start()
+    seen, mine = [], 0
+    with running.client() as client:
+        while not done.is_set() and len(seen) < 500:
+            for _ in client.stream("lstm", ["a"]):
+                mine += 1
+            seen.append(scrape(running, "nv_inference_count_total") - mine)
+    thread.join()
+    during = [count for count in seen if 0 < count < length]
+    assert during, f"no answer came while the large request ran: the steps it had run at each answer were {seen}"
