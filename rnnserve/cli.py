@@ -80,7 +80,8 @@ EXAMPLES = {
   rnnserve models --target 10.0.0.5:50051""",
     "token": """examples (the token is printed once; the file keeps only its hash):
   RNNSERVE_TOKEN=$(rnnserve token --file tokens.txt) rnnserve models
-  rnnserve token --file tokens.txt --models lm,kind --name ci   # then: rnnserve serve --auth-tokens tokens.txt""",
+  rnnserve token --file tokens.txt --models lm,kind --name ci   # then: rnnserve serve --auth-tokens tokens.txt
+  rnnserve token --file tokens.txt --operator --name on-call     # may act on every token's sessions""",
     "snapshot": """examples:
   rnnserve snapshot --session-id talk-1 --out talk-1.snap
   rnnserve snapshot --model dates --sequence-id 42 --out seq-42.snap""",
@@ -187,7 +188,7 @@ def _token(args) -> None:
     except OSError as err:
         raise SystemExit(f"--file {path}: {err.strerror}") from None
     with os.fdopen(descriptor, "a") as file:
-        file.write(token_line(token, models, args.name.replace("#", "")) + "\n")
+        file.write(token_line(token, models, args.name.replace("#", ""), args.operator) + "\n")
     print(token)
 
 
@@ -314,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--file", required=True, help="the tokens file to append the token's line to (created, readable by its owner alone)")
     token.add_argument("--models", default="*", help="the models it may use, separated by commas (default: *, every model)")
     token.add_argument("--name", default="", help="a name for people reading the file (who or what uses the token)")
+    token.add_argument("--operator", action="store_true", help="it may also snapshot, fork, close and continue other tokens' sessions")
     stream = commands.choices["stream"]
     stream.add_argument("--session-id", default="", help="name the session so a later stream can --resume it")
     stream.add_argument("--resume", action="store_true", help="continue the named session's state (needs --session-id)")

@@ -23,7 +23,7 @@ from rnnserve.server.config import ServerConfig
 from rnnserve.server.inputs import Inputs
 from rnnserve.server.metrics import Metrics, MetricsServer
 from rnnserve.server.repository import Repository
-from rnnserve.server.security import TokenCheck, load_tokens, server_credentials
+from rnnserve.server.security import CertificateSubjects, TokenCheck, load_tokens, server_credentials
 from rnnserve.server.service import InferenceService
 from rnnserve.server.sessions import SessionRegistry
 from rnnserve.server.snapshots import Snapshots
@@ -77,7 +77,10 @@ async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
     """Binds the port, loads every model and starts serving; returns once serving. The port is bound first, so a
     busy port is reported at once, before minutes of model loading."""
     try:
-        interceptors = [TokenCheck(load_tokens(config.auth_tokens))] if config.auth_tokens else []
+        if config.auth_tokens:
+            interceptors = [TokenCheck(load_tokens(config.auth_tokens))]
+        else:  # under mutual TLS, sessions belong to the client certificate's subject
+            interceptors = [CertificateSubjects()] if config.tls_client_ca else []
         credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca) if config.tls_cert else None
     except ValueError as err:
         raise UsageError(str(err)) from None

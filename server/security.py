@@ -1,13 +1,18 @@
 """Who may call: TLS on the gRPC port (mutual, with a client CA), and bearer tokens checked on every call but the
 health service's, so that probes stay open.
 
-Tokens live in a file as SHA-256 hashes, never as themselves, one per line, each with the models it may use:
+Tokens live in a file as SHA-256 hashes, never as themselves, one per line, each with the models it may use and,
+for an operator, the scope that lets it act on anyone's sessions:
 
-    # <sha256 of the token> <models: comma-separated, or *> [a name, for people]
+    # <sha256 of the token> <models: comma-separated, or *> [scope:operator] [a name, for people]
     9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 lm,kind   ci-pipeline
 
 `rnnserve token --file tokens.txt --models lm` makes a token and appends its line. A call without a known token is
 answered UNAUTHENTICATED; a call for a model its token does not cover, PERMISSION_DENIED.
+
+Every call runs as a caller: the models it may use, and the principal its sessions belong to — its token (by its
+hash), or under mutual TLS without tokens its client certificate's subject. Without tokens or mutual TLS there is
+no principal: every client shares one namespace of session ids.
 """
 
 from __future__ import annotations
@@ -26,10 +31,24 @@ from rnnserve.server.errors import PermissionDenied
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/",)  # probes (Kubernetes, docker's HEALTHCHECK) carry no token
 ALL_MODELS = "*"
-_LINE = re.compile(r"(?P<hash>[0-9a-f]{64})\s+(?P<models>\S+)(\s+(?P<name>.*))?")
+OPERATOR = "scope:operator"
+_LINE = re.compile(rf"(?P<hash>[0-9a-f]{{64}})\s+(?P<models>\S+)(\s+(?P<operator>{OPERATOR}))?(\s+(?P<name>.*))?")
 
-# the models the current call's token covers; None: every model (no tokens, or a token for *)
-_allowed: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar("allowed_models", default=None)
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    models: frozenset[str] | None = None  # the models it may use; None: every model
+    principal: str = ""  # whom its sessions belong to: "token:<16 hex of its hash>" or "cert:<subject>"; "" without auth
+    operator: bool = False  # may snapshot, fork, close and continue anyone's sessions
+
+
+ANYONE = Caller()  # no tokens and no mutual TLS
+_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller", default=ANYONE)
+
+
+def caller() -> Caller:
+    """The current call's caller."""
+    return _caller.get()
 
 
 def new_token() -> str:
@@ -40,14 +59,15 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def token_line(token: str, models: str = ALL_MODELS, name: str = "") -> str:
-    return f"{hash_token(token)} {models}{f'  {name}' if name else ''}"
+def token_line(token: str, models: str = ALL_MODELS, name: str = "", operator: bool = False) -> str:
+    return f"{hash_token(token)} {models}{f' {OPERATOR}' if operator else ''}{f'  {name}' if name else ''}"
 
 
 @dataclass(frozen=True)
 class Grant:
     models: frozenset[str] | None  # None: every model
     name: str
+    operator: bool = False
 
 
 def load_tokens(path: str) -> dict[str, Grant]:
@@ -64,11 +84,13 @@ def load_tokens(path: str) -> dict[str, Grant]:
         match = _LINE.fullmatch(line)
         if match is None:
             raise ValueError(
-                f"--auth-tokens {path}, line {number}: expected '<sha256 hex of the token> <models or *> [name]' "
+                f"--auth-tokens {path}, line {number}: expected '<sha256 hex of the token> <models or *> [{OPERATOR}] [name]' "
                 "(make lines with `rnnserve token`)"
             )
         models = match["models"]
-        grants[match["hash"]] = Grant(None if models == ALL_MODELS else frozenset(models.split(",")), match["name"] or "")
+        grants[match["hash"]] = Grant(
+            None if models == ALL_MODELS else frozenset(models.split(",")), match["name"] or "", bool(match["operator"])
+        )
     if not grants:
         raise ValueError(f"--auth-tokens {path}: no tokens in it, so no call could be made (make one with `rnnserve token`)")
     return grants
@@ -76,18 +98,18 @@ def load_tokens(path: str) -> dict[str, Grant]:
 
 def authorize(model: str) -> None:
     """PERMISSION_DENIED unless the current call's token covers the model."""
-    allowed = _allowed.get()
+    allowed = _caller.get().models
     if allowed is not None and model not in allowed:
         raise PermissionDenied(f"this token does not cover model {model!r}")
 
 
 def allowed_models() -> frozenset[str] | None:
-    return _allowed.get()
+    return _caller.get().models
 
 
 class TokenCheck(grpc.aio.ServerInterceptor):
     """Checks the `authorization: Bearer <token>` metadata of every call but health's, and runs the call's handler
-    with its token's models as the current scope."""
+    as its token's caller."""
 
     def __init__(self, grants: dict[str, Grant]):
         self._grants = grants
@@ -101,36 +123,56 @@ class TokenCheck(grpc.aio.ServerInterceptor):
             return _refusal(handler, NO_TOKEN)
         if header[:7].lower() != "bearer ":
             return _refusal(handler, NOT_BEARER)
-        grant = self._grants.get(hash_token(header[7:].strip()))
+        digest = hash_token(header[7:].strip())
+        grant = self._grants.get(digest)
         if grant is None:
             return _refusal(handler, UNKNOWN_TOKEN)
-        return _scoped(handler, grant.models)
+        identity = Caller(grant.models, f"token:{digest[:16]}", grant.operator)
+        return _as_caller(handler, lambda context: identity)
 
 
-def _scoped(handler: grpc.RpcMethodHandler, models: frozenset[str] | None) -> grpc.RpcMethodHandler:
-    """The handler, run with `models` as the scope its calls are checked against."""
+class CertificateSubjects(grpc.aio.ServerInterceptor):
+    """Under mutual TLS without tokens: every call runs as its client certificate's subject."""
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_SERVICES):
+            return handler
+        return _as_caller(handler, certificate_caller)
+
+
+def certificate_caller(context: grpc.aio.ServicerContext) -> Caller:
+    """The caller a client certificate makes: its subject as the principal (or its common name, where gRPC's
+    authentication context has no subject)."""
+    auth = context.auth_context()
+    subject = (auth.get("x509_subject") or auth.get("x509_common_name") or [b""])[0].decode(errors="replace")
+    return Caller(None, f"cert:{subject}") if subject else ANYONE
+
+
+def _as_caller(handler: grpc.RpcMethodHandler, identify) -> grpc.RpcMethodHandler:
+    """The handler, run as `identify(context)`: the caller its calls are checked against."""
     if handler.unary_unary:
         async def unary_unary(request, context):
-            _allowed.set(models)
+            _caller.set(identify(context))
             return await handler.unary_unary(request, context)
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer, handler.response_serializer)
     if handler.unary_stream:
         async def unary_stream(request, context):
-            _allowed.set(models)
+            _caller.set(identify(context))
             async for response in handler.unary_stream(request, context):
                 yield response
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer, handler.response_serializer)
     if handler.stream_unary:
         async def stream_unary(requests, context):
-            _allowed.set(models)
+            _caller.set(identify(context))
             return await handler.stream_unary(requests, context)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, handler.request_deserializer, handler.response_serializer)
 
     async def stream_stream(requests, context):
-        _allowed.set(models)
+        _caller.set(identify(context))
         async for response in handler.stream_stream(requests, context):
             yield response
 

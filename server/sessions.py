@@ -1,6 +1,9 @@
 """Sessions: a sequence's claim on a slot of its model's state slab, from open to close or expiry.
 
-An ephemeral session lives as long as its call. A named session outlives its stream for an idle TTL so
+An ephemeral session lives as long as its call. Sessions that outlive a call belong to the principal that made them
+(server/security.py): their ids are namespaced by it, so another caller neither finds nor squats them — a session
+of someone else's is NOT_FOUND, as one that never existed, so ids cannot be probed — and only an operator may act
+on anyone's. A named session outlives its stream for an idle TTL so
 a later stream can resume it; at most one stream is attached to it at a time. A KServe sequence is a
 named session keyed by its model and sequence id: `sequence_start` opens it, `sequence_end` or the idle
 TTL ends it, and one request at a time is attached to it.
@@ -9,9 +12,9 @@ TTL ends it, and one request at a time is attached to it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections import OrderedDict
-from collections.abc import Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -20,6 +23,7 @@ import numpy as np
 from rnnserve.server.batcher import StepResult
 from rnnserve.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from rnnserve.server.repository import Model
+from rnnserve.server.security import caller
 from rnnserve.text import IncrementalDecoder
 
 # steps of one long input (a prompt, a chunk, a KServe batch's rows together) run in one engine call: more run in
@@ -41,7 +45,7 @@ class Session:
     model: Model
     slot: int
     kind: str  # "call" (lives as long as one call), "named" (a native session id), "sequence" (a KServe sequence)
-    key: Hashable = None  # its key among the sessions that outlive a call
+    key: tuple | None = None  # among the sessions that outlive a call: ("session", principal, id) or ("sequence", principal, model, id)
     owner: object = None  # the stream whose end ends this sequence, if one started it
     position: int = 0  # steps consumed since creation or the last reset
     replay_until: int = 0  # a resuming client had answers up to here: the steps before it are ones it sends again
@@ -54,7 +58,7 @@ class Session:
     @property
     def ids(self) -> tuple[str, str]:
         """(session id, sequence id) as a client names it: a named session's id, or a KServe sequence's id."""
-        return (self.key, "") if self.kind == "named" else ("", self.key[2]) if self.kind == "sequence" else ("", "")
+        return (self.key[2], "") if self.kind == "named" else ("", self.key[3]) if self.kind == "sequence" else ("", "")
 
     @property
     def described(self) -> str:
@@ -85,9 +89,14 @@ class Session:
         self.decoder = None
 
 
-def sequence_key(model: Model, sequence_id: str) -> tuple[tuple[str, str, str], str]:
-    """A KServe sequence's key among the sessions, and its name in messages."""
-    return ("sequence", model.card.name, sequence_id), f"sequence {sequence_id} of model {model.card.name!r}"
+def sequence_key(model: Model, sequence_id: str) -> tuple[tuple[str, str, str, str], str]:
+    """A KServe sequence of the current caller's: its key among the sessions, and its name in messages."""
+    return ("sequence", caller().principal, model.card.name, sequence_id), f"sequence {sequence_id} of model {model.card.name!r}"
+
+
+def session_key(session_id: str) -> tuple[str, str, str]:
+    """A named session of the current caller's: its key among the sessions."""
+    return ("session", caller().principal, session_id)
 
 
 _tasks: set[asyncio.Task] = set()
@@ -100,23 +109,26 @@ def _background(coroutine) -> None:
     task.add_done_callback(_tasks.discard)
 
 
-def store_key(key) -> str:
-    """A session's key here ("id", or ("sequence", model, id)) as its key in the state store."""
-    return f"sequence:{key[1]}:{key[2]}" if isinstance(key, tuple) else f"session:{key}"
+def store_key(key: tuple) -> str:
+    """A session's key here as its key in the state store: "session:ID" or "sequence:MODEL:ID", after its principal's
+    hash when it has one."""
+    kind, principal, *name = key
+    owner = f"by:{hashlib.sha256(principal.encode()).hexdigest()[:16]}:" if principal else ""
+    return owner + ":".join((kind, *name))
 
 
 class SessionRegistry:
     def __init__(self, ttl_s: float):
         self._ttl_s = ttl_s
         self.store = None  # a StateStore (server/store.py) when sessions outlive the process
-        self._named: dict[Hashable, Session] = {}  # sessions that outlive a call: native ids and KServe sequences
-        self._ended: OrderedDict[Hashable, str] = OrderedDict()  # recently ended keys → why
+        self._named: dict[tuple, Session] = {}  # sessions that outlive a call: native ids and KServe sequences
+        self._ended: OrderedDict[tuple, str] = OrderedDict()  # recently ended keys → why
 
     @asynccontextmanager
     async def attach(self, model: Model, session_id: str = "", resume: bool = False):
         """A session for the duration of one call: created, or resumed by id (from the state store, when it is not
         live here); always detached at the end."""
-        source = await self._refresh(session_id) if resume and session_id else "local"
+        source = await self._refresh(session_key(session_id)) if resume and session_id else "local"
         session = self._resume(model, session_id) if resume else self._open(model, session_id)
         if resume:
             model.metrics.resumed(source)
@@ -134,13 +146,13 @@ class SessionRegistry:
     def live_sessions(self) -> list[Session]:
         return list(self._named.values())
 
-    async def _refresh(self, key: Hashable) -> str:
+    async def _refresh(self, key: tuple) -> str:
         """With a state store, a session about to be resumed is the store's latest: loaded when it is not live here,
         reloaded when another server wrote the store's state (it served the session after this copy was made).
         Where its state now comes from: "store" (loaded) or "local"."""
         if self.store is None:
             return "local"
-        local = self._named.get(key)
+        local = self._lookup(key)
         if local is not None:
             if local.attached or not await self.store.newer_than(local):
                 return "local"
@@ -161,7 +173,7 @@ class SessionRegistry:
         key, name = sequence_key(model, sequence_id)
         if not start and await self._refresh(key) == "store":
             model.metrics.resumed("store")  # a sequence's requests go on locally without counting as resumes
-        session = self._named.get(key)
+        session = self._named.get(key) if start else self._lookup(key)  # a start is always the caller's own
         if session is not None and session.attached:
             raise FailedPrecondition(
                 f"{name} has a request in progress: send a sequence's requests one after another "
@@ -195,7 +207,7 @@ class SessionRegistry:
     def live_sequence(self, model: Model, sequence_id: str) -> Session:
         """A KServe sequence that is live (NOT_FOUND, saying why, when it is not)."""
         key, name = sequence_key(model, sequence_id)
-        session = self._named.get(key)
+        session = self._lookup(key)
         if session is None:
             raise NotFound(f"{name} {self._why_gone(key, 'was never started')}")
         return session
@@ -206,7 +218,7 @@ class SessionRegistry:
         if sequence_id:
             (key, name), kind = sequence_key(model, sequence_id), "sequence"
         else:
-            key, name, kind = session_id, session_id, "named"
+            key, name, kind = session_key(session_id), session_id, "named"
         if key in self._named:
             raise AlreadyExists(f"{self._named[key].described} is live: close or end it first, or restore under another id")
         session = self._create(model, name, kind, key)
@@ -235,7 +247,7 @@ class SessionRegistry:
         """A live named session (NOT_FOUND when there is none by that name)."""
         if not session_id:
             raise InvalidArgument("session_id", "name the session")
-        session = self._named.get(session_id)
+        session = self._lookup(session_key(session_id))
         if session is None:
             raise NotFound(self._unknown(session_id))
         return session
@@ -245,13 +257,13 @@ class SessionRegistry:
             self._free(session, "shutdown")
 
     def _open(self, model: Model, session_id: str) -> Session:
-        if session_id in self._named:
+        if session_key(session_id) in self._named:
             raise AlreadyExists(f"session {session_id!r} already exists: set resume to continue it, or choose another id")
         if session_id:
-            return self._create(model, session_id, "named", session_id)
+            return self._create(model, session_id, "named", session_key(session_id))
         return self._create(model, uuid.uuid4().hex, "call")
 
-    def _create(self, model: Model, session_id: str, kind: str, key: Hashable = None) -> Session:
+    def _create(self, model: Model, session_id: str, kind: str, key: tuple | None = None) -> Session:
         session = Session(session_id, model, model.batcher.allocate(), kind, key)
         if key is not None:
             self._named[key] = session
@@ -262,7 +274,7 @@ class SessionRegistry:
     def _resume(self, model: Model, session_id: str) -> Session:
         if not session_id:
             raise InvalidArgument("start.session_id", "resume continues a named session: set session_id to its name")
-        session = self._named.get(session_id)
+        session = self._lookup(session_key(session_id))
         if session is None:
             raise NotFound(self._unknown(session_id))
         if session.attached:
@@ -308,7 +320,16 @@ class SessionRegistry:
         session.model.batcher.free(session.slot)
         session.model.metrics.session_ended(session.kind, reason)
 
-    def _why_gone(self, key: Hashable, otherwise: str) -> str:
+    def _lookup(self, key: tuple) -> Session | None:
+        """The live session under `key`; for an operator, also another principal's of that kind and id, when there is
+        exactly one."""
+        session = self._named.get(key)
+        if session is None and caller().operator:
+            others = [s for k, s in self._named.items() if k[0] == key[0] and k[2:] == key[2:]]
+            session = others[0] if len(others) == 1 else None
+        return session
+
+    def _why_gone(self, key: tuple, otherwise: str) -> str:
         reason = self._ended.get(key)
         return WHY_GONE[reason].format(ttl=self._ttl_s) if reason in WHY_GONE else otherwise
 

@@ -215,7 +215,7 @@ def test_reflection_can_be_turned_off(base_config):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("not a hash *\n", "line 1: expected '<sha256 hex of the token> <models or *> [name]'"),
+        ("not a hash *\n", "line 1: expected '<sha256 hex of the token> <models or *> [scope:operator] [name]'"),
         ("# only a comment\n", "no tokens in it"),
     ],
 )
