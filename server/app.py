@@ -63,11 +63,9 @@ class App:
         )
         await stopping
         store = self.sessions.store
-        if store is not None:  # every live session's latest state, for the servers that go on
-            await store.drain(self.sessions.live_sessions())
+        await store.drain(self.sessions.live_sessions())  # every live session's latest state, for the servers that go on
         self.sessions.close_all()
-        if store is not None:
-            await store.close()
+        await store.close()
         await self.repository.close()
         if self.metrics_server is not None:
             self.metrics_server.stop()
@@ -107,21 +105,22 @@ async def _serve_on(server: grpc.aio.Server, port: int, config: ServerConfig, io
     metrics = Metrics()
     repository = Repository.load(config, io_binding, metrics)
     repository.start()
-    sessions = SessionRegistry(config.session_ttl_s)
     inputs = Inputs(config)
     in_flight = InFlight()
-    snapshots = Snapshots(repository, sessions, key)
+    snapshots = Snapshots(repository, key)
     health_servicer = health.aio.HealthServicer()
+    store = None
     if config.state_store:
 
         def store_health(up: bool) -> None:  # the store's own health service: the server stays SERVING without it
             status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
             asyncio.ensure_future(health_servicer.set(STORE_SERVICE_NAME, status))
 
-        sessions.store = StateStore(
+        store = StateStore(
             config.state_store, config.session_ttl_s, config.state_lease_s, config.state_write_interval_ms / 1000, snapshots,
             metrics, on_health=store_health,
         )
+    sessions = SessionRegistry(config.session_ttl_s, snapshots, store)
     rnnserve_pb2_grpc.add_RnnServeServicer_to_server(NativeServicer(repository, InferenceService(sessions, inputs), snapshots, metrics, in_flight), server)
     kserve = KServeServicer(repository, TensorService(sessions, inputs), config, metrics, in_flight)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, server)

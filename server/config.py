@@ -46,7 +46,10 @@ class ServerConfig:
         "", "redis://HOST:PORT/DB: named sessions and KServe sequences are written there after every answer and resume on "
         "any server that shares it (pip install 'rnnserve[store]')"
     )
-    state_lease_s: float = option(10.0, "with --state-store: how long a server's hold on a session outlives its last write")
+    state_lease_s: float = option(
+        10.0, "with --state-store: how long a server's hold on a session outlives its last write or renewal (renewed while "
+        "its stream is open); a store that is new or came back empty gives out no session for this long"
+    )
     state_write_interval_ms: float = option(
         50.0, "with --state-store: the least time between two writes to the store; a busy server writes every session "
         "answered meanwhile in one, so the store costs less, and a server killed without warning loses at most this much "

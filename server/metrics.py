@@ -90,8 +90,13 @@ class Metrics:
             MODEL, registry=registry,
         )
         self.store_writes = Counter(
-            "rnnserve_state_store_writes", "Session states written to the state store, by result (ok, failed).", ["result"],
+            "rnnserve_state_store_writes", "Session states written to the state store, by result (ok; failed: not reached; refused: the session "
+            "is another server's now).", ["result"],
             registry=registry,
+        )
+        self.store_lost = Counter(
+            "rnnserve_state_store_lost_sessions", "Sessions this server stopped serving because another server took them "
+            "over (its hold ran out, or the store forgot it): their writes or renewals were refused.", registry=registry,
         )
         self.store_reads = Counter(
             "rnnserve_state_store_reads", "Resumes that looked in the state store, by result (found, missing).", ["result"],

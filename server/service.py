@@ -81,10 +81,12 @@ class InferenceService:
         if chunk.reset:
             session.reset()
         if not tokens:
+            await self.sessions.confirm(session)
             self.sessions.answered(session)
             return ChunkResult(session.id, session.position, behind=behind)
         result = await session.step(tokens, top_k)
         session.decoder = session.decoder or IncrementalDecoder(model.tokenizer)
+        await self.sessions.confirm(session)  # with a state store: still this server's to answer
         self.sessions.answered(session)  # a named session's new state goes to the state store, if there is one
         return ChunkResult(
             session.id, session.position, step_predictions(model, tokens, session.decoder, result),

@@ -12,7 +12,6 @@ TTL ends it, and one request at a time is attached to it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import uuid
 from collections import OrderedDict
 from contextlib import asynccontextmanager
@@ -24,6 +23,8 @@ from rnnserve.server.batcher import StepResult
 from rnnserve.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from rnnserve.server.repository import Model
 from rnnserve.server.security import caller
+from rnnserve.server.session_store import NullStore, SessionStore, store_key
+from rnnserve.server.snapshots import Snapshot, Snapshots
 from rnnserve.text import IncrementalDecoder
 
 # steps of one long input (a prompt, a chunk, a KServe batch's rows together) run in one engine call: more run in
@@ -36,6 +37,7 @@ WHY_GONE = {
     "restarted": "was started again",
     "stream_closed": "was ended when the ModelStreamInfer stream that started it closed",
     "closed": "was closed",
+    "lost": "was taken over by another server (its hold here ran out): resume it there, or here once that one lets go",
 }
 
 
@@ -50,6 +52,9 @@ class Session:
     position: int = 0  # steps consumed since creation or the last reset
     replay_until: int = 0  # a resuming client had answers up to here: the steps before it are ones it sends again
     store_mark: bytes | None = None  # loaded from a state store: the mark ("position writer") it was loaded at
+    epoch: int = 0  # with a state store: the fencing token of this server's hold on it (0: none yet)
+    held_until: float = 0.0  # time.monotonic() until which the hold is known to be this server's
+    lost: bool = False  # another server has taken it: this one answers nothing more of it
     attached: bool = True
     live: bool = True  # false once it has ended: its slot may be another session's
     expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
@@ -109,18 +114,12 @@ def _background(coroutine) -> None:
     task.add_done_callback(_tasks.discard)
 
 
-def store_key(key: tuple) -> str:
-    """A session's key here as its key in the state store: "session:ID" or "sequence:MODEL:ID", after its principal's
-    hash when it has one."""
-    kind, principal, *name = key
-    owner = f"by:{hashlib.sha256(principal.encode()).hexdigest()[:16]}:" if principal else ""
-    return owner + ":".join((kind, *name))
-
-
 class SessionRegistry:
-    def __init__(self, ttl_s: float):
+    def __init__(self, ttl_s: float, snapshots: Snapshots, store: SessionStore | None = None):
+        """`snapshots` turns sessions into blobs and back; `store`, where they outlive the process (none: NullStore)."""
         self._ttl_s = ttl_s
-        self.store = None  # a StateStore (server/store.py) when sessions outlive the process
+        self._snapshots = snapshots
+        self.store: SessionStore = store or NullStore()
         self._named: dict[tuple, Session] = {}  # sessions that outlive a call: native ids and KServe sequences
         self._ended: OrderedDict[tuple, str] = OrderedDict()  # recently ended keys → why
 
@@ -140,8 +139,13 @@ class SessionRegistry:
 
     def answered(self, session: Session) -> None:
         """A message of the session was answered: the store, if there is one, gets its new state."""
-        if self.store is not None:
-            self.store.answered(session)
+        self.store.answered(session)
+
+    async def confirm(self, session: Session) -> None:
+        """Before an answer of the session leaves: UNAVAILABLE, telling the client to resume, when another server has
+        taken it (this server's hold on it ran out, or the store forgot it and gave it to another)."""
+        if session.key is not None:
+            await self.store.confirm(session)
 
     def live_sessions(self) -> list[Session]:
         return list(self._named.values())
@@ -150,17 +154,21 @@ class SessionRegistry:
         """With a state store, a session about to be resumed is the store's latest: loaded when it is not live here,
         reloaded when another server wrote the store's state (it served the session after this copy was made).
         Where its state now comes from: "store" (loaded) or "local"."""
-        if self.store is None:
-            return "local"
         local = self._lookup(key)
         if local is not None:
             if local.attached or not await self.store.newer_than(local):
                 return "local"
             self._free(local, "superseded")
-        return "store" if await self.store.load(store_key(key)) else "local"
+        stored = await self.store.load(store_key(key))
+        if stored is None:
+            return "local"
+        blob, mark = stored
+        session = await self.restore(self._snapshots.read(blob))
+        session.store_mark = mark  # the state it was loaded from: not newer than itself
+        return "store"
 
     async def _claim(self, session: Session) -> None:
-        if self.store is not None and session.key is not None:
+        if session.key is not None:
             await self.store.claim(session)
 
     @asynccontextmanager
@@ -212,9 +220,27 @@ class SessionRegistry:
             raise NotFound(f"{name} {self._why_gone(key, 'was never started')}")
         return session
 
-    async def restored(self, model: Model, session_id: str, sequence_id: str, position: int, pending: bytes, write) -> Session:
-        """A new named session (or KServe sequence) holding a snapshot's state, waiting for a stream (or request)
-        to resume it within the TTL. `write(slot)` puts the state into its slot."""
+    async def restore(self, snapshot: Snapshot, session_id: str = "", sequence_id: str = "") -> Session:
+        """A new named session (or KServe sequence) of the caller's holding a snapshot's state, under the id it had
+        unless given one, waiting for a stream (or request) to resume it within the TTL."""
+        header, model = snapshot.header, snapshot.model
+        if not session_id and not sequence_id:
+            session_id, sequence_id = header["session_id"], header["sequence_id"]
+        session = await self._restored(
+            model, session_id, sequence_id, header["position"], bytes.fromhex(header["pending"]),
+            lambda slot: model.batcher.write_state(slot, snapshot.state),
+        )
+        model.metrics.snapshot_restored()
+        return session
+
+    async def fork(self, session: Session, session_id: str = "", sequence_id: str = "") -> Session:
+        """A copy under a new id (a new named session id is made up when none is given)."""
+        if not session_id and not sequence_id:
+            session_id = uuid.uuid4().hex
+        return await self.restore(self._snapshots.read(await self._snapshots.snapshot(session)), session_id, sequence_id)
+
+    async def _restored(self, model: Model, session_id: str, sequence_id: str, position: int, pending: bytes, write) -> Session:
+        """`write(slot)` puts the state into the new session's slot."""
         if sequence_id:
             (key, name), kind = sequence_key(model, sequence_id), "sequence"
         else:
@@ -294,10 +320,11 @@ class SessionRegistry:
         session.attached = False
         if session.key is None:
             self._free(session, "end")
+        elif session.lost:  # another server serves it now: this copy is stale
+            self._free(session, "lost")
         elif self._named.get(session.key) is session:
             session.expiry = asyncio.get_running_loop().call_later(self._ttl_s, self._expire, session)
-            if self.store is not None:  # another server may take it over now
-                _background(self.store.release(session))
+            _background(self.store.release(session))  # another server may take it over now
 
     def _expire(self, session: Session) -> None:
         if not session.attached and self._named.get(session.key) is session:
@@ -314,8 +341,9 @@ class SessionRegistry:
         if session.expiry is not None:
             session.expiry.cancel()
         session.live = False
-        if self.store is not None and session.key is not None and reason not in ("expired", "shutdown", "superseded"):
-            # expired: its key in the store expires too; shutdown: kept for other servers; superseded: the store's is newer
+        if session.key is not None and reason not in ("expired", "shutdown", "superseded", "lost"):
+            # expired: its key in the store expires too; shutdown: kept for other servers; superseded: the store's is
+            # newer; lost: the store is another server's to write
             _background(self.store.forget(session))
         session.model.batcher.free(session.slot)
         session.model.metrics.session_ended(session.kind, reason)

@@ -22,13 +22,16 @@ import hmac
 import json
 import math
 import struct
-import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rnnserve.server.errors import FailedPrecondition, InvalidArgument
 from rnnserve.server.repository import Model, Repository
-from rnnserve.server.sessions import Session, SessionRegistry
+
+if TYPE_CHECKING:  # the registry makes sessions of snapshots: it imports this module
+    from rnnserve.server.sessions import Session
 
 MAGIC = b"RNNSNAP\0"
 FORMAT = 1
@@ -152,18 +155,22 @@ def check_fits(header: dict, state: dict[str, np.ndarray], model: Model) -> None
             raise InvalidArgument(f"blob.state.{name}", "holds values that are not finite (NaN or infinity): refused")
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A blob read and checked: the model it is of, its header and its state, ready to become a session."""
+
+    model: Model
+    header: dict
+    state: dict[str, np.ndarray]
+
+
 class Snapshots:
-    def __init__(self, repository: Repository, sessions: SessionRegistry, key: bytes | None = None):
+    """Sessions ⇄ blobs (the registry makes sessions of them: server/sessions.py)."""
+
+    def __init__(self, repository: Repository, key: bytes | None = None):
         """`key`: --snapshot-key's, which signs every blob this server makes and must sign every blob it restores."""
         self._repository = repository
-        self._sessions = sessions
         self._key = key
-
-    def find(self, session_id: str, model: Model | None, sequence_id: str) -> Session:
-        """A live named session, or a live KServe sequence of `model`."""
-        if sequence_id:
-            return self._sessions.live_sequence(model, sequence_id)
-        return self._sessions.named(session_id)
 
     def header(self, blob: bytes) -> dict:
         """A blob's header, checked (to authorize its model before anything else)."""
@@ -181,7 +188,8 @@ class Snapshots:
         model.metrics.snapshot_taken()
         return pack(header, state, self._key)
 
-    async def restore(self, blob: bytes, session_id: str = "", sequence_id: str = "") -> Session:
+    def read(self, blob: bytes) -> Snapshot:
+        """The blob, checked against its schema and against the model it names, as served here."""
         header, state = unpack(blob, self._key)
         model = self._repository.get(header["model"], header["version"])
         if model.digest != header["model_sha256"]:
@@ -190,17 +198,4 @@ class Snapshots:
                 f"(SHA-256 {header['model_sha256'][:12]}…, this server's is {model.digest[:12]}…): restore it where that file is served"
             )
         check_fits(header, state, model)
-        if not session_id and not sequence_id:  # under the id it had
-            session_id, sequence_id = header["session_id"], header["sequence_id"]
-        session = await self._sessions.restored(
-            model, session_id, sequence_id, header["position"], bytes.fromhex(header["pending"]),
-            lambda slot: model.batcher.write_state(slot, state),
-        )
-        model.metrics.snapshot_restored()
-        return session
-
-    async def fork(self, session: Session, session_id: str = "", sequence_id: str = "") -> Session:
-        """A copy under a new id (a new named session id is made up when none is given)."""
-        if not session_id and not sequence_id:
-            session_id = uuid.uuid4().hex
-        return await self.restore(await self.snapshot(session), session_id, sequence_id)
+        return Snapshot(model, header, state)

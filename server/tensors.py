@@ -39,6 +39,7 @@ class TensorService:
                 model, sequence.id, sequence.start, sequence.end, request.owner, sequence.position
             ) as session:
                 results = [await _run_row(session, rows[0], starts[0])]
+                await self.sessions.confirm(session)  # with a state store: still this server's to answer
                 if not sequence.end:
                     self.sessions.answered(session)  # its new state goes to the state store, if there is one
             return TensorResult(model, _stacked(model, results), session.position)

@@ -131,12 +131,12 @@ def test_a_container_serves_both_apis_turns_healthy_and_drains_on_docker_stop(im
 
 def test_a_container_keeps_its_sessions_in_a_state_store(image, models, redis_server, base_config):
     """The image has the store's client: a session streamed in the container goes on exactly in another server."""
-    with container(image, models, RNNSERVE_STATE_STORE=redis_server.url) as (_, target):
+    with container(image, models, RNNSERVE_STATE_STORE=redis_server.url, RNNSERVE_STATE_LEASE_S=1) as (_, target):
         with RnnServeClient(target) as in_container:
             uninterrupted = distributions(in_container.stream("lstm", [FIRST, SECOND]))
             before = list(in_container.stream("lstm", [FIRST], session_id="boxed"))
         redis_server.wait_for_position("session:boxed", len(FIRST))
-    with ServerThread(replace(base_config, state_store=redis_server.url)) as elsewhere, elsewhere.client() as outside:
+    with ServerThread(replace(base_config, state_store=redis_server.url, state_lease_s=1.0)) as elsewhere, elsewhere.client() as outside:
         after = list(outside.stream("lstm", [SECOND], session_id="boxed", resume=True))
     assert np.abs(distributions(before + after) - uninterrupted).max() < 1e-6
 

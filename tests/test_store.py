@@ -17,7 +17,7 @@ FIRST, SECOND = "The server keeps ", "the state between messages."
 
 @pytest.fixture
 def two_servers(base_config, redis_server):
-    config = replace(base_config, state_store=redis_server.url, state_lease_s=5.0, metrics_port=0)
+    config = replace(base_config, state_store=redis_server.url, state_lease_s=2.0, metrics_port=0)
     with ServerThread(config) as a, ServerThread(config) as b:
         yield a, b
 
@@ -114,7 +114,7 @@ def test_a_kserve_client_that_is_ahead_of_the_store_is_told_where_to_replay_from
 
 
 def test_a_store_that_stops_never_fails_a_live_session(base_config, redis_server):
-    with ServerThread(replace(base_config, state_store=redis_server.url, metrics_port=0)) as running, running.client() as client:
+    with ServerThread(replace(base_config, state_store=redis_server.url, state_lease_s=1.0, metrics_port=0)) as running, running.client() as client:
         expected = distributions(client.stream("lstm", [FIRST, SECOND, FIRST]))
         redis_server.stop()
         got = distributions(client.stream("lstm", [FIRST, SECOND, FIRST], session_id="through-outage"))
@@ -131,7 +131,7 @@ def test_a_store_that_stops_never_fails_a_live_session(base_config, redis_server
 
 
 def test_a_busy_session_is_written_once_per_interval_and_its_latest_state_wins(base_config, redis_server):
-    config = replace(base_config, state_store=redis_server.url, state_write_interval_ms=2000, metrics_port=0)
+    config = replace(base_config, state_store=redis_server.url, state_lease_s=1.0, state_write_interval_ms=2000, metrics_port=0)
     with ServerThread(config) as running, running.client() as client:
         list(client.stream("lstm", list(FIRST), session_id="chatty"))  # a message per character, answered at once
         redis_server.wait_for_position("session:chatty", len(FIRST))

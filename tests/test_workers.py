@@ -88,7 +88,7 @@ def test_with_a_state_store_a_session_resumes_on_either_worker(repository, clien
     redis, port = Redis(free_port()).start(), free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "rnnserve", "serve", "--repository", str(repository), "--port", str(port), "--workers", "2",
-         "--state-store", redis.url],
+         "--state-store", redis.url, "--state-lease-s", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     chunks = ["The ", "server ", "keeps ", "the ", "state ", "between ", "workers."]

@@ -111,19 +111,21 @@ class NativeServicer(pb_grpc.RnnServeServicer):
         if request.session_id and request.sequence_id:
             raise InvalidArgument("session_id", "restore under a session_id or a sequence_id, not both")
         authorize(self._snapshots.header(request.blob)["model"])
-        return session_info(await self._snapshots.restore(request.blob, request.session_id, request.sequence_id))
+        snapshot = self._snapshots.read(request.blob)
+        return session_info(await self._service.sessions.restore(snapshot, request.session_id, request.sequence_id))
 
     @unary
     async def ForkSession(self, request: pb.ForkSessionRequest, context) -> pb.SessionInfo:
         session = self._live(request.source)
-        return session_info(await self._snapshots.fork(session, request.session_id, request.sequence_id))
+        return session_info(await self._service.sessions.fork(session, request.session_id, request.sequence_id))
 
     def _live(self, ref: pb.SessionRef):
         """The live named session or KServe sequence a request names, if its token covers the model."""
         if bool(ref.session_id) == bool(ref.sequence_id):
             raise InvalidArgument("session_id", "name a session (session_id), or a KServe sequence (model and sequence_id)")
         model = looked_up(self._repository, ref.model, ref.version) if ref.sequence_id else None
-        session = self._snapshots.find(ref.session_id, model, ref.sequence_id)
+        sessions = self._service.sessions
+        session = sessions.live_sequence(model, ref.sequence_id) if ref.sequence_id else sessions.named(ref.session_id)
         authorize(session.model.card.name)
         return session
 
