@@ -33,7 +33,7 @@ from rnnserve.v1 import rnnserve_pb2, rnnserve_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_MARGIN_S = 2.0  # after the grace period, the time calls have to receive the shutdown's message
+SHUTDOWN_MARGIN_S = 2.0  # after the grace period, the most time calls have to send the shutdown's message
 SERVICE_NAME = rnnserve_pb2.DESCRIPTOR.services_by_name["RnnServe"].full_name
 STORE_SERVICE_NAME = "rnnserve.StateStore"  # its health: NOT_SERVING while the state store takes no writes
 KSERVE_SERVICE_NAME = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -59,8 +59,10 @@ class App:
         stopping = asyncio.create_task(self.server.stop(grace_s + SHUTDOWN_MARGIN_S))
         await self.in_flight.end_all(
             grace_s, f"the server is shutting down and this call did not finish within its {grace_s:g} s grace period: "
-            "retry once it is back, or on another replica (with --state-store, sessions and sequences resume there)"
+            "retry once it is back, or on another replica (with --state-store, sessions and sequences resume there)",
+            SHUTDOWN_MARGIN_S,
         )
+        await self.server.stop(0)  # what is left is not ours (health watches, reflection): it need not wait for the margin
         await stopping
         store = self.sessions.store
         await store.drain(self.sessions.live_sessions())  # every live session's latest state, for the servers that go on

@@ -21,10 +21,14 @@ class InFlight:
         finally:
             self._calls.discard(task)
 
-    async def end_all(self, grace_s: float, message: str) -> None:
-        """Waits up to `grace_s` for the open calls, then ends the rest with `message`."""
+    async def end_all(self, grace_s: float, message: str, ending_s: float) -> None:
+        """Waits up to `grace_s` for the open calls, then ends the rest with `message`, and waits up to `ending_s` for
+        them to have sent it."""
         if self._calls:
             await asyncio.wait(list(self._calls), timeout=grace_s)
         self.ending = message
-        for task in list(self._calls):
+        ending = list(self._calls)
+        for task in ending:
             task.cancel()
+        if ending:
+            await asyncio.wait(ending, timeout=ending_s)
