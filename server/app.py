@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from rnnserve.errors import UsageError
 from rnnserve.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from rnnserve.server import logs
+from rnnserve.server.api.decoding import UndecodableMessages
 from rnnserve.server.api.in_flight import InFlight
 from rnnserve.server.api.kserve import KServeServicer
 from rnnserve.server.api.native import NativeServicer
@@ -76,11 +77,13 @@ class App:
 async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
     """Binds the port, loads every model and starts serving; returns once serving. The port is bound first, so a
     busy port is reported at once, before minutes of model loading."""
+    metrics = Metrics()
+    interceptors: list[grpc.aio.ServerInterceptor] = [UndecodableMessages(metrics)]
     try:
         if config.auth_tokens:
-            interceptors = [TokenCheck(load_tokens(config.auth_tokens))]
-        else:  # under mutual TLS, sessions belong to the client certificate's subject
-            interceptors = [CertificateSubjects()] if config.tls_client_ca else []
+            interceptors.append(TokenCheck(load_tokens(config.auth_tokens)))
+        elif config.tls_client_ca:  # under mutual TLS, sessions belong to the client certificate's subject
+            interceptors.append(CertificateSubjects())
         credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca) if config.tls_cert else None
     except ValueError as err:
         raise UsageError(str(err)) from None
@@ -96,15 +99,14 @@ async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
             "choose another --port, or stop what holds it"
         )
     try:
-        return await _serve_on(server, port, config, io_binding)
+        return await _serve_on(server, port, config, io_binding, metrics)
     except BaseException:
         await server.stop(None)
         raise
 
 
-async def _serve_on(server: grpc.aio.Server, port: int, config: ServerConfig, io_binding: bool | None) -> App:
+async def _serve_on(server: grpc.aio.Server, port: int, config: ServerConfig, io_binding: bool | None, metrics: Metrics) -> App:
     key = snapshot_key(config.snapshot_key)  # before minutes of model loading
-    metrics = Metrics()
     repository = Repository.load(config, io_binding, metrics)
     repository.start()
     inputs = Inputs(config)

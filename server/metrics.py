@@ -94,6 +94,10 @@ class Metrics:
             "is another server's now).", ["result"],
             registry=registry,
         )
+        self.undecodable_messages = Counter(
+            "rnnserve_undecodable_messages", "Messages that were not the protobuf their method takes (answered "
+            "INVALID_ARGUMENT).", ["method"], registry=registry,
+        )
         self.store_lost = Counter(
             "rnnserve_state_store_lost_sessions", "Sessions this server stopped serving because another server took them "
             "over (its hold ran out, or the store forgot it): their writes or renewals were refused.", registry=registry,

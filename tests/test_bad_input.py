@@ -7,7 +7,7 @@ import grpc
 import pytest
 
 from rnnserve.v1 import rnnserve_pb2 as pb
-from tests.helpers import active_sessions_settled, status_of
+from tests.helpers import active_sessions_settled, scrape, status_of
 
 PROMPT = "The "
 
@@ -169,3 +169,24 @@ def test_infer_bad_input(client):
     check(lambda: client.infer("lstm", ""), grpc.StatusCode.INVALID_ARGUMENT, "empty")
     check(lambda: client.infer("lstm", [999]), grpc.StatusCode.INVALID_ARGUMENT, "tokens[0]")
     check(lambda: client.infer("gru", "☃"), grpc.StatusCode.INVALID_ARGUMENT, "'☃'")
+
+
+def test_undecodable_messages_are_refused_counted_and_logged_once_without_a_traceback(make_server, caplog):
+    import logging
+
+    running = make_server(metrics_port=0)
+    answers = []
+    with grpc.insecure_channel(running.target) as channel, caplog.at_level(logging.INFO):
+        for method in ("/rnnserve.v1.RnnServe/Infer", "/inference.GRPCInferenceService/ModelInfer"):
+            for _ in range(100):
+                answers.append(status_of(lambda: channel.unary_unary(method)(b"\xff\xff\xff", timeout=10)))
+        for method in ("/rnnserve.v1.RnnServe/Stream", "/inference.GRPCInferenceService/ModelStreamInfer"):
+            answers.append(status_of(lambda: list(channel.stream_stream(method)(iter([b"\xff\xff\xff"]), timeout=10))))
+    assert {a.code() for a in answers} == {grpc.StatusCode.INVALID_ARGUMENT}
+    assert all("is not a valid " in a.details() and "(protobuf)" in a.details() for a in answers), answers[-1].details()
+    assert "rnnserve.v1.InferRequest" in answers[0].details() and "inference.ModelStreamInferRequest" not in answers[0].details()
+    assert scrape(running, "rnnserve_undecodable_messages_total") == 202
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].exc_info is None, [r.getMessage() for r in warnings]
+    with running.client() as client:
+        assert client.infer("lstm", "abc").steps  # the server goes on

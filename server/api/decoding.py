@@ -1,0 +1,105 @@
+"""Messages that are not the protobuf a method takes: answered INVALID_ARGUMENT naming the message type, counted in
+`rnnserve_undecodable_messages_total{method}`, and logged at most once per interval without a traceback — anyone
+can send bytes that do not parse, and gRPC alone would answer UNKNOWN and log a traceback for each."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from rnnserve.server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+LOG_INTERVAL_S = 10.0
+
+
+class Undecodable:
+    """What a message that does not parse becomes, for the handler to refuse."""
+
+    __slots__ = ("message_type",)
+
+    def __init__(self, message_type: str):
+        self.message_type = message_type
+
+
+class UndecodableMessages(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: Metrics, interval_s: float = LOG_INTERVAL_S):
+        self._metrics = metrics
+        self._interval_s = interval_s
+        self._logged_at = -interval_s
+        self._unlogged = 0
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse, method = handler.request_deserializer, details.method
+        message_type = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+        message_type = message_type.full_name if message_type is not None else "the method's request"
+
+        def deserialize(raw: bytes):
+            try:
+                return parse(raw)
+            except DecodeError:
+                self._seen(method, message_type)
+                return Undecodable(message_type)
+
+        return _refusing(handler, deserialize)
+
+    def _seen(self, method: str, message_type: str) -> None:
+        self._metrics.undecodable_messages.labels(method).inc()
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._logged_at >= self._interval_s:
+            log.warning(
+                "%d message(s) that are not valid protobuf since the last report (the latest: %s for %s): a client's "
+                "generated code does not match protos/, or it sends something else", self._unlogged, message_type, method,
+            )
+            self._logged_at, self._unlogged = now, 0
+
+
+def _refused(message: Undecodable) -> str:
+    return (f"the message is not a valid {message.message_type} (protobuf): regenerate the client's code from "
+            "rnnserve's protos/, or send what the method takes")
+
+
+async def _checked(requests, context):
+    async for request in requests:
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refused(request))
+        yield request
+
+
+def _refusing(handler: grpc.RpcMethodHandler, deserialize) -> grpc.RpcMethodHandler:
+    """The handler with `deserialize`, refusing what it could not parse."""
+    serialize = handler.response_serializer
+    if handler.unary_unary:
+        async def unary_unary(request, context):
+            if isinstance(request, Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refused(request))
+            return await handler.unary_unary(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, deserialize, serialize)
+    if handler.unary_stream:
+        async def unary_stream(request, context):
+            if isinstance(request, Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refused(request))
+            async for response in handler.unary_stream(request, context):
+                yield response
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, deserialize, serialize)
+    if handler.stream_unary:
+        async def stream_unary(requests, context):
+            return await handler.stream_unary(_checked(requests, context), context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, deserialize, serialize)
+
+    async def stream_stream(requests, context):
+        async for response in handler.stream_stream(_checked(requests, context), context):
+            yield response
+
+    return grpc.stream_stream_rpc_method_handler(stream_stream, deserialize, serialize)
