@@ -189,4 +189,4 @@ def test_undecodable_messages_are_refused_counted_and_logged_once_without_a_trac
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and warnings[0].exc_info is None, [r.getMessage() for r in warnings]
     with running.client() as client:
-        assert client.infer("lstm", "abc").steps  # the server goes on
+        assert len(client.infer("lstm", "abc")) == 3  # the server goes on: a prediction per character
