@@ -86,6 +86,7 @@ if ARGV[5] ~= '' then
 end
 return 1
 """
+WATCH_INTERVAL_S = 1.0
 RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
@@ -119,6 +120,7 @@ class StateStore:
         self._held: dict[Session, None] = {}  # claimed and attached here: renewed while their stream is open
         self._renewer: asyncio.Task | None = None
         metrics.store_up.set(1)
+        self._watcher = asyncio.create_task(self._watch())  # the health reflects the store, busy or idle
         self._claim = self._redis.register_script(CLAIM)
         self._hold = self._redis.register_script(HOLD)
         self._release = self._redis.register_script(RELEASE)
@@ -255,6 +257,17 @@ class StateStore:
         while self._writer is not None and not self._writer.done():
             await asyncio.gather(self._writer, return_exceptions=True)
 
+    async def _watch(self) -> None:
+        """Pings the store every WATCH_INTERVAL_S: an idle server notices it go and come back."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            try:
+                await self._redis.ping()
+            except Exception as err:
+                self._failed("ping", err)
+            else:
+                self._succeeded()
+
     def _succeeded(self) -> None:
         self._failures = 0
         if self.degraded:
@@ -327,6 +340,7 @@ class StateStore:
         return None if blob is None else (blob, mark)
 
     async def close(self) -> None:
+        self._watcher.cancel()
         if self._renewer is not None:
             self._renewer.cancel()
         await self._redis.aclose()

@@ -151,3 +151,37 @@ def test_back_to_back_requests_never_read_a_store_that_is_behind(two_servers):
         ]
         whole = logits_of(stub.ModelInfer(request(tokens=tokens)))[0]
     assert np.abs(np.concatenate(pieces) - whole).max() < 1e-5
+
+
+def test_the_store_health_follows_a_pause_and_a_restart_without_flapping(base_config, redis_server):
+    """Idle, with no session to write: the health service still follows the store — NOT_SERVING after two failed
+    round trips in a row, SERVING at the first that succeeds, and no late NOT_SERVING once the store answers."""
+    import os
+    import signal
+
+    def settles_at(running, wanted: str) -> bool:
+        deadline = time.monotonic() + 15
+        while health(running, "rnnserve.StateStore") != wanted:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
+    with ServerThread(replace(base_config, state_store=redis_server.url, state_lease_s=1.0, metrics_port=0)) as running:
+        assert health(running, "rnnserve.StateStore") == "SERVING"
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            assert settles_at(running, "NOT_SERVING")
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        assert settles_at(running, "SERVING")
+        seen = {health(running, "rnnserve.StateStore") for _ in range(3)}
+        assert seen == {"SERVING"}  # a ping that timed out during the pause does not flip it back
+        redis_server.process.kill()
+        redis_server.process.wait()
+        assert settles_at(running, "NOT_SERVING")
+        redis_server.start()
+        assert settles_at(running, "SERVING")
+        with running.client() as client:  # and the store takes sessions again
+            assert list(client.stream("lstm", [FIRST], session_id="after-restart"))[-1].position == len(FIRST)
+        redis_server.wait_for_position("session:after-restart", len(FIRST))
