@@ -67,14 +67,16 @@ class Metrics:
         self.sessions_ended = Counter(
             "rnnserve_sessions_ended",
             "Sessions ended other than by expiry: end (the call or sequence_end), closed (CloseSession), "
-            "restarted (sequence_start on a live sequence), stream_closed (its ModelStreamInfer ended), shutdown.",
+            "restarted (sequence_start on a live sequence), stream_closed (its ModelStreamInfer ended), shutdown, "
+            "superseded (the state store had a later state, written by another server), lost (another server took it).",
             [*session_kind, "reason"], registry=registry,
         )
         self.sessions_expired = Counter(
             "rnnserve_sessions_expired", "Sessions freed after the idle time-out.", session_kind, registry=registry
         )
         self.snapshots = Counter(
-            "rnnserve_snapshots", "Session snapshots: taken (SnapshotSession, ForkSession) and restored (RestoreSession, ForkSession).",
+            "rnnserve_snapshots", "Session snapshots: taken (SnapshotSession, ForkSession, state store writes) and restored (RestoreSession, "
+            "ForkSession, state store loads).",
             [*MODEL, "event"], registry=registry,
         )
         self.resumes = Counter(
@@ -107,7 +109,8 @@ class Metrics:
             registry=registry,
         )
         self.store_up = Gauge(
-            "rnnserve_state_store_up", "1 while the state store takes writes, 0 while it does not (serving from memory).",
+            "rnnserve_state_store_up", "1 while the state store answers, 0 once two round trips in a row failed (serving "
+            "from memory).",
             registry=registry,
         )
         self.store_latency = Histogram(

@@ -182,7 +182,7 @@ def open_session(path: str, device: Device, threads: int = 0) -> ort.InferenceSe
 
 class Runtime:
     """Runs steps of one model version (and its encoder, if it has one). Not thread-safe: the model's batcher
-    is its only caller, and reads or writes the state slab only on its runtime thread."""
+    is its only caller, and reads or writes the state slab only on the engine's thread (server/batcher.py)."""
 
     def __init__(
         self, session: ort.InferenceSession, card: ModelCard, device: Device, capacity: int, io_binding: bool | None = None,

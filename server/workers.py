@@ -3,7 +3,8 @@
 The kernel (SO_REUSEPORT) hands each new connection to one worker, and a connection stays with it: a
 stream, and every call on the same channel, is served by one process. Each worker has its own models,
 state slab and sessions, so a named session lives in the worker that created it; resuming it on a
-connection the kernel gave to another worker answers NOT_FOUND.
+connection the kernel gave to another worker answers NOT_FOUND — unless the workers share a --state-store, from
+which any of them resumes it.
 """
 
 from __future__ import annotations
