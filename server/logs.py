@@ -1,6 +1,6 @@
 """The server's logs: lines for a person (`--log-format text`, the default) or one JSON object per line for a log
 pipeline (`--log-format json`), which also records every call: its API, method, model, session or sequence, status
-and duration. Lines that announce the server (where it listens) go to stdout; everything else to stderr."""
+duration and, for a session or sequence, its position after the call. Lines that announce the server (where it listens) go to stdout; everything else to stderr."""
 
 from __future__ import annotations
 
@@ -45,9 +45,11 @@ def records_calls() -> bool:
     return _format == "json" and calls.isEnabledFor(logging.INFO)
 
 
-def call(api: str, method: str, model: str, version: str, session: str, status: str, seconds: float) -> None:
+def call(api: str, method: str, model: str, version: str, session: str, status: str, seconds: float, position: int = -1) -> None:
     fields = {"api": api, "method": method, "model": model, "version": version, "session": session, "status": status,
               "duration_ms": round(seconds * 1000, 3)}
+    if position >= 0:  # where the session or sequence is after it
+        fields["position"] = position
     calls.info("%s %s %s", method, model, status, extra={"fields": fields})
 
 

@@ -19,6 +19,7 @@ class Call:
     """What a servicer learns about the call it counts, for the call log."""
 
     session: str = ""  # the session or KServe sequence it ran on, if named
+    position: int = -1  # where that session is after the call (-1: not told)
 
 
 @contextmanager
@@ -40,7 +41,7 @@ def counted(metrics: Metrics, model: Model, api: str, method: str):
         metrics.request_done(model.card.name, model.card.version, api, method, status)
         model.metrics.statistics.request(seconds, not status)
         if logs.records_calls():
-            logs.call(api, method, model.card.name, model.card.version, call.session, status or "OK", seconds)
+            logs.call(api, method, model.card.name, model.card.version, call.session, status or "OK", seconds, call.position)
 
 
 def refused(metrics: Metrics, api: str, method: str, name: str, version: str, err: errors.ServeError) -> None:

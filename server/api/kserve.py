@@ -157,6 +157,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             tensors = tensor_request(model.card, request, owner, wanted)
             call.session = tensors.sequence.id
             result = await self._tensors.run(model, tensors)
+            call.position = -1 if result.position is None else result.position
             return infer_response(request, result, wanted, raw=bool(request.raw_input_contents))
 
     def _model_config(self, card: ModelCard) -> config_pb.ModelConfig:

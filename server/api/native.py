@@ -76,7 +76,7 @@ class NativeServicer(pb_grpc.RnnServeServicer):
             with self._counted(model, "Stream") as call:  # each chunk is one request; the first also opens the stream
                 consume = await stack.enter_async_context(self._service.open_stream(model, stream_start(first.start)))
                 result = await consume(chunk(first))
-                call.session = result.session_id
+                call.session, call.position = result.session_id, result.position
             yield stream_response(result)
             async for request in requests:
                 if request.HasField("start"):
@@ -84,6 +84,7 @@ class NativeServicer(pb_grpc.RnnServeServicer):
                 with self._counted(model, "Stream") as call:
                     call.session = result.session_id
                     result = await consume(chunk(request))
+                    call.position = result.position
                 yield stream_response(result)
 
     @unary
