@@ -1,12 +1,13 @@
 """Sessions: a sequence's claim on a slot of its model's state slab, from open to close or expiry.
 
-An ephemeral session lives as long as its call. Sessions that outlive a call belong to the principal that made them
-(server/security.py): their ids are namespaced by it, so another caller neither finds nor squats them — a session
-of someone else's is NOT_FOUND, as one that never existed, so ids cannot be probed — and only an operator may act
-on anyone's. A named session outlives its stream for an idle TTL so
-a later stream can resume it; at most one stream is attached to it at a time. A KServe sequence is a
-named session keyed by its model and sequence id: `sequence_start` opens it, `sequence_end` or the idle
-TTL ends it, and one request at a time is attached to it.
+An ephemeral session lives as long as its call. A named session outlives its stream for an idle TTL so a later
+stream can resume it; at most one stream is attached to it at a time. A KServe sequence is a named session keyed by
+its model and sequence id: `sequence_start` opens it, `sequence_end` or the idle TTL ends it, and one request at a
+time is attached to it.
+
+Sessions that outlive a call belong to the principal that made them (server/security.py): their ids are namespaced
+by it, so another caller neither finds nor squats them — someone else's session is NOT_FOUND, in the words a
+never-made id gets, so ids cannot be probed — and only an operator may act on anyone's.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from rnnserve.server.metrics import Metrics
 log = logging.getLogger(__name__)
 
 LOG_INTERVAL_S = 10.0
+OUR_SERVICES = ("/rnnserve.v1.", "/inference.")
 
 
 class Undecodable:
@@ -35,8 +36,8 @@ class UndecodableMessages(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
-        if handler is None or handler.request_deserializer is None:
-            return handler
+        if handler is None or handler.request_deserializer is None or not details.method.startswith(OUR_SERVICES):
+            return handler  # health and reflection are grpc's own, written in its other style (context.write)
         parse, method = handler.request_deserializer, details.method
         message_type = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
         message_type = message_type.full_name if message_type is not None else "the method's request"
