@@ -78,7 +78,7 @@ class Session:
         if self.position < self.replay_until:
             self.model.metrics.chunk_replayed()
         batcher = self.model.batcher
-        if len(tokens) <= piece:
+        if len(tokens) <= piece or not self.model.card.streaming:  # a bidirectional model reads its input whole
             result = await batcher.step(self.slot, tokens, top_k)
         else:
             result = StepResult.joined([await batcher.step(self.slot, tokens[i : i + piece], top_k) for i in range(0, len(tokens), piece)])

@@ -101,8 +101,16 @@ class StateStore:
                  on_health=None):
         """`on_health(up)` is told when the store stops or starts answering (the health service reports it)."""
         import redis.asyncio as redis  # the store extra: pip install 'rnnserve[store]'
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as Disconnected
+        from redis.asyncio.retry import Retry
 
-        self._redis = redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        # a connection that Redis dropped (it restarted) is retried once on a new one; a timeout is not retried (a
+        # paused Redis would make every call wait twice)
+        self._redis = redis.from_url(
+            url, socket_timeout=2.0, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 1, supported_errors=(Disconnected,)),
+            retry_on_error=[Disconnected],
+        )
         self._url = url
         self._ttl_ms = int(ttl_s * 1000)
         self._lease_s = lease_s

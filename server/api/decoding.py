@@ -89,7 +89,7 @@ def _refusing(handler: grpc.RpcMethodHandler, deserialize) -> grpc.RpcMethodHand
         async def unary_stream(request, context):
             if isinstance(request, Undecodable):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refused(request))
-            async for response in handler.unary_stream(request, context):
+            async for response in _responses(handler.unary_stream(request, context)):
                 yield response
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, deserialize, serialize)
@@ -100,7 +100,17 @@ def _refusing(handler: grpc.RpcMethodHandler, deserialize) -> grpc.RpcMethodHand
         return grpc.stream_unary_rpc_method_handler(stream_unary, deserialize, serialize)
 
     async def stream_stream(requests, context):
-        async for response in handler.stream_stream(_checked(requests, context), context):
+        async for response in _responses(handler.stream_stream(_checked(requests, context), context)):
             yield response
 
     return grpc.stream_stream_rpc_method_handler(stream_stream, deserialize, serialize)
+
+
+async def _responses(answered):
+    """A streaming handler's responses: yielded (a generator), or written with context.write (a coroutine, such as a
+    refusal that only aborts)."""
+    if hasattr(answered, "__aiter__"):
+        async for response in answered:
+            yield response
+    else:
+        await answered
