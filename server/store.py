@@ -101,9 +101,9 @@ class StateStore:
                  on_health=None):
         """`on_health(up)` is told when the store stops or starts answering (the health service reports it)."""
         import redis.asyncio as redis  # the store extra: pip install 'rnnserve[store]'
+        from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
         from redis.exceptions import ConnectionError as Disconnected
-        from redis.asyncio.retry import Retry
 
         # a connection that Redis dropped (it restarted) is retried once on a new one; a timeout is not retried (a
         # paused Redis would make every call wait twice)
