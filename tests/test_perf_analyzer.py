@@ -69,7 +69,7 @@ def test_perf_analyzer_drives_a_sequence_model_with_no_input_file(server, triton
     done = subprocess.run(
         [str(binary), "-m", "lstm", "-i", "grpc", "-u", server.target, "--streaming", "--sequence-length", "10",
          "--concurrency-range", "2", "--measurement-interval", "500", "--shape", "tokens:1", "--input-data", "zero",
-         "--max-trials", "20", "-f", str(report)],
+         "--max-trials", "20", "--stability-percentage", "100", "-f", str(report)],  # what is tested is the protocol, not this noisy machine
         capture_output=True, text=True, env=environment, timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
