@@ -37,6 +37,13 @@ from rnnserve.server.sampling import SamplingParams, sample_rows, top_tokens
 log = logging.getLogger(__name__)
 
 MAX_UNREAD_TOKENS = 256  # a generation whose client has not taken this many tokens waits for it to catch up
+# a long input (a prompt, a chunk, a KServe batch's rows) runs in pieces, each a call of its own, so that others'
+# steps run in between (its rows still get one answer each): a piece is as many steps as the engine has measured to
+# take PIECE_BUDGET_S at its number of rows (until measured: PIECE_STEPS steps × rows), and at least PIECE_MIN_STEPS
+# steps × rows; only calls of at least PIECE_MIN_STEPS steps are measured (in shorter ones the call's own cost dominates)
+PIECE_BUDGET_S = 0.002
+PIECE_STEPS = 64
+PIECE_MIN_STEPS = 8
 
 
 @dataclass(slots=True)
@@ -65,6 +72,7 @@ class _Step:
     result: asyncio.Future | None = None  # resolves to this step's StepResult
     top_k: int = 0  # rank the k most probable outputs of each step
     generation: Generation | None = None  # instead of a result: the generation whose next token this step samples
+    parts: list[StepResult] | None = None  # a long input's pieces run so far (the engine thread's)
 
     def wanted(self) -> bool:
         """False once whoever asked for it has gone away: it is skipped."""
@@ -105,12 +113,15 @@ _STOP = object()  # the engine thread's last job
 
 
 class Batcher:
-    def __init__(self, runtime: Runtime, name: str, metrics: ModelMetrics, max_batch: int = 64, max_queue_delay_ms: float = 0.0):
+    def __init__(self, runtime: Runtime, name: str, metrics: ModelMetrics, max_batch: int = 64, max_queue_delay_ms: float = 0.0,
+                 pieces: bool = True):
+        """`pieces`: a long input may run in pieces (not for a model that reads its input whole, a bidirectional one)."""
         self._runtime = runtime
         self._metrics = metrics
         self._name = name
         self._max_batch = max(1, max_batch)
         self._max_queue_delay_s = max_queue_delay_ms / 1000.0
+        self._pieces = pieces
         self._queue: queue.SimpleQueue = queue.SimpleQueue()  # from the event loop to the engine thread
         self._fresh: set[int] = set()  # slots whose next step starts from the initial state
         self._thread = threading.Thread(target=self._work, name=f"engine-{name}", daemon=True)
@@ -120,6 +131,9 @@ class Batcher:
         self._waiting: dict[int, Generation] = {}  # slot → a generation waiting for its client to catch up
         self._reads: list[_Read] = []  # state reads taken with the current batch, run after it
         self._held: _Step | None = None  # a step taken after a read of its slot: the next batch's first
+        self._continuing: list[_Step] = []  # long inputs part-way through: the next batch's first
+        self._deferred: list[_Read] = []  # reads of a slot whose step is part-way: they run once it is done
+        self._step_s: dict[int, float] = {}  # rows of a call (rounded up to a power of two) → seconds per step, measured
         metrics.watch(self._queue.qsize, lambda: runtime.slots_in_use, runtime.capacity)
 
     def start(self) -> None:
@@ -207,10 +221,13 @@ class Batcher:
                 by_length: dict[int, list[_Step]] = defaultdict(list)
                 for job in steps:
                     by_length[job.tokens.size].append(job)
-                for group in by_length.values():
-                    self._run_group(group)
-            if self._reads:  # snapshots of the state these steps left, handed over together
-                self._hand_over(_settle_all, [self._state_result(read) for read in self._reads])
+                for length in sorted(by_length):  # the short first: a step waits for a long input's piece, not the reverse
+                    self._run_group(by_length[length])
+            if self._reads:  # snapshots of the state these steps left, handed over together; not of a step part-way
+                part_way = {job.slot for job in self._continuing}
+                self._deferred = [read for read in self._reads if read.slot in part_way]
+                if done := [read for read in self._reads if read.slot not in part_way]:
+                    self._hand_over(_settle_all, [self._state_result(read) for read in done])
             if barrier is _STOP:
                 return
             if isinstance(barrier, _Encode):
@@ -230,11 +247,13 @@ class Batcher:
                 del self._waiting[slot]
                 self._generating.append(generation)
         steps = [_Step(g.slot, np.array([g.next_input], np.int64), 0.0, generation=g) for g in self._generating if not g.stopped]
-        self._generating = []
-        block = not steps
+        continuing = [job for job in self._continuing if job.wanted()]  # beyond max_batch: queued steps get in beside them
+        self._generating, self._continuing = [], []
+        block = not steps and not continuing
         deadline = time.perf_counter() + self._max_queue_delay_s
-        self._reads = []
-        while len(steps) < self._max_batch:
+        self._reads, self._deferred = self._deferred, []
+        steps += continuing
+        while len(steps) - len(continuing) < self._max_batch:
             if self._held is not None:  # a step that had to wait for a read of its slot
                 job, self._held, block = self._held, None, False
             else:
@@ -287,10 +306,15 @@ class Batcher:
             return job.result, None, RuntimeFailure(f"model {self._name}: state transfer failed: {err}")
 
     def _run_group(self, group: list[_Step]) -> None:
+        """One call for the group's steps, or for their first piece: then they go on in the next batch."""
         slots = [job.slot for job in group]
         fresh = np.array([slot in self._fresh for slot in slots])  # [B]
         self._fresh.difference_update(slots)
         tokens = np.stack([job.tokens for job in group])  # [B, T]
+        piece = self._piece(len(group))
+        if self._pieces and tokens.shape[1] > piece:
+            self._run_piece(group, slots, fresh, tokens[:, :piece])
+            return
         generating = [row for row, job in enumerate(group) if job.generation is not None]
         generations = [group[row].generation for row in generating]
         began = time.perf_counter()
@@ -304,6 +328,7 @@ class Batcher:
             self._hand_over(_fail, group, RuntimeFailure(f"model {self._name}: inference failed: {err}"))
             return
         finished = time.perf_counter()
+        self._measured(len(group), tokens.shape[1], stepped - began)
         # a generation's later steps were never queued (queued 0.0): only queued steps count as waiting
         waits = [began - job.queued for job in group if job.queued]
         self._metrics.batch(tokens.size, len(group), waits, stepped - began, finished - stepped)
@@ -313,7 +338,45 @@ class Batcher:
         for generation, token in zip(generations, written):
             self._advance(generation, token)
         extras = [[output[row, -1] for output in outputs[1:]] if g.extra_outputs else None for row, g in zip(generating, generations)]
-        self._hand_over(_deliver, group, outputs, ranked, generations, written, extras)
+        results = [None if job.result is None else self._result(job, [output[row] for output in outputs], ranked.get(row, ()))
+                   for row, job in enumerate(group)]
+        self._hand_over(_deliver, group, results, generations, written, extras)
+
+    def _run_piece(self, group: list[_Step], slots: list[int], fresh: np.ndarray, tokens: np.ndarray) -> None:
+        """The first steps of a long input; the rest continue in the next batch, and each row gets one answer."""
+        began = time.perf_counter()
+        try:
+            outputs = self._runtime.step(slots, fresh, tokens)
+            ranked = self._rank(outputs[0], group)
+        except Exception as err:
+            log.exception("model %s: step failed", self._name)
+            self._hand_over(_fail, group, RuntimeFailure(f"model {self._name}: inference failed: {err}"))
+            return
+        stepped = time.perf_counter()
+        self._measured(len(group), tokens.shape[1], stepped - began)
+        self._metrics.batch(tokens.size, len(group), [began - job.queued for job in group if job.queued], stepped - began, 0.0)
+        for row, job in enumerate(group):
+            if job.result is not None:
+                job.parts = (job.parts or []) + [StepResult([output[row] for output in outputs], *ranked.get(row, ()))]
+            job.tokens, job.queued = job.tokens[tokens.shape[1] :], 0.0  # the rest; its wait is counted
+        self._continuing.extend(group)
+
+    def _piece(self, rows: int) -> int:
+        """How many steps of a long input to run in one call of `rows` rows."""
+        per_step = self._step_s.get(1 << (rows - 1).bit_length())
+        return max(1, PIECE_MIN_STEPS // rows, int(PIECE_BUDGET_S / per_step) if per_step else PIECE_STEPS // rows)
+
+    def _measured(self, rows: int, steps: int, seconds: float) -> None:
+        if steps < PIECE_MIN_STEPS:
+            return
+        bucket = 1 << (rows - 1).bit_length()
+        per_step = seconds / steps
+        self._step_s[bucket] = per_step if bucket not in self._step_s else 0.8 * self._step_s[bucket] + 0.2 * per_step
+
+    @staticmethod
+    def _result(job: _Step, outputs: list[np.ndarray], ranked: tuple) -> StepResult:
+        result = StepResult(outputs, *ranked)
+        return StepResult.joined([*job.parts, result]) if job.parts else result
 
     def _rank(self, logits: np.ndarray, group: list[_Step]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """row → (ids, probabilities) [T, k] of its steps' k most probable outputs, for every row that asks, at once."""
@@ -367,13 +430,13 @@ def _fail(group: list[_Step], error: Exception) -> None:
             _settle(job.result, None, error)
 
 
-def _deliver(group: list[_Step], outputs: list[np.ndarray], ranked: dict, generations: list[Generation], tokens: list[int],
+def _deliver(group: list[_Step], results: list[StepResult | None], generations: list[Generation], tokens: list[int],
              extras: list) -> None:
     """On the event loop: every row's outputs to the request that waits for them, every generated token to its
     generation."""
-    for row, job in enumerate(group):
+    for job, result in zip(group, results):
         if job.result is not None and not job.result.done():
-            job.result.set_result(StepResult([output[row] for output in outputs], *ranked.get(row, ())))
+            job.result.set_result(result)
     for generation, token, extra in zip(generations, tokens, extras):
         if generation.stopped:
             continue

@@ -28,9 +28,6 @@ from rnnserve.server.session_store import NullStore, SessionStore, store_key
 from rnnserve.server.snapshots import Snapshot, Snapshots
 from rnnserve.text import IncrementalDecoder
 
-# steps of one long input (a prompt, a chunk, a KServe batch's rows together) run in one engine call: more run in
-# pieces, so that a large request makes other sessions wait one piece, not the whole of it
-PIECE_STEPS = 64
 REMEMBERED_ENDINGS = 10_000  # ended ids kept to tell a client why its session or sequence is gone
 WHY_GONE = {
     "expired": "expired: it was idle longer than {ttl:g} s (--session-ttl-s)",
@@ -71,17 +68,12 @@ class Session:
         """The session as messages name it: "session 'talk-1'", or a sequence's "sequence 7 of model 'lstm'"."""
         return self.id if self.kind == "sequence" else f"session {self.id!r}"
 
-    async def step(self, tokens: list[int], top_k: int = 0, piece: int = PIECE_STEPS) -> StepResult:
+    async def step(self, tokens: list[int], top_k: int = 0) -> StepResult:
         """The outputs after each of `tokens` (logits [T, V] and the model's extra outputs, e.g. attention [T, S]),
-        continuing this session's state; with `top_k`, each step's k most probable outputs. An input longer than
-        `piece` runs `piece` steps at a time, so that other sessions' steps run in between."""
+        continuing this session's state; with `top_k`, each step's k most probable outputs."""
         if self.position < self.replay_until:
             self.model.metrics.chunk_replayed()
-        batcher = self.model.batcher
-        if len(tokens) <= piece or not self.model.card.streaming:  # a bidirectional model reads its input whole
-            result = await batcher.step(self.slot, tokens, top_k)
-        else:
-            result = StepResult.joined([await batcher.step(self.slot, tokens[i : i + piece], top_k) for i in range(0, len(tokens), piece)])
+        result = await self.model.batcher.step(self.slot, tokens, top_k)
         self.position += len(tokens)
         return result
 

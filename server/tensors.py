@@ -11,7 +11,7 @@ from rnnserve.server.errors import FailedPrecondition, InvalidArgument, Resource
 from rnnserve.server.inputs import Inputs
 from rnnserve.server.repository import Model
 from rnnserve.server.requests import TensorRequest, TensorResult
-from rnnserve.server.sessions import PIECE_STEPS, Session, SessionRegistry
+from rnnserve.server.sessions import Session, SessionRegistry
 
 
 class TensorService:
@@ -49,17 +49,16 @@ class TensorService:
                 f"inputs: {len(rows)} rows need a session slot each, and model {card.name!r} has {free} of "
                 f"{model.runtime.capacity} free now (--max-sessions): send fewer rows per request"
             )
-        piece = max(1, PIECE_STEPS // len(rows))  # the rows step together, a few steps at a time
         try:
             async with asyncio.TaskGroup() as group:  # one row failing cancels the others, and their slots are freed
-                tasks = [group.create_task(self._run_alone(model, row, start, piece)) for row, start in zip(rows, starts)]
+                tasks = [group.create_task(self._run_alone(model, row, start)) for row, start in zip(rows, starts)]
         except* Exception as failed:
             raise failed.exceptions[0] from None
         return TensorResult(model, _stacked(model, [task.result() for task in tasks]))
 
-    async def _run_alone(self, model: Model, row: list[int], start: dict[str, np.ndarray], piece: int) -> list[np.ndarray] | None:
+    async def _run_alone(self, model: Model, row: list[int], start: dict[str, np.ndarray]) -> list[np.ndarray] | None:
         async with self.sessions.attach(model) as session:
-            return await _run_row(session, row, start, piece)
+            return await _run_row(session, row, start)
 
     def _rows(self, model: Model, request: TensorRequest) -> list[list[int]]:
         if (request.tokens is None) == (not request.texts):
@@ -95,10 +94,10 @@ class TensorService:
         return [self._inputs.encoder_inputs(model, **{encoder.input: start})[0] for start in request.starts]
 
 
-async def _run_row(session: Session, row: list[int], start: dict[str, np.ndarray], piece: int = PIECE_STEPS) -> list[np.ndarray] | None:
+async def _run_row(session: Session, row: list[int], start: dict[str, np.ndarray]) -> list[np.ndarray] | None:
     if start:
         await session.encode(start)
-    return (await session.step(row, piece=piece)).outputs if row else None
+    return (await session.step(row)).outputs if row else None
 
 
 def _stacked(model: Model, results: list[list[np.ndarray] | None]) -> dict[str, np.ndarray]:

@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 
 from rnnserve.inference import grpc_service_pb2_grpc as kserve_grpc
-from rnnserve.server.sessions import PIECE_STEPS
+from rnnserve.server.batcher import PIECE_STEPS
 from tests.helpers import logits_of, request, scrape, scrape_settled, status_of
 
 
