@@ -9,7 +9,7 @@ import numpy as np
 
 from rnnserve.inference import grpc_service_pb2_grpc as kserve_grpc
 from rnnserve.server.batcher import PIECE_STEPS
-from tests.helpers import logits_of, request, scrape, scrape_settled, status_of
+from tests.helpers import distributions, logits_of, request, scrape, scrape_settled, status_of
 
 
 def refused(running, message) -> grpc.RpcError:
@@ -75,3 +75,36 @@ def test_other_clients_are_answered_while_a_large_request_runs(make_server):
     thread.join()
     during = [count for count in seen if 0 < count < length]
     assert during, f"no answer came while the large request ran: the steps it had run at each answer were {seen}"
+
+
+def test_snapshots_taken_while_a_long_chunk_runs_hold_the_state_before_or_after_it(client):
+    """A snapshot read of a slot whose long chunk is part-way waits for the chunk: every snapshot's state is the one
+    its position says (restored and continued, it equals the uninterrupted run from there), never a piece's."""
+    long = [(i * 7) % 90 + 32 for i in range(8000)]
+    list(client.stream("lstm", ["ab"], session_id="long-snap", top_k=3))
+    blobs, running = [], threading.Event()
+    running.set()
+
+    def take() -> None:
+        while running.is_set():
+            blobs.append(client.snapshot_session("long-snap").blob)
+
+    taker = threading.Thread(target=take)
+    taker.start()
+    list(client.stream("lstm", [long], session_id="long-snap", resume=True, top_k=3))
+    running.clear()
+    taker.join()
+    client.close_session("long-snap")
+    expected = {
+        2: distributions(client.stream("lstm", ["ab", "z"], top_k=3))[-1],
+        2 + len(long): distributions(client.stream("lstm", ["ab", long, "z"], top_k=3))[-1],
+    }
+    seen = set()
+    for number, blob in enumerate(blobs):
+        restored = client.restore_session(blob, session_id=f"long-snap-{number}")
+        seen.add(restored.position)
+        assert restored.position in expected, restored.position
+        after = distributions(client.stream("lstm", ["z"], session_id=f"long-snap-{number}", resume=True, top_k=3))[-1]
+        assert np.abs(after - expected[restored.position]).max() < 1e-5, (number, restored.position)
+        client.close_session(f"long-snap-{number}")
+    assert len(blobs) >= 2
