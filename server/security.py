@@ -27,6 +27,7 @@ from pathlib import Path
 import grpc
 
 from rnnserve.pem import CERTIFICATE, PRIVATE_KEY, read_pem
+from rnnserve.server.api.handlers import rewrapped
 from rnnserve.server.errors import PermissionDenied
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/",)  # probes (Kubernetes, docker's HEALTHCHECK) carry no token
@@ -151,32 +152,12 @@ def certificate_caller(context: grpc.aio.ServicerContext) -> Caller:
 
 def _as_caller(handler: grpc.RpcMethodHandler, identify) -> grpc.RpcMethodHandler:
     """The handler, run as `identify(context)`: the caller its calls are checked against."""
-    if handler.unary_unary:
-        async def unary_unary(request, context):
-            _caller.set(identify(context))
-            return await handler.unary_unary(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer, handler.response_serializer)
-    if handler.unary_stream:
-        async def unary_stream(request, context):
-            _caller.set(identify(context))
-            async for response in handler.unary_stream(request, context):
-                yield response
-
-        return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer, handler.response_serializer)
-    if handler.stream_unary:
-        async def stream_unary(requests, context):
-            _caller.set(identify(context))
-            return await handler.stream_unary(requests, context)
-
-        return grpc.stream_unary_rpc_method_handler(stream_unary, handler.request_deserializer, handler.response_serializer)
-
-    async def stream_stream(requests, context):
+    async def enter(request, context):
         _caller.set(identify(context))
-        async for response in handler.stream_stream(requests, context):
-            yield response
+        return request
 
-    return grpc.stream_stream_rpc_method_handler(stream_stream, handler.request_deserializer, handler.response_serializer)
+    return rewrapped(handler, enter)
 
 
 NO_TOKEN = "this server needs a token and none was sent: send the metadata 'authorization: Bearer <token>' (rnnserve's CLI: --token)"

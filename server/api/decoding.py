@@ -10,6 +10,7 @@ import time
 import grpc
 from google.protobuf.message import DecodeError
 
+from rnnserve.server.api.handlers import rewrapped
 from rnnserve.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class UndecodableMessages(grpc.aio.ServerInterceptor):
                 self._seen(method, message_type)
                 return Undecodable(message_type)
 
-        return _refusing(handler, deserialize)
+        return rewrapped(handler, _parsed, _all_parsed, deserialize)  # refusing what it could not parse
 
     def _seen(self, method: str, message_type: str) -> None:
         self._metrics.undecodable_messages.labels(method).inc()
@@ -68,49 +69,16 @@ def _refused(message: Undecodable) -> str:
             "rnnserve's protos/, or send what the method takes")
 
 
+async def _parsed(request, context):
+    if isinstance(request, Undecodable):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refused(request))
+    return request
+
+
+async def _all_parsed(requests, context):
+    return _checked(requests, context)
+
+
 async def _checked(requests, context):
     async for request in requests:
-        if isinstance(request, Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refused(request))
-        yield request
-
-
-def _refusing(handler: grpc.RpcMethodHandler, deserialize) -> grpc.RpcMethodHandler:
-    """The handler with `deserialize`, refusing what it could not parse."""
-    serialize = handler.response_serializer
-    if handler.unary_unary:
-        async def unary_unary(request, context):
-            if isinstance(request, Undecodable):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refused(request))
-            return await handler.unary_unary(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(unary_unary, deserialize, serialize)
-    if handler.unary_stream:
-        async def unary_stream(request, context):
-            if isinstance(request, Undecodable):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refused(request))
-            async for response in _responses(handler.unary_stream(request, context)):
-                yield response
-
-        return grpc.unary_stream_rpc_method_handler(unary_stream, deserialize, serialize)
-    if handler.stream_unary:
-        async def stream_unary(requests, context):
-            return await handler.stream_unary(_checked(requests, context), context)
-
-        return grpc.stream_unary_rpc_method_handler(stream_unary, deserialize, serialize)
-
-    async def stream_stream(requests, context):
-        async for response in _responses(handler.stream_stream(_checked(requests, context), context)):
-            yield response
-
-    return grpc.stream_stream_rpc_method_handler(stream_stream, deserialize, serialize)
-
-
-async def _responses(answered):
-    """A streaming handler's responses: yielded (a generator), or written with context.write (a coroutine, such as a
-    refusal that only aborts)."""
-    if hasattr(answered, "__aiter__"):
-        async for response in answered:
-            yield response
-    else:
-        await answered
+        yield await _parsed(request, context)
