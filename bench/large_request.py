@@ -5,9 +5,10 @@ again; and the server's memory before and after.
     python -m bench.large_request                        # an untrained 2-layer 512 LSTM (needs the [train] extra)
     python -m bench.large_request --rows 64 --max-input-tokens 8192
 
-A long input runs a few steps at a time (server/sessions.py, PIECE_STEPS), so the stream waits for a piece, not for
-the whole request. Prints one JSON line: p50 and p99 of both runs, the ratio of the p99s (target: at most 3×), the
-large requests answered meanwhile, and the server's resident memory before, at its peak and after.
+The engine runs a long input in pieces of about 2 ms while others are served (server/pieces.py), split by rows and
+by steps, so the stream waits for a piece, not for the whole request. Prints one JSON line: p50 and p99 of both
+runs, the ratio of the p99s (target: at most 3×), the large requests answered meanwhile, and the server's resident
+memory before, at its peak and after.
 """
 
 from __future__ import annotations

@@ -31,19 +31,13 @@ import numpy as np
 from rnnserve.server.errors import RuntimeFailure
 from rnnserve.server.generation import Generation
 from rnnserve.server.metrics import ModelMetrics
+from rnnserve.server.pieces import Pieces
 from rnnserve.server.runtime import Runtime
 from rnnserve.server.sampling import SamplingParams, sample_rows, top_tokens
 
 log = logging.getLogger(__name__)
 
 MAX_UNREAD_TOKENS = 256  # a generation whose client has not taken this many tokens waits for it to catch up
-# a long input (a prompt, a chunk, a KServe batch's rows) runs in pieces, each a call of its own, so that others'
-# steps run in between (its rows still get one answer each): a piece is as many steps as the engine has measured to
-# take PIECE_BUDGET_S at its number of rows (until measured: PIECE_STEPS steps × rows), and at least PIECE_MIN_STEPS
-# steps × rows; only calls of at least PIECE_MIN_STEPS steps are measured (in shorter ones the call's own cost dominates)
-PIECE_BUDGET_S = 0.002
-PIECE_STEPS = 64
-PIECE_MIN_STEPS = 8
 
 
 @dataclass(slots=True)
@@ -121,7 +115,7 @@ class Batcher:
         self._name = name
         self._max_batch = max(1, max_batch)
         self._max_queue_delay_s = max_queue_delay_ms / 1000.0
-        self._pieces = pieces
+        self.pieces = Pieces() if pieces else None  # how a long input is split (None: it never is)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()  # from the event loop to the engine thread
         self._fresh: set[int] = set()  # slots whose next step starts from the initial state
         self._thread = threading.Thread(target=self._work, name=f"engine-{name}", daemon=True)
@@ -133,7 +127,6 @@ class Batcher:
         self._held: _Step | None = None  # a step taken after a read of its slot: the next batch's first
         self._continuing: list[_Step] = []  # long inputs part-way through: the next batch's first
         self._deferred: list[_Read] = []  # reads of a slot whose step is part-way: they run once it is done
-        self._step_s: dict[int, float] = {}  # rows of a call (rounded up to a power of two) → seconds per step, measured
         metrics.watch(self._queue.qsize, lambda: runtime.slots_in_use, runtime.capacity)
 
     def start(self) -> None:
@@ -218,11 +211,7 @@ class Batcher:
         while True:
             steps, barrier = self._take_work()
             if steps:
-                by_length: dict[int, list[_Step]] = defaultdict(list)
-                for job in steps:
-                    by_length[job.tokens.size].append(job)
-                for length in sorted(by_length):  # the short first: a step waits for a long input's piece, not the reverse
-                    self._run_group(by_length[length])
+                self._run_round(steps)
             if self._reads:  # snapshots of the state these steps left, handed over together; not of a step part-way
                 part_way = {job.slot for job in self._continuing}
                 self._deferred = [read for read in self._reads if read.slot in part_way]
@@ -305,17 +294,34 @@ class Batcher:
             log.exception("model %s: reading or writing a slot's state failed", self._name)
             return job.result, None, RuntimeFailure(f"model {self._name}: state transfer failed: {err}")
 
-    def _run_group(self, group: list[_Step]) -> None:
-        """One call for the group's steps, or for their first piece: then they go on in the next batch."""
+    def _run_round(self, steps: list[_Step]) -> None:
+        """Runs the steps grouped by length, the short first, so a step waits for a long input's piece, not the
+        reverse. A round runs at most one piece of long inputs: the rest of them wait for the next round."""
+        by_length: dict[int, list[_Step]] = defaultdict(list)
+        for job in steps:
+            by_length[job.tokens.size].append(job)
+        piece_run = False
+        for length in sorted(by_length):
+            group = by_length[length]
+            rows, piece = self.pieces.plan(len(group), length, time.perf_counter()) if self.pieces else (len(group), length)
+            if rows == len(group) and piece == length:
+                self._run_group(group, length)
+            elif piece_run:
+                self._continuing.extend(group)
+            else:
+                piece_run = True
+                self._run_group(group[:rows], piece)
+                self._continuing.extend(group[rows:])
+
+    def _run_group(self, group: list[_Step], steps: int) -> None:
+        """One call for the group's next `steps` steps: all of them, or a piece, after which they go on in the
+        next round and each row is answered once, at its end."""
         slots = [job.slot for job in group]
         fresh = np.array([slot in self._fresh for slot in slots])  # [B]
         self._fresh.difference_update(slots)
-        tokens = np.stack([job.tokens for job in group])  # [B, T]
-        piece = self._piece(len(group))
-        if self._pieces and tokens.shape[1] > piece:
-            self._run_piece(group, slots, fresh, tokens[:, :piece])
-            return
-        generating = [row for row, job in enumerate(group) if job.generation is not None]
+        tokens = np.stack([job.tokens[:steps] for job in group])  # [B, T]
+        whole = steps == group[0].tokens.size
+        generating = [row for row, job in enumerate(group) if job.generation is not None] if whole else []
         generations = [group[row].generation for row in generating]
         began = time.perf_counter()
         try:
@@ -328,10 +334,20 @@ class Batcher:
             self._hand_over(_fail, group, RuntimeFailure(f"model {self._name}: inference failed: {err}"))
             return
         finished = time.perf_counter()
-        self._measured(len(group), tokens.shape[1], stepped - began)
-        # a generation's later steps were never queued (queued 0.0): only queued steps count as waiting
+        if self.pieces:
+            self.pieces.measured(len(group), steps, stepped - began)
+        # a generation's later steps and a piece's rest were never queued (queued 0.0): only queued steps count as waiting
         waits = [began - job.queued for job in group if job.queued]
         self._metrics.batch(tokens.size, len(group), waits, stepped - began, finished - stepped)
+        if self.pieces and whole and any(job.queued or job.generation is not None for job in group):  # not a long input's end
+            self.pieces.others_served(finished)
+        if not whole:
+            for row, job in enumerate(group):
+                if job.result is not None:
+                    job.parts = (job.parts or []) + [StepResult([output[row] for output in outputs], *ranked.get(row, ()))]
+                job.tokens, job.queued = job.tokens[steps:], 0.0
+            self._continuing.extend(group)
+            return
         if generations:
             self._metrics.tokens_generated.inc(len(generations))
         written = sampled.tolist()
@@ -341,37 +357,6 @@ class Batcher:
         results = [None if job.result is None else self._result(job, [output[row] for output in outputs], ranked.get(row, ()))
                    for row, job in enumerate(group)]
         self._hand_over(_deliver, group, results, generations, written, extras)
-
-    def _run_piece(self, group: list[_Step], slots: list[int], fresh: np.ndarray, tokens: np.ndarray) -> None:
-        """The first steps of a long input; the rest continue in the next batch, and each row gets one answer."""
-        began = time.perf_counter()
-        try:
-            outputs = self._runtime.step(slots, fresh, tokens)
-            ranked = self._rank(outputs[0], group)
-        except Exception as err:
-            log.exception("model %s: step failed", self._name)
-            self._hand_over(_fail, group, RuntimeFailure(f"model {self._name}: inference failed: {err}"))
-            return
-        stepped = time.perf_counter()
-        self._measured(len(group), tokens.shape[1], stepped - began)
-        self._metrics.batch(tokens.size, len(group), [began - job.queued for job in group if job.queued], stepped - began, 0.0)
-        for row, job in enumerate(group):
-            if job.result is not None:
-                job.parts = (job.parts or []) + [StepResult([output[row] for output in outputs], *ranked.get(row, ()))]
-            job.tokens, job.queued = job.tokens[tokens.shape[1] :], 0.0  # the rest; its wait is counted
-        self._continuing.extend(group)
-
-    def _piece(self, rows: int) -> int:
-        """How many steps of a long input to run in one call of `rows` rows."""
-        per_step = self._step_s.get(1 << (rows - 1).bit_length())
-        return max(1, PIECE_MIN_STEPS // rows, int(PIECE_BUDGET_S / per_step) if per_step else PIECE_STEPS // rows)
-
-    def _measured(self, rows: int, steps: int, seconds: float) -> None:
-        if steps < PIECE_MIN_STEPS:
-            return
-        bucket = 1 << (rows - 1).bit_length()
-        per_step = seconds / steps
-        self._step_s[bucket] = per_step if bucket not in self._step_s else 0.8 * self._step_s[bucket] + 0.2 * per_step
 
     @staticmethod
     def _result(job: _Step, outputs: list[np.ndarray], ranked: tuple) -> StepResult:

@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 
 from rnnserve.inference import grpc_service_pb2_grpc as kserve_grpc
-from rnnserve.server.batcher import PIECE_STEPS
+from rnnserve.server.pieces import FIRST_ROW_STEPS, Pieces
 from tests.helpers import distributions, logits_of, request, scrape, scrape_settled, status_of
 
 
@@ -45,11 +45,28 @@ def test_more_rows_than_free_slots_are_refused_before_any_takes_one(make_server)
 
 
 def test_a_long_input_in_pieces_equals_it_in_one_call(client, server):
-    tokens = (np.arange(PIECE_STEPS * 3 + 5) % 90 + 32).astype(np.int64)
+    tokens = (np.arange(FIRST_ROW_STEPS * 3 + 5) % 90 + 32).astype(np.int64)
     with grpc.insecure_channel(server.target) as channel:
         whole = logits_of(kserve_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request(tokens=tokens)))[0]
     steps = [s for r in client.stream("lstm", [tokens[i : i + 7].tolist() for i in range(0, len(tokens), 7)], top_k=1) for s in r.steps]
     assert [s.next[0].token_id for s in steps] == whole.argmax(-1).tolist()
+
+
+def test_a_wide_batch_split_by_rows_equals_it_in_one_call(server, make_server):
+    """With a budget no step fits, an [8, 40] batch runs its first piece as 8 rows × 8 steps (nothing is measured
+    yet), then a row at a time, 8 steps a call (the least a piece is), the rows not yet begun waiting beside those
+    part-way: every row's answer is the one it gets in one call."""
+    tokens = (np.arange(8 * 40).reshape(8, 40) * 7 % 90 + 32).astype(np.int64)
+    with grpc.insecure_channel(server.target) as channel:
+        whole = logits_of(kserve_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request(tokens=tokens)))
+    running = make_server(metrics_port=0)
+    running.app.repository.get("lstm").batcher.pieces = Pieces(budget_s=1e-9, idle_budget_s=1e-9)
+    with running.client() as client, grpc.insecure_channel(running.target) as channel:
+        before = client.get_model("lstm").runtime_calls
+        split = logits_of(kserve_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request(tokens=tokens)))
+        calls = client.get_model("lstm").runtime_calls - before
+    assert np.abs(split - whole).max() < 1e-5
+    assert calls >= 1 + 8 * (40 - 8) // 8, f"{calls} onnxruntime calls: the rows were not split"
 
 
 def test_other_clients_are_answered_while_a_large_request_runs(make_server):

@@ -100,14 +100,14 @@ def test_stop_string_ends_generation_and_is_not_returned(client):
 
 
 def test_prompt_is_consumed_in_a_few_runtime_calls(client):
-    from rnnserve.server.batcher import PIECE_MIN_STEPS
+    from rnnserve.server.pieces import MIN_ROW_STEPS
 
     before = client.get_model("rnn").runtime_calls
     client.generate_text("rnn", "x" * 300, temperature=0.0, max_tokens=5)
-    # the 300 prompt tokens in pieces of at least PIECE_MIN_STEPS (not a call per token), then a call per generated
+    # the 300 prompt tokens in pieces of at least MIN_ROW_STEPS (not a call per token), then a call per generated
     # token after the first
     calls = client.get_model("rnn").runtime_calls - before - 4
-    assert 1 <= calls <= -(-300 // PIECE_MIN_STEPS)
+    assert 1 <= calls <= -(-300 // MIN_ROW_STEPS)
 
 
 def test_pieces_arrive_as_they_are_produced(client):
