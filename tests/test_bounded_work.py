@@ -3,12 +3,16 @@ checked before anything runs (RESOURCE_EXHAUSTED naming the limit, nothing stepp
 request runs a few steps at a time, so another client's steps are answered while it runs, not after it."""
 
 import threading
+import time
 
 import grpc
 import numpy as np
 
 from rnnserve.inference import grpc_service_pb2_grpc as kserve_grpc
+from rnnserve.server.batcher import MAX_UNREAD_TOKENS
 from rnnserve.server.pieces import FIRST_ROW_STEPS, Pieces
+from rnnserve.v1 import rnnserve_pb2 as pb
+from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
 from tests.helpers import distributions, logits_of, request, scrape, scrape_settled, status_of
 
 
@@ -125,3 +129,29 @@ def test_snapshots_taken_while_a_long_chunk_runs_hold_the_state_before_or_after_
         assert np.abs(after - expected[restored.position]).max() < 1e-5, (number, restored.position)
         client.close_session(f"long-snap-{number}")
     assert len(blobs) >= 2
+
+
+def test_a_generation_whose_client_does_not_read_waits_for_it(make_server):
+    """A client that reads one message and then nothing: its transport takes only 1 KB ahead of what it reads (no
+    window growth), so once the server's buffers are full the generation runs MAX_UNREAD_TOKENS past what its handler
+    could send and stops there, holding its slot and nothing else. When the client reads again, it goes on: every
+    token is the one a client that reads at once gets."""
+    running = make_server(metrics_port=0)
+    sampling = dict(temperature=1.0, seed=7, max_tokens=4000)
+    with running.client() as client:
+        expected = [t for piece in client.generate("lstm", "x", **sampling) for t in piece.token_ids]
+    assert len(expected) == 4000
+    generated_before = scrape(running, "rnnserve_tokens_generated_total")
+    options = [("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
+    with grpc.insecure_channel(running.target, options=options) as channel:
+        call = pb_grpc.RnnServeStub(channel).Generate(pb.GenerateRequest(model="lstm", prompt="x", sampling=pb.SamplingParams(**sampling)))
+        tokens = list(next(call).token_ids)
+        seen, deadline = [], time.monotonic() + 20
+        while (len(seen) < 5 or len(set(seen[-5:])) > 1) and time.monotonic() < deadline:  # until it stops growing
+            time.sleep(0.1)
+            seen.append(scrape(running, "rnnserve_tokens_generated_total") - generated_before)
+        paused_at = seen[-1]
+        assert len(set(seen[-5:])) == 1, f"the generation never paused: tokens generated over time {seen}"
+        assert MAX_UNREAD_TOKENS <= paused_at < 4 * MAX_UNREAD_TOKENS, seen
+        tokens += [t for piece in call for t in piece.token_ids]
+    assert tokens == expected
