@@ -8,7 +8,8 @@ again; and the server's memory before and after.
 The engine runs a long input in pieces of about 2 ms while others are served (server/pieces.py), split by rows and
 by steps, so the stream waits for a piece, not for the whole request. Prints one JSON line: p50 and p99 of both
 runs, the ratio of the p99s (target: at most 3×), the large requests answered meanwhile, and the server's resident
-memory before, at its peak and after.
+memory before, at its peak and after, which must be within 2 answers + 16 MB of before: what the requests took goes
+back.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from rnnserve.inference import grpc_service_pb2 as kserve_pb
 from rnnserve.inference import grpc_service_pb2_grpc as kserve_grpc
 
 TARGET_P99_RATIO = 3.0
+# what the server may keep after the large requests: the answers' buffers of the last one or two, and allocator slack
+RSS_BOUND_ANSWERS, RSS_BOUND_SLACK_MB = 2, 16
 
 
 def rss_mb(pid: int) -> float:
@@ -45,7 +48,7 @@ def large_requests(target: str, model: str, rows: int, steps: int, stop: threadi
     with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 * 2**20)]) as channel:
         stub = kserve_grpc.GRPCInferenceServiceStub(channel)
         while not stop.is_set():
-            stub.ModelInfer(message, timeout=300)
+            seen["answer_mb"] = stub.ModelInfer(message, timeout=300).ByteSize() / 2**20
             seen["answered"] += 1
             seen["peak_mb"] = max(seen["peak_mb"], rss_mb(pid))
 
@@ -64,7 +67,7 @@ def main() -> None:
         asyncio.run(_server_steps(target, model, 50, "A"))  # warm up
         before_mb = rss_mb(pid)
         unloaded = asyncio.run(_server_steps(target, model, args.steps, "A"))
-        stop, seen = threading.Event(), {"answered": 0, "peak_mb": before_mb}
+        stop, seen = threading.Event(), {"answered": 0, "peak_mb": before_mb, "answer_mb": 0.0}
         loader = threading.Thread(
             target=large_requests, args=(target, model, args.rows, args.max_input_tokens // args.rows, stop, pid, seen)
         )
@@ -76,12 +79,14 @@ def main() -> None:
         time.sleep(0.5)
         after_mb = rss_mb(pid)
     ratio = percentiles(loaded)["p99_ms"] / percentiles(unloaded)["p99_ms"]
+    bound_mb = before_mb + RSS_BOUND_ANSWERS * seen["answer_mb"] + RSS_BOUND_SLACK_MB
     print(json.dumps({
         "bench": "large_request", "model": model, "large_request": [args.rows, args.max_input_tokens // args.rows],
         "unloaded": percentiles(unloaded), "while_large_requests_run": percentiles(loaded),
         "large_requests_answered": seen["answered"], "ratio_p99": round(ratio, 2),
         f"target_p99_{TARGET_P99_RATIO:g}x_met": ratio <= TARGET_P99_RATIO,
         "server_rss_mb": {"before": round(before_mb), "peak": round(seen["peak_mb"]), "after": round(after_mb)},
+        "answer_mb": round(seen["answer_mb"], 1), "rss_after_bound_mb": round(bound_mb), "rss_after_within_bound": after_mb <= bound_mb,
     }))
 
 

@@ -76,3 +76,4 @@ def test_large_request_bench(repository):
     ratio = line["while_large_requests_run"]["p99_ms"] / line["unloaded"]["p99_ms"]
     assert abs(line["ratio_p99"] - ratio) < 0.02 and isinstance(line["target_p99_3x_met"], bool)
     assert set(line["server_rss_mb"]) == {"before", "peak", "after"}
+    assert line["answer_mb"] > 1.9 and line["rss_after_within_bound"], line  # [4, 512, 256] float32 logits: 2 MB
