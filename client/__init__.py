@@ -1,5 +1,5 @@
 """A small Python client for the native rnnserve.v1 API."""
 
-from rnnserve.client.native import RnnServeClient
+from rnnserve.client.native import RnnServeClient, outputs_of, values_tensor
 
-__all__ = ["RnnServeClient"]
+__all__ = ["RnnServeClient", "outputs_of", "values_tensor"]

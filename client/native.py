@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+import numpy as np
+
 from rnnserve.client.channel import open_channel
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
@@ -58,7 +60,7 @@ class RnnServeClient:
     def stream(
         self,
         model: str,
-        chunks: Iterable[str | list[int] | pb.StreamRequest],
+        chunks: Iterable[str | list[int] | np.ndarray | pb.StreamRequest],
         version: str = "",
         session_id: str = "",
         resume: bool = False,
@@ -66,7 +68,8 @@ class RnnServeClient:
         metadata: list[tuple[str, str]] | None = None,
         acknowledged: int = 0,
     ) -> Iterator[pb.StreamResponse]:
-        """One response per chunk: text, a list of token ids, or a full StreamRequest (to reset, say). `metadata`:
+        """One response per chunk: text, a list of token ids, an array of steps [T, *step] for a model that takes
+        values (read its answer with `outputs_of`), or a full StreamRequest (to reset, say). `metadata`:
         extra call metadata, e.g. the session id for a load balancer's affinity. `acknowledged` (with `resume`):
         the position of the last answer this client got; answers' `behind` then says what the state lacks of it."""
         start = pb.StreamStart(
@@ -121,5 +124,18 @@ class RnnServeClient:
         return self._stub.ForkSession(request, timeout=self._timeout_s)
 
 
-def _chunk_request(item: str | list[int]) -> pb.StreamRequest:
+def _chunk_request(item: str | list[int] | np.ndarray) -> pb.StreamRequest:
+    if isinstance(item, np.ndarray):
+        return pb.StreamRequest(values=values_tensor(item))
     return pb.StreamRequest(text=item) if isinstance(item, str) else pb.StreamRequest(tokens=item)
+
+
+def values_tensor(values: np.ndarray) -> pb.Tensor:
+    """Steps of a model that takes values, [T, *step], as the Tensor a StreamRequest carries."""
+    values = np.asarray(values, "<f4")
+    return pb.Tensor(dtype="float32", shape=values.shape, data=values.tobytes())
+
+
+def outputs_of(response: pb.StreamResponse) -> dict[str, np.ndarray]:
+    """A values model's answer: each output's [T, *output] for the message's steps."""
+    return {t.name: np.frombuffer(t.data, "<f4").reshape(tuple(t.shape)) for t in response.outputs}

@@ -46,12 +46,7 @@ def describe(
         raise ContractError(f"--task {task!r}: expected one of {', '.join(USER_TASKS)}")
     if isinstance(tokenizer, str):
         tokenizer = make_tokenizer(tokenizer, "") if tokenizer == "byte" else HFTokenizer.from_file(tokenizer)
-    try:
-        model = onnx.load(os.fspath(path))
-    except FileNotFoundError:
-        raise
-    except Exception as err:
-        raise ContractError(f"not an ONNX model: {type(err).__name__}: {one_line(err)}") from None
+    model = load_graph(path)
     for name, values, flag in ((tokens_input, model.graph.input, "--tokens"), (logits_output, model.graph.output, "--logits")):
         if name not in {v.name for v in values}:
             raise ContractError(f"no {name!r} in the graph ({', '.join(v.name for v in values)}): name it with {flag}")
@@ -82,10 +77,23 @@ def describe(
         sequence_output="last" if task == "classifier" else "", sampling=DEFAULT_SAMPLING if task == "language_model" else None,
         parity=parity, exported_with={"producer": model.producer_name, "by": "rnnserve describe"},
     )
+    return save_described(model, document, Path(out) if out else Path(path))
+
+
+def load_graph(path: str | os.PathLike) -> onnx.ModelProto:
+    try:
+        return onnx.load(os.fspath(path))
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        raise ContractError(f"not an ONNX model: {type(err).__name__}: {one_line(err)}") from None
+
+
+def save_described(model: onnx.ModelProto, document: dict, target: Path) -> Path:
+    """Writes the model with the document as its only metadata, atomically (a half-written file is never served)."""
     del model.metadata_props[:]
     entry = model.metadata_props.add()
     entry.key, entry.value = metadata_entry(document)
-    target = Path(out) if out else Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     onnx.save(model, tmp)

@@ -58,7 +58,10 @@ EXAMPLES = {
   rnnserve export runs/lm.pt --repository models --name lm --version 2""",
     "describe": """examples:
   rnnserve describe lm.onnx --state h:h_next --state c:c_next --tokenizer tokenizer.json --out models/lm/1/model.onnx
-  rnnserve describe tagger.onnx --state h:hn --tokenizer byte --task tagger --labels no,yes --tokens input_ids --logits scores""",
+  rnnserve describe tagger.onnx --state h:hn --tokenizer byte --task tagger --labels no,yes --tokens input_ids --logits scores
+  # Silero VAD, from the file its pip package ships: 512 new samples a step after the last 64 of the one before
+  rnnserve describe "$(python -c 'import silero_vad, os; print(os.path.dirname(silero_vad.__file__))')/data/silero_vad.onnx" \
+      --task vad --input input:512 --context 64 --state state:stateN --constant sr=16000 --sample-rate 16000 --out models/vad/1/model.onnx""",
     "serve": """examples:
   rnnserve serve --repository models                                       # 127.0.0.1:50051
   rnnserve serve --repository models --host 0.0.0.0 --port 8001 --metrics-port 8002
@@ -148,19 +151,32 @@ def _export(args) -> None:
 
 def _describe(args) -> None:
     from rnnserve.export.describe import describe
+    from rnnserve.export.describe_values import describe_values
 
-    states = []
-    for pair in args.state:
-        name, _, output = pair.partition(":")
-        if not name or not output:
-            raise SystemExit(f"--state {pair!r}: expected INPUT:OUTPUT, e.g. h:h_next")
-        states.append((name, output))
-    labels = tuple(label for label in args.labels.split(",") if label)
+    states = [_pair(pair, ":", "--state", "INPUT:OUTPUT, e.g. h:h_next") for pair in args.state]
     try:
-        path = describe(args.model, states, args.tokenizer, args.task, labels, args.tokens, args.logits, args.out)
+        if args.input:
+            name, size = _pair(args.input, ":", "--input", "NAME:VALUES, e.g. input:512 (the values one step brings)")
+            if not size.isdigit():
+                raise SystemExit(f"--input {args.input!r}: VALUES is a count, e.g. input:512")
+            constants = dict(_pair(c, "=", "--constant", "NAME=VALUE, e.g. sr=16000") for c in args.constant)
+            task = "values" if args.task == "language_model" else args.task
+            path = describe_values(args.model, states, name, int(size), task, args.context, constants, args.sample_rate, args.out)
+        else:
+            if args.tokenizer is None:
+                raise SystemExit("--tokenizer is required for a model that reads tokens (or give --input NAME:VALUES for one that takes values)")
+            labels = tuple(label for label in args.labels.split(",") if label)
+            path = describe(args.model, states, args.tokenizer, args.task, labels, args.tokens, args.logits, args.out)
     except ValueError as err:  # ContractError, or a tokenizer that is not one
         raise SystemExit(f"{args.model}: {err}") from None
     print(f"wrote {path}: serve it from a repository as <repository>/<name>/<version>/model.onnx")
+
+
+def _pair(text: str, separator: str, flag: str, expected: str) -> tuple[str, str]:
+    name, _, value = text.partition(separator)
+    if not name or not value:
+        raise SystemExit(f"{flag} {text!r}: expected {expected}")
+    return name, value
 
 
 def _serve(args) -> None:
@@ -243,10 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
     describe = command(
         "describe", _describe, "make an ONNX step graph exported elsewhere servable: check it and write its metadata (needs the [train] extra)"
     )
-    describe.add_argument("model", help="the .onnx file: (token ids [batch, T], state [batch, …]) → (outputs [batch, T, …], next state)")
+    describe.add_argument("model", help="the .onnx file: (token ids [batch, T], state [batch, …]) → (outputs [batch, T, …], next state); "
+                          "or, with --input, a graph of one step per call that takes values")
     describe.add_argument("--state", action="append", required=True, metavar="INPUT:OUTPUT", help="a state tensor's input and the output that carries it to the next step (repeatable)")
-    describe.add_argument("--tokenizer", required=True, help="byte, or the path of a Hugging Face tokenizer.json (it goes into the model file)")
-    describe.add_argument("--task", choices=("language_model", "tagger", "classifier"), default="language_model", help="what the outputs are (default: language_model)")
+    describe.add_argument("--tokenizer", help="byte, or the path of a Hugging Face tokenizer.json (it goes into the model file); for a model that reads tokens")
+    describe.add_argument("--task", choices=("language_model", "tagger", "classifier", "values", "vad"), default="language_model",
+                          help="what the outputs are (default: language_model; with --input: values, or vad for a voice activity detector)")
+    describe.add_argument("--input", metavar="NAME:VALUES", help="the graph takes values, not tokens: its input [batch, context + VALUES] float32, "
+                          "one step per call; any batch axis of a state is found from its shape")
+    describe.add_argument("--context", type=int, default=0, metavar="K", help="with --input: the last K values of a step's input go before the next step's (Silero VAD: 64)")
+    describe.add_argument("--constant", action="append", default=[], metavar="NAME=VALUE", help="with --input: an input fixed at this value (repeatable; Silero VAD: sr=16000)")
+    describe.add_argument("--sample-rate", type=int, default=0, help="with --input: the values are audio at this many samples a second (required for --task vad)")
     describe.add_argument("--labels", default="", help="a tagger's or classifier's labels, comma-separated, one per output")
     describe.add_argument("--tokens", default="tokens", help="the graph's token input (renamed tokens)")
     describe.add_argument("--logits", default="logits", help="the graph's per-step output (renamed logits)")

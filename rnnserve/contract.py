@@ -17,6 +17,25 @@ PARITY_TOLERANCE = 1e-4  # an exported graph's outputs may differ from its sourc
 
 
 @dataclass(frozen=True, slots=True)
+class InputSpec:
+    """The step graph's one input, [batch, T, *step]: token ids (int64, step ()), or values (float32), say a chunk of
+    audio samples (step (512,)) or a sensor frame (step (F,))."""
+
+    name: str
+    dtype: str = "int64"
+    step: tuple[int, ...] = ()  # one step's shape
+    sample_rate: int = 0  # audio: samples per second the model takes (0: not audio)
+
+    @property
+    def values(self) -> bool:
+        """Numbers in, not token ids: no tokenizer, no text."""
+        return self.dtype != "int64"
+
+
+TOKENS = InputSpec("tokens")
+
+
+@dataclass(frozen=True, slots=True)
 class StateSpec:
     name: str  # graph input holding this state
     output: str  # graph output holding the next state; "" for state that stays as the encoder wrote it
@@ -48,6 +67,11 @@ USER_TASKS = {
     "language_model": ("language_model", "unnormalised log-probabilities of the next token after each step"),
     "tagger": ("boundary_tagger", "unnormalised log-probabilities of each label at each step"),
     "classifier": ("text_classifier", "unnormalised log-probabilities of each class after each step: the running guess for the text so far"),
+}
+# what a model whose input is values (not token ids) may be
+VALUE_TASKS = {
+    "values": ("values", "the model's outputs after each step, as it computes them"),
+    "vad": ("voice_activity", "the probability that each chunk of audio is speech"),
 }
 
 DEFAULT_SAMPLING = SamplingDefaults(temperature=0.8, top_k=0, top_p=1.0, max_tokens=200)  # language models
@@ -85,16 +109,20 @@ class ModelCard:
     eos: int | None = None  # the output that ends a decoder's text
     extra_outputs: tuple[str, ...] = ()  # per-step outputs besides logits, e.g. "attention"
     sequence_output: str = ""  # classifiers: the answer for a whole text is the "last" step's, or the "mean" of all steps
+    input: InputSpec = TOKENS
+    outputs: tuple[str, ...] = ("logits",)  # the step graph's per-step outputs, first the main one
 
     @property
     def generates(self) -> bool:
         """Text generation feeds each output back as the next input: outputs must be input tokens, step by step."""
-        return self.streaming and not self.labels
+        return self.streaming and not self.labels and not self.input.values
 
     @property
     def calls(self) -> tuple[str, ...]:
         if self.encoder is not None:  # every sequence starts from what a Generate request names
             return ("Generate",)
+        if self.input.values:  # numbers are streamed step by step, and answered with numbers
+            return ("Stream",)
         return ("Infer",) + (("Stream",) if self.streaming else ()) + (("Generate",) if self.generates else ())
 
     @property
@@ -131,6 +159,7 @@ def model_document(
     special_tokens: tuple[int, int] | None = None,  # (bos, eos)
     sequence_output: str = "",
     sampling: SamplingDefaults | None = None,  # for a model that generates text
+    model_input: InputSpec = TOKENS,
     **provenance,  # training metrics, the parity report, versions, quantization: kept as given
 ) -> dict:
     """The document for a model's metadata: what `read_card` reads back."""
@@ -142,7 +171,8 @@ def model_document(
             {"labels": list(encoder.labels)} if encoder.input == "label" else {"max_source_tokens": encoder.max_source_tokens}
         )
     document |= {
-        "inputs": [{"name": "tokens", "dtype": "int64", "shape": ["batch", "T"]}],
+        "inputs": [{"name": model_input.name, "dtype": model_input.dtype, "shape": ["batch", "T", *model_input.step]}
+                   | ({"sample_rate": model_input.sample_rate} if model_input.sample_rate else {})],
         "state": [
             {"name": s.name, "output": s.output, "shape": list(s.shape), "dtype": "float32", "initial": s.initial} for s in state
         ],
@@ -182,7 +212,7 @@ def read_card(name: str, version: str, metadata: dict[str, str]) -> ModelCard:
             task=doc["task"],
             architecture=doc["architecture"],
             tokenizer=doc["tokenizer"],
-            vocab_size=int(doc["architecture"]["vocab_size"]),
+            vocab_size=int(doc["architecture"].get("vocab_size", 0)),  # 0: its input is values
             output_size=int(doc["outputs"][0]["shape"][-1]),
             labels=tuple(doc["outputs"][0].get("labels", ())),
             state=tuple(
@@ -196,9 +226,17 @@ def read_card(name: str, version: str, metadata: dict[str, str]) -> ModelCard:
             eos=doc.get("special_tokens", {}).get("eos"),
             extra_outputs=tuple(o["name"] for o in doc["outputs"][1:]),
             sequence_output=doc.get("sequence_output", ""),
+            input=_input(doc["inputs"][0]),
+            outputs=tuple(o["name"] for o in doc["outputs"]),
         )
     except (KeyError, IndexError, TypeError, ValueError) as err:
         raise BadModelFile(f"malformed metadata document: {err!r}") from None
+
+
+def _input(entry: dict) -> InputSpec:
+    if entry["dtype"] not in ("int64", "float32"):
+        raise ValueError(f"input dtype {entry['dtype']!r}: this server takes 'int64' token ids or 'float32' values")
+    return InputSpec(entry["name"], entry["dtype"], tuple(int(d) for d in entry["shape"][2:]), int(entry.get("sample_rate", 0)))
 
 
 def _encoder(entry: dict | None) -> EncoderSpec | None:

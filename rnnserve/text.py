@@ -155,8 +155,10 @@ def _byte_level_alphabet() -> dict[str, int]:
 _BYTE_OF_CHAR = _byte_level_alphabet()
 
 
-def tokenizer_from_spec(spec: dict) -> Tokenizer:
-    """Rebuilds a tokenizer from the `tokenizer` entry of a model's metadata."""
+def tokenizer_from_spec(spec: dict) -> Tokenizer | None:
+    """Rebuilds a tokenizer from the `tokenizer` entry of a model's metadata (None for a model that takes values)."""
+    if spec.get("kind") == "none":
+        return None
     if spec.get("kind") == "byte":
         return ByteTokenizer()
     if spec.get("kind") == "char":

@@ -61,7 +61,7 @@ class StepResult:
 @dataclass(slots=True)
 class _Step:
     slot: int
-    tokens: np.ndarray  # [T] int64
+    inputs: np.ndarray  # [T, *step]: token ids [T] int64, or values
     queued: float  # time.perf_counter() when it joined the queue
     result: asyncio.Future | None = None  # resolves to this step's StepResult
     top_k: int = 0  # rank the k most probable outputs of each step
@@ -115,6 +115,7 @@ class Batcher:
         self._name = name
         self._max_batch = max(1, max_batch)
         self._max_queue_delay_s = max_queue_delay_ms / 1000.0
+        self._dtype = np.dtype(runtime.card.input.dtype)
         self.pieces = Pieces() if pieces else None  # how a long input is split (None: it never is)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()  # from the event loop to the engine thread
         self._fresh: set[int] = set()  # slots whose next step starts from the initial state
@@ -145,10 +146,11 @@ class Batcher:
         """The slot's next step starts from the initial state again."""
         self._fresh.add(slot)
 
-    async def step(self, slot: int, tokens: list[int], top_k: int = 0) -> StepResult:
-        """The outputs for `tokens` continuing the slot's state, and with `top_k`, each step's k most probable."""
+    async def step(self, slot: int, inputs: list[int] | np.ndarray, top_k: int = 0) -> StepResult:
+        """The outputs for `inputs` (token ids, or values [T, *step]) continuing the slot's state, and with `top_k`,
+        each step's k most probable."""
         result = self._loop.create_future()
-        self._queue.put(_Step(slot, np.asarray(tokens, dtype=np.int64), time.perf_counter(), result, top_k))
+        self._queue.put(_Step(slot, np.asarray(inputs, dtype=self._dtype), time.perf_counter(), result, top_k))
         return await result
 
     def generate(self, slot: int, prompt: list[int], params: SamplingParams, eos: int | None, banned: int | None,
@@ -299,7 +301,7 @@ class Batcher:
         reverse. A round runs at most one piece of long inputs: the rest of them wait for the next round."""
         by_length: dict[int, list[_Step]] = defaultdict(list)
         for job in steps:
-            by_length[job.tokens.size].append(job)
+            by_length[len(job.inputs)].append(job)
         piece_run = False
         for length in sorted(by_length):
             group = by_length[length]
@@ -319,13 +321,13 @@ class Batcher:
         slots = [job.slot for job in group]
         fresh = np.array([slot in self._fresh for slot in slots])  # [B]
         self._fresh.difference_update(slots)
-        tokens = np.stack([job.tokens[:steps] for job in group])  # [B, T]
-        whole = steps == group[0].tokens.size
+        inputs = np.stack([job.inputs[:steps] for job in group])  # [B, T, *step]
+        whole = steps == len(group[0].inputs)
         generating = [row for row, job in enumerate(group) if job.generation is not None] if whole else []
         generations = [group[row].generation for row in generating]
         began = time.perf_counter()
         try:
-            outputs = self._runtime.step(slots, fresh, tokens)  # each [B, T, ...]
+            outputs = self._runtime.step(slots, fresh, inputs)  # each [B, T, ...]
             stepped = time.perf_counter()
             sampled = self._sample(outputs[0], generating, generations)
             ranked = self._rank(outputs[0], group)
@@ -338,14 +340,14 @@ class Batcher:
             self.pieces.measured(len(group), steps, stepped - began)
         # a generation's later steps and a piece's rest were never queued (queued 0.0): only queued steps count as waiting
         waits = [began - job.queued for job in group if job.queued]
-        self._metrics.batch(tokens.size, len(group), waits, stepped - began, finished - stepped)
+        self._metrics.batch(len(group) * steps, len(group), waits, stepped - began, finished - stepped)
         if self.pieces and whole and any(job.queued or job.generation is not None for job in group):  # not a long input's end
             self.pieces.others_served(finished)
         if not whole:
             for row, job in enumerate(group):
                 if job.result is not None:
                     job.parts = (job.parts or []) + [StepResult([output[row] for output in outputs], *ranked.get(row, ()))]
-                job.tokens, job.queued = job.tokens[steps:], 0.0
+                job.inputs, job.queued = job.inputs[steps:], 0.0
             self._continuing.extend(group)
             return
         if generations:

@@ -12,7 +12,7 @@ import numpy as np
 from rnnserve.server.config import ServerConfig
 from rnnserve.server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from rnnserve.server.repository import Model
-from rnnserve.server.requests import SamplingRequest
+from rnnserve.server.requests import SamplingRequest, TensorInput
 from rnnserve.server.sampling import SamplingParams
 from rnnserve.text import UnknownText, token_text
 
@@ -28,6 +28,8 @@ class Inputs:
 
     def tokens(self, model: Model, text: str, tokens: tuple[int, ...]) -> list[int]:
         """A chunk's or call's input, sent as text or as token ids (not both)."""
+        if model.card.input.values and (text or tokens):
+            raise InvalidArgument("text" if text else "tokens", f"model {model.card.name!r} takes values, not text: {_values_wanted(model)}")
         if text and tokens:
             raise InvalidArgument("text", "send text or tokens in one message, not both")
         return self.encode(model, text, "text") if text else self.check_ids(model, tokens)
@@ -48,10 +50,37 @@ class Inputs:
                 raise InvalidArgument(f"tokens[{position}]", f"{token} is outside the vocabulary [0, {vocab})")
         return list(tokens)
 
-    def _check_length(self, count: int, field_name: str) -> None:
+    def values(self, model: Model, tensor: TensorInput | None) -> np.ndarray:
+        """A message's steps of a model that takes values, [T, *step] float32: the shape, size and every value
+        checked (NaN and infinity would enter the session's state and stay there)."""
+        spec = model.card.input
+        if not spec.values:
+            if tensor is not None:
+                raise InvalidArgument("values", f"model {model.card.name!r} reads tokens: send text or tokens")
+            return np.empty((0,), np.float32)
+        if tensor is None:
+            return np.empty((0, *spec.step), np.float32)
+        if tensor.name and tensor.name != spec.name:
+            raise InvalidArgument("values.name", f"{tensor.name!r}: model {model.card.name!r} has one input, {spec.name!r}")
+        if tensor.dtype != spec.dtype:
+            raise InvalidArgument("values.dtype", f"{tensor.dtype!r}: {_values_wanted(model)}")
+        shape = tensor.shape
+        if len(shape) != 1 + len(spec.step) or tuple(shape[1:]) != spec.step or shape[0] < 0:
+            raise InvalidArgument("values.shape", f"{list(shape)}: {_values_wanted(model)}")
+        self._check_length(shape[0], "values", "steps")
+        size = int(np.prod(shape)) * 4
+        if len(tensor.data) != size:
+            raise InvalidArgument("values.data", f"{len(tensor.data)} bytes for shape {list(shape)}: expected {size} (float32, little-endian)")
+        values = np.frombuffer(tensor.data, "<f4").reshape(shape)
+        if not np.isfinite(values).all():
+            step = int(np.argwhere(~np.isfinite(values))[0][0])
+            raise InvalidArgument(f"values[{step}]", "holds NaN or infinity: every value must be a finite number")
+        return values.astype(np.float32)
+
+    def _check_length(self, count: int, field_name: str, unit: str = "tokens") -> None:
         limit = self._config.max_input_tokens
         if count > limit:
-            raise ResourceExhausted(f"{field_name}: {count} tokens is over this server's limit of {limit} per message")
+            raise ResourceExhausted(f"{field_name}: {count} {unit} is over this server's limit of {limit} per message (--max-input-tokens)")
 
     def check_request_size(self, rows: int, steps: int, answer_bytes_per_step: int) -> None:
         """A batch of rows is checked whole before any of it runs: its tokens against --max-input-tokens, and the
@@ -129,6 +158,11 @@ class Inputs:
                 "sampling.stop", f"at most {MAX_STOP_STRINGS} non-empty strings of at most {MAX_STOP_CHARS} characters each"
             )
         return params
+
+
+def _values_wanted(model: Model) -> str:
+    spec = model.card.input
+    return f"it takes {spec.dtype} values {spec.name!r} of shape [T, {', '.join(map(str, spec.step))}] (T steps of {list(spec.step)})"
 
 
 def check_call(model: Model, call: str) -> None:

@@ -63,6 +63,17 @@ class Chunk:
     reset: bool = False
     text: str = ""
     tokens: tuple[int, ...] = ()
+    values: TensorInput | None = None  # for a model that takes values
+
+
+@dataclass(frozen=True, slots=True)
+class TensorInput:
+    """Numbers as a client sent them, not yet checked: raw little-endian bytes of `dtype`, row-major `shape`."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +98,7 @@ class ChunkResult:
     steps: tuple[StepPrediction, ...] = field(default=())
     classes: tuple[Candidate, ...] = ()  # classifiers: every class's probability for all input so far
     behind: int = 0  # a resume: tokens the state lacked of the client's acknowledged position when the chunk arrived
+    outputs: tuple[tuple[str, np.ndarray], ...] = ()  # a model that takes values: (name, [T, *output]) for each output
 
 
 @dataclass(frozen=True, slots=True)

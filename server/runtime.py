@@ -69,17 +69,17 @@ class HostStateSlab:
         return {spec.name: self._rows[spec.name][slot].copy() for spec in self._specs}
 
     def step(
-        self, session: ort.InferenceSession, slots: list[int], fresh: np.ndarray, tokens: np.ndarray, extra_outputs: tuple[str, ...] = ()
+        self, session: ort.InferenceSession, slots: list[int], fresh: np.ndarray, model_input: tuple[str, np.ndarray], outputs: tuple[str, ...]
     ) -> list[np.ndarray]:
         feeds = {spec.name: self._rows[spec.name][slots] for spec in self._specs}  # gather: each [B, ...]
         if fresh.any():  # rows of sessions that start (or restart) from the initial state
             for spec in self._specs:
                 feeds[spec.name][fresh] = spec.initial
         carried = [s for s in self._specs if s.output]
-        logits, *rest = session.run(["logits", *extra_outputs, *(s.output for s in carried)], {"tokens": tokens, **feeds})
-        for spec, value in zip(carried, rest[len(extra_outputs) :]):
+        results = session.run([*outputs, *(s.output for s in carried)], {model_input[0]: model_input[1], **feeds})
+        for spec, value in zip(carried, results[len(outputs) :]):
             self._rows[spec.name][slots] = value  # scatter
-        return [logits, *rest[: len(extra_outputs)]]
+        return results[: len(outputs)]
 
 
 class DeviceStateSlab:
@@ -109,14 +109,15 @@ class DeviceStateSlab:
         self._current = 0  # which half holds every slot's state
 
     def step(
-        self, session: ort.InferenceSession, slots: list[int], fresh: np.ndarray, tokens: np.ndarray, extra_outputs: tuple[str, ...] = ()
+        self, session: ort.InferenceSession, slots: list[int], fresh: np.ndarray, model_input: tuple[str, np.ndarray], outputs: tuple[str, ...]
     ) -> list[np.ndarray]:
+        """Only for a model with one per-step output (the runtime keeps the others on the host slab)."""
         slot_ids = np.asarray(slots, np.int64)
         read = np.where(fresh, self._capacity, slot_ids)  # [B]: fresh slots read the initial row
         rows = {spec.name: self._run_gather(spec.name, read) for spec in self._specs}  # each [B, row_size]
         binding = session.io_binding()
-        binding.bind_cpu_input("tokens", tokens)
-        binding.bind_output("logits", "cpu")  # sampling happens on the host
+        binding.bind_cpu_input(*model_input)
+        binding.bind_output(outputs[0], "cpu")  # sampling happens on the host
         for spec in self._specs:
             shape = [len(slots), *spec.shape]
             binding.bind_input(spec.name, self._device.kind, self._device.index, np.float32, shape, rows[spec.name].data_ptr())
@@ -195,12 +196,12 @@ class Runtime:
         use_binding = device.kind == "cuda" if io_binding is None else io_binding
         # The device-resident slab serves models whose state is all carried step to step; a model with an
         # encoder keeps its state in host memory (its memory rows are written once per request).
-        use_binding = use_binding and encoder is None and not card.extra_outputs
+        use_binding = use_binding and encoder is None and len(card.outputs) == 1
         self.slab = DeviceStateSlab(card.state, capacity, device) if use_binding else HostStateSlab(card.state, capacity)
         self.capacity = capacity
         self.calls = 0  # onnxruntime calls made, for clients and tests to see how work was batched
         self._free = list(range(capacity - 1, -1, -1))
-        self._card = card
+        self.card = card
 
     @property
     def slots_in_use(self) -> int:
@@ -211,7 +212,7 @@ class Runtime:
         RESOURCE_EXHAUSTED when every slot is owned."""
         if not self._free:
             raise ResourceExhausted(
-                f"model {self._card.name!r} version {self._card.version}: all {self.capacity} session slots are in use; "
+                f"model {self.card.name!r} version {self.card.version}: all {self.capacity} session slots are in use; "
                 "close sessions or start the server with a larger --max-sessions"
             )
         return self._free.pop()
@@ -219,16 +220,16 @@ class Runtime:
     def free(self, slot: int) -> None:
         self._free.append(slot)
 
-    def step(self, slots: list[int], fresh: np.ndarray, tokens: np.ndarray) -> list[np.ndarray]:
-        """tokens [B, T] int64 → [logits [B, T, V], *extra outputs [B, T, ...]]; each slot's state advances by T
-        steps, from the initial state where `fresh` [B] is set."""
+    def step(self, slots: list[int], fresh: np.ndarray, inputs: np.ndarray) -> list[np.ndarray]:
+        """inputs [B, T, *step] (token ids [B, T] int64, or values) → [logits [B, T, V] (or the model's main output),
+        *extra outputs [B, T, ...]]; each slot's state advances by T steps, from the initial state where `fresh` [B] is set."""
         self.calls += 1
-        return self.slab.step(self.session, slots, fresh, tokens, self._card.extra_outputs)
+        return self.slab.step(self.session, slots, fresh, (self.card.input.name, inputs), self.card.outputs)
 
     def read_state(self, slot: int, fresh: bool) -> dict[str, np.ndarray]:
         """The slot's state: its rows, or the initial state when it has not stepped since it was (re)started."""
         if fresh:
-            return {spec.name: np.full(spec.shape, spec.initial, np.float32) for spec in self._card.state}
+            return {spec.name: np.full(spec.shape, spec.initial, np.float32) for spec in self.card.state}
         return self.slab.read(slot)
 
     def write_state(self, slot: int, values: dict[str, np.ndarray]) -> None:

@@ -67,7 +67,7 @@ class InferenceService:
                 f"model {model.card.name!r} cannot stream per step (it needs the whole input at once): "
                 "send the whole input in one Infer call instead"
             )
-        top_k = self._inputs.top_k(model, start.top_k, "start.top_k")
+        top_k = 0 if model.card.input.values else self._inputs.top_k(model, start.top_k, "start.top_k")
         if start.acknowledged and not start.resume:
             raise InvalidArgument("start.acknowledged", "is the position a resumed stream continues from: set resume too")
         async with self.sessions.attach(model, start.session_id, start.resume) as session:
@@ -76,6 +76,9 @@ class InferenceService:
 
     async def _consume(self, session: Session, chunk: Chunk, top_k: int) -> ChunkResult:
         model = session.model
+        if model.card.input.values:
+            return await self._consume_values(session, chunk)
+        self._inputs.values(model, chunk.values)  # refused: this model reads tokens
         tokens = self._inputs.tokens(model, chunk.text, chunk.tokens)
         behind = max(0, session.replay_until - session.position)  # a resumed session's lag behind what its client had
         if chunk.reset:
@@ -92,6 +95,22 @@ class InferenceService:
             session.id, session.position, step_predictions(model, tokens, session.decoder, result),
             classes(model, result.outputs[0]), behind,
         )
+
+    async def _consume_values(self, session: Session, chunk: Chunk) -> ChunkResult:
+        """A message of a model that takes values: its steps, answered with every output of every step."""
+        model = session.model
+        self._inputs.tokens(model, chunk.text, chunk.tokens)  # refused: this model takes values
+        values = self._inputs.values(model, chunk.values)
+        behind = max(0, session.replay_until - session.position)
+        if chunk.reset:
+            session.reset()
+        outputs = ()
+        if len(values):
+            result = await session.step(values)
+            outputs = tuple(zip(model.card.outputs, result.outputs))
+        await self.sessions.confirm(session)
+        self.sessions.answered(session)
+        return ChunkResult(session.id, session.position, behind=behind, outputs=outputs)
 
     async def infer(self, model: Model, request: InferRequest) -> InferResult:
         """The whole input in one call from the initial state, on a session of its own."""

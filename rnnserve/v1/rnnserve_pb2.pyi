@@ -63,7 +63,7 @@ class SamplingParams(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "versions", "task", "cell", "layers", "hidden", "tokenizer", "vocab_size", "state", "streaming", "providers", "default_sampling", "metadata_json", "active_sessions", "max_sessions", "runtime_calls", "calls", "labels", "conditions", "max_source_tokens")
+    __slots__ = ("name", "version", "versions", "task", "cell", "layers", "hidden", "tokenizer", "vocab_size", "state", "streaming", "providers", "default_sampling", "metadata_json", "active_sessions", "max_sessions", "runtime_calls", "calls", "labels", "conditions", "max_source_tokens", "input", "outputs")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +85,8 @@ class ModelInfo(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CONDITIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_SOURCE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     versions: _containers.RepeatedScalarFieldContainer[str]
@@ -106,7 +108,21 @@ class ModelInfo(_message.Message):
     labels: _containers.RepeatedScalarFieldContainer[str]
     conditions: _containers.RepeatedScalarFieldContainer[str]
     max_source_tokens: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., task: _Optional[str] = ..., cell: _Optional[str] = ..., layers: _Optional[int] = ..., hidden: _Optional[int] = ..., tokenizer: _Optional[str] = ..., vocab_size: _Optional[int] = ..., state: _Optional[_Iterable[_Union[StateTensor, _Mapping]]] = ..., streaming: _Optional[bool] = ..., providers: _Optional[_Iterable[str]] = ..., default_sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., metadata_json: _Optional[str] = ..., active_sessions: _Optional[int] = ..., max_sessions: _Optional[int] = ..., runtime_calls: _Optional[int] = ..., calls: _Optional[_Iterable[str]] = ..., labels: _Optional[_Iterable[str]] = ..., conditions: _Optional[_Iterable[str]] = ..., max_source_tokens: _Optional[int] = ...) -> None: ...
+    input: InputInfo
+    outputs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., task: _Optional[str] = ..., cell: _Optional[str] = ..., layers: _Optional[int] = ..., hidden: _Optional[int] = ..., tokenizer: _Optional[str] = ..., vocab_size: _Optional[int] = ..., state: _Optional[_Iterable[_Union[StateTensor, _Mapping]]] = ..., streaming: _Optional[bool] = ..., providers: _Optional[_Iterable[str]] = ..., default_sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., metadata_json: _Optional[str] = ..., active_sessions: _Optional[int] = ..., max_sessions: _Optional[int] = ..., runtime_calls: _Optional[int] = ..., calls: _Optional[_Iterable[str]] = ..., labels: _Optional[_Iterable[str]] = ..., conditions: _Optional[_Iterable[str]] = ..., max_source_tokens: _Optional[int] = ..., input: _Optional[_Union[InputInfo, _Mapping]] = ..., outputs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class InputInfo(_message.Message):
+    __slots__ = ("name", "dtype", "step_shape", "sample_rate")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    STEP_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: str
+    step_shape: _containers.RepeatedScalarFieldContainer[int]
+    sample_rate: int
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., step_shape: _Optional[_Iterable[int]] = ..., sample_rate: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("model", "version", "prompt", "sampling", "label", "source")
@@ -165,16 +181,30 @@ class StreamStart(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., session_id: _Optional[str] = ..., resume: _Optional[bool] = ..., top_k: _Optional[int] = ..., acknowledged: _Optional[int] = ...) -> None: ...
 
 class StreamRequest(_message.Message):
-    __slots__ = ("start", "reset", "text", "tokens")
+    __slots__ = ("start", "reset", "text", "tokens", "values")
     START_FIELD_NUMBER: _ClassVar[int]
     RESET_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
     start: StreamStart
     reset: bool
     text: str
     tokens: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, start: _Optional[_Union[StreamStart, _Mapping]] = ..., reset: _Optional[bool] = ..., text: _Optional[str] = ..., tokens: _Optional[_Iterable[int]] = ...) -> None: ...
+    values: Tensor
+    def __init__(self, start: _Optional[_Union[StreamStart, _Mapping]] = ..., reset: _Optional[bool] = ..., text: _Optional[str] = ..., tokens: _Optional[_Iterable[int]] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class Tensor(_message.Message):
+    __slots__ = ("name", "dtype", "shape", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class TokenProbability(_message.Message):
     __slots__ = ("token_id", "text", "probability")
@@ -199,18 +229,20 @@ class StepPrediction(_message.Message):
     def __init__(self, token_id: _Optional[int] = ..., token_text: _Optional[str] = ..., next: _Optional[_Iterable[_Union[TokenProbability, _Mapping]]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class StreamResponse(_message.Message):
-    __slots__ = ("session_id", "position", "steps", "classes", "behind")
+    __slots__ = ("session_id", "position", "steps", "classes", "behind", "outputs")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     BEHIND_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     position: int
     steps: _containers.RepeatedCompositeFieldContainer[StepPrediction]
     classes: _containers.RepeatedCompositeFieldContainer[TokenProbability]
     behind: int
-    def __init__(self, session_id: _Optional[str] = ..., position: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[StepPrediction, _Mapping]]] = ..., classes: _Optional[_Iterable[_Union[TokenProbability, _Mapping]]] = ..., behind: _Optional[int] = ...) -> None: ...
+    outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    def __init__(self, session_id: _Optional[str] = ..., position: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[StepPrediction, _Mapping]]] = ..., classes: _Optional[_Iterable[_Union[TokenProbability, _Mapping]]] = ..., behind: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
 
 class CloseSessionRequest(_message.Message):
     __slots__ = ("session_id",)

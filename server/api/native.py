@@ -22,6 +22,7 @@ from rnnserve.server.requests import (
     SamplingRequest,
     StepPrediction,
     StreamStart,
+    TensorInput,
 )
 from rnnserve.server.security import authorize
 from rnnserve.server.service import InferenceService
@@ -175,7 +176,9 @@ def stream_start(message: pb.StreamStart) -> StreamStart:
 
 
 def chunk(message: pb.StreamRequest) -> Chunk:
-    return Chunk(message.reset, message.text, tuple(message.tokens))
+    values = message.values
+    tensor = TensorInput(values.name, values.dtype, tuple(values.shape), values.data) if message.HasField("values") else None
+    return Chunk(message.reset, message.text, tuple(message.tokens), tensor)
 
 
 def infer_request(message: pb.InferRequest) -> InferRequest:
@@ -189,6 +192,7 @@ def stream_response(result: ChunkResult) -> pb.StreamResponse:
         steps=[step_prediction(s) for s in result.steps],
         classes=candidates(result.classes),
         behind=result.behind,
+        outputs=[pb.Tensor(name=name, dtype="float32", shape=value.shape, data=value.astype("<f4").tobytes()) for name, value in result.outputs],
     )
 
 
@@ -233,4 +237,6 @@ def model_info(model: Model, versions: list[str]) -> pb.ModelInfo:
         labels=card.labels,
         conditions=card.encoder.labels if card.encoder else (),
         max_source_tokens=card.encoder.max_source_tokens if card.encoder else 0,
+        input=pb.InputInfo(name=card.input.name, dtype=card.input.dtype, step_shape=card.input.step, sample_rate=card.input.sample_rate),
+        outputs=card.outputs,
     )

@@ -1,0 +1,199 @@
+"""Models that take numbers: Silero VAD from its own pip package, described with the README's one command, served,
+and checked chunk by chunk against the package's own OnnxWrapper run in-process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import wave
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from rnnserve.client import outputs_of, values_tensor
+from rnnserve.v1 import rnnserve_pb2 as pb
+from tests.helpers import ServerThread, run_cli, status_of, together
+
+CHUNK, RATE = 512, 16000
+
+
+def silero_wrapper():
+    """silero_vad's OnnxWrapper class (importing the package sets torch's threads to 1: put back as they were)."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    from silero_vad.utils_vad import OnnxWrapper
+
+    torch.set_num_threads(threads)
+    return OnnxWrapper
+
+
+@pytest.fixture(scope="module")
+def silero_file() -> Path:
+    silero_vad = pytest.importorskip("silero_vad", reason="the dev extra installs silero-vad")
+    return Path(silero_vad.__file__).parent / "data" / "silero_vad.onnx"
+
+
+@pytest.fixture(scope="module")
+def vad_repository(tmp_path_factory, silero_file, repository) -> Path:
+    """The token models' repository and the VAD beside them, described as the README says."""
+    root = tmp_path_factory.mktemp("values-models")
+    shutil.copytree(repository / "lstm", root / "lstm")
+    done = run_cli(
+        "describe", str(silero_file), "--task", "vad", "--input", "input:512", "--context", "64", "--state", "state:stateN",
+        "--constant", "sr=16000", "--sample-rate", "16000", "--out", str(root / "vad" / "1" / "model.onnx"),
+    )
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+@pytest.fixture(scope="module")
+def vad_server(base_config, vad_repository):
+    with ServerThread(replace(base_config, repository=str(vad_repository), max_sessions=40)) as running:
+        yield running
+
+
+def reference(silero_file: Path, audio: np.ndarray) -> np.ndarray:
+    """Every chunk's speech probability as silero_vad's own wrapper computes it, one session in-process."""
+    import torch
+
+    wrapper = silero_wrapper()(str(silero_file), force_onnx_cpu=True)
+    return np.array([float(wrapper(torch.from_numpy(audio[i : i + CHUNK]), RATE)[0, 0]) for i in range(0, len(audio), CHUNK)])
+
+
+def noisy_audio(seed: int, chunks: int) -> np.ndarray:
+    """Noise, silence and tones at varying levels: whatever a microphone gives."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(chunks * CHUNK) / RATE
+    tone = np.sin(2 * np.pi * rng.uniform(100, 900) * t) * (np.sin(2 * np.pi * rng.uniform(0.5, 3) * t) > 0)
+    return (rng.uniform(0.01, 0.3) * tone + rng.uniform(0.001, 0.05) * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def streamed(client, audio: np.ndarray, per_message: int, **kwargs) -> np.ndarray:
+    chunks = audio.reshape(-1, CHUNK)
+    messages = [chunks[i : i + per_message] for i in range(0, len(chunks), per_message)]
+    return np.concatenate([outputs_of(answer)["output"][:, 0] for answer in client.stream("vad", messages, **kwargs)])
+
+
+def test_the_described_vad_says_what_it_takes(vad_server):
+    with vad_server.client() as client:
+        info = client.get_model("vad")
+    assert (info.task, info.input.name, info.input.dtype, list(info.input.step_shape), info.input.sample_rate) == (
+        "voice_activity", "input", "float32", [512], 16000
+    )
+    assert list(info.outputs) == ["output"] and list(info.calls) == ["Stream"]
+    assert [(s.name, list(s.shape)) for s in info.state] == [("state", [2, 128]), ("input_context", [64])]
+
+
+def test_32_concurrent_vad_streams_equal_silero_vads_own_wrapper(vad_server, silero_file):
+    audios = [noisy_audio(seed, 24 + seed % 5) for seed in range(32)]
+    expected = [reference(silero_file, audio) for audio in audios]
+    with vad_server.client() as client:
+        before = client.get_model("vad").runtime_calls
+        got = together([lambda a=audio, n=1 + i % 3: streamed(client, a, n) for i, audio in enumerate(audios)])
+        calls = client.get_model("vad").runtime_calls - before
+    for seed, (mine, theirs) in enumerate(zip(got, expected)):
+        assert mine.shape == theirs.shape and np.abs(mine - theirs).max() < 1e-5, seed
+    chunks = sum(len(e) for e in expected)
+    assert calls < chunks, f"{calls} onnxruntime calls for {chunks} chunks of 32 streams: nothing was batched"
+
+
+def test_a_vad_session_snapshotted_restored_and_forked_goes_on_exactly(vad_server, silero_file):
+    """The carried context is state: a restored or forked session continues with the last 64 samples it had."""
+    audio = noisy_audio(99, 20)
+    expected = reference(silero_file, audio)
+    first, rest = audio[: 10 * CHUNK], audio[10 * CHUNK :]
+    with vad_server.client() as client:
+        streamed(client, first, 2, session_id="vad-a")
+        blob = client.snapshot_session("vad-a").blob
+        client.fork_session("vad-a", "vad-b")
+        client.restore_session(blob, session_id="vad-c")
+        for name in ("vad-a", "vad-b", "vad-c"):
+            assert np.abs(streamed(client, rest, 3, session_id=name, resume=True) - expected[10:]).max() < 1e-5, name
+            client.close_session(name)
+
+
+def speech(text: str, tmp_path: Path) -> np.ndarray:
+    """Real speech, synthesised by espeak-ng and resampled to 16 kHz by sox."""
+    if not (shutil.which("espeak-ng") and shutil.which("sox")):
+        pytest.skip("needs espeak-ng and sox (Debian packages; .ci/run installs them as root)")
+    spoken, resampled = tmp_path / "spoken.wav", tmp_path / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(spoken), text], check=True, capture_output=True)
+    subprocess.run(["sox", str(spoken), "-r", str(RATE), "-c", "1", "-b", "16", str(resampled)], check=True, capture_output=True)
+    with wave.open(str(resampled)) as file:
+        return np.frombuffer(file.readframes(file.getnframes()), "<i2").astype(np.float32) / 32768
+
+
+def test_speech_is_found_where_it_was_put(vad_server, silero_file, tmp_path):
+    voice = speech("The quick brown fox jumps over the lazy dog, and then it runs away into the forest.", tmp_path)
+    rng = np.random.default_rng(3)
+    silence = lambda seconds: (0.003 * rng.standard_normal(int(seconds * RATE))).astype(np.float32)  # noqa: E731
+    audio = np.concatenate([silence(1.5), voice, silence(2.0)])
+    audio = np.pad(audio, (0, -len(audio) % CHUNK))
+    spoken = slice(int(1.5 * RATE) // CHUNK, (int(1.5 * RATE) + len(voice)) // CHUNK)
+    with vad_server.client() as client:
+        probabilities = streamed(client, audio, 4)
+    assert np.abs(probabilities - reference(silero_file, audio)).max() < 1e-5
+    during, outside = probabilities[spoken], np.concatenate([probabilities[: spoken.start], probabilities[spoken.stop + 8 :]])
+    assert (during > 0.5).mean() > 0.6, f"speech found in {(during > 0.5).mean():.0%} of the spoken chunks"
+    assert (outside > 0.5).mean() < 0.05, f"speech found in {(outside > 0.5).mean():.0%} of the silent chunks"
+
+
+BAD_VALUES = [
+    ("float64", pb.Tensor(dtype="float64", shape=[1, 512], data=bytes(8 * 512)), "values.dtype", "float32"),
+    ("wrong step size", values_tensor(np.zeros((1, 480), np.float32)), "values.shape", "[T, 512]"),
+    ("no step axis", pb.Tensor(dtype="float32", shape=[512], data=bytes(4 * 512)), "values.shape", "[T, 512]"),
+    ("short data", pb.Tensor(dtype="float32", shape=[2, 512], data=bytes(4 * 512)), "values.data", "expected 4096"),
+    ("NaN", values_tensor(np.where(np.arange(1024).reshape(2, 512) == 700, np.nan, 0).astype(np.float32)), "values[1]", "NaN"),
+    ("infinity", values_tensor(np.full((1, 512), np.inf, np.float32)), "values[0]", "finite"),
+    ("another input's name", pb.Tensor(name="audio", dtype="float32", shape=[1, 512], data=bytes(4 * 512)), "values.name", "'input'"),
+]
+
+
+@pytest.mark.parametrize("case, tensor, field, words", BAD_VALUES, ids=[c[0] for c in BAD_VALUES])
+def test_bad_values_are_refused_by_name_and_disturb_no_other_session(vad_server, silero_file, case, tensor, field, words):
+    audio = noisy_audio(7, 8)
+    expected = reference(silero_file, audio)
+    with vad_server.client() as client:
+        streamed(client, audio[: 4 * CHUNK], 2, session_id=f"canary-{case}")
+        error = status_of(lambda: list(client.stream("vad", [pb.StreamRequest(values=tensor)])))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+        assert field in error.details() and words in error.details(), error.details()
+        after = streamed(client, audio[4 * CHUNK :], 2, session_id=f"canary-{case}", resume=True)
+        client.close_session(f"canary-{case}")
+    assert np.abs(after - expected[4:]).max() < 1e-5
+
+
+def test_text_to_a_values_model_and_values_to_a_token_model_are_refused(vad_server):
+    with vad_server.client() as client:
+        error = status_of(lambda: list(client.stream("vad", ["hello"])))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "takes values, not text" in error.details(), error.details()
+        error = status_of(lambda: list(client.stream("lstm", [np.zeros((1, 512), np.float32)])))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "reads tokens" in error.details(), error.details()
+        error = status_of(lambda: list(client.generate("vad", "x")))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
+
+
+DESCRIBE_MISTAKES = [
+    (["--state", "state:stateN", "--input", "input:512"], "sr (fix each with --constant NAME=VALUE)"),
+    (["--state", "state:stateN", "--input", "audio:512", "--constant", "sr=16000"], "no input 'audio' in the graph (input, state, sr)"),
+    (["--state", "h:stateN", "--input", "input:512", "--constant", "sr=16000"], "no input 'h'"),
+    (["--state", "state:stateN", "--input", "input:512", "--constant", "sr=16000", "--task", "vad"], "--sample-rate"),
+    (["--state", "state:stateN", "--input", "input:512", "--constant", "sr=fast"], "--constant sr=fast: not a int64"),
+    (["--state", "state:stateN", "--input", "input", "--constant", "sr=16000"], "expected NAME:VALUES"),
+]
+
+
+@pytest.mark.parametrize("flags, words", DESCRIBE_MISTAKES, ids=[m[1][:30] for m in DESCRIBE_MISTAKES])
+def test_describe_refuses_what_does_not_fit_in_words(silero_file, tmp_path, flags, words):
+    done = run_cli("describe", str(silero_file), *flags, "--out", str(tmp_path / "vad.onnx"))
+    assert done.returncode != 0 and words in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "vad.onnx").exists()
+
+
+def test_describe_without_a_tokenizer_or_input_says_which_is_missing(tmp_path):
+    done = run_cli("describe", os.devnull, "--state", "h:h_next")
+    assert done.returncode != 0 and "--tokenizer is required" in done.stderr, done.stderr
