@@ -127,7 +127,10 @@ class ModelCard:
 
     @property
     def output_widths(self) -> dict[str, int]:
-        """Each per-step output's last dimension: logits over the outputs, attention over the source rows kept."""
+        """Each per-step output's last dimension: logits over the outputs, attention over the source rows kept (a
+        model that takes values: each output as its file declares it)."""
+        if self.input.values:
+            return {o["name"]: int(o["shape"][-1]) for o in self.document["outputs"]}
         widths = {"logits": self.output_size}
         if "attention" in self.extra_outputs:
             widths["attention"] = self.encoder.max_source_tokens

@@ -119,9 +119,10 @@ class SequenceControl:
 
 @dataclass(frozen=True, slots=True)
 class TensorRequest:
-    """The model's inputs as a batch of rows (the KServe API): token ids [B, T], or one text per row."""
+    """The model's inputs as a batch of rows (the KServe API): token ids [B, T], or one text per row, or values."""
 
     tokens: np.ndarray | None = None  # [B, T] int64
+    values: np.ndarray | None = None  # [B, T, *step] float32, for a model that takes values
     texts: tuple[str, ...] = ()
     starts: tuple[str, ...] = ()  # models with an encoder: each row's label or source, read when its sequence starts
     sequence: SequenceControl = SequenceControl()

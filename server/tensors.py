@@ -27,8 +27,9 @@ class TensorService:
                 f"model {card.name!r} needs the whole input at once, so it keeps no sequences: send each input "
                 "in one ModelInfer without sequence parameters"
             )
-        if request.tokens is not None:  # before reading a token of it
-            self._inputs.check_request_size(*request.tokens.shape, request.answer_bytes_per_step)
+        for given in (request.tokens, request.values):  # before reading a token of it
+            if given is not None:
+                self._inputs.check_request_size(*given.shape[:2], request.answer_bytes_per_step)
         rows = self._rows(model, request)
         if sequence.id and len(rows) != 1:
             raise InvalidArgument("inputs", f"a sequence's request carries one row (batch size 1), not {len(rows)}")
@@ -56,11 +57,13 @@ class TensorService:
             raise failed.exceptions[0] from None
         return TensorResult(model, _stacked(model, [task.result() for task in tasks]))
 
-    async def _run_alone(self, model: Model, row: list[int], start: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+    async def _run_alone(self, model: Model, row: list[int] | np.ndarray, start: dict[str, np.ndarray]) -> list[np.ndarray] | None:
         async with self.sessions.attach(model) as session:
             return await _run_row(session, row, start)
 
-    def _rows(self, model: Model, request: TensorRequest) -> list[list[int]]:
+    def _rows(self, model: Model, request: TensorRequest) -> list[list[int]] | list[np.ndarray]:
+        if model.card.input.values:
+            return self._value_rows(model, request.values)
         if (request.tokens is None) == (not request.texts):
             raise InvalidArgument("inputs", "send exactly one of the inputs tokens (INT64) or text (BYTES)")
         if request.tokens is not None:
@@ -76,6 +79,17 @@ class TensorService:
                 "one request are one tensor, so send rows of different lengths in separate requests"
             )
         return rows
+
+    def _value_rows(self, model: Model, values: np.ndarray | None) -> list[np.ndarray]:
+        name = model.card.input.name
+        if values is None:
+            raise InvalidArgument("inputs", f"model {model.card.name!r} takes {name!r} (FP32 [batch, steps, {', '.join(map(str, model.card.input.step))}])")
+        if values.shape[0] == 0:
+            raise InvalidArgument(f"inputs[{name}]", "the batch is empty: send at least one row")
+        if not np.isfinite(values).all():
+            row, step = np.argwhere(~np.isfinite(values))[0][:2]
+            raise InvalidArgument(f"inputs[{name}]", f"row {row}, step {step} holds NaN or infinity: every value must be a finite number")
+        return list(values.astype(np.float32))
 
     def _starts(self, model: Model, request: TensorRequest, rows: int) -> list[dict[str, np.ndarray]]:
         """Each row's encoder inputs (empty where the row continues a sequence, or the model has no encoder)."""
@@ -94,16 +108,16 @@ class TensorService:
         return [self._inputs.encoder_inputs(model, **{encoder.input: start})[0] for start in request.starts]
 
 
-async def _run_row(session: Session, row: list[int], start: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+async def _run_row(session: Session, row: list[int] | np.ndarray, start: dict[str, np.ndarray]) -> list[np.ndarray] | None:
     if start:
         await session.encode(start)
-    return (await session.step(row)).outputs if row else None
+    return (await session.step(row)).outputs if len(row) else None
 
 
 def _stacked(model: Model, results: list[list[np.ndarray] | None]) -> dict[str, np.ndarray]:
     """Each output over the batch's rows; a row of zero steps (None) has empty outputs of the right width."""
     card = model.card
-    names = ("logits", *card.extra_outputs)
+    names = card.outputs
     if len(results) == 1 and results[0] is not None:  # a sequence's one row
         return {name: results[0][i][None] for i, name in enumerate(names)}
     widths = card.output_widths

@@ -101,6 +101,16 @@ def test_32_concurrent_vad_streams_equal_silero_vads_own_wrapper(vad_server, sil
     assert calls < chunks, f"{calls} onnxruntime calls for {chunks} chunks of 32 streams: nothing was batched"
 
 
+def test_32_vad_sequences_over_tritons_own_client_equal_silero_vads_own_wrapper(vad_server, silero_file, triton):
+    """tritonclient unchanged: FP32 [1, steps, 512] requests of 32 sequences interleaved on one ModelStreamInfer."""
+    audios = [noisy_audio(100 + seed, 10 + seed % 4) for seed in range(32)]
+    got = triton("stream_values", vad_server.target, "vad", [a.reshape(-1, CHUNK) for a in audios], 3)
+    for seed, (mine, audio) in enumerate(zip(got, audios)):
+        assert np.abs(mine - reference(silero_file, audio)).max() < 1e-5, seed
+    facts = triton("server_facts", vad_server.target, "vad")
+    assert facts["inputs"] == [("input", "FP32", [-1, -1, 512])] and facts["outputs"] == [("output", "FP32", [-1, -1, 1])]
+
+
 def test_a_vad_session_snapshotted_restored_and_forked_goes_on_exactly(vad_server, silero_file):
     """The carried context is state: a restored or forked session continues with the last 64 samples it had."""
     audio = noisy_audio(99, 20)
@@ -165,6 +175,25 @@ def test_bad_values_are_refused_by_name_and_disturb_no_other_session(vad_server,
         after = streamed(client, audio[4 * CHUNK :], 2, session_id=f"canary-{case}", resume=True)
         client.close_session(f"canary-{case}")
     assert np.abs(after - expected[4:]).max() < 1e-5
+
+
+KSERVE_MISTAKES = [
+    ("INT64", np.zeros((1, 2, 512), np.int64), "datatype INT64: this input is input (FP32 [-1, -1, 512])"),
+    ("FP32", np.zeros((1, 2, 480), np.float32), "shape [1, 2, 480] does not fit [-1, -1, 512]"),
+    ("FP32", np.where(np.arange(1024).reshape(1, 2, 512) == 600, np.inf, 0).astype(np.float32), "row 0, step 1 holds NaN or infinity"),
+]
+
+
+@pytest.mark.parametrize("datatype, array, words", KSERVE_MISTAKES, ids=["int64", "shape", "infinity"])
+def test_bad_kserve_values_are_refused_by_name(vad_server, datatype, array, words):
+    from rnnserve.inference import grpc_service_pb2 as kserve_pb
+    from rnnserve.inference import grpc_service_pb2_grpc as kserve_grpc
+
+    message = kserve_pb.ModelInferRequest(model_name="vad", raw_input_contents=[array.tobytes()])
+    message.inputs.add(name="input", datatype=datatype, shape=array.shape)
+    with grpc.insecure_channel(vad_server.target) as channel:
+        error = status_of(lambda: kserve_grpc.GRPCInferenceServiceStub(channel).ModelInfer(message))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "inputs[input]" in error.details() and words in error.details(), error.details()
 
 
 def test_text_to_a_values_model_and_values_to_a_token_model_are_refused(vad_server):

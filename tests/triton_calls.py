@@ -103,3 +103,34 @@ def repository_and_statistics(target: str, model: str) -> dict:
             except InferenceServerException as err:
                 refusals.append(f"{err.status()}: {err.message()}")
         return {"index": [(m["name"], m["version"], m["state"]) for m in index], "statistics": statistics, "refusals": refusals}
+
+
+def stream_values(target: str, model: str, sequences: list[np.ndarray], per_request: int) -> list[np.ndarray]:
+    """Many sequences of a model that takes values on one stream, their requests interleaved: each request FP32
+    [1, per_request, *step] with Triton's sequence parameters; per sequence, its first output over all its steps."""
+    answers: queue.Queue = queue.Queue()
+    sent = 0
+    with triton.InferenceServerClient(target) as client:
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        longest = max(len(steps) for steps in sequences)
+        for start in range(0, longest, per_request):
+            for number, steps in enumerate(sequences):
+                if start >= len(steps):
+                    continue
+                piece = steps[start : start + per_request][None].astype(np.float32)
+                tensor = triton.InferInput("input", list(piece.shape), "FP32")
+                tensor.set_data_from_numpy(piece)
+                client.async_stream_infer(
+                    model, [tensor], request_id=f"{number}:{start}", sequence_id=1000 + number, sequence_start=start == 0,
+                    sequence_end=start + per_request >= len(steps),
+                )
+                sent += 1
+        received = [answers.get(timeout=60) for _ in range(sent)]
+        client.stop_stream()
+    outputs: dict[int, dict[int, np.ndarray]] = {}
+    for result, error in received:
+        if error is not None:
+            raise AssertionError(str(error))
+        number, start = map(int, result.get_response().id.split(":"))
+        outputs.setdefault(number, {})[start] = result.as_numpy("output")[0, :, 0]
+    return [np.concatenate([by_start[s] for s in sorted(by_start)]) for _, by_start in sorted(outputs.items())]

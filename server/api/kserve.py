@@ -170,7 +170,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             max_batch_size=self._config.max_batch,
             default_model_filename="model.onnx",
             input=[
-                config_pb.ModelInput(name=s.name, data_type=s.config_type, dims=s.shape[1:], optional=s.name != "tokens")
+                config_pb.ModelInput(name=s.name, data_type=s.config_type, dims=s.shape[1:], optional=s.name not in ("tokens", card.input.name))
                 for s in declared_inputs(card)
             ],
             output=[config_pb.ModelOutput(name=s.name, data_type=s.config_type, dims=s.shape[1:]) for s in outputs_of(card)],

@@ -2,9 +2,10 @@
 parameters, input decoding from `contents` or raw bytes (with errors that name the tensor), and outputs in
 the form the inputs came in, Triton's classification included.
 
-Every model takes `tokens` (INT64 [batch, steps]) or `text` (BYTES [batch, 1]; accepted, not declared) and answers
+A token model takes `tokens` (INT64 [batch, steps]) or `text` (BYTES [batch, 1]; accepted, not declared) and answers
 `logits` (FP32 [batch, steps, outputs]). A model with an encoder also reads a `label` or `source` when a sequence
-starts, and an encoder–decoder also answers `attention`.
+starts, and an encoder–decoder also answers `attention`. A model that takes values takes its input as FP32
+[batch, steps, *step] (Silero VAD: `input` [1, steps, 512]) and answers each of its outputs as FP32 [batch, steps, width].
 
 Beyond Triton, a sequence's responses carry `sequence_position` (the tokens it has consumed), and a request may
 carry the position the client has had answered: a sequence that is elsewhere (restored from a state store that
@@ -41,7 +42,9 @@ class TensorSpec:
 
 def inputs_of(card: ModelCard) -> tuple[TensorSpec, ...]:
     """Token ids or text the server tokenizes (either), and for a model with an encoder the label or source
-    each sequence starts from."""
+    each sequence starts from; or the values a model takes."""
+    if card.input.values:
+        return _values_input(card.input.name, card.input.step)
     return _inputs(card.encoder.input if card.encoder is not None else None)
 
 
@@ -67,6 +70,11 @@ def _inputs(starts_from: str | None) -> tuple[TensorSpec, ...]:
     if starts_from is not None:
         inputs += (TensorSpec(starts_from, "BYTES", (-1, 1), config_pb.TYPE_STRING),)
     return inputs
+
+
+@functools.cache
+def _values_input(name: str, step: tuple[int, ...]) -> tuple[TensorSpec, ...]:
+    return (TensorSpec(name, "FP32", (-1, -1, *step), config_pb.TYPE_FP32),)
 
 
 @functools.cache
@@ -159,8 +167,8 @@ def tensor_request(card: ModelCard, request: pb.ModelInferRequest, owner: object
         arrays[tensor.name] = input_array(spec, tensor, raw[index] if raw else None)
     starts = card.encoder.input if card.encoder else ""
     return TensorRequest(
-        arrays.get("tokens"), strings(arrays, "text"), strings(arrays, starts), sequence_control(request), owner,
-        answer_bytes_per_step(card, wanted),
+        arrays.get("tokens"), arrays.get(card.input.name) if card.input.values else None, strings(arrays, "text"),
+        strings(arrays, starts), sequence_control(request), owner, answer_bytes_per_step(card, wanted),
     )
 
 
@@ -190,24 +198,28 @@ def input_array(spec: TensorSpec, tensor, raw: bytes | None) -> np.ndarray:
     if raw is not None:
         if tensor.HasField("contents"):
             raise InvalidArgument(field, "has contents as well as raw_input_contents: send one or the other")
-        elements = split_bytes(raw, field) if spec.datatype == "BYTES" else raw_numbers(raw, count, field)
+        elements = split_bytes(raw, field) if spec.datatype == "BYTES" else raw_numbers(raw, count, field, spec.datatype)
     elif spec.datatype == "BYTES":
         elements = list(tensor.contents.bytes_contents)
     else:
-        elements = tensor.contents.int64_contents
+        elements = tensor.contents.fp32_contents if spec.datatype == "FP32" else tensor.contents.int64_contents
     if len(elements) != count:
         raise InvalidArgument(field, f"{len(elements)} elements for shape {list(shape)}, which holds {count}")
     if spec.datatype == "BYTES":
         array = np.empty(count, dtype=object)
         array[:] = elements
         return array.reshape(shape)
-    return np.asarray(elements, dtype=np.int64).reshape(shape)
+    return np.asarray(elements, dtype=NUMBERS[spec.datatype]).reshape(shape)
 
 
-def raw_numbers(raw: bytes, count: int, field: str) -> np.ndarray:
-    if len(raw) != count * 8:
-        raise InvalidArgument(field, f"raw contents of {len(raw)} bytes; {count} INT64 elements take {count * 8}")
-    return np.frombuffer(raw, dtype="<i8")
+NUMBERS = {"INT64": np.dtype("<i8"), "FP32": np.dtype("<f4")}
+
+
+def raw_numbers(raw: bytes, count: int, field: str, datatype: str) -> np.ndarray:
+    size = NUMBERS[datatype].itemsize
+    if len(raw) != count * size:
+        raise InvalidArgument(field, f"raw contents of {len(raw)} bytes; {count} {datatype} elements take {count * size}")
+    return np.frombuffer(raw, dtype=NUMBERS[datatype])
 
 
 def split_bytes(raw: bytes, field: str) -> list[bytes]:
