@@ -89,6 +89,14 @@ class RnnServeClient:
 
         return self._stub.Stream(requests(), timeout=self._timeout_s, metadata=metadata)
 
+    def stream_many(
+        self, messages: Iterable[list[pb.SessionChunk]], metadata: list[tuple[str, str]] | None = None
+    ) -> Iterator[pb.StreamManyResponse]:
+        """Many sessions on one stream: each message is the chunks of any number of sessions (made with
+        `session_chunk`), and each answer holds one SessionAnswer per chunk, in order (`code` 0, or its error)."""
+        requests = (pb.StreamManyRequest(chunks=chunks) for chunks in messages)
+        return self._stub.StreamMany(requests, timeout=self._timeout_s, metadata=metadata)
+
     def infer(self, model: str, text: str | list[int], version: str = "", top_k: int = 0) -> list[pb.StepPrediction]:
         """The whole input at once from the initial state: every step's top-k outputs (tokens or labels)."""
         return list(self.infer_response(model, text, version, top_k).steps)
@@ -128,6 +136,24 @@ def _chunk_request(item: str | list[int] | np.ndarray) -> pb.StreamRequest:
     if isinstance(item, np.ndarray):
         return pb.StreamRequest(values=values_tensor(item))
     return pb.StreamRequest(text=item) if isinstance(item, str) else pb.StreamRequest(tokens=item)
+
+
+def session_chunk(
+    session_id: str, item: str | list[int] | np.ndarray | None = None, model: str = "", resume: bool = False, top_k: int = 0,
+    reset: bool = False, close: bool = False,
+) -> pb.SessionChunk:
+    """One session's chunk of a StreamMany message. `model` (and `resume`, `top_k`) with its first chunk on the
+    stream; `item` as `stream` takes it (text, token ids, or an array of steps)."""
+    chunk = pb.SessionChunk(session_id=session_id, reset=reset, close=close)
+    if model:
+        chunk.start.CopyFrom(pb.StreamStart(model=model, resume=resume, top_k=top_k))
+    if isinstance(item, np.ndarray):
+        chunk.values.CopyFrom(values_tensor(item))
+    elif isinstance(item, str):
+        chunk.text = item
+    elif item is not None:
+        chunk.tokens.extend(item)
+    return chunk
 
 
 def values_tensor(values: np.ndarray) -> pb.Tensor:

@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
-from rnnserve.client import RnnServeClient
+from rnnserve.client import RnnServeClient, session_chunk
 from rnnserve.inference import grpc_service_pb2_grpc as kserve_grpc
 from rnnserve.server.security import new_token, token_line
 from tests.helpers import ServerThread, distributions, logits_of, request, status_of
@@ -31,6 +31,26 @@ def clients(running, tokens):
     return {name: RnnServeClient(running.target, timeout_s=30, token=token) for name, token in tokens.items()}
 
 
+class ChunkError(grpc.RpcError):
+    """A StreamMany chunk's error (the stream goes on), as the RpcError a call's error is."""
+
+    def __init__(self, answer):
+        self._code, self._details = grpc.StatusCode(next(c for c in grpc.StatusCode if c.value[0] == answer.code)), answer.message
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
+def many_resume(client, name: str):
+    (response,) = client.stream_many([[session_chunk(name, "x", model="lstm", resume=True)]])
+    if response.answers[0].code:
+        raise ChunkError(response.answers[0])
+    return response
+
+
 def same_words(error: grpc.RpcError, never: grpc.RpcError, session: str, other: str) -> bool:
     return error.code() == never.code() == grpc.StatusCode.NOT_FOUND and error.details() == never.details().replace(other, session)
 
@@ -47,6 +67,7 @@ def test_another_token_cannot_touch_a_native_session_nor_learn_it_exists(owned):
         "ForkSession": lambda name: bob.fork_session(name, "stolen"),
         "CloseSession": lambda name: bob.close_session(name),
         "Stream resume": lambda name: list(bob.stream("lstm", ["x"], session_id=name, resume=True)),
+        "StreamMany resume": lambda name: many_resume(bob, name),
     }
     for rpc, call in tries.items():
         assert same_words(status_of(lambda: call("mine")), status_of(lambda: call("never-made")), "mine", "never-made"), rpc

@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
-from rnnserve.client import outputs_of, values_tensor
+from rnnserve.client import outputs_of, session_chunk, values_tensor
 from rnnserve.v1 import rnnserve_pb2 as pb
 from tests.helpers import ServerThread, run_cli, status_of, together
 
@@ -99,6 +99,57 @@ def test_32_concurrent_vad_streams_equal_silero_vads_own_wrapper(vad_server, sil
         assert mine.shape == theirs.shape and np.abs(mine - theirs).max() < 1e-5, seed
     chunks = sum(len(e) for e in expected)
     assert calls < chunks, f"{calls} onnxruntime calls for {chunks} chunks of 32 streams: nothing was batched"
+
+
+def multiplexed(client, audios: list[np.ndarray], per_message: int, prefix: str) -> tuple[list[np.ndarray], list]:
+    """Every session's chunks on one StreamMany stream: each message carries `per_message` steps of every session
+    still going; per session its probabilities, and every answer that was not an output."""
+    chunked = [audio.reshape(-1, CHUNK) for audio in audios]
+    messages, longest = [], max(len(c) for c in chunked)
+    for start in range(0, longest, per_message):
+        messages.append([
+            session_chunk(f"{prefix}-{n}", steps[start : start + per_message], model="vad" if start == 0 else "", close=start + per_message >= len(steps))
+            for n, steps in enumerate(chunked) if start < len(steps)
+        ])
+    got: dict[str, list[np.ndarray]] = {}
+    for response in client.stream_many(messages):
+        for answer in response.answers:
+            assert answer.code == 0, answer.message
+            got.setdefault(answer.session_id, []).append(outputs_of(answer.answer)["output"][:, 0])
+    return [np.concatenate(got[f"{prefix}-{n}"]) for n in range(len(audios))]
+
+
+def test_32_vad_sessions_multiplexed_on_one_stream_equal_silero_vads_own_wrapper(vad_server, silero_file):
+    audios = [noisy_audio(200 + seed, 12 + seed % 5) for seed in range(32)]
+    with vad_server.client() as client:
+        before = client.get_model("vad").runtime_calls
+        got = multiplexed(client, audios, 2, "many")
+        calls = client.get_model("vad").runtime_calls - before
+        assert client.get_model("vad").active_sessions == 0  # each closed with its last chunk
+    for seed, (mine, audio) in enumerate(zip(got, audios)):
+        assert np.abs(mine - reference(silero_file, audio)).max() < 1e-5, seed
+    # a message's steps share calls (not always one: the engine may split 32 rows × 2 steps into pieces of 2 ms)
+    steps = sum(len(a) // CHUNK for a in audios)
+    assert calls * 4 <= steps, f"{calls} onnxruntime calls for {steps} steps of 32 sessions: they were not batched"
+
+
+def test_a_bad_chunk_in_a_multiplexed_message_fails_alone(vad_server, silero_file):
+    audio = noisy_audio(5, 6).reshape(-1, CHUNK)
+    expected = reference(silero_file, audio.ravel())
+    with vad_server.client() as client:
+        first = [session_chunk("mux-good", audio[:2], model="vad"), session_chunk("mux-nan", np.full((1, 512), np.nan, np.float32), model="vad"),
+                 session_chunk("mux-unknown", audio[:1]), session_chunk("mux-model", audio[:1], model="nope"), session_chunk("", audio[:1])]
+        second = [session_chunk("mux-good", audio[2:4]), session_chunk("mux-good", audio[4:], close=True), session_chunk("mux-nan", audio[:1], close=True)]
+        answers = [list(r.answers) for r in client.stream_many([first, second])]
+    codes = [[(a.session_id, grpc.StatusCode.OK.value[0] if a.code == 0 else a.code) for a in message] for message in answers]
+    invalid, not_found = grpc.StatusCode.INVALID_ARGUMENT.value[0], grpc.StatusCode.NOT_FOUND.value[0]
+    assert codes == [
+        [("mux-good", 0), ("mux-nan", invalid), ("mux-unknown", not_found), ("mux-model", not_found), ("", invalid)],
+        [("mux-good", 0), ("mux-good", 0), ("mux-nan", 0)],
+    ]
+    assert "values[0]" in answers[0][1].message and "not open on this stream" in answers[0][2].message
+    good = np.concatenate([outputs_of(a.answer)["output"][:, 0] for a in (answers[0][0], answers[1][0], answers[1][1])])
+    assert np.abs(good - expected).max() < 1e-5  # in order, and undisturbed by its neighbours' mistakes
 
 
 def test_32_vad_sequences_over_tritons_own_client_equal_silero_vads_own_wrapper(vad_server, silero_file, triton):

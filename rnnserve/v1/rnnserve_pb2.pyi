@@ -206,6 +206,48 @@ class Tensor(_message.Message):
     data: bytes
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class StreamManyRequest(_message.Message):
+    __slots__ = ("chunks",)
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    chunks: _containers.RepeatedCompositeFieldContainer[SessionChunk]
+    def __init__(self, chunks: _Optional[_Iterable[_Union[SessionChunk, _Mapping]]] = ...) -> None: ...
+
+class SessionChunk(_message.Message):
+    __slots__ = ("session_id", "start", "reset", "text", "tokens", "values", "close")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    start: StreamStart
+    reset: bool
+    text: str
+    tokens: _containers.RepeatedScalarFieldContainer[int]
+    values: Tensor
+    close: bool
+    def __init__(self, session_id: _Optional[str] = ..., start: _Optional[_Union[StreamStart, _Mapping]] = ..., reset: _Optional[bool] = ..., text: _Optional[str] = ..., tokens: _Optional[_Iterable[int]] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., close: _Optional[bool] = ...) -> None: ...
+
+class StreamManyResponse(_message.Message):
+    __slots__ = ("answers",)
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    answers: _containers.RepeatedCompositeFieldContainer[SessionAnswer]
+    def __init__(self, answers: _Optional[_Iterable[_Union[SessionAnswer, _Mapping]]] = ...) -> None: ...
+
+class SessionAnswer(_message.Message):
+    __slots__ = ("session_id", "answer", "code", "message")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    answer: StreamResponse
+    code: int
+    message: str
+    def __init__(self, session_id: _Optional[str] = ..., answer: _Optional[_Union[StreamResponse, _Mapping]] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
 class TokenProbability(_message.Message):
     __slots__ = ("token_id", "text", "probability")
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]

@@ -54,6 +54,11 @@ class RnnServeStub:
                 request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.StreamRequest.SerializeToString,
                 response_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.StreamResponse.FromString,
                 _registered_method=True)
+        self.StreamMany = channel.stream_stream(
+                '/rnnserve.v1.RnnServe/StreamMany',
+                request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.StreamManyRequest.SerializeToString,
+                response_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.StreamManyResponse.FromString,
+                _registered_method=True)
         self.CloseSession = channel.unary_unary(
                 '/rnnserve.v1.RnnServe/CloseSession',
                 request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.CloseSessionRequest.SerializeToString,
@@ -110,6 +115,16 @@ class RnnServeServicer:
     def Stream(self, request_iterator, context):
         """Bidirectional: the client sends text or token chunks, the server answers every step of every
         chunk with the top-k next tokens. The recurrent state persists across messages of the stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamMany(self, request_iterator, context):
+        """Many sessions on one stream: each message carries chunks for any number of sessions (by session id), and its
+        answer carries each chunk's answer in the same order, so a client carrying N streams (a media server's calls)
+        pays the per-message cost once a tick, not N times. Each session is a named session of its own, with its own
+        state, TTL, snapshots and state store; a chunk that fails is answered with its status, and the others go on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -176,6 +191,11 @@ def add_RnnServeServicer_to_server(servicer, server):
                     servicer.Stream,
                     request_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.StreamRequest.FromString,
                     response_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.StreamResponse.SerializeToString,
+            ),
+            'StreamMany': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamMany,
+                    request_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.StreamManyRequest.FromString,
+                    response_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.StreamManyResponse.SerializeToString,
             ),
             'CloseSession': grpc.unary_unary_rpc_method_handler(
                     servicer.CloseSession,
@@ -311,6 +331,33 @@ class RnnServe:
             '/rnnserve.v1.RnnServe/Stream',
             rnnserve_dot_v1_dot_rnnserve__pb2.StreamRequest.SerializeToString,
             rnnserve_dot_v1_dot_rnnserve__pb2.StreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamMany(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/rnnserve.v1.RnnServe/StreamMany',
+            rnnserve_dot_v1_dot_rnnserve__pb2.StreamManyRequest.SerializeToString,
+            rnnserve_dot_v1_dot_rnnserve__pb2.StreamManyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from contextlib import AsyncExitStack
 
+import grpc
+
 from rnnserve.server.api.access import looked_up, resolved, visible
 from rnnserve.server.api.accounting import counted
 from rnnserve.server.api.in_flight import InFlight
-from rnnserve.server.api.status import streaming, unary
-from rnnserve.server.errors import InvalidArgument
+from rnnserve.server.api.status import internal_error, status_of, streaming, unary
+from rnnserve.server.errors import InvalidArgument, ServeError
 from rnnserve.server.metrics import Metrics
+from rnnserve.server.multiplexed import Multiplexed, in_session_order
 from rnnserve.server.repository import Model, Repository
 from rnnserve.server.requests import (
     Candidate,
@@ -87,6 +90,34 @@ class NativeServicer(pb_grpc.RnnServeServicer):
                     result = await consume(chunk(request))
                     call.position = result.position
                 yield stream_response(result)
+
+    @streaming
+    async def StreamMany(self, requests, context):
+        async with Multiplexed(self._service) as streams:
+            async for request in requests:
+                answers = await in_session_order(list(request.chunks), lambda c: c.session_id, lambda c: self._many_chunk(streams, c))
+                yield pb.StreamManyResponse(answers=answers)
+
+    async def _many_chunk(self, streams: Multiplexed, entry: pb.SessionChunk) -> pb.SessionAnswer:
+        """One chunk of a StreamMany message, answered or failed alone."""
+        session_id = entry.session_id
+        try:
+            if not session_id:
+                raise InvalidArgument("chunks.session_id", "name the session each chunk is for")
+            if entry.HasField("start"):
+                if entry.start.session_id not in ("", session_id):
+                    raise InvalidArgument("start.session_id", f"{entry.start.session_id!r} is not this chunk's session, {session_id!r}")
+                start = StreamStart(session_id, entry.start.resume, entry.start.top_k, entry.start.acknowledged)
+                await streams.open(session_id, self._resolved("StreamMany", entry.start.model, entry.start.version), start)
+            with self._counted(streams.model(session_id), "StreamMany") as call:
+                call.session = session_id
+                result = await streams.consume(session_id, chunk(entry), entry.close)
+                call.position = result.position
+            return pb.SessionAnswer(session_id=session_id, answer=stream_response(result))
+        except ServeError as err:
+            return pb.SessionAnswer(session_id=session_id, code=status_of(err).value[0], message=str(err))
+        except Exception as err:  # a fault of ours: this chunk fails, the stream goes on
+            return pb.SessionAnswer(session_id=session_id, code=grpc.StatusCode.INTERNAL.value[0], message=internal_error(f"StreamMany chunk of {session_id!r}", err))
 
     @unary
     async def Infer(self, request: pb.InferRequest, context) -> pb.InferResponse:
