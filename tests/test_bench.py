@@ -77,3 +77,16 @@ def test_large_request_bench(repository):
     assert abs(line["ratio_p99"] - ratio) < 0.02 and isinstance(line["target_p99_3x_met"], bool)
     assert set(line["server_rss_mb"]) == {"before", "peak", "after"}
     assert line["answer_mb"] > 1.9 and line["rss_after_within_bound"], line  # [4, 512, 256] float32 logits: 2 MB
+
+
+def test_vad_bench():
+    pytest.importorskip("silero_vad", reason="the dev extra installs silero-vad")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.vad", "--streams", "2,4", "--seconds", "0.4"], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    (line,) = [json.loads(text) for text in done.stdout.splitlines() if text.startswith("{")]
+    assert set(line["streams_sustained"]) == {"in_process", "per_session", "multiplexed"}
+    for way, by_count in line["by_count"].items():
+        assert by_count["2"]["p99_ms"] > 0 and by_count["2"]["cpu_us_per_chunk"] > 0, way
+    assert line["onnxruntime_cpu_us_per_chunk"]["batch_256"] > 0 and set(line["targets_met"]) == {"multiplexed", "per_session"}

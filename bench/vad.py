@@ -1,0 +1,233 @@
+"""How many real-time audio streams Silero VAD keeps up with, served by rnnserve and run the way voice-agent
+frameworks run it today, on the same cores in one run.
+
+Every stream is paced like a microphone: a 32 ms chunk (512 samples at 16 kHz) every 32 ms, each stream starting
+at its own offset within the tick. A way sustains N streams when the p99 of a chunk's latency (from when it was due
+to when its probability is back) is at most 32 ms and no stream falls behind real time (no chunk sent a chunk late).
+
+- in-process: one onnxruntime session and one thread per stream, context and state carried by hand — what
+  silero_vad's OnnxWrapper does (without its torch tensors);
+- per-session: one rnnserve Stream per stream, all on one channel of one client process;
+- multiplexed: one rnnserve StreamMany carrying every stream's chunk in one message a tick.
+
+    python -m bench.vad                                  # needs silero-vad (the dev extra) and the [train] extra
+    python -m bench.vad --seconds 3 --streams 16,32,64,128,256,384,512
+
+Prints one JSON line: the most streams each way sustains (and p99 and CPU per chunk at each count tried), the
+ratios to in-process, the server's CPU per chunk beside onnxruntime's own at batch 1 and batched, and the ceiling
+of one in-process session batching every stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+
+from bench.common import process_cpu_s, server_process
+from rnnserve.client.native import session_chunk, values_tensor
+from rnnserve.v1 import rnnserve_pb2 as pb
+from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
+
+CHUNK, CONTEXT, RATE = 512, 64, 16000
+TICK_S = CHUNK / RATE  # 32 ms
+WARMUP_CHUNKS = 4  # left out of the latencies: sessions opening, sessions loading
+TARGETS = {"multiplexed": 2.5, "per_session": 1.0}  # streams sustained, as a multiple of in-process
+
+
+def silero_file() -> Path:
+    import silero_vad  # the dev extra
+
+    return Path(silero_vad.__file__).parent / "data" / "silero_vad.onnx"
+
+
+def described(source: Path) -> Path:
+    from rnnserve.export.describe_values import describe_values
+
+    repository = Path(tempfile.mkdtemp(prefix="rnnserve-vad-"))
+    describe_values(source, [("state", "stateN")], "input", CHUNK, "vad", CONTEXT, {"sr": str(RATE)}, RATE, repository / "vad" / "1" / "model.onnx")
+    return repository
+
+
+def audio(streams: int, chunks: int) -> np.ndarray:
+    """[streams, chunks, 512]: quiet noise (the model's cost does not depend on what it hears)."""
+    return (0.01 * np.random.default_rng(0).standard_normal((streams, chunks, CHUNK))).astype(np.float32)
+
+
+def summary(latencies: list[float], lags: list[float], chunks: int, cpu_s: float) -> dict:
+    ms = np.array(latencies) * 1e3
+    p99 = float(np.percentile(ms, 99))
+    worst_lag = max(lags, default=0.0)
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(p99, 2), "worst_send_lag_ms": round(worst_lag * 1e3, 2),
+        "cpu_us_per_chunk": round(cpu_s / chunks * 1e6, 1), "sustained": p99 <= TICK_S * 1e3 and worst_lag < TICK_S,
+    }
+
+
+def paced(start: float, stream: int, streams: int, k: int) -> float:
+    """When chunk k of a stream is due: streams spread over the tick, as independent microphones are."""
+    return start + (k + stream / streams) * TICK_S
+
+
+# in-process: a session and a thread per stream
+
+
+def in_process(model: Path, samples: np.ndarray) -> dict:
+    streams, chunks, _ = samples.shape
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1  # as OnnxWrapper sets them
+    sessions = [ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"]) for _ in range(streams)]
+    latencies, lags, lock = [], [], threading.Lock()
+    start = time.perf_counter() + 0.2
+
+    def run(stream: int) -> None:
+        session, state, context = sessions[stream], np.zeros((2, 1, 128), np.float32), np.zeros((1, CONTEXT), np.float32)
+        sr, mine, my_lags = np.array(RATE, np.int64), [], []
+        for k in range(chunks):
+            due = paced(start, stream, streams, k)
+            time.sleep(max(0.0, due - time.perf_counter()))
+            my_lags.append(max(0.0, time.perf_counter() - due))
+            x = np.concatenate([context, samples[stream, k][None]], axis=1)
+            _, state = session.run(None, {"input": x, "state": state, "sr": sr})
+            context = x[:, -CONTEXT:]
+            mine.append(time.perf_counter() - due)
+        with lock:
+            latencies.extend(mine[WARMUP_CHUNKS:])
+            lags.extend(my_lags[WARMUP_CHUNKS:])
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in range(streams)]
+    cpu = time.process_time()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return summary(latencies, lags, streams * chunks, time.process_time() - cpu)
+
+
+# rnnserve: a Stream per stream, or one StreamMany
+
+
+async def per_session(target: str, samples: np.ndarray) -> tuple[list[float], list[float]]:
+    streams, chunks, _ = samples.shape
+    latencies, lags = [], []
+    start = time.perf_counter() + 0.5
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.RnnServeStub(channel)
+
+        async def run(stream: int) -> None:
+            call = stub.Stream()
+            for k in range(chunks):
+                due = paced(start, stream, streams, k)
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                if k >= WARMUP_CHUNKS:
+                    lags.append(max(0.0, time.perf_counter() - due))
+                request = pb.StreamRequest(values=values_tensor(samples[stream, k][None]))
+                if k == 0:
+                    request.start.CopyFrom(pb.StreamStart(model="vad"))
+                await call.write(request)
+                await call.read()
+                if k >= WARMUP_CHUNKS:
+                    latencies.append(time.perf_counter() - due)
+            await call.done_writing()
+
+        await asyncio.gather(*(run(s) for s in range(streams)))
+    return latencies, lags
+
+
+async def multiplexed(target: str, samples: np.ndarray) -> tuple[list[float], list[float]]:
+    """Every stream's chunk in one message a tick; a chunk's latency runs from the tick to its message's answer."""
+    streams, chunks, _ = samples.shape
+    latencies, lags = [], []
+    start = time.perf_counter() + 0.5
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = pb_grpc.RnnServeStub(channel).StreamMany()
+        for k in range(chunks):
+            due = start + k * TICK_S
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            if k >= WARMUP_CHUNKS:
+                lags.append(max(0.0, time.perf_counter() - due))
+            entries = [session_chunk(f"mic-{s}", samples[s, k][None], model="vad" if k == 0 else "", close=k == chunks - 1) for s in range(streams)]
+            await call.write(pb.StreamManyRequest(chunks=entries))
+            answer = await call.read()
+            if any(a.code for a in answer.answers):
+                raise RuntimeError(next(a.message for a in answer.answers if a.code))
+            if k >= WARMUP_CHUNKS:
+                latencies.extend([time.perf_counter() - due] * streams)
+        await call.done_writing()
+    return latencies, lags
+
+
+def served(way, target: str, pid: int, samples: np.ndarray) -> dict:
+    cpu = process_cpu_s(pid)
+    latencies, lags = asyncio.run(way(target, samples))
+    return summary(latencies, lags, samples.shape[0] * samples.shape[1], process_cpu_s(pid) - cpu)
+
+
+def onnxruntime_cpu_us(model: Path, batch: int, runs: int = 200) -> float:
+    """onnxruntime's own CPU per chunk for the served graph at this batch (one thread, as the server's)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    feeds = {"input": audio(batch, 1), "state": np.zeros((batch, 2, 128), np.float32), "input_context": np.zeros((batch, CONTEXT), np.float32)}
+    session.run(None, feeds)
+    cpu = time.process_time()
+    for _ in range(runs):
+        session.run(None, feeds)
+    return (time.process_time() - cpu) / runs / batch * 1e6
+
+
+def most(results: dict[int, dict]) -> int:
+    """The most streams sustained, counting up from the fewest until the first count that was not."""
+    best = 0
+    for streams in sorted(results):
+        if not results[streams]["sustained"]:
+            break
+        best = streams
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", default="16,32,64,128,192,256,384,512", help="stream counts to try, comma-separated, fewest first")
+    parser.add_argument("--seconds", type=float, default=3.0, help="audio each stream sends, per count tried")
+    parser.add_argument("--threads", type=int, default=1, help="the server's onnxruntime intra-op threads")
+    args = parser.parse_args()
+    counts = sorted(int(n) for n in args.streams.split(","))
+    chunks = WARMUP_CHUNKS + max(8, int(args.seconds / TICK_S))
+    source = silero_file()
+    repository = described(source)
+    model = repository / "vad" / "1" / "model.onnx"
+    results: dict[str, dict[int, dict]] = {"in_process": {}, "per_session": {}, "multiplexed": {}}
+    for streams in counts:  # the baseline first and alone: it must not share the cores with an idle server
+        results["in_process"][streams] = in_process(source, audio(streams, chunks))
+        if not results["in_process"][streams]["sustained"]:
+            break
+    with server_process(repository, "--threads", str(args.threads), "--max-sessions", str(max(counts) + 8)) as (target, pid):
+        for name, way in (("per_session", per_session), ("multiplexed", multiplexed)):
+            for streams in counts:
+                results[name][streams] = served(way, target, pid, audio(streams, chunks))
+                if not results[name][streams]["sustained"]:
+                    break
+    sustained = {name: most(by_count) for name, by_count in results.items()}
+    base = sustained["in_process"] or 1
+    batched = onnxruntime_cpu_us(model, 256)
+    print(json.dumps({
+        "bench": "vad", "chunk_ms": TICK_S * 1e3, "seconds": args.seconds, "streams_sustained": sustained,
+        "ratio_to_in_process": {name: round(sustained[name] / base, 2) for name in TARGETS},
+        "targets_met": {name: sustained[name] / base >= target for name, target in TARGETS.items()},
+        "onnxruntime_cpu_us_per_chunk": {"batch_1": round(onnxruntime_cpu_us(model, 1), 1), "batch_256": round(batched, 1)},
+        "in_process_batched_ceiling_streams_per_core": int(TICK_S * 1e6 / batched),
+        "by_count": {name: {str(n): r for n, r in by_count.items()} for name, by_count in results.items()},
+    }))
+
+
+if __name__ == "__main__":
+    main()
