@@ -23,7 +23,7 @@ import logging
 import queue
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +59,16 @@ class StepResult:
 
 
 @dataclass(slots=True)
+class _Together:
+    """Steps queued together (a multiplexed message's, for many sessions): one future for all their results, in
+    order, so the event loop wakes once for them, not once a step."""
+
+    future: asyncio.Future
+    results: list
+    remaining: int
+
+
+@dataclass(slots=True)
 class _Step:
     slot: int
     inputs: np.ndarray  # [T, *step]: token ids [T] int64, or values
@@ -67,10 +77,18 @@ class _Step:
     top_k: int = 0  # rank the k most probable outputs of each step
     generation: Generation | None = None  # instead of a result: the generation whose next token this step samples
     parts: list[StepResult] | None = None  # a long input's pieces run so far (the engine thread's)
+    together: tuple[_Together, int] | None = None  # instead of a result: its place among steps queued together
 
     def wanted(self) -> bool:
         """False once whoever asked for it has gone away: it is skipped."""
-        return not self.generation.stopped if self.generation is not None else not self.result.cancelled()
+        if self.generation is not None:
+            return not self.generation.stopped
+        return not (self.together[0].future if self.together else self.result).cancelled()
+
+    @property
+    def answered(self) -> bool:
+        """Its outputs go back to someone (a generation's do not: it samples from them)."""
+        return self.result is not None or self.together is not None
 
 
 @dataclass(slots=True)
@@ -125,7 +143,7 @@ class Batcher:
         self._generating: list[Generation] = []  # generations with a step to run
         self._waiting: dict[int, Generation] = {}  # slot → a generation waiting for its client to catch up
         self._reads: list[_Read] = []  # state reads taken with the current batch, run after it
-        self._held: _Step | None = None  # a step taken after a read of its slot: the next batch's first
+        self._held: deque[_Step] = deque()  # steps taken but not yet run (after a read of their slot, or queued together)
         self._continuing: list[_Step] = []  # long inputs part-way through: the next batch's first
         self._deferred: list[_Read] = []  # reads of a slot whose step is part-way: they run once it is done
         metrics.watch(self._queue.qsize, lambda: runtime.slots_in_use, runtime.capacity)
@@ -152,6 +170,13 @@ class Batcher:
         result = self._loop.create_future()
         self._queue.put(_Step(slot, np.asarray(inputs, dtype=self._dtype), time.perf_counter(), result, top_k))
         return await result
+
+    async def step_many(self, slots: list[int], inputs: list[np.ndarray]) -> list[StepResult]:
+        """The outputs of each slot's inputs, queued together (they batch together), in one future."""
+        together = _Together(self._loop.create_future(), [None] * len(slots), len(slots))
+        now = time.perf_counter()
+        self._queue.put([_Step(slot, np.asarray(x, dtype=self._dtype), now, together=(together, i)) for i, (slot, x) in enumerate(zip(slots, inputs))])
+        return await together.future
 
     def generate(self, slot: int, prompt: list[int], params: SamplingParams, eos: int | None, banned: int | None,
                  extra_outputs: bool) -> Generation:
@@ -245,8 +270,8 @@ class Batcher:
         self._reads, self._deferred = self._deferred, []
         steps += continuing
         while len(steps) - len(continuing) < self._max_batch:
-            if self._held is not None:  # a step that had to wait for a read of its slot
-                job, self._held, block = self._held, None, False
+            if self._held:  # steps that had to wait for a read of their slot, or that came together
+                job, block = self._held.popleft(), False
             else:
                 try:
                     if block:  # nothing to do but wait
@@ -255,11 +280,14 @@ class Batcher:
                         job = self._queue.get(timeout=max(0.0, deadline - time.perf_counter())) if self._max_queue_delay_s else self._queue.get_nowait()
                 except queue.Empty:
                     break
+            if isinstance(job, list):  # steps queued together: taken one by one, as far as max_batch goes
+                self._held.extend(job)
+                continue
             if isinstance(job, _Read):  # runs after this batch: it sees the steps queued before it, and no others
                 self._reads.append(job)
                 continue
             if isinstance(job, _Step) and any(read.slot == job.slot for read in self._reads):
-                self._held = job  # its slot is being read: it steps after the read
+                self._held.appendleft(job)  # its slot is being read: it steps after the read
                 break
             if isinstance(job, _Resume):
                 generation = job.generation
@@ -345,7 +373,7 @@ class Batcher:
             self.pieces.others_served(finished)
         if not whole:
             for row, job in enumerate(group):
-                if job.result is not None:
+                if job.answered:
                     job.parts = (job.parts or []) + [StepResult([output[row] for output in outputs], *ranked.get(row, ()))]
                 job.inputs, job.queued = job.inputs[steps:], 0.0
             self._continuing.extend(group)
@@ -356,7 +384,7 @@ class Batcher:
         for generation, token in zip(generations, written):
             self._advance(generation, token)
         extras = [[output[row, -1] for output in outputs[1:]] if g.extra_outputs else None for row, g in zip(generating, generations)]
-        results = [None if job.result is None else self._result(job, [output[row] for output in outputs], ranked.get(row, ()))
+        results = [self._result(job, [output[row] for output in outputs], ranked.get(row, ())) if job.answered else None
                    for row, job in enumerate(group)]
         self._hand_over(_deliver, group, results, generations, written, extras)
 
@@ -414,7 +442,7 @@ def _fail(group: list[_Step], error: Exception) -> None:
             job.generation.error = error
             job.generation.ready.set()
         else:
-            _settle(job.result, None, error)
+            _settle(job.together[0].future if job.together else job.result, None, error)
 
 
 def _deliver(group: list[_Step], results: list[StepResult | None], generations: list[Generation], tokens: list[int],
@@ -422,7 +450,13 @@ def _deliver(group: list[_Step], results: list[StepResult | None], generations: 
     """On the event loop: every row's outputs to the request that waits for them, every generated token to its
     generation."""
     for job, result in zip(group, results):
-        if job.result is not None and not job.result.done():
+        if job.together is not None:
+            together, index = job.together
+            together.results[index] = result
+            together.remaining -= 1
+            if not together.remaining and not together.future.done():
+                together.future.set_result(together.results)
+        elif job.result is not None and not job.result.done():
             job.result.set_result(result)
     for generation, token, extra in zip(generations, tokens, extras):
         if generation.stopped:

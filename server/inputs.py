@@ -68,14 +68,14 @@ class Inputs:
         if len(shape) != 1 + len(spec.step) or tuple(shape[1:]) != spec.step or shape[0] < 0:
             raise InvalidArgument("values.shape", f"{list(shape)}: {_values_wanted(model)}")
         self._check_length(shape[0], "values", "steps")
-        size = int(np.prod(shape)) * 4
+        size = math.prod(shape) * 4
         if len(tensor.data) != size:
             raise InvalidArgument("values.data", f"{len(tensor.data)} bytes for shape {list(shape)}: expected {size} (float32, little-endian)")
-        values = np.frombuffer(tensor.data, "<f4").reshape(shape)
-        if not np.isfinite(values).all():
+        values = np.frombuffer(tensor.data, "<f4").reshape(shape)  # read-only, as the engine only reads it
+        if not math.isfinite(values.sum(dtype=np.float64)):  # a float64 sum of float32 values is finite only if they all are
             step = int(np.argwhere(~np.isfinite(values))[0][0])
             raise InvalidArgument(f"values[{step}]", "holds NaN or infinity: every value must be a finite number")
-        return values.astype(np.float32)
+        return values
 
     def _check_length(self, count: int, field_name: str, unit: str = "tokens") -> None:
         limit = self._config.max_input_tokens

@@ -1,31 +1,32 @@
 """The sessions of one multiplexed stream (StreamMany): many named sessions attached to one call, each opened by its
 first chunk and consumed as a Stream of its own would consume it.
 
-A message's chunks for different sessions run at once, so the engine batches them into one onnxruntime call; chunks
-for the same session run in the order they came. Every session is attached to the stream until it closes or the
+A message's chunks run in rounds: a session's first chunk of the message in the first round, its second in the
+second, so one session's chunks run in the order they came and different sessions' at once. In a round, the chunks
+of models that take values for sessions already open are stepped together (one hand-over for all of them, however
+many: server/service.py); the others (a session's first chunk, text, tokens) each as a Stream's would be. Every session is attached to the stream until it closes or the
 stream ends, then lives its TTL like any named session. Free of gRPC: the API layer converts and counts.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import TypeVar
 
 from rnnserve.server.errors import InvalidArgument, NotFound
 from rnnserve.server.repository import Model
 from rnnserve.server.requests import Chunk, ChunkResult, StreamStart
-from rnnserve.server.service import InferenceService
+from rnnserve.server.service import InferenceService, StreamSession
+from rnnserve.server.sessions import Session
 
 Entry = TypeVar("Entry")
-Answer = TypeVar("Answer")
 
 
 class Multiplexed:
     def __init__(self, service: InferenceService):
         self._service = service
-        self._open: dict[str, tuple[Model, AsyncExitStack, Callable[[Chunk], Awaitable[ChunkResult]]]] = {}
+        self._open: dict[str, tuple[AsyncExitStack, StreamSession]] = {}
 
     async def __aenter__(self) -> Multiplexed:
         return self
@@ -39,37 +40,40 @@ class Multiplexed:
         if session_id in self._open:
             raise InvalidArgument("start", f"session {session_id!r} is already open on this stream: send start with its first chunk only")
         stack = AsyncExitStack()
-        consume = await stack.enter_async_context(self._service.open_stream(model, start))
-        self._open[session_id] = (model, stack, consume)
+        opened = await stack.enter_async_context(self._service.open_stream(model, start))
+        self._open[session_id] = (stack, opened)
 
-    def model(self, session_id: str) -> Model:
+    def session(self, session_id: str) -> Session:
         if session_id not in self._open:
             raise NotFound(f"session {session_id!r} is not open on this stream: send `start` with its first chunk")
-        return self._open[session_id][0]
+        return self._open[session_id][1].session
 
-    async def consume(self, session_id: str, chunk: Chunk, close: bool) -> ChunkResult:
-        """The chunk's answer; with `close`, the session is then closed."""
-        result = await self._open[session_id][2](chunk)
-        if close:
+    def together(self, session_id: str) -> bool:
+        """Whether a chunk for this session (without `start`) may be stepped with others: it is open, of a model
+        that takes values."""
+        return session_id in self._open and self._open[session_id][1].session.model.card.input.values
+
+    async def consume(self, session_id: str, chunk: Chunk) -> ChunkResult:
+        return await self._open[session_id][1](chunk)
+
+    async def close(self, session_id: str) -> None:
+        """Closes the session now (after its chunk was answered)."""
+        if session_id in self._open:
             await self._detach(session_id)
             self._service.close_session(session_id)
-        return result
 
     async def _detach(self, session_id: str) -> None:
-        _, stack, _ = self._open.pop(session_id)
+        stack, _ = self._open.pop(session_id)
         await stack.aclose()
 
 
-async def in_session_order(entries: list[Entry], session_of: Callable[[Entry], str], answer: Callable[[Entry], Awaitable[Answer]]) -> list[Answer]:
-    """Each entry's answer, in the entries' order: different sessions' at once, one session's one after another."""
-    by_session: dict[str, list[int]] = {}
+def rounds(entries: list[Entry], session_of: Callable[[Entry], str]) -> list[list[int]]:
+    """The entries' indices in rounds: each session's first entry in the first, its second in the second, …"""
+    seen: dict[str, int] = {}
+    out: list[list[int]] = []
     for index, entry in enumerate(entries):
-        by_session.setdefault(session_of(entry), []).append(index)
-    answers: list = [None] * len(entries)
-
-    async def run(indices: list[int]) -> None:
-        for index in indices:
-            answers[index] = await answer(entries[index])
-
-    await asyncio.gather(*(run(indices) for indices in by_session.values()))
-    return answers
+        number = seen[session_of(entry)] = seen.get(session_of(entry), -1) + 1
+        if number == len(out):
+            out.append([])
+        out[number].append(index)
+    return out

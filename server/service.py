@@ -7,10 +7,13 @@ in server/tensors.py, the checks of what a request asks in server/inputs.py.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from rnnserve.server.errors import FailedPrecondition, InvalidArgument
+import numpy as np
+
+from rnnserve.server.errors import FailedPrecondition, InvalidArgument, ServeError
 from rnnserve.server.generation import TextStream
 from rnnserve.server.inputs import Inputs, check_call
 from rnnserve.server.predictions import classes, step_predictions
@@ -18,6 +21,16 @@ from rnnserve.server.repository import Model
 from rnnserve.server.requests import Chunk, ChunkResult, GeneratedPiece, GenerateRequest, InferRequest, InferResult, StreamStart
 from rnnserve.server.sessions import Session, SessionRegistry
 from rnnserve.text import IncrementalDecoder
+
+
+class StreamSession:
+    """An open stream's session, and what consumes each of its chunks."""
+
+    def __init__(self, service: InferenceService, session: Session, top_k: int):
+        self._service, self.session, self._top_k = service, session, top_k
+
+    async def __call__(self, chunk: Chunk) -> ChunkResult:
+        return await self._service._consume(self.session, chunk, self._top_k)
 
 
 class InferenceService:
@@ -72,7 +85,7 @@ class InferenceService:
             raise InvalidArgument("start.acknowledged", "is the position a resumed stream continues from: set resume too")
         async with self.sessions.attach(model, start.session_id, start.resume) as session:
             session.replay_until = start.acknowledged  # the chunks up to there are ones the client sends again
-            yield lambda chunk: self._consume(session, chunk, top_k)
+            yield StreamSession(self, session, top_k)
 
     async def _consume(self, session: Session, chunk: Chunk, top_k: int) -> ChunkResult:
         model = session.model
@@ -111,6 +124,50 @@ class InferenceService:
         await self.sessions.confirm(session)
         self.sessions.answered(session)
         return ChunkResult(session.id, session.position, behind=behind, outputs=outputs)
+
+    async def consume_values_together(self, items: list[tuple[Session, Chunk]]) -> list[ChunkResult | ServeError]:
+        """Chunks of many sessions of models that take values (a multiplexed message's, one chunk a session): each
+        checked alone, all stepped together (one hand-over per model, however many sessions), each answered alone;
+        a chunk that fails fails alone."""
+        results: list[ChunkResult | ServeError | None] = [None] * len(items)
+        by_model: dict[int, list[tuple[int, Session, np.ndarray, int]]] = {}  # id(model) → its chunks
+        for index, (session, chunk) in enumerate(items):
+            try:
+                self._inputs.tokens(session.model, chunk.text, chunk.tokens)  # refused: it takes values
+                values = self._inputs.values(session.model, chunk.values)
+            except ServeError as err:
+                results[index] = err
+                continue
+            behind = max(0, session.replay_until - session.position)
+            if chunk.reset:
+                session.reset()
+            by_model.setdefault(id(session.model), []).append((index, session, values, behind))
+
+        async def step(rows: list[tuple[int, Session, np.ndarray, int]]) -> None:
+            model = rows[0][1].model
+            stepping = [row for row in rows if len(row[2])]
+            try:
+                outputs = await model.batcher.step_many([row[1].slot for row in stepping], [row[2] for row in stepping]) if stepping else []
+            except ServeError as err:
+                for row in stepping:
+                    results[row[0]] = err
+                return
+            for (index, session, values, _), result in zip(stepping, outputs):
+                session.stepped(len(values))
+                results[index] = tuple(zip(model.card.outputs, result.outputs))
+            for index, session, _, behind in rows:
+                if isinstance(results[index], ServeError):
+                    continue
+                try:
+                    await self.sessions.confirm(session)
+                except ServeError as err:
+                    results[index] = err
+                    continue
+                self.sessions.answered(session)
+                results[index] = ChunkResult(session.id, session.position, behind=behind, outputs=results[index] or ())
+
+        await asyncio.gather(*(step(rows) for rows in by_model.values()))
+        return results
 
     async def infer(self, model: Model, request: InferRequest) -> InferResult:
         """The whole input in one call from the initial state, on a session of its own."""

@@ -71,11 +71,15 @@ class Session:
     async def step(self, tokens: list[int], top_k: int = 0) -> StepResult:
         """The outputs after each of `tokens` (logits [T, V] and the model's extra outputs, e.g. attention [T, S]),
         continuing this session's state; with `top_k`, each step's k most probable outputs."""
+        result = await self.model.batcher.step(self.slot, tokens, top_k)
+        self.stepped(len(tokens))
+        return result
+
+    def stepped(self, steps: int) -> None:
+        """This session's state has gone `steps` further (here, or in a step run with other sessions')."""
         if self.position < self.replay_until:
             self.model.metrics.chunk_replayed()
-        result = await self.model.batcher.step(self.slot, tokens, top_k)
-        self.position += len(tokens)
-        return result
+        self.position += steps
 
     async def encode(self, inputs: dict[str, np.ndarray]) -> None:
         """Sets this session's initial state from a request (a class label, a source text) with the model's encoder."""

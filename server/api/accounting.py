@@ -37,11 +37,15 @@ def counted(metrics: Metrics, model: Model, api: str, method: str):
         status = "INTERNAL"
         raise
     finally:
-        seconds = time.perf_counter() - began
-        metrics.request_done(model.card.name, model.card.version, api, method, status)
-        model.metrics.statistics.request(seconds, not status)
-        if logs.records_calls():
-            logs.call(api, method, model.card.name, model.card.version, call.session, status or "OK", seconds, call.position)
+        count(metrics, model, api, method, status, time.perf_counter() - began, call.session, call.position)
+
+
+def count(metrics: Metrics, model: Model, api: str, method: str, status: str, seconds: float, session: str = "", position: int = -1) -> None:
+    """One request done: OK (status "") or failed under this status; for requests answered together, each counts."""
+    metrics.request_done(model.card.name, model.card.version, api, method, status)
+    model.metrics.statistics.request(seconds, not status)
+    if logs.records_calls():
+        logs.call(api, method, model.card.name, model.card.version, session, status or "OK", seconds, position)
 
 
 def refused(metrics: Metrics, api: str, method: str, name: str, version: str, err: errors.ServeError) -> None:

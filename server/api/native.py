@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from contextlib import AsyncExitStack
 
 import grpc
 
 from rnnserve.server.api.access import looked_up, resolved, visible
-from rnnserve.server.api.accounting import counted
+from rnnserve.server.api.accounting import count, counted
 from rnnserve.server.api.in_flight import InFlight
 from rnnserve.server.api.status import internal_error, status_of, streaming, unary
 from rnnserve.server.errors import InvalidArgument, ServeError
 from rnnserve.server.metrics import Metrics
-from rnnserve.server.multiplexed import Multiplexed, in_session_order
+from rnnserve.server.multiplexed import Multiplexed, rounds
 from rnnserve.server.repository import Model, Repository
 from rnnserve.server.requests import (
     Candidate,
@@ -95,7 +97,16 @@ class NativeServicer(pb_grpc.RnnServeServicer):
     async def StreamMany(self, requests, context):
         async with Multiplexed(self._service) as streams:
             async for request in requests:
-                answers = await in_session_order(list(request.chunks), lambda c: c.session_id, lambda c: self._many_chunk(streams, c))
+                entries = list(request.chunks)
+                answers: list[pb.SessionAnswer | None] = [None] * len(entries)
+
+                async def alone(index: int) -> None:
+                    answers[index] = await self._many_chunk(streams, entries[index])
+
+                for indices in rounds(entries, lambda entry: entry.session_id):  # a session's chunks in their order
+                    together = [i for i in indices if not entries[i].HasField("start") and streams.together(entries[i].session_id)]
+                    others = [i for i in indices if i not in set(together)]
+                    await asyncio.gather(self._many_together(streams, entries, together, answers), *(alone(i) for i in others))
                 yield pb.StreamManyResponse(answers=answers)
 
     async def _many_chunk(self, streams: Multiplexed, entry: pb.SessionChunk) -> pb.SessionAnswer:
@@ -109,15 +120,35 @@ class NativeServicer(pb_grpc.RnnServeServicer):
                     raise InvalidArgument("start.session_id", f"{entry.start.session_id!r} is not this chunk's session, {session_id!r}")
                 start = StreamStart(session_id, entry.start.resume, entry.start.top_k, entry.start.acknowledged)
                 await streams.open(session_id, self._resolved("StreamMany", entry.start.model, entry.start.version), start)
-            with self._counted(streams.model(session_id), "StreamMany") as call:
+            with self._counted(streams.session(session_id).model, "StreamMany") as call:
                 call.session = session_id
-                result = await streams.consume(session_id, chunk(entry), entry.close)
+                result = await streams.consume(session_id, chunk(entry))
                 call.position = result.position
+            if entry.close:
+                await streams.close(session_id)
             return pb.SessionAnswer(session_id=session_id, answer=stream_response(result))
-        except ServeError as err:
-            return pb.SessionAnswer(session_id=session_id, code=status_of(err).value[0], message=str(err))
-        except Exception as err:  # a fault of ours: this chunk fails, the stream goes on
-            return pb.SessionAnswer(session_id=session_id, code=grpc.StatusCode.INTERNAL.value[0], message=internal_error(f"StreamMany chunk of {session_id!r}", err))
+        except Exception as err:  # this chunk fails (INTERNAL, for a fault of ours), the stream goes on
+            return failed_chunk(session_id, err)
+
+    async def _many_together(self, streams: Multiplexed, entries: list, indices: list[int], answers: list) -> None:
+        """Chunks of open sessions of models that take values, one a session: stepped together, answered each alone."""
+        if not indices:
+            return
+        began = time.perf_counter()
+        sessions = [streams.session(entries[i].session_id) for i in indices]
+        results = await self._service.consume_values_together([(s, chunk(entries[i])) for s, i in zip(sessions, indices)])
+        seconds = time.perf_counter() - began
+        for index, session, result in zip(indices, sessions, results):
+            entry = entries[index]
+            failed = isinstance(result, ServeError)
+            count(self._metrics, session.model, API, "StreamMany", status_of(result).name if failed else "", seconds, entry.session_id,
+                  -1 if failed else result.position)
+            if failed:
+                answers[index] = failed_chunk(entry.session_id, result)
+                continue
+            if entry.close:
+                await streams.close(entry.session_id)
+            answers[index] = pb.SessionAnswer(session_id=entry.session_id, answer=stream_response(result))
 
     @unary
     async def Infer(self, request: pb.InferRequest, context) -> pb.InferResponse:
@@ -170,6 +201,13 @@ class NativeServicer(pb_grpc.RnnServeServicer):
 
     def _model_info(self, model: Model) -> pb.ModelInfo:
         return model_info(model, self._repository.versions(model.card.name))
+
+
+def failed_chunk(session_id: str, err: Exception) -> pb.SessionAnswer:
+    """A StreamMany chunk's error: its status and message (INTERNAL with an error id for a fault of ours)."""
+    if isinstance(err, ServeError):
+        return pb.SessionAnswer(session_id=session_id, code=status_of(err).value[0], message=str(err))
+    return pb.SessionAnswer(session_id=session_id, code=grpc.StatusCode.INTERNAL.value[0], message=internal_error(f"StreamMany chunk of {session_id!r}", err))
 
 
 def generate_request(request: pb.GenerateRequest) -> GenerateRequest:
