@@ -156,6 +156,16 @@ def session_chunk(
     return chunk
 
 
+def audio_request(samples: bytes | np.ndarray, sample_rate: int) -> pb.StreamRequest:
+    """A Stream message of audio, any number of samples (the server cuts them into the model's steps): PCM16 bytes
+    or int16 samples, or float32 samples in [-1, 1]."""
+    if isinstance(samples, bytes) or np.asarray(samples).dtype == np.int16:
+        data, encoding = samples if isinstance(samples, bytes) else np.asarray(samples, "<i2").tobytes(), pb.Audio.PCM16
+    else:
+        data, encoding = np.asarray(samples, "<f4").tobytes(), pb.Audio.FLOAT32
+    return pb.StreamRequest(audio=pb.Audio(encoding=encoding, sample_rate=sample_rate, data=data))
+
+
 def values_tensor(values: np.ndarray) -> pb.Tensor:
     """Steps of a model that takes values, [T, *step], as the Tensor a StreamRequest carries."""
     values = np.asarray(values, "<f4")

@@ -74,7 +74,9 @@ EXAMPLES = {
     "stream": """examples:
   printf 'The return\\nstatement\\n' | rnnserve stream --model lm --top-k 3
   rnnserve stream --model lm --session-id talk-1 < part1.txt               # keep the state...
-  rnnserve stream --model lm --session-id talk-1 --resume < part2.txt      # ...and continue it""",
+  rnnserve stream --model lm --session-id talk-1 --resume < part2.txt      # ...and continue it
+  rnnserve stream --model vad --audio call.wav                             # speech segments as they are found
+  rnnserve stream --model forecaster --values readings.csv                 # numbers, a step a line""",
     "infer": """examples:
   rnnserve infer --model tagger_bi --top-k 1 thereturnstatement
   rnnserve infer --model kind 'static int add(int a, int b) { return a + b; }'""",
@@ -343,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--session-id", default="", help="name the session so a later stream can --resume it")
     stream.add_argument("--resume", action="store_true", help="continue the named session's state (needs --session-id)")
     stream.add_argument("--top-k", type=_number(int, 1, 2**32 - 1), default=0, help="predictions shown per step (default: 5, or all when fewer)")
+    stream.add_argument("--audio", metavar="WAV", help="stream this mono 16-bit WAV file to an audio model; a voice activity detector's speech segments are printed as found")
+    stream.add_argument("--values", metavar="CSV", help="stream numbers to a model that takes values, a step a line, comma-separated (- for stdin)")
+    stream.add_argument("--threshold", type=_number(float, 0, 1), default=0.5, help="--audio: a chunk at least this probable is speech (default 0.5)")
+    stream.add_argument("--min-silence-ms", type=_number(float, 0), default=100.0, help="--audio: silence that ends a segment (default 100)")
+    stream.add_argument("--min-speech-ms", type=_number(float, 0), default=250.0, help="--audio: shorter segments are left out (default 250)")
+    stream.add_argument("--pad-ms", type=_number(float, 0), default=30.0, help="--audio: each segment widened by this on both sides (default 30)")
     return parser
 
 

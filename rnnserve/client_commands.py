@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rnnserve.client import RnnServeClient
 from rnnserve.client.channel import open_channel
+from rnnserve.errors import UsageError
 from rnnserve.text import Tokenizer, UnknownText, token_text, tokenizer_from_spec
 
 ESCAPE = re.compile(r"\\(n|t|r|\\|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8})")
@@ -63,9 +64,17 @@ def print_attention(source_tokens: list[str], looked_at: list[tuple[str, list[fl
         print(f"{text!r:>8} ← " + "  ".join(f"{source_tokens[i]!r}@{i} {weights[i]:.2f}" for i in top))
 
 
+AUDIO_MESSAGE_S = 0.1  # a WAV file is sent 100 ms a message; the server cuts it into the model's steps
+
+
 def stream(args) -> None:
     """Each line of stdin is one chunk, with its newline if the model's vocabulary has one (a word-boundary tagger
-    reads text without whitespace, so its lines go without); every step's top predictions are printed."""
+    reads text without whitespace, so its lines go without); every step's top predictions are printed. With
+    --audio, a WAV file streamed to an audio model; with --values, numbers a step a line."""
+    if args.audio:
+        return stream_audio(args)
+    if args.values:
+        return stream_values(args)
     with client_of(args) as client:
         lines = iter(sys.stdin.readline, "")
         if not reads_newlines(tokenizer_of(client, args.model, args.version)):
@@ -75,6 +84,73 @@ def stream(args) -> None:
             print_steps(response.steps)
             print_classes("so far", response.classes)
             print(f"[session {response.session_id}, position {response.position}]", flush=True)
+
+
+def stream_audio(args) -> None:
+    """A PCM16 WAV file to an audio model, 100 ms a message; a voice activity detector's speech segments are printed
+    as they are found (another audio model's outputs, a line a step)."""
+    import wave
+
+    from rnnserve.client import audio_request, outputs_of
+    from rnnserve.client.segments import SpeechSegments
+
+    try:
+        with wave.open(args.audio) as file:
+            channels, width, rate, frames = file.getnchannels(), file.getsampwidth(), file.getframerate(), file.readframes(file.getnframes())
+    except (OSError, EOFError, wave.Error) as err:
+        raise UsageError(f"--audio {args.audio}: not a WAV file this command reads ({err})") from None
+    if channels != 1 or width != 2:
+        raise UsageError(f"--audio {args.audio}: {channels} channel(s) of {8 * width}-bit samples; send mono 16-bit PCM (sox {args.audio} -c 1 -b 16 mono.wav)")
+    with client_of(args) as client:
+        spec = client.get_model(args.model, args.version).input
+        if not spec.sample_rate:
+            raise UsageError(f"model {args.model!r} does not take audio (--audio is for a model described with --sample-rate)")
+        if rate != spec.sample_rate:
+            raise UsageError(f"--audio {args.audio}: {rate} Hz; model {args.model!r} takes {spec.sample_rate} Hz (sox {args.audio} -r {spec.sample_rate} resampled.wav)")
+        step = int(AUDIO_MESSAGE_S * rate) * 2
+        messages = (audio_request(frames[i : i + step], rate) for i in range(0, len(frames), step))
+        task = client.get_model(args.model, args.version).task
+        segments = SpeechSegments(spec.step_shape[0] / rate, args.threshold, args.min_silence_ms, args.min_speech_ms, args.pad_ms)
+        position = 0
+        for response in client.stream(args.model, messages, args.version, args.session_id, args.resume):
+            outputs = outputs_of(response)
+            if task == "voice_activity":
+                for start, end in segments.feed(next(iter(outputs.values()))[:, 0].tolist()):
+                    print(f"speech {start:7.2f} s → {end:7.2f} s", flush=True)
+            else:
+                print_values(position, outputs)
+            position = response.position
+        for start, end in segments.finish() if task == "voice_activity" else ():
+            print(f"speech {start:7.2f} s → {end:7.2f} s", flush=True)
+    print(f"[{len(frames) // 2 / rate:.2f} s of audio, {position} steps]")
+
+
+def stream_values(args) -> None:
+    """Numbers from a CSV file (or - for stdin), a step a line, to a model that takes values; every step's outputs
+    are printed."""
+    import numpy as np
+
+    from rnnserve.client import outputs_of
+
+    lines = sys.stdin if args.values == "-" else open(args.values, encoding="utf-8")  # noqa: SIM115 (closed below)
+    try:
+        rows = [[float(x) for x in line.split(",")] for line in lines if line.strip()]
+    except ValueError as err:
+        raise UsageError(f"--values {args.values}: {err}: expected comma-separated numbers, a step a line") from None
+    finally:
+        if lines is not sys.stdin:
+            lines.close()
+    with client_of(args) as client:
+        position = 0
+        for response in client.stream(args.model, [np.array([row], np.float32) for row in rows], args.version, args.session_id, args.resume):
+            print_values(position, outputs_of(response))
+            position = response.position
+
+
+def print_values(position: int, outputs: dict) -> None:
+    steps = len(next(iter(outputs.values()))) if outputs else 0
+    for t in range(steps):
+        print(f"step {position + t}: " + "  ".join(f"{name} " + ", ".join(f"{v:.4f}" for v in value[t]) for name, value in outputs.items()), flush=True)
 
 
 def reads_newlines(tokenizer: Tokenizer) -> bool:

@@ -12,10 +12,11 @@ import numpy as np
 from rnnserve.server.config import ServerConfig
 from rnnserve.server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from rnnserve.server.repository import Model
-from rnnserve.server.requests import SamplingRequest, TensorInput
+from rnnserve.server.requests import AudioInput, SamplingRequest, TensorInput
 from rnnserve.server.sampling import SamplingParams
 from rnnserve.text import UnknownText, token_text
 
+AUDIO_ENCODINGS = {"pcm16": (np.dtype("<i2"), 1 / 32768), "float32": (np.dtype("<f4"), 1.0)}  # sample type, scale to [-1, 1]
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
 MAX_TEMPERATURE = 100.0
@@ -76,6 +77,24 @@ class Inputs:
             step = int(np.argwhere(~np.isfinite(values))[0][0])
             raise InvalidArgument(f"values[{step}]", "holds NaN or infinity: every value must be a finite number")
         return values
+
+    def audio(self, model: Model, audio: AudioInput) -> np.ndarray:
+        """An audio message's samples as float32, checked: the encoding, the model's sample rate, whole samples."""
+        spec, name = model.card.input, model.card.name
+        if not spec.sample_rate:
+            raise InvalidArgument("audio", f"model {name!r} does not take audio: send values ({_values_wanted(model)})")
+        if audio.encoding not in AUDIO_ENCODINGS:
+            raise InvalidArgument("audio.encoding", f"{audio.encoding or 'unspecified'}: set PCM16 or FLOAT32")
+        if audio.sample_rate != spec.sample_rate:
+            raise InvalidArgument("audio.sample_rate", f"{audio.sample_rate} Hz: model {name!r} takes {spec.sample_rate} Hz audio (resample it first)")
+        dtype, scale = AUDIO_ENCODINGS[audio.encoding]
+        if len(audio.data) % dtype.itemsize:
+            raise InvalidArgument("audio.data", f"{len(audio.data)} bytes is not a whole number of {audio.encoding} samples ({dtype.itemsize} bytes each)")
+        self._check_length(len(audio.data) // dtype.itemsize // spec.step[0], "audio", "steps")
+        samples = np.frombuffer(audio.data, dtype)
+        if audio.encoding == "float32" and not math.isfinite(samples.sum(dtype=np.float64)):
+            raise InvalidArgument("audio.data", f"sample {int(np.argwhere(~np.isfinite(samples))[0][0])} is NaN or infinity")
+        return samples.astype(np.float32) * np.float32(scale) if scale != 1.0 else samples
 
     def _check_length(self, count: int, field_name: str, unit: str = "tokens") -> None:
         limit = self._config.max_input_tokens
@@ -158,6 +177,13 @@ class Inputs:
                 "sampling.stop", f"at most {MAX_STOP_STRINGS} non-empty strings of at most {MAX_STOP_CHARS} characters each"
             )
         return params
+
+
+def cut(samples: np.ndarray, waiting: np.ndarray | None, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Samples after those still waiting, cut into steps [T, step]; what does not fill a step waits for the next."""
+    joined = samples if waiting is None or not len(waiting) else np.concatenate([waiting, samples])
+    whole = len(joined) // step * step
+    return joined[:whole].reshape(-1, step), joined[whole:].copy()
 
 
 def _values_wanted(model: Model) -> str:

@@ -64,6 +64,16 @@ class Chunk:
     text: str = ""
     tokens: tuple[int, ...] = ()
     values: TensorInput | None = None  # for a model that takes values
+    audio: AudioInput | None = None  # for an audio model: samples the server cuts into its steps
+
+
+@dataclass(frozen=True, slots=True)
+class AudioInput:
+    """Samples as a client sent them, not yet checked."""
+
+    encoding: str  # "pcm16" or "float32"
+    sample_rate: int
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import numpy as np
 
 from rnnserve.server.errors import FailedPrecondition, InvalidArgument, ServeError
 from rnnserve.server.generation import TextStream
-from rnnserve.server.inputs import Inputs, check_call
+from rnnserve.server.inputs import Inputs, check_call, cut
 from rnnserve.server.predictions import classes, step_predictions
 from rnnserve.server.repository import Model
 from rnnserve.server.requests import Chunk, ChunkResult, GeneratedPiece, GenerateRequest, InferRequest, InferResult, StreamStart
@@ -92,6 +92,8 @@ class InferenceService:
         if model.card.input.values:
             return await self._consume_values(session, chunk)
         self._inputs.values(model, chunk.values)  # refused: this model reads tokens
+        if chunk.audio is not None:
+            raise InvalidArgument("audio", f"model {model.card.name!r} reads tokens: send text or tokens")
         tokens = self._inputs.tokens(model, chunk.text, chunk.tokens)
         behind = max(0, session.replay_until - session.position)  # a resumed session's lag behind what its client had
         if chunk.reset:
@@ -109,18 +111,36 @@ class InferenceService:
             classes(model, result.outputs[0]), behind,
         )
 
+    def _checked_values(self, session: Session, chunk: Chunk) -> np.ndarray:
+        """A chunk's values [T, *step], or an audio chunk's samples (not yet cut into steps), checked."""
+        model = session.model
+        self._inputs.tokens(model, chunk.text, chunk.tokens)  # refused: this model takes values
+        if chunk.audio is None:
+            return self._inputs.values(model, chunk.values)
+        if chunk.values is not None:
+            raise InvalidArgument("audio", "send values or audio in one message, not both")
+        return self._inputs.audio(model, chunk.audio)
+
+    @staticmethod
+    def _steps(session: Session, chunk: Chunk, values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the steps to run, the samples to keep waiting after them), after a reset the chunk asks for."""
+        if chunk.reset:
+            session.reset()
+        if chunk.audio is None:
+            return values, session.waiting
+        return cut(values, session.waiting, session.model.card.input.step[0])
+
     async def _consume_values(self, session: Session, chunk: Chunk) -> ChunkResult:
         """A message of a model that takes values: its steps, answered with every output of every step."""
         model = session.model
-        self._inputs.tokens(model, chunk.text, chunk.tokens)  # refused: this model takes values
-        values = self._inputs.values(model, chunk.values)
+        values = self._checked_values(session, chunk)
         behind = max(0, session.replay_until - session.position)
-        if chunk.reset:
-            session.reset()
+        values, waiting = self._steps(session, chunk, values)
         outputs = ()
         if len(values):
             result = await session.step(values)
             outputs = tuple(zip(model.card.outputs, result.outputs))
+        session.waiting = waiting
         await self.sessions.confirm(session)
         self.sessions.answered(session)
         return ChunkResult(session.id, session.position, behind=behind, outputs=outputs)
@@ -133,14 +153,13 @@ class InferenceService:
         by_model: dict[int, list[tuple[int, Session, np.ndarray, int]]] = {}  # id(model) → its chunks
         for index, (session, chunk) in enumerate(items):
             try:
-                self._inputs.tokens(session.model, chunk.text, chunk.tokens)  # refused: it takes values
-                values = self._inputs.values(session.model, chunk.values)
+                values = self._checked_values(session, chunk)
             except ServeError as err:
                 results[index] = err
                 continue
             behind = max(0, session.replay_until - session.position)
-            if chunk.reset:
-                session.reset()
+            values, waiting = self._steps(session, chunk, values)
+            session.waiting = waiting
             by_model.setdefault(id(session.model), []).append((index, session, values, behind))
 
         async def step(rows: list[tuple[int, Session, np.ndarray, int]]) -> None:

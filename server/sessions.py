@@ -57,6 +57,7 @@ class Session:
     live: bool = True  # false once it has ended: its slot may be another session's
     expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
     decoder: IncrementalDecoder | None = field(default=None, repr=False)  # Stream: input read so far, to whole characters
+    waiting: np.ndarray | None = field(default=None, repr=False)  # an audio model's samples that do not fill a step yet
 
     @property
     def ids(self) -> tuple[str, str]:
@@ -88,7 +89,15 @@ class Session:
     def reset(self) -> None:
         self.model.batcher.reset(self.slot)
         self.position = self.replay_until = 0
-        self.decoder = None
+        self.decoder = self.waiting = None
+
+    @property
+    def pending(self) -> bytes:
+        """Input read but not yet stepped, as a snapshot keeps it: a character's first bytes, or an audio model's
+        samples (float32) that do not fill a step."""
+        if self.model.card.input.values:
+            return b"" if self.waiting is None else self.waiting.astype("<f4").tobytes()
+        return self.decoder.pending() if self.decoder else b""
 
 
 def sequence_key(model: Model, sequence_id: str) -> tuple[tuple[str, str, str, str], str]:
@@ -246,7 +255,10 @@ class SessionRegistry:
             raise AlreadyExists(f"{self._named[key].described} is live: close or end it first, or restore under another id")
         session = self._create(model, name, kind, key)
         session.position = position
-        session.decoder = IncrementalDecoder(model.tokenizer, pending) if pending else None
+        if model.card.input.values:
+            session.waiting = np.frombuffer(pending, "<f4").copy() if pending else None
+        else:
+            session.decoder = IncrementalDecoder(model.tokenizer, pending) if pending else None
         try:
             await write(session.slot)
         except BaseException:

@@ -38,7 +38,8 @@ FORMAT = 1
 DIGEST = 32
 MAX_POSITION = 2**63 - 1
 MAX_ID_CHARS = 1024
-MAX_PENDING_BYTES = 3  # a UTF-8 character is at most 4 bytes: at most 3 of them wait for the rest
+MAX_UTF8_PENDING_BYTES = 3  # a UTF-8 character is at most 4 bytes: at most 3 of them wait for the rest
+MAX_PENDING_BYTES = 4 * 65536  # an audio model's samples that do not fill a step (float32), for steps up to 65536
 HEADER = {  # key → the type its value must have
     "format": int, "model": str, "version": str, "model_sha256": str, "position": int, "pending": str,
     "session_id": str, "sequence_id": str, "state": list,
@@ -123,17 +124,30 @@ def _check_header(header) -> None:
 
 
 def _check_pending(pending: str) -> None:
-    """The hex of at most 3 bytes that begin a UTF-8 character: what an incremental decoder waits on."""
+    """Hexadecimal, and no longer than any model's pending input can be (what it must be is the model's: check_fits)."""
     try:
         raw = bytes.fromhex(pending)
     except ValueError:
-        raise InvalidArgument("blob.header.pending", "must be hexadecimal (the bytes of a character not yet complete)") from None
+        raise InvalidArgument("blob.header.pending", "must be hexadecimal (input read but not yet stepped)") from None
+    if len(raw) > MAX_PENDING_BYTES:
+        raise InvalidArgument("blob.header.pending", f"is {len(raw)} bytes: no model waits on more than {MAX_PENDING_BYTES}")
+
+
+def _check_pending_fits(pending: bytes, model: Model) -> None:
+    """A token model's: the first bytes of one UTF-8 character, at most 3. An audio model's: float32 samples, finite,
+    fewer than a step. Anything else would be input no client sent."""
+    spec = model.card.input
+    if spec.values:
+        samples = np.frombuffer(pending, "<f4") if len(pending) % 4 == 0 else None
+        if samples is None or len(samples) >= (spec.step[0] if spec.sample_rate else 1) or not np.isfinite(samples).all():
+            raise InvalidArgument("blob.header.pending", f"must be fewer than a step of finite float32 samples for model {model.card.name!r}")
+        return
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     try:
-        whole = decoder.decode(raw)
+        whole = decoder.decode(pending)
     except UnicodeDecodeError:
         whole = "invalid"
-    if len(raw) > MAX_PENDING_BYTES or whole or decoder.getstate()[0] != raw:
+    if len(pending) > MAX_UTF8_PENDING_BYTES or whole or decoder.getstate()[0] != pending:
         raise InvalidArgument("blob.header.pending", "must be the first bytes of one UTF-8 character, and no more")
 
 
@@ -153,6 +167,7 @@ def check_fits(header: dict, state: dict[str, np.ndarray], model: Model) -> None
             raise InvalidArgument(f"blob.header.state[{index}].shape", f"{name} is {shape}; a row of model {model.card.name!r} is {wanted}")
         if not np.isfinite(state[name]).all():
             raise InvalidArgument(f"blob.state.{name}", "holds values that are not finite (NaN or infinity): refused")
+    _check_pending_fits(bytes.fromhex(header["pending"]), model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +197,7 @@ class Snapshots:
         state = await model.batcher.read_state(session.slot)
         header = {
             "model": model.card.name, "version": model.card.version, "model_sha256": model.digest, "position": session.position,
-            "pending": (session.decoder.pending() if session.decoder else b"").hex(),
+            "pending": session.pending.hex(),
         }
         header["session_id"], header["sequence_id"] = session.ids
         model.metrics.snapshot_taken()

@@ -14,7 +14,8 @@ import grpc
 import numpy as np
 import pytest
 
-from rnnserve.client import outputs_of, session_chunk, values_tensor
+from rnnserve.client import audio_request, outputs_of, session_chunk, values_tensor
+from rnnserve.client.segments import SpeechSegments
 from rnnserve.v1 import rnnserve_pb2 as pb
 from tests.helpers import ServerThread, run_cli, status_of, together
 
@@ -277,3 +278,70 @@ def test_describe_refuses_what_does_not_fit_in_words(silero_file, tmp_path, flag
 def test_describe_without_a_tokenizer_or_input_says_which_is_missing(tmp_path):
     done = run_cli("describe", os.devnull, "--state", "h:h_next")
     assert done.returncode != 0 and "--tokenizer is required" in done.stderr, done.stderr
+
+
+def pcm16(audio: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(audio * 32768), -32768, 32767).astype(np.int16)
+
+
+def test_audio_of_any_length_is_cut_into_steps_and_the_rest_waits_even_in_a_snapshot(vad_server, silero_file):
+    """PCM16 in messages of sizes that are not 512: the server cuts them into chunks and keeps what is left for the
+    next message; a snapshot taken with samples waiting restores with them."""
+    samples = pcm16(noisy_audio(11, 16))
+    expected = reference(silero_file, samples.astype(np.float32) / 32768)
+    sizes = [700, 300, 1500, 13, 2000]  # 4513 samples: 8 chunks and 417 waiting
+    cuts = np.cumsum(sizes)
+    with vad_server.client() as client:
+        first = [audio_request(part, RATE) for part in np.split(samples[: cuts[-1]], cuts[:-1])]
+        answers = list(client.stream("vad", first, session_id="pcm"))
+        assert [a.position for a in answers] == [1, 1, 4, 4, 8]
+        blob = client.snapshot_session("pcm").blob
+        client.restore_session(blob, session_id="pcm-restored")
+        for name in ("pcm", "pcm-restored"):
+            rest = [audio_request(samples[cuts[-1] :].tobytes(), RATE)]  # as bytes, the way a WAV file's frames are
+            later = list(client.stream("vad", rest, session_id=name, resume=True))
+            got = np.concatenate([outputs_of(a)["output"][:, 0] for a in answers + later if a.outputs])
+            assert later[-1].position == 16 and np.abs(got - expected).max() < 1e-5, name
+            client.close_session(name)
+
+
+BAD_AUDIO = [
+    ("odd bytes", pb.Audio(encoding=pb.Audio.PCM16, sample_rate=16000, data=bytes(1025)), "audio.data", "not a whole number of pcm16 samples"),
+    ("8 kHz", pb.Audio(encoding=pb.Audio.PCM16, sample_rate=8000, data=bytes(1024)), "audio.sample_rate", "takes 16000 Hz"),
+    ("no encoding", pb.Audio(sample_rate=16000, data=bytes(1024)), "audio.encoding", "PCM16 or FLOAT32"),
+    ("NaN", pb.Audio(encoding=pb.Audio.FLOAT32, sample_rate=16000, data=np.full(600, np.nan, np.float32).tobytes()), "audio.data", "NaN"),
+]
+
+
+@pytest.mark.parametrize("case, audio, field, words", BAD_AUDIO, ids=[c[0] for c in BAD_AUDIO])
+def test_bad_audio_is_refused_by_name(vad_server, case, audio, field, words):
+    with vad_server.client() as client:
+        error = status_of(lambda: list(client.stream("vad", [pb.StreamRequest(audio=audio)])))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and field in error.details() and words in error.details(), error.details()
+        error = status_of(lambda: list(client.stream("lstm", [pb.StreamRequest(audio=audio)])))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "reads tokens" in error.details(), error.details()
+
+
+def test_segments_follow_silero_vads_streaming_rules():
+    segments = SpeechSegments(chunk_s=0.032, threshold=0.5, min_silence_ms=100, min_speech_ms=250, pad_ms=30)
+    probabilities = [0.1] * 10 + [0.9] * 20 + [0.4] * 2 + [0.9] * 5 + [0.1] * 10 + [0.9] * 3 + [0.1] * 10 + [0.8] * 12
+    found = segments.feed(probabilities)  # a dip to 0.4 is not silence; 3 chunks of speech are too short
+    assert [(round(a, 3), round(b, 3)) for a, b in found] == [(0.29, 1.214)]
+    assert [(round(a, 3), round(b, 3)) for a, b in segments.finish()] == [(1.89, 2.304)]  # still open at the end: to the end
+
+
+def test_the_cli_prints_the_speech_segments_of_a_wav_file(vad_server, tmp_path):
+    voice = speech("Good morning. The server found this speech while it streamed.", tmp_path)
+    audio = np.concatenate([np.zeros(2 * RATE, np.float32), voice, np.zeros(RATE, np.float32)])
+    path = tmp_path / "call.wav"
+    with wave.open(str(path), "wb") as file:
+        file.setnchannels(1), file.setsampwidth(2), file.setframerate(RATE)
+        file.writeframes(pcm16(audio).tobytes())
+    done = run_cli("stream", "--model", "vad", "--audio", str(path), "--target", vad_server.target)
+    assert done.returncode == 0, done.stderr
+    segments = [tuple(float(x) for x in line.split()[1::3][:2]) for line in done.stdout.splitlines() if line.startswith("speech")]
+    assert segments and 1.8 <= segments[0][0] <= 2.3 and 2 + len(voice) / RATE - 0.6 <= segments[-1][1] <= 2 + len(voice) / RATE + 0.3, done.stdout
+    resampled = tmp_path / "call-8k.wav"
+    subprocess.run(["sox", str(path), "-r", "8000", str(resampled)], check=True, capture_output=True)
+    done = run_cli("stream", "--model", "vad", "--audio", str(resampled), "--target", vad_server.target)
+    assert done.returncode != 0 and "8000 Hz; model 'vad' takes 16000 Hz (sox" in done.stderr, done.stderr

@@ -181,18 +181,38 @@ class StreamStart(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., session_id: _Optional[str] = ..., resume: _Optional[bool] = ..., top_k: _Optional[int] = ..., acknowledged: _Optional[int] = ...) -> None: ...
 
 class StreamRequest(_message.Message):
-    __slots__ = ("start", "reset", "text", "tokens", "values")
+    __slots__ = ("start", "reset", "text", "tokens", "values", "audio")
     START_FIELD_NUMBER: _ClassVar[int]
     RESET_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
     start: StreamStart
     reset: bool
     text: str
     tokens: _containers.RepeatedScalarFieldContainer[int]
     values: Tensor
-    def __init__(self, start: _Optional[_Union[StreamStart, _Mapping]] = ..., reset: _Optional[bool] = ..., text: _Optional[str] = ..., tokens: _Optional[_Iterable[int]] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    audio: Audio
+    def __init__(self, start: _Optional[_Union[StreamStart, _Mapping]] = ..., reset: _Optional[bool] = ..., text: _Optional[str] = ..., tokens: _Optional[_Iterable[int]] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ...) -> None: ...
+
+class Audio(_message.Message):
+    __slots__ = ("encoding", "sample_rate", "data")
+    class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ENCODING_UNSPECIFIED: _ClassVar[Audio.Encoding]
+        PCM16: _ClassVar[Audio.Encoding]
+        FLOAT32: _ClassVar[Audio.Encoding]
+    ENCODING_UNSPECIFIED: Audio.Encoding
+    PCM16: Audio.Encoding
+    FLOAT32: Audio.Encoding
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    encoding: Audio.Encoding
+    sample_rate: int
+    data: bytes
+    def __init__(self, encoding: _Optional[_Union[Audio.Encoding, str]] = ..., sample_rate: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("name", "dtype", "shape", "data")
@@ -213,7 +233,7 @@ class StreamManyRequest(_message.Message):
     def __init__(self, chunks: _Optional[_Iterable[_Union[SessionChunk, _Mapping]]] = ...) -> None: ...
 
 class SessionChunk(_message.Message):
-    __slots__ = ("session_id", "start", "reset", "text", "tokens", "values", "close")
+    __slots__ = ("session_id", "start", "reset", "text", "tokens", "values", "close", "audio")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     RESET_FIELD_NUMBER: _ClassVar[int]
@@ -221,6 +241,7 @@ class SessionChunk(_message.Message):
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     CLOSE_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     start: StreamStart
     reset: bool
@@ -228,7 +249,8 @@ class SessionChunk(_message.Message):
     tokens: _containers.RepeatedScalarFieldContainer[int]
     values: Tensor
     close: bool
-    def __init__(self, session_id: _Optional[str] = ..., start: _Optional[_Union[StreamStart, _Mapping]] = ..., reset: _Optional[bool] = ..., text: _Optional[str] = ..., tokens: _Optional[_Iterable[int]] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., close: _Optional[bool] = ...) -> None: ...
+    audio: Audio
+    def __init__(self, session_id: _Optional[str] = ..., start: _Optional[_Union[StreamStart, _Mapping]] = ..., reset: _Optional[bool] = ..., text: _Optional[str] = ..., tokens: _Optional[_Iterable[int]] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., close: _Optional[bool] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ...) -> None: ...
 
 class StreamManyResponse(_message.Message):
     __slots__ = ("answers",)

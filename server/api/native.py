@@ -18,6 +18,7 @@ from rnnserve.server.metrics import Metrics
 from rnnserve.server.multiplexed import Multiplexed, rounds
 from rnnserve.server.repository import Model, Repository
 from rnnserve.server.requests import (
+    AudioInput,
     Candidate,
     Chunk,
     ChunkResult,
@@ -247,7 +248,14 @@ def stream_start(message: pb.StreamStart) -> StreamStart:
 def chunk(message: pb.StreamRequest) -> Chunk:
     values = message.values
     tensor = TensorInput(values.name, values.dtype, tuple(values.shape), values.data) if message.HasField("values") else None
-    return Chunk(message.reset, message.text, tuple(message.tokens), tensor)
+    audio = None
+    if message.HasField("audio"):
+        encoding = AUDIO_ENCODINGS.get(message.audio.encoding, "")
+        audio = AudioInput(encoding, message.audio.sample_rate, message.audio.data)
+    return Chunk(message.reset, message.text, tuple(message.tokens), tensor, audio)
+
+
+AUDIO_ENCODINGS = {pb.Audio.PCM16: "pcm16", pb.Audio.FLOAT32: "float32"}
 
 
 def infer_request(message: pb.InferRequest) -> InferRequest:
