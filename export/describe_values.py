@@ -1,6 +1,7 @@
-"""`rnnserve describe --input …`: a graph whose input is values (audio samples, sensor frames, a time series) and
-that computes one step per call, made servable: wrapped as the served step graph (export/values_graph.py), checked
-by running it, and written with its metadata.
+"""`rnnserve describe --input …`: a graph whose input is values (audio samples, sensor frames, a time series) made
+servable: one that computes one step per call ([batch, context + values]) or one that takes [batch, T, values]
+itself, wrapped as the served step graph (export/values_graph.py), checked by running it, and written with its
+metadata.
 
 The check runs the graph as its author would, a row at a time with the context and state carried by hand, and the
 served graph on a batch of those rows over several steps in one call and one step per call: all three must agree.
@@ -49,14 +50,17 @@ def describe_values(
         raise ContractError(f"no input {model_input!r} in the graph ({', '.join(inputs)}): name its input of values with --input NAME:VALUES")
     if _dtype(inputs[model_input]) != np.float32:
         raise ContractError(f"{model_input!r} is {_type_name(inputs[model_input])}: the values a step takes must be float32")
-    if len(_dims(inputs[model_input])) != 2:
-        raise ContractError(f"{model_input!r} has {len(_dims(inputs[model_input]))} dimensions: expected [batch, context + values]")
+    rank = len(_dims(inputs[model_input]))
+    if rank not in (2, 3):
+        raise ContractError(f"{model_input!r} has {rank} dimensions: expected [batch, context + values] (a step a call) or [batch, T, values]")
+    if rank == 3 and context:
+        raise ContractError(f"--context is for a graph of one step per call; {model_input!r} is [batch, T, values]: it sees its steps itself")
     value_states = [_state(inputs, outputs, name, output) for name, output in states]
     if not value_states:
         raise ContractError("name the graph's state with --state INPUT:OUTPUT (Silero VAD: --state state:stateN)")
     fixed = _constants(inputs, constants or {}, {model_input, *(s.input for s in value_states)})
     per_step = tuple(name for name in outputs if name not in {s.output for s in value_states})
-    layout = ValuesLayout(model_input, (step,), context, tuple(value_states), fixed, per_step)
+    layout = ValuesLayout(model_input, (step,), context, tuple(value_states), fixed, per_step, over_steps=rank == 3)
 
     rows = _run_as_authored(model, layout)
     served = served_graph(model, layout, rows)
@@ -122,17 +126,17 @@ def _run_as_authored(model: onnx.ModelProto, layout: ValuesLayout) -> dict[str, 
     try:
         results = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
     except Exception as err:
-        width = layout.context + layout.step[0]
-        raise ContractError(f"the graph fails on {layout.input} [{batch}, {width}] and a batch of state: {one_line(err)}") from None
+        raise ContractError(f"the graph fails on {layout.input} {list(feeds[layout.input].shape)} and a batch of state: {one_line(err)}") from None
     for state in layout.states:
         expected = feeds[state.input].shape
         if results[state.output].shape != expected:
             raise ContractError(f"state output {state.output!r} is {list(results[state.output].shape)}, not {list(expected)} like {state.input!r}")
-    rows = {}
+    rows, leading = {}, (batch, CHECK_STEPS) if layout.over_steps else (batch,)
     for name in layout.outputs:
-        if results[name].ndim < 1 or results[name].shape[0] != batch:
-            raise ContractError(f"output {name!r} is {list(results[name].shape)} for a batch of {batch}: expected the batch first")
-        rows[name] = tuple(results[name].shape[1:])
+        if results[name].shape[: len(leading)] != leading:
+            expected = "[batch, T, …]" if layout.over_steps else "the batch first"
+            raise ContractError(f"output {name!r} is {list(results[name].shape)} for {list(feeds[layout.input].shape)} in: expected {expected}")
+        rows[name] = tuple(results[name].shape[len(leading) :])
     return rows
 
 
@@ -165,6 +169,9 @@ def _check_served(served: onnx.ModelProto, model: onnx.ModelProto, layout: Value
 def _row_by_hand(session: ort.InferenceSession, layout: ValuesLayout, values: np.ndarray, start: dict[str, np.ndarray]) -> np.ndarray:
     """One row's main output [T, …], stepping the graph as its own wrapper does (Silero's OnnxWrapper)."""
     state = {s.input: np.expand_dims(start[s.input], 0) for s in layout.states}  # batch 1, batch-major
+    if layout.over_steps:  # the graph sees all the steps itself
+        feeds = {layout.input: values[None], **layout.constants} | {s.input: np.moveaxis(state[s.input], 0, s.batch_axis) for s in layout.states}
+        return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))[layout.outputs[0]][0]
     context = start.get(layout.context_state, np.zeros(0, np.float32))[None]
     outputs = []
     for t in range(len(values)):
@@ -179,7 +186,8 @@ def _row_by_hand(session: ort.InferenceSession, layout: ValuesLayout, values: np
 
 
 def _authored_feeds(layout: ValuesLayout, rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
-    feeds = {layout.input: rng.standard_normal((batch, layout.context + layout.step[0])).astype(np.float32), **layout.constants}
+    shape = (batch, CHECK_STEPS, layout.step[0]) if layout.over_steps else (batch, layout.context + layout.step[0])
+    feeds = {layout.input: rng.standard_normal(shape).astype(np.float32), **layout.constants}
     for s in layout.states:
         feeds[s.input] = np.moveaxis((0.5 * rng.standard_normal((batch, *s.row))).astype(np.float32), 0, s.batch_axis)
     return feeds

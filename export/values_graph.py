@@ -10,6 +10,9 @@ So the graph is wrapped, unchanged, in an ONNX Scan over the T steps, whose body
 - prepends the carried context (the last K values of the previous step's input, a state tensor of its own, so it
   is snapshotted, restored, forked and stored like any state) to the step's values, and keeps the last K for the next;
 - feeds the constants fixed when the model was described.
+
+A graph that already takes [batch, T, *step] (an nn.LSTM over frames, exported the natural way, its state
+[layers, batch, hidden]) needs no Scan: the same moves and constants wrap it once around all T steps.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class ValuesLayout:
     states: tuple[ValueState, ...]
     constants: dict[str, np.ndarray]  # inputs fixed when the model is described
     outputs: tuple[str, ...]  # per-step outputs, the main one first
+    over_steps: bool = False  # the graph takes [batch, T, *step] itself (else one step per call, [batch, context + step])
 
     @property
     def context_state(self) -> str:
@@ -75,6 +79,8 @@ def served_graph(model: onnx.ModelProto, layout: ValuesLayout, output_rows: dict
         before.append(helper.make_node("Constant", [], [inner[name]], value=numpy_helper.from_array(value, inner[name])))
     after += [helper.make_node("Identity", [inner[o]], [BODY + o + "_row"]) for o in layout.outputs]
     nodes = [*before, *graph.node, *after]
+    if layout.over_steps:
+        return _finished(model, _outer(layout, nodes, graph, output_rows, BODY))
 
     carried = layout.carried
     rows = {s.input: s.row for s in layout.states} | {layout.context_state: (layout.context,)}
@@ -96,7 +102,28 @@ def served_graph(model: onnx.ModelProto, layout: ValuesLayout, output_rows: dict
         [_float(o, ["batch", "T", *output_rows[o]]) for o in layout.outputs] + [_float(output, ["batch", *rows[name]]) for name, output in carried],
         initializer=list(graph.initializer),  # the weights, which the body reads from the outer scope
     )
-    served = helper.make_model(outer, opset_imports=list(model.opset_import), producer_name="rnnserve describe")
+    return _finished(model, outer)
+
+
+def _outer(layout: ValuesLayout, nodes: list, graph: onnx.GraphProto, output_rows: dict, prefix: str) -> onnx.GraphProto:
+    """The served graph of a graph over steps: its nodes in line, the body's names made the served graph's."""
+    served = {prefix + name: name for name, _ in layout.carried} | {prefix + output: output for _, output in layout.carried}
+    served |= {prefix + layout.input: layout.input} | {prefix + o + "_row": o for o in layout.outputs}
+    for node in nodes:
+        node.input[:] = [served.get(n, n) for n in node.input]
+        node.output[:] = [served.get(n, n) for n in node.output]
+    rows = {s.input: s.row for s in layout.states}
+    return helper.make_graph(
+        nodes,
+        "values_steps",
+        [_float(name, ["batch", *rows[name]]) for name, _ in layout.carried] + [_float(layout.input, ["batch", "T", *layout.step])],
+        [_float(o, ["batch", "T", *output_rows[o]]) for o in layout.outputs] + [_float(output, ["batch", *rows[name]]) for name, output in layout.carried],
+        initializer=list(graph.initializer),
+    )
+
+
+def _finished(model: onnx.ModelProto, graph: onnx.GraphProto) -> onnx.ModelProto:
+    served = helper.make_model(graph, opset_imports=list(model.opset_import), producer_name="rnnserve describe")
     served.ir_version = model.ir_version
     onnx.checker.check_model(served)
     return served

@@ -4,6 +4,7 @@ container serving a mounted model to the Python client and to Triton's client, i
 and `docker stop` draining it to a clean exit within the grace period."""
 
 import glob
+import importlib.util
 import json
 import os
 import shutil
@@ -19,11 +20,12 @@ import numpy as np
 import pytest
 
 from bench.common import free_port
-from rnnserve.client import RnnServeClient
+from rnnserve.client import RnnServeClient, audio_request, outputs_of
 from rnnserve.server.sampling import softmax
 from tests.helpers import ServerThread, distributions
 from tests.test_store import FIRST, SECOND
 from tests.test_triton_client import CHUNKS, native_distributions
+from tests.test_values import noisy_audio, reference, silero_path
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "rnnserve/base:bookworm"  # made by deploy/debootstrap-base.sh
@@ -95,6 +97,10 @@ def models(repository):
     folder = Path(tempfile.mkdtemp(prefix="rnnserve-models-"))
     folder.chmod(0o755)
     shutil.copytree(repository / "lstm", folder / "lstm")
+    if importlib.util.find_spec("silero_vad") is not None:  # and the VAD, described as the README says
+        from rnnserve.export.describe_values import describe_values
+
+        describe_values(silero_path(), [("state", "stateN")], "input", 512, "vad", 64, {"sr": "16000"}, 16000, folder / "vad" / "1" / "model.onnx")
     for path in folder.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     yield folder
@@ -127,6 +133,16 @@ def test_a_container_serves_both_apis_turns_healthy_and_drains_on_docker_stop(im
         assert (state["ExitCode"], state["OOMKilled"]) == (0, False)
         logs = docker("logs", name)
         assert "rnnserve shutting down" in logs.stdout, logs.stdout + logs.stderr
+
+
+def test_a_container_serves_silero_vad_exactly(image, models):
+    """The serving image (no torch, no onnx) serves a described model that takes audio."""
+    if not (models / "vad").exists():
+        pytest.skip("needs silero-vad (the dev extra)")
+    audio = noisy_audio(42, 12)
+    with container(image, models) as (_, target), RnnServeClient(target) as container_client:
+        got = np.concatenate([outputs_of(a)["output"][:, 0] for a in container_client.stream("vad", [audio_request(audio, 16000)])])
+    assert np.abs(got - reference(silero_path(), audio)).max() < 1e-5
 
 
 def test_a_container_keeps_its_sessions_in_a_state_store(image, models, redis_server, base_config):

@@ -3,6 +3,7 @@ and checked chunk by chunk against the package's own OnnxWrapper run in-process.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -32,10 +33,15 @@ def silero_wrapper():
     return OnnxWrapper
 
 
+def silero_path() -> Path:
+    """The ONNX file the silero-vad package ships (found without importing it: that sets torch's threads to 1)."""
+    return Path(importlib.util.find_spec("silero_vad").origin).parent / "data" / "silero_vad.onnx"
+
+
 @pytest.fixture(scope="module")
 def silero_file() -> Path:
-    silero_vad = pytest.importorskip("silero_vad", reason="the dev extra installs silero-vad")
-    return Path(silero_vad.__file__).parent / "data" / "silero_vad.onnx"
+    pytest.importorskip("silero_vad", reason="the dev extra installs silero-vad")
+    return silero_path()
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +54,38 @@ def vad_repository(tmp_path_factory, silero_file, repository) -> Path:
         "--constant", "sr=16000", "--sample-rate", "16000", "--out", str(root / "vad" / "1" / "model.onnx"),
     )
     assert done.returncode == 0, done.stderr
+    frames_graph(root / "frames.onnx")
+    done = run_cli("describe", str(root / "frames.onnx"), "--input", "frames:6", "--state", "h0:h1", "--state", "c0:c1", "--out", str(root / "frames" / "1" / "model.onnx"))
+    assert done.returncode == 0, done.stderr
     return root
+
+
+def frames_module():
+    """A sensor-frame model written the natural way: nn.LSTM over [batch, T, 6], its state [layers, batch, hidden]."""
+    import torch
+    from torch import nn
+
+    class Frames(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm, self.head = nn.LSTM(6, 32, num_layers=2, batch_first=True), nn.Linear(32, 3)
+
+        def forward(self, frames, h, c):
+            x, (h, c) = self.lstm(frames, (h, c))
+            return self.head(x), h, c
+
+    torch.manual_seed(0)
+    return Frames().eval()
+
+
+def frames_graph(path: Path) -> None:
+    """Exported by the user's own torch.onnx.export call, with the user's names."""
+    import torch
+
+    args = (torch.randn(2, 7, 6), torch.zeros(2, 2, 32), torch.zeros(2, 2, 32))
+    axes = {"frames": {0: "batch", 1: "T"}, "scores": {0: "batch", 1: "T"}} | {n: {1: "batch"} for n in ("h0", "c0", "h1", "c1")}
+    torch.onnx.export(frames_module(), args, str(path), input_names=["frames", "h0", "c0"], output_names=["scores", "h1", "c1"],
+                      dynamic_axes=axes, dynamo=False)
 
 
 @pytest.fixture(scope="module")
@@ -345,3 +382,33 @@ def test_the_cli_prints_the_speech_segments_of_a_wav_file(vad_server, tmp_path):
     subprocess.run(["sox", str(path), "-r", "8000", str(resampled)], check=True, capture_output=True)
     done = run_cli("stream", "--model", "vad", "--audio", str(resampled), "--target", vad_server.target)
     assert done.returncode != 0 and "8000 Hz; model 'vad' takes 16000 Hz (sox" in done.stderr, done.stderr
+
+
+def test_a_frame_model_over_steps_streams_exactly_what_torch_computes_whole(vad_server):
+    """A graph that takes [batch, T, values] needs no Scan: its state's batch axis is moved around it once. Chunks of
+    any length, from 8 sessions at once, equal the PyTorch module run over each whole sequence."""
+    import torch
+
+    rng = np.random.default_rng(8)
+    sequences = [rng.standard_normal((20 + i, 6)).astype(np.float32) for i in range(8)]
+    with torch.no_grad():
+        expected = [frames_module()(torch.from_numpy(x)[None], torch.zeros(2, 1, 32), torch.zeros(2, 1, 32))[0][0].numpy() for x in sequences]
+    with vad_server.client() as client:
+        assert (client.get_model("frames").input.name, list(client.get_model("frames").input.step_shape)) == ("frames", [6])
+
+        def run(x: np.ndarray) -> np.ndarray:
+            cuts = [0, 1, 4, 5, 13, len(x)]
+            return np.concatenate([outputs_of(a)["scores"] for a in client.stream("frames", [x[a:b] for a, b in zip(cuts, cuts[1:])])])
+
+        got = together([lambda x=x: run(x) for x in sequences])
+    for mine, theirs in zip(got, expected):
+        assert mine.shape == theirs.shape and np.abs(mine - theirs).max() < 1e-5
+
+
+def test_the_cli_streams_numbers_from_a_csv_file(vad_server, tmp_path):
+    rows = np.random.default_rng(9).standard_normal((4, 6)).round(3)
+    (tmp_path / "readings.csv").write_text("".join(",".join(map(str, row)) + "\n" for row in rows))
+    done = run_cli("stream", "--model", "frames", "--values", str(tmp_path / "readings.csv"), "--target", vad_server.target)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("step ")]
+    assert [line.split(":")[0] for line in lines] == ["step 0", "step 1", "step 2", "step 3"] and "scores " in lines[0], done.stdout
