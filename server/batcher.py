@@ -24,10 +24,24 @@ import queue
 import threading
 import time
 from collections import defaultdict, deque
-from dataclasses import dataclass
 
 import numpy as np
 
+from rnnserve.server.engine_jobs import (
+    STOP,
+    Encode,
+    Free,
+    Read,
+    Resume,
+    Step,
+    StepResult,
+    Together,
+    Write,
+    deliver,
+    fail,
+    settle,
+    settle_all,
+)
 from rnnserve.server.errors import RuntimeFailure
 from rnnserve.server.generation import Generation
 from rnnserve.server.metrics import ModelMetrics
@@ -38,90 +52,6 @@ from rnnserve.server.sampling import SamplingParams, sample_rows, top_tokens
 log = logging.getLogger(__name__)
 
 MAX_UNREAD_TOKENS = 256  # a generation whose client has not taken this many tokens waits for it to catch up
-
-
-@dataclass(slots=True)
-class StepResult:
-    """A step's outputs, and when asked for, its most probable outputs, ranked on the engine thread with the rest
-    of its batch."""
-
-    outputs: list[np.ndarray]  # [logits [T, V], *extra outputs [T, ...]]
-    top_ids: np.ndarray | None = None  # [T, k], most probable first
-    top_probabilities: np.ndarray | None = None  # [T, k]
-
-    @staticmethod
-    def joined(parts: list[StepResult]) -> StepResult:
-        """One result of consecutive pieces of an input, as if it had run in one call."""
-        outputs = [np.concatenate(pieces) for pieces in zip(*(p.outputs for p in parts))]
-        if parts[0].top_ids is None:
-            return StepResult(outputs)
-        return StepResult(outputs, np.concatenate([p.top_ids for p in parts]), np.concatenate([p.top_probabilities for p in parts]))
-
-
-@dataclass(slots=True)
-class _Together:
-    """Steps queued together (a multiplexed message's, for many sessions): one future for all their results, in
-    order, so the event loop wakes once for them, not once a step."""
-
-    future: asyncio.Future
-    results: list
-    remaining: int
-
-
-@dataclass(slots=True)
-class _Step:
-    slot: int
-    inputs: np.ndarray  # [T, *step]: token ids [T] int64, or values
-    queued: float  # time.perf_counter() when it joined the queue
-    result: asyncio.Future | None = None  # resolves to this step's StepResult
-    top_k: int = 0  # rank the k most probable outputs of each step
-    generation: Generation | None = None  # instead of a result: the generation whose next token this step samples
-    parts: list[StepResult] | None = None  # a long input's pieces run so far (the engine thread's)
-    together: tuple[_Together, int] | None = None  # instead of a result: its place among steps queued together
-
-    def wanted(self) -> bool:
-        """False once whoever asked for it has gone away: it is skipped."""
-        if self.generation is not None:
-            return not self.generation.stopped
-        return not (self.together[0].future if self.together else self.result).cancelled()
-
-    @property
-    def answered(self) -> bool:
-        """Its outputs go back to someone (a generation's do not: it samples from them)."""
-        return self.result is not None or self.together is not None
-
-
-@dataclass(slots=True)
-class _Free:
-    slot: int
-
-
-@dataclass(slots=True)
-class _Encode:
-    slot: int
-    inputs: dict[str, np.ndarray]
-    result: asyncio.Future  # resolves to None once the slot's state is written
-
-
-@dataclass(slots=True)
-class _Read:
-    slot: int
-    result: asyncio.Future  # resolves to the slot's state: name → row
-
-
-@dataclass(slots=True)
-class _Write:
-    slot: int
-    values: dict[str, np.ndarray]
-    result: asyncio.Future  # resolves to None once the slot holds the values
-
-
-@dataclass(slots=True)
-class _Resume:
-    generation: Generation  # its client took tokens: if it waited for that, step it again
-
-
-_STOP = object()  # the engine thread's last job
 
 
 class Batcher:
@@ -142,10 +72,10 @@ class Batcher:
         # the engine thread's own
         self._generating: list[Generation] = []  # generations with a step to run
         self._waiting: dict[int, Generation] = {}  # slot → a generation waiting for its client to catch up
-        self._reads: list[_Read] = []  # state reads taken with the current batch, run after it
-        self._held: deque[_Step] = deque()  # steps taken but not yet run (after a read of their slot, or queued together)
-        self._continuing: list[_Step] = []  # long inputs part-way through: the next batch's first
-        self._deferred: list[_Read] = []  # reads of a slot whose step is part-way: they run once it is done
+        self._reads: list[Read] = []  # state reads taken with the current batch, run after it
+        self._held: deque[Step] = deque()  # steps taken but not yet run (after a read of their slot, or queued together)
+        self._continuing: list[Step] = []  # long inputs part-way through: the next batch's first
+        self._deferred: list[Read] = []  # reads of a slot whose step is part-way: they run once it is done
         metrics.watch(self._queue.qsize, lambda: runtime.slots_in_use, runtime.capacity)
 
     def start(self) -> None:
@@ -168,21 +98,21 @@ class Batcher:
         """The outputs for `inputs` (token ids, or values [T, *step]) continuing the slot's state, and with `top_k`,
         each step's k most probable."""
         result = self._loop.create_future()
-        self._queue.put(_Step(slot, np.asarray(inputs, dtype=self._dtype), time.perf_counter(), result, top_k))
+        self._queue.put(Step(slot, np.asarray(inputs, dtype=self._dtype), time.perf_counter(), result, top_k))
         return await result
 
     async def step_many(self, slots: list[int], inputs: list[np.ndarray]) -> list[StepResult]:
         """The outputs of each slot's inputs, queued together (they batch together), in one future."""
-        together = _Together(self._loop.create_future(), [None] * len(slots), len(slots))
+        together = Together(self._loop.create_future(), [None] * len(slots), len(slots))
         now = time.perf_counter()
-        self._queue.put([_Step(slot, np.asarray(x, dtype=self._dtype), now, together=(together, i)) for i, (slot, x) in enumerate(zip(slots, inputs))])
+        self._queue.put([Step(slot, np.asarray(x, dtype=self._dtype), now, together=(together, i)) for i, (slot, x) in enumerate(zip(slots, inputs))])
         return await together.future
 
     def generate(self, slot: int, prompt: list[int], params: SamplingParams, eos: int | None, banned: int | None,
                  extra_outputs: bool) -> Generation:
         """Starts a generation from `prompt` in the slot: the engine runs it until it ends or is stopped."""
         generation = Generation(slot, params, eos, banned, extra_outputs)
-        self._queue.put(_Step(slot, np.asarray(prompt, dtype=np.int64), time.perf_counter(), generation=generation))
+        self._queue.put(Step(slot, np.asarray(prompt, dtype=np.int64), time.perf_counter(), generation=generation))
         return generation
 
     async def take(self, generation: Generation) -> tuple[list[int], list[list[np.ndarray]]]:
@@ -197,35 +127,35 @@ class Batcher:
         generation.tokens, generation.extras = [], []
         generation.taken += len(tokens)
         if generation.written - generation.taken + len(tokens) >= MAX_UNREAD_TOKENS:
-            self._queue.put(_Resume(generation))  # it may be waiting for this: wake the engine to look
+            self._queue.put(Resume(generation))  # it may be waiting for this: wake the engine to look
         return tokens, extras
 
     async def encode(self, slot: int, inputs: dict[str, np.ndarray]) -> None:
         """Writes the slot's initial state with the model's encoder, in queue order on the engine thread. One call
         per request: encodings are not batched."""
         result = self._loop.create_future()
-        self._queue.put(_Encode(slot, inputs, result))
+        self._queue.put(Encode(slot, inputs, result))
         await result
 
     async def read_state(self, slot: int) -> dict[str, np.ndarray]:
         """A copy of the slot's state after every step queued before this (a snapshot)."""
         result = self._loop.create_future()
-        self._queue.put(_Read(slot, result))
+        self._queue.put(Read(slot, result))
         return await result
 
     async def write_state(self, slot: int, values: dict[str, np.ndarray]) -> None:
         """Sets the slot's whole state (a restore), in queue order."""
         result = self._loop.create_future()
-        self._queue.put(_Write(slot, values, result))
+        self._queue.put(Write(slot, values, result))
         await result
 
     def free(self, slot: int) -> None:
         """The slot goes back to the free list once the work queued before this is done."""
-        self._queue.put(_Free(slot))
+        self._queue.put(Free(slot))
 
     async def close(self) -> None:
         if self._thread.is_alive():
-            self._queue.put(_STOP)
+            self._queue.put(STOP)
             await asyncio.to_thread(self._thread.join)
 
     def _hand_over(self, *args) -> None:
@@ -243,18 +173,18 @@ class Batcher:
                 part_way = {job.slot for job in self._continuing}
                 self._deferred = [read for read in self._reads if read.slot in part_way]
                 if done := [read for read in self._reads if read.slot not in part_way]:
-                    self._hand_over(_settle_all, [self._state_result(read) for read in done])
-            if barrier is _STOP:
+                    self._hand_over(settle_all, [self._state_result(read) for read in done])
+            if barrier is STOP:
                 return
-            if isinstance(barrier, _Encode):
+            if isinstance(barrier, Encode):
                 self._run_encode(barrier)
-            elif isinstance(barrier, _Write):
-                self._hand_over(_settle, *self._state_result(barrier))
-            elif isinstance(barrier, _Free):
+            elif isinstance(barrier, Write):
+                self._hand_over(settle, *self._state_result(barrier))
+            elif isinstance(barrier, Free):
                 self._waiting.pop(barrier.slot, None)
                 self._hand_over(self._runtime.free, barrier.slot)
 
-    def _take_work(self) -> tuple[list[_Step], object]:
+    def _take_work(self) -> tuple[list[Step], object]:
         """The steps ready now — every generating row's next step, then queued steps in order — up to max_batch,
         stopping at a free, an encoding, a state write or the end, which runs after the steps before it. State reads
         (snapshots) do not stop it: they run after the batch, unless a later step is for a slot being read."""
@@ -262,7 +192,7 @@ class Batcher:
             if generation.stopped or generation.written - generation.taken < MAX_UNREAD_TOKENS:
                 del self._waiting[slot]
                 self._generating.append(generation)
-        steps = [_Step(g.slot, np.array([g.next_input], np.int64), 0.0, generation=g) for g in self._generating if not g.stopped]
+        steps = [Step(g.slot, np.array([g.next_input], np.int64), 0.0, generation=g) for g in self._generating if not g.stopped]
         continuing = [job for job in self._continuing if job.wanted()]  # beyond max_batch: queued steps get in beside them
         self._generating, self._continuing = [], []
         block = not steps and not continuing
@@ -283,25 +213,25 @@ class Batcher:
             if isinstance(job, list):  # steps queued together: taken one by one, as far as max_batch goes
                 self._held.extend(job)
                 continue
-            if isinstance(job, _Read):  # runs after this batch: it sees the steps queued before it, and no others
+            if isinstance(job, Read):  # runs after this batch: it sees the steps queued before it, and no others
                 self._reads.append(job)
                 continue
-            if isinstance(job, _Step) and any(read.slot == job.slot for read in self._reads):
+            if isinstance(job, Step) and any(read.slot == job.slot for read in self._reads):
                 self._held.appendleft(job)  # its slot is being read: it steps after the read
                 break
-            if isinstance(job, _Resume):
+            if isinstance(job, Resume):
                 generation = job.generation
                 if self._waiting.get(generation.slot) is generation and generation.written - generation.taken < MAX_UNREAD_TOKENS:
                     del self._waiting[generation.slot]
                     if not generation.stopped:
-                        steps.append(_Step(generation.slot, np.array([generation.next_input], np.int64), 0.0, generation=generation))
+                        steps.append(Step(generation.slot, np.array([generation.next_input], np.int64), 0.0, generation=generation))
                 continue
-            if not isinstance(job, _Step):
+            if not isinstance(job, Step):
                 return [s for s in steps if s.wanted()], job
             steps.append(job)
         return [s for s in steps if s.wanted()], None
 
-    def _run_encode(self, job: _Encode) -> None:
+    def _run_encode(self, job: Encode) -> None:
         if job.result.cancelled():  # its request went away
             return
         self._fresh.discard(job.slot)  # the encoder writes the slot's whole state
@@ -309,14 +239,14 @@ class Batcher:
             self._runtime.encode(job.slot, job.inputs)
         except Exception as err:
             log.exception("model %s: encoder failed", self._name)
-            self._hand_over(_settle, job.result, None, RuntimeFailure(f"model {self._name}: encoding failed: {err}"))
+            self._hand_over(settle, job.result, None, RuntimeFailure(f"model {self._name}: encoding failed: {err}"))
             return
-        self._hand_over(_settle, job.result, None, None)
+        self._hand_over(settle, job.result, None, None)
 
-    def _state_result(self, job: _Read | _Write) -> tuple[asyncio.Future, object, Exception | None]:
+    def _state_result(self, job: Read | Write) -> tuple[asyncio.Future, object, Exception | None]:
         """A snapshot's read or a restore's write of one slot's whole state: (its future, value, error)."""
         try:
-            if isinstance(job, _Read):
+            if isinstance(job, Read):
                 return job.result, self._runtime.read_state(job.slot, job.slot in self._fresh), None
             self._fresh.discard(job.slot)
             return job.result, self._runtime.write_state(job.slot, job.values), None
@@ -324,10 +254,10 @@ class Batcher:
             log.exception("model %s: reading or writing a slot's state failed", self._name)
             return job.result, None, RuntimeFailure(f"model {self._name}: state transfer failed: {err}")
 
-    def _run_round(self, steps: list[_Step]) -> None:
+    def _run_round(self, steps: list[Step]) -> None:
         """Runs the steps grouped by length, the short first, so a step waits for a long input's piece, not the
         reverse. A round runs at most one piece of long inputs: the rest of them wait for the next round."""
-        by_length: dict[int, list[_Step]] = defaultdict(list)
+        by_length: dict[int, list[Step]] = defaultdict(list)
         for job in steps:
             by_length[len(job.inputs)].append(job)
         piece_run = False
@@ -343,7 +273,7 @@ class Batcher:
                 self._run_group(group[:rows], piece)
                 self._continuing.extend(group[rows:])
 
-    def _run_group(self, group: list[_Step], steps: int) -> None:
+    def _run_group(self, group: list[Step], steps: int) -> None:
         """One call for the group's next `steps` steps: all of them, or a piece, after which they go on in the
         next round and each row is answered once, at its end."""
         slots = [job.slot for job in group]
@@ -361,7 +291,7 @@ class Batcher:
             ranked = self._rank(outputs[0], group)
         except Exception as err:  # onnxruntime's own errors: these steps fail, the engine goes on
             log.exception("model %s: step failed", self._name)
-            self._hand_over(_fail, group, RuntimeFailure(f"model {self._name}: inference failed: {err}"))
+            self._hand_over(fail, group, RuntimeFailure(f"model {self._name}: inference failed: {err}"))
             return
         finished = time.perf_counter()
         if self.pieces:
@@ -386,14 +316,14 @@ class Batcher:
         extras = [[output[row, -1] for output in outputs[1:]] if g.extra_outputs else None for row, g in zip(generating, generations)]
         results = [self._result(job, [output[row] for output in outputs], ranked.get(row, ())) if job.answered else None
                    for row, job in enumerate(group)]
-        self._hand_over(_deliver, group, results, generations, written, extras)
+        self._hand_over(deliver, group, results, generations, written, extras)
 
     @staticmethod
-    def _result(job: _Step, outputs: list[np.ndarray], ranked: tuple) -> StepResult:
+    def _result(job: Step, outputs: list[np.ndarray], ranked: tuple) -> StepResult:
         result = StepResult(outputs, *ranked)
         return StepResult.joined([*job.parts, result]) if job.parts else result
 
-    def _rank(self, logits: np.ndarray, group: list[_Step]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    def _rank(self, logits: np.ndarray, group: list[Step]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """row → (ids, probabilities) [T, k] of its steps' k most probable outputs, for every row that asks, at once."""
         rows = [row for row, job in enumerate(group) if job.top_k]
         if not rows:
@@ -423,45 +353,3 @@ class Batcher:
                 self._generating.append(generation)
 
 
-def _settle(future: asyncio.Future, value, error: Exception | None) -> None:
-    if not future.done():
-        if error is None:
-            future.set_result(value)
-        else:
-            future.set_exception(error)
-
-
-def _settle_all(results: list[tuple[asyncio.Future, object, Exception | None]]) -> None:
-    for result in results:
-        _settle(*result)
-
-
-def _fail(group: list[_Step], error: Exception) -> None:
-    for job in group:
-        if job.generation is not None:
-            job.generation.error = error
-            job.generation.ready.set()
-        else:
-            _settle(job.together[0].future if job.together else job.result, None, error)
-
-
-def _deliver(group: list[_Step], results: list[StepResult | None], generations: list[Generation], tokens: list[int],
-             extras: list) -> None:
-    """On the event loop: every row's outputs to the request that waits for them, every generated token to its
-    generation."""
-    for job, result in zip(group, results):
-        if job.together is not None:
-            together, index = job.together
-            together.results[index] = result
-            together.remaining -= 1
-            if not together.remaining and not together.future.done():
-                together.future.set_result(together.results)
-        elif job.result is not None and not job.result.done():
-            job.result.set_result(result)
-    for generation, token, extra in zip(generations, tokens, extras):
-        if generation.stopped:
-            continue
-        generation.tokens.append(token)
-        if extra is not None:
-            generation.extras.append(extra)
-        generation.ready.set()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnnserve.server.batcher import StepResult
+from rnnserve.server.engine_jobs import StepResult
 from rnnserve.server.repository import Model
 from rnnserve.server.requests import Candidate, StepPrediction
 from rnnserve.server.sampling import softmax

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rnnserve.server.batcher import StepResult
+from rnnserve.server.engine_jobs import StepResult
 from rnnserve.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from rnnserve.server.repository import Model
 from rnnserve.server.security import caller
