@@ -73,9 +73,8 @@ class Inputs:
         if len(tensor.data) != size:
             raise InvalidArgument("values.data", f"{len(tensor.data)} bytes for shape {list(shape)}: expected {size} (float32, little-endian)")
         values = np.frombuffer(tensor.data, "<f4").reshape(shape)  # read-only, as the engine only reads it
-        if not math.isfinite(values.sum(dtype=np.float64)):  # a float64 sum of float32 values is finite only if they all are
-            step = int(np.argwhere(~np.isfinite(values))[0][0])
-            raise InvalidArgument(f"values[{step}]", "holds NaN or infinity: every value must be a finite number")
+        if (at := not_finite_at(values)) is not None:
+            raise InvalidArgument(f"values[{at[0]}]", "holds NaN or infinity: every value must be a finite number")
         return values
 
     def audio(self, model: Model, audio: AudioInput) -> np.ndarray:
@@ -92,8 +91,8 @@ class Inputs:
             raise InvalidArgument("audio.data", f"{len(audio.data)} bytes is not a whole number of {audio.encoding} samples ({dtype.itemsize} bytes each)")
         self._check_length(len(audio.data) // dtype.itemsize // spec.step[0], "audio", "steps")
         samples = np.frombuffer(audio.data, dtype)
-        if audio.encoding == "float32" and not math.isfinite(samples.sum(dtype=np.float64)):
-            raise InvalidArgument("audio.data", f"sample {int(np.argwhere(~np.isfinite(samples))[0][0])} is NaN or infinity")
+        if audio.encoding == "float32" and (at := not_finite_at(samples)) is not None:
+            raise InvalidArgument("audio.data", f"sample {at[0]} is NaN or infinity")
         return samples.astype(np.float32) * np.float32(scale) if scale != 1.0 else samples
 
     def _check_length(self, count: int, field_name: str, unit: str = "tokens") -> None:
@@ -177,6 +176,14 @@ class Inputs:
                 "sampling.stop", f"at most {MAX_STOP_STRINGS} non-empty strings of at most {MAX_STOP_CHARS} characters each"
             )
         return params
+
+
+def not_finite_at(values: np.ndarray) -> tuple[int, ...] | None:
+    """Where the first NaN or infinity of float32 values is, or None when every value is finite: one float64 sum
+    finds out (it is finite only if they all are, and cannot overflow), the search runs only when one is there."""
+    if math.isfinite(values.sum(dtype=np.float64)):
+        return None
+    return tuple(int(i) for i in np.argwhere(~np.isfinite(values))[0])
 
 
 def cut(samples: np.ndarray, waiting: np.ndarray | None, step: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,8 +4,9 @@ first chunk and consumed as a Stream of its own would consume it.
 A message's chunks run in rounds: a session's first chunk of the message in the first round, its second in the
 second, so one session's chunks run in the order they came and different sessions' at once. In a round, the chunks
 of models that take values for sessions already open are stepped together (one hand-over for all of them, however
-many: server/service.py); the others (a session's first chunk, text, tokens) each as a Stream's would be. Every session is attached to the stream until it closes or the
-stream ends, then lives its TTL like any named session. Free of gRPC: the API layer converts and counts.
+many: server/service.py); the others (a session's first chunk, text, tokens) each as a Stream's would be. Every
+session is attached to the stream until it closes or the stream ends, then lives its TTL like any named session.
+Free of gRPC: the API layer converts and counts.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def rounds(entries: list[Entry], session_of: Callable[[Entry], str]) -> list[lis
     seen: dict[str, int] = {}
     out: list[list[int]] = []
     for index, entry in enumerate(entries):
-        number = seen[session_of(entry)] = seen.get(session_of(entry), -1) + 1
+        session = session_of(entry)
+        number = seen[session] = seen.get(session, -1) + 1
         if number == len(out):
             out.append([])
         out[number].append(index)

@@ -131,19 +131,12 @@ class InferenceService:
         return cut(values, session.waiting, session.model.card.input.step[0])
 
     async def _consume_values(self, session: Session, chunk: Chunk) -> ChunkResult:
-        """A message of a model that takes values: its steps, answered with every output of every step."""
-        model = session.model
-        values = self._checked_values(session, chunk)
-        behind = max(0, session.replay_until - session.position)
-        values, waiting = self._steps(session, chunk, values)
-        outputs = ()
-        if len(values):
-            result = await session.step(values)
-            outputs = tuple(zip(model.card.outputs, result.outputs))
-        session.waiting = waiting
-        await self.sessions.confirm(session)
-        self.sessions.answered(session)
-        return ChunkResult(session.id, session.position, behind=behind, outputs=outputs)
+        """A message of a model that takes values: its steps, answered with every output of every step (the way a
+        multiplexed message's chunks are, as one of them)."""
+        (result,) = await self.consume_values_together([(session, chunk)])
+        if isinstance(result, ServeError):
+            raise result
+        return result
 
     async def consume_values_together(self, items: list[tuple[Session, Chunk]]) -> list[ChunkResult | ServeError]:
         """Chunks of many sessions of models that take values (a multiplexed message's, one chunk a session): each

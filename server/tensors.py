@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 
 from rnnserve.server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from rnnserve.server.inputs import Inputs
+from rnnserve.server.inputs import Inputs, not_finite_at
 from rnnserve.server.repository import Model
 from rnnserve.server.requests import TensorRequest, TensorResult
 from rnnserve.server.sessions import Session, SessionRegistry
@@ -86,8 +86,8 @@ class TensorService:
             raise InvalidArgument("inputs", f"model {model.card.name!r} takes {name!r} (FP32 [batch, steps, {', '.join(map(str, model.card.input.step))}])")
         if values.shape[0] == 0:
             raise InvalidArgument(f"inputs[{name}]", "the batch is empty: send at least one row")
-        if not np.isfinite(values).all():
-            row, step = np.argwhere(~np.isfinite(values))[0][:2]
+        if (at := not_finite_at(values)) is not None:
+            row, step = at[:2]
             raise InvalidArgument(f"inputs[{name}]", f"row {row}, step {step} holds NaN or infinity: every value must be a finite number")
         return list(values.astype(np.float32))
 

@@ -106,7 +106,7 @@ class NativeServicer(pb_grpc.RnnServeServicer):
 
                 for indices in rounds(entries, lambda entry: entry.session_id):  # a session's chunks in their order
                     together = [i for i in indices if not entries[i].HasField("start") and streams.together(entries[i].session_id)]
-                    others = [i for i in indices if i not in set(together)]
+                    others = sorted(set(indices) - set(together))
                     await asyncio.gather(self._many_together(streams, entries, together, answers), *(alone(i) for i in others))
                 yield pb.StreamManyResponse(answers=answers)
 
