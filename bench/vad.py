@@ -8,7 +8,9 @@ to when its probability is back) is at most 32 ms and no stream falls behind rea
 - in-process: one onnxruntime session and one thread per stream, context and state carried by hand — what
   silero_vad's OnnxWrapper does (without its torch tensors);
 - per-session: one rnnserve Stream per stream, all on one channel of one client process;
-- multiplexed: one rnnserve StreamMany carrying every stream's chunk in one message a tick.
+- multiplexed: every stream's chunk in one message a tick, on two StreamMany calls of half the streams each (one
+  call's message is read while the other's is stepped). The server runs --threads 1 --parallel-calls <cores>: Silero's
+  graph of small operations keeps one core busy per onnxruntime call, so a wide batch runs as a call per core.
 
     python -m bench.vad                                  # needs silero-vad (the dev extra) and the [train] extra
     python -m bench.vad --seconds 3 --streams 16,32,64,128,256,384,512
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import tempfile
 import threading
 import time
@@ -142,26 +145,33 @@ async def per_session(target: str, samples: np.ndarray) -> tuple[list[float], li
     return latencies, lags
 
 
-async def multiplexed(target: str, samples: np.ndarray) -> tuple[list[float], list[float]]:
-    """Every stream's chunk in one message a tick; a chunk's latency runs from the tick to its message's answer."""
+async def multiplexed(target: str, samples: np.ndarray, calls: int = 2) -> tuple[list[float], list[float]]:
+    """Every stream's chunk in one message a tick on one of `calls` StreamMany calls (the streams dealt among them,
+    so that the server reads one call's message while it steps another's); a chunk's latency runs from the tick to
+    its message's answer."""
     streams, chunks, _ = samples.shape
     latencies, lags = [], []
     start = time.perf_counter() + 0.5
     async with grpc.aio.insecure_channel(target) as channel:
-        call = pb_grpc.RnnServeStub(channel).StreamMany()
-        for k in range(chunks):
-            due = start + k * TICK_S
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            if k >= WARMUP_CHUNKS:
-                lags.append(max(0.0, time.perf_counter() - due))
-            entries = [session_chunk(f"mic-{s}", samples[s, k][None], model="vad" if k == 0 else "", close=k == chunks - 1) for s in range(streams)]
-            await call.write(pb.StreamManyRequest(chunks=entries))
-            answer = await call.read()
-            if any(a.code for a in answer.answers):
-                raise RuntimeError(next(a.message for a in answer.answers if a.code))
-            if k >= WARMUP_CHUNKS:
-                latencies.extend([time.perf_counter() - due] * streams)
-        await call.done_writing()
+        stub = pb_grpc.RnnServeStub(channel)
+
+        async def run(mine: range) -> None:
+            call = stub.StreamMany()
+            for k in range(chunks):
+                due = start + k * TICK_S
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                if k >= WARMUP_CHUNKS:
+                    lags.append(max(0.0, time.perf_counter() - due))
+                entries = [session_chunk(f"mic-{s}", samples[s, k][None], model="vad" if k == 0 else "", close=k == chunks - 1) for s in mine]
+                await call.write(pb.StreamManyRequest(chunks=entries))
+                answer = await call.read()
+                if any(a.code for a in answer.answers):
+                    raise RuntimeError(next(a.message for a in answer.answers if a.code))
+                if k >= WARMUP_CHUNKS:
+                    latencies.extend([time.perf_counter() - due] * len(mine))
+            await call.done_writing()
+
+        await asyncio.gather(*(run(range(part, streams, calls)) for part in range(min(calls, streams))))
     return latencies, lags
 
 
@@ -199,6 +209,7 @@ def main() -> None:
     parser.add_argument("--streams", default="16,32,64,128,192,256,384,512", help="stream counts to try, comma-separated, fewest first")
     parser.add_argument("--seconds", type=float, default=3.0, help="audio each stream sends, per count tried")
     parser.add_argument("--threads", type=int, default=1, help="the server's onnxruntime intra-op threads")
+    parser.add_argument("--parallel-calls", type=int, default=os.cpu_count() or 1, help="the server's --parallel-calls (default: the cores)")
     args = parser.parse_args()
     counts = sorted(int(n) for n in args.streams.split(","))
     chunks = WARMUP_CHUNKS + max(8, int(args.seconds / TICK_S))
@@ -210,7 +221,8 @@ def main() -> None:
         results["in_process"][streams] = in_process(source, audio(streams, chunks))
         if not results["in_process"][streams]["sustained"]:
             break
-    with server_process(repository, "--threads", str(args.threads), "--max-sessions", str(max(counts) + 8)) as (target, pid):
+    flags = ("--threads", str(args.threads), "--parallel-calls", str(args.parallel_calls), "--max-sessions", str(max(counts) + 8))
+    with server_process(repository, *flags) as (target, pid):
         for name, way in (("per_session", per_session), ("multiplexed", multiplexed)):
             for streams in counts:
                 results[name][streams] = served(way, target, pid, audio(streams, chunks))
@@ -220,7 +232,7 @@ def main() -> None:
     base = sustained["in_process"] or 1
     batched = onnxruntime_cpu_us(model, 256)
     print(json.dumps({
-        "bench": "vad", "chunk_ms": TICK_S * 1e3, "seconds": args.seconds, "streams_sustained": sustained,
+        "bench": "vad", "chunk_ms": TICK_S * 1e3, "seconds": args.seconds, "server_flags": " ".join(flags), "streams_sustained": sustained,
         "ratio_to_in_process": {name: round(sustained[name] / base, 2) for name in TARGETS},
         "targets_met": {name: sustained[name] / base >= target for name, target in TARGETS.items()},
         "onnxruntime_cpu_us_per_chunk": {"batch_1": round(onnxruntime_cpu_us(model, 1), 1), "batch_256": round(batched, 1)},

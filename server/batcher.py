@@ -52,6 +52,7 @@ from rnnserve.server.sampling import SamplingParams, sample_rows, top_tokens
 log = logging.getLogger(__name__)
 
 MAX_UNREAD_TOKENS = 256  # a generation whose client has not taken this many tokens waits for it to catch up
+MIN_CALL_ROWS = 16  # a call of fewer rows, split off a wide batch, costs more in the call than it gains at once
 
 
 class Batcher:
@@ -157,6 +158,7 @@ class Batcher:
         if self._thread.is_alive():
             self._queue.put(STOP)
             await asyncio.to_thread(self._thread.join)
+        self._runtime.close()
 
     def _hand_over(self, *args) -> None:
         """Runs `args[0](*args[1:])` on the event loop: the one way results leave the engine thread."""
@@ -199,7 +201,7 @@ class Batcher:
         deadline = time.perf_counter() + self._max_queue_delay_s
         self._reads, self._deferred = self._deferred, []
         steps += continuing
-        while len(steps) - len(continuing) < self._max_batch:
+        while len(steps) - len(continuing) < self._max_batch * self._runtime.parallel_calls:
             if self._held:  # steps that had to wait for a read of their slot, or that came together
                 job, block = self._held.popleft(), False
             else:
@@ -285,7 +287,7 @@ class Batcher:
         generations = [group[row].generation for row in generating]
         began = time.perf_counter()
         try:
-            outputs = self._runtime.step(slots, fresh, inputs)  # each [B, T, ...]
+            outputs = self._runtime.step(slots, fresh, inputs, self._calls(len(group)))  # each [B, T, ...]
             stepped = time.perf_counter()
             sampled = self._sample(outputs[0], generating, generations)
             ranked = self._rank(outputs[0], group)
@@ -317,6 +319,11 @@ class Batcher:
         results = [self._result(job, [output[row] for output in outputs], ranked.get(row, ())) if job.answered else None
                    for row, job in enumerate(group)]
         self._hand_over(deliver, group, results, generations, written, extras)
+
+    def _calls(self, rows: int) -> int:
+        """Into how many onnxruntime calls run at once a group of rows is split: as many as max_batch needs, and up
+        to --parallel-calls where each call still has MIN_CALL_ROWS rows."""
+        return min(self._runtime.parallel_calls, max(-(-rows // self._max_batch), rows // MIN_CALL_ROWS, 1))
 
     @staticmethod
     def _result(job: Step, outputs: list[np.ndarray], ranked: tuple) -> StepResult:

@@ -30,6 +30,10 @@ class ServerConfig:
     max_batch: int = option(64, "most sequence steps run in one onnxruntime call")
     max_queue_delay_ms: float = option(0.0, "how long a step may wait for others to fill its batch (0: run what is ready)")
     threads: int = option(0, "onnxruntime intra-op threads per model (0: onnxruntime's default, one per core)")
+    parallel_calls: int = option(
+        1, "onnxruntime calls a wide batch (16 rows or more per call) runs as at once, on disjoint rows: for models of "
+        "small operations that one call cannot spread over the cores (Silero VAD: --threads 1 --parallel-calls <cores>)"
+    )
     grace_s: float = option(10.0, "on SIGTERM, how long in-flight calls may take to finish")
     metrics_port: int = option(-1, "port of the Prometheus /metrics HTTP endpoint (0 picks a free one; -1: none)")
     metrics_host: str = option("127.0.0.1", "address the metrics endpoint listens on, apart from --host: metrics stay local unless asked")
@@ -83,7 +87,7 @@ class ServerConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
         for name in ("workers", "max_sessions", "max_input_tokens", "max_new_tokens", "max_batch", "max_message_bytes",
-                     "max_concurrent_streams"):
+                     "max_concurrent_streams", "parallel_calls"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         if self.metrics_port < -1:

@@ -77,6 +77,23 @@ class Inputs:
             raise InvalidArgument(f"values[{at[0]}]", "holds NaN or infinity: every value must be a finite number")
         return values
 
+    def values_together(self, model: Model, tensors: list[TensorInput]) -> tuple[list[int], np.ndarray]:
+        """Many messages' values at once (a multiplexed message's, one per session): (the indices of those that pass
+        every check of `values`, their steps [N, T, *step] read in one go). Only tensors of the first one's step count
+        are read together; `values` answers for each of the rest, and says what is wrong with a tensor that fails."""
+        spec = model.card.input
+        steps = max(0, tensors[0].shape[0]) if tensors and tensors[0].shape else 0
+        shape = (steps, *spec.step)
+        size = math.prod(shape) * 4
+        if not spec.values or steps > self._config.max_input_tokens:
+            return [], np.empty((0, *shape), np.float32)
+        plain = [i for i, t in enumerate(tensors) if t.shape == shape and t.dtype == spec.dtype and len(t.data) == size and t.name in ("", spec.name)]
+        values = np.frombuffer(b"".join([tensors[i].data for i in plain]), "<f4").reshape(len(plain), *shape)
+        if not math.isfinite(values.sum(dtype=np.float64)):  # some hold NaN or infinity: leave them out
+            finite = np.isfinite(values.reshape(len(plain), -1)).all(axis=1)
+            plain, values = [i for i, ok in zip(plain, finite) if ok], values[finite]
+        return plain, values
+
     def audio(self, model: Model, audio: AudioInput) -> np.ndarray:
         """An audio message's samples as float32, checked: the encoding, the model's sample rate, whole samples."""
         spec, name = model.card.input, model.card.name

@@ -120,8 +120,9 @@ class Metrics:
         self.slots_in_use = Gauge("rnnserve_slots_in_use", "Rows of the state slab in use.", MODEL, registry=registry)
         self.slots_capacity = Gauge("rnnserve_slots_capacity", "Rows of the state slab (--max-sessions).", MODEL, registry=registry)
 
-    def request_done(self, model: str, version: str, api: str, method: str, failure: str = "") -> None:
-        """Counts one request: a success, or a failure with its status. The labelled series are looked up once."""
+    def request_done(self, model: str, version: str, api: str, method: str, failure: str = "", requests: int = 1) -> None:
+        """Counts requests (one, or a multiplexed message's many): successes, or failures with their status. The
+        labelled series are looked up once."""
         key = (model, version, api, method, failure)
         counter = self._requests.get(key)
         if counter is None:
@@ -130,7 +131,7 @@ class Metrics:
             else:
                 counter = self.request_success.labels(model, version, api, method)
             self._requests[key] = counter
-        counter.inc()
+        counter.inc(requests)
 
     def model(self, name: str, version: str) -> ModelMetrics:
         return ModelMetrics(self, (name, version))

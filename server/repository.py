@@ -56,7 +56,7 @@ def _load_model(path: Path, config: ServerConfig, device: Device, io_binding: bo
             raise
         except Exception as err:
             raise BadModelFile(f"onnxruntime cannot load its encoder graph: {one_line(err)}") from None
-    runtime = Runtime(session, card, device, config.max_sessions, io_binding, encoder)
+    runtime = Runtime(session, card, device, config.max_sessions, io_binding, encoder, config.parallel_calls)
     model_metrics = metrics.model(name, version)
     batcher = Batcher(runtime, f"{name}/{version}", model_metrics, config.max_batch, config.max_queue_delay_ms, pieces=card.streaming)
     digest = hashlib.sha256(path.read_bytes())

@@ -7,6 +7,7 @@ another's state.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,7 +188,7 @@ class Runtime:
 
     def __init__(
         self, session: ort.InferenceSession, card: ModelCard, device: Device, capacity: int, io_binding: bool | None = None,
-        encoder: ort.InferenceSession | None = None,
+        encoder: ort.InferenceSession | None = None, parallel_calls: int = 1,
     ):
         self.session = session
         self.encoder = encoder
@@ -202,6 +203,10 @@ class Runtime:
         self.calls = 0  # onnxruntime calls made, for clients and tests to see how work was batched
         self._free = list(range(capacity - 1, -1, -1))
         self.card = card
+        # A wide batch of host-memory state may run as this many calls at once, on disjoint rows: a graph of small
+        # operations (Silero VAD's) keeps one core busy per call, whatever its intra-op threads.
+        self.parallel_calls = parallel_calls if isinstance(self.slab, HostStateSlab) else 1
+        self._pool = ThreadPoolExecutor(self.parallel_calls - 1, f"calls-{card.name}") if self.parallel_calls > 1 else None
 
     @property
     def slots_in_use(self) -> int:
@@ -220,11 +225,25 @@ class Runtime:
     def free(self, slot: int) -> None:
         self._free.append(slot)
 
-    def step(self, slots: list[int], fresh: np.ndarray, inputs: np.ndarray) -> list[np.ndarray]:
+    def step(self, slots: list[int], fresh: np.ndarray, inputs: np.ndarray, calls: int = 1) -> list[np.ndarray]:
         """inputs [B, T, *step] (token ids [B, T] int64, or values) → [logits [B, T, V] (or the model's main output),
-        *extra outputs [B, T, ...]]; each slot's state advances by T steps, from the initial state where `fresh` [B] is set."""
-        self.calls += 1
-        return self.slab.step(self.session, slots, fresh, (self.card.input.name, inputs), self.card.outputs)
+        *extra outputs [B, T, ...]]; each slot's state advances by T steps, from the initial state where `fresh` [B] is set.
+        `calls` (at most parallel_calls): onnxruntime calls run at once, each on a share of the rows."""
+        self.calls += calls
+        if calls <= 1:
+            return self.slab.step(self.session, slots, fresh, (self.card.input.name, inputs), self.card.outputs)
+        bounds = [len(slots) * i // calls for i in range(calls + 1)]
+
+        def rows(a: int, b: int) -> list[np.ndarray]:
+            return self.slab.step(self.session, slots[a:b], fresh[a:b], (self.card.input.name, inputs[a:b]), self.card.outputs)
+
+        later = [self._pool.submit(rows, a, b) for a, b in zip(bounds[1:-1], bounds[2:])]
+        results = [rows(bounds[0], bounds[1]), *(call.result() for call in later)]
+        return [np.concatenate(outputs) for outputs in zip(*results)]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
 
     def read_state(self, slot: int, fresh: bool) -> dict[str, np.ndarray]:
         """The slot's state: its rows, or the initial state when it has not stepped since it was (re)started."""

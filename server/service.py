@@ -140,11 +140,17 @@ class InferenceService:
 
     async def consume_values_together(self, items: list[tuple[Session, Chunk]]) -> list[ChunkResult | ServeError]:
         """Chunks of many sessions of models that take values (a multiplexed message's, one chunk a session): each
-        checked alone, all stepped together (one hand-over per model, however many sessions), each answered alone;
-        a chunk that fails fails alone."""
+        checked alone (plain values of one shape all at once), all stepped together (one hand-over per model, however
+        many sessions), each answered alone; a chunk that fails fails alone."""
         results: list[ChunkResult | ServeError | None] = [None] * len(items)
         by_model: dict[int, list[tuple[int, Session, np.ndarray, int]]] = {}  # id(model) → its chunks
+        plain = self._plain_values(items)
+        for index, session, values in plain:
+            by_model.setdefault(id(session.model), []).append((index, session, values, max(0, session.replay_until - session.position)))
+        read = {index for index, _, _ in plain}
         for index, (session, chunk) in enumerate(items):
+            if index in read:
+                continue
             try:
                 values = self._checked_values(session, chunk)
             except ServeError as err:
@@ -164,22 +170,34 @@ class InferenceService:
                 for row in stepping:
                     results[row[0]] = err
                 return
+            names = model.card.outputs
             for (index, session, values, _), result in zip(stepping, outputs):
                 session.stepped(len(values))
-                results[index] = tuple(zip(model.card.outputs, result.outputs))
-            for index, session, _, behind in rows:
+                results[index] = tuple(zip(names, result.outputs))
+            for (index, session, _, behind), error in zip(rows, await self.sessions.confirm_all([row[1] for row in rows])):
                 if isinstance(results[index], ServeError):
                     continue
-                try:
-                    await self.sessions.confirm(session)
-                except ServeError as err:
-                    results[index] = err
+                if error is not None:
+                    results[index] = error
                     continue
                 self.sessions.answered(session)
                 results[index] = ChunkResult(session.id, session.position, behind=behind, outputs=results[index] or ())
 
         await asyncio.gather(*(step(rows) for rows in by_model.values()))
         return results
+
+    def _plain_values(self, items: list[tuple[Session, Chunk]]) -> list[tuple[int, Session, np.ndarray]]:
+        """(index, session, steps) of the chunks that are values alone (no reset, audio or text), of one shape and
+        model, read and checked together (the rest are read one by one, and a bad one says what is wrong with it)."""
+        plain = [i for i, (s, c) in enumerate(items) if c.values is not None and c.audio is None and not (c.reset or c.text or c.tokens)]
+        by_model: dict[int, list[int]] = {}
+        for i in plain:
+            by_model.setdefault(id(items[i][0].model), []).append(i)
+        read = []
+        for indices in by_model.values():
+            passed, values = self._inputs.values_together(items[indices[0]][0].model, [items[i][1].values for i in indices])
+            read += [(indices[j], items[indices[j]][0], values[k]) for k, j in enumerate(passed)]
+        return read
 
     async def infer(self, model: Model, request: InferRequest) -> InferResult:
         """The whole input in one call from the initial state, on a session of its own."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rnnserve.server.engine_jobs import StepResult
-from rnnserve.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from rnnserve.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ServeError
 from rnnserve.server.repository import Model
 from rnnserve.server.security import caller
 from rnnserve.server.session_store import NullStore, SessionStore, store_key
@@ -152,6 +152,17 @@ class SessionRegistry:
         taken it (this server's hold on it ran out, or the store forgot it and gave it to another)."""
         if session.key is not None:
             await self.store.confirm(session)
+
+    async def confirm_all(self, sessions: list[Session]) -> list[ServeError | None]:
+        """`confirm` for many sessions answered together: each one's refusal, or None."""
+        errors: list[ServeError | None] = [None] * len(sessions)
+        for index, session in enumerate(sessions):
+            if session.key is not None:
+                try:
+                    await self.store.confirm(session)
+                except ServeError as err:
+                    errors[index] = err
+        return errors
 
     def live_sessions(self) -> list[Session]:
         return list(self._named.values())

@@ -45,9 +45,9 @@ class InferenceStatistics:
     last_inference_ms: int = 0
     batches: dict[int, BatchDurations] = field(default_factory=dict)
 
-    def request(self, seconds: float, succeeded: bool) -> None:
-        """One request finished (the event loop)."""
-        (self.success if succeeded else self.fail).add(seconds)
+    def request(self, seconds: float, succeeded: bool, requests: int = 1) -> None:
+        """Requests finished (the event loop): one, or a multiplexed message's many that took `seconds` each."""
+        (self.success if succeeded else self.fail).add(seconds * requests, requests)
         if succeeded:
             self.last_inference_ms = int(time.time() * 1000)
 

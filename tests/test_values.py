@@ -7,6 +7,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import threading
 import wave
 from dataclasses import replace
 from pathlib import Path
@@ -188,6 +189,58 @@ def test_a_bad_chunk_in_a_multiplexed_message_fails_alone(vad_server, silero_fil
     assert "values[0]" in answers[0][1].message and "not open on this stream" in answers[0][2].message
     good = np.concatenate([outputs_of(a.answer)["output"][:, 0] for a in (answers[0][0], answers[1][0], answers[1][1])])
     assert np.abs(good - expected).max() < 1e-5  # in order, and undisturbed by its neighbours' mistakes
+
+
+def test_bad_chunks_of_open_sessions_fail_alone_where_the_rest_are_read_together(vad_server, silero_file):
+    """Chunks of open sessions are checked and read in one go; those that do not fit it (another step count, a
+    mistake) are read one by one, and each mistake is named in its own answer."""
+    audio = noisy_audio(9, 5).reshape(-1, CHUNK)
+    expected = reference(silero_file, audio.ravel())
+    names = ["rt-good", "rt-two", "rt-nan", "rt-shape", "rt-name", "rt-after"]
+    with vad_server.client() as client:
+        opening = [session_chunk(name, audio[:1], model="vad") for name in names]
+        mixed = [
+            session_chunk("rt-good", audio[1:2]), session_chunk("rt-two", audio[1:3]),
+            session_chunk("rt-nan", np.full((1, 512), np.nan, np.float32)), session_chunk("rt-shape", np.zeros((1, 480), np.float32)),
+            pb.SessionChunk(session_id="rt-name", values=pb.Tensor(name="audio", dtype="float32", shape=[1, 512], data=bytes(2048))),
+            session_chunk("rt-after", audio[1:2]),
+        ]
+        closing = [session_chunk(name, audio[1:2] if name in ("rt-nan", "rt-shape", "rt-name") else audio[3:5] if name == "rt-two" else audio[2:5], close=True) for name in names]
+        answers = [list(r.answers) for r in client.stream_many([opening, mixed, closing])]
+    invalid = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert [a.code for a in answers[1]] == [0, 0, invalid, invalid, invalid, 0] and all(a.code == 0 for m in (answers[0], answers[2]) for a in m)
+    assert [(a.session_id, a.message.split(":")[0]) for a in answers[1][2:5]] == [("rt-nan", "values[0]"), ("rt-shape", "values.shape"), ("rt-name", "values.name")]
+    for n, name in enumerate(names):
+        got = np.concatenate([outputs_of(m[n].answer)["output"][:, 0] for m in answers if m[n].code == 0])
+        want = expected[:2] if name in ("rt-nan", "rt-shape", "rt-name") else expected
+        assert np.abs(got - want).max() < 1e-5, name  # a refused chunk did not step its session; the others went on
+
+
+def test_a_wide_batch_run_as_parallel_calls_equals_one_call(base_config, vad_repository, silero_file):
+    """--parallel-calls 2: each message of 36 open sessions runs as two onnxruntime calls at once, on disjoint rows
+    of the slab, and every chunk's probability is still the wrapper's."""
+    audios = [noisy_audio(300 + seed, 6).reshape(-1, CHUNK) for seed in range(36)]
+    config = replace(base_config, repository=str(vad_repository), max_sessions=40, threads=1, parallel_calls=2)
+    opened, counted = threading.Event(), []
+
+    def messages():
+        yield [session_chunk(f"par-{n}", steps[:1], model="vad") for n, steps in enumerate(audios)]
+        opened.wait(30)  # the sessions are open and stepped: count the calls of the messages after it
+        counted.append(client.get_model("vad").runtime_calls)
+        for k in range(1, 6):
+            yield [session_chunk(f"par-{n}", steps[k : k + 1], close=k == 5) for n, steps in enumerate(audios)]
+
+    outputs: dict[str, list[np.ndarray]] = {}
+    with ServerThread(config) as server, server.client() as client:
+        for response in client.stream_many(messages()):
+            opened.set()
+            for answer in response.answers:
+                assert answer.code == 0, answer.message
+                outputs.setdefault(answer.session_id, []).append(outputs_of(answer.answer)["output"][:, 0])
+        calls = client.get_model("vad").runtime_calls - counted[0]
+    for n, steps in enumerate(audios):
+        assert np.abs(np.concatenate(outputs[f"par-{n}"]) - reference(silero_file, steps.ravel())).max() < 1e-5, n
+    assert calls == 2 * 5, f"{calls} onnxruntime calls for 5 messages of 36 sessions: expected two calls each"
 
 
 def test_32_vad_sequences_over_tritons_own_client_equal_silero_vads_own_wrapper(vad_server, silero_file, triton):

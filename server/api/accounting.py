@@ -48,6 +48,15 @@ def count(metrics: Metrics, model: Model, api: str, method: str, status: str, se
         logs.call(api, method, model.card.name, model.card.version, session, status or "OK", seconds, position)
 
 
+def count_together(metrics: Metrics, model: Model, api: str, method: str, seconds: float, answered: list[tuple[str, int]]) -> None:
+    """Requests of one model answered together (a multiplexed message's), each as `count` would: (session, position)."""
+    metrics.request_done(model.card.name, model.card.version, api, method, requests=len(answered))
+    model.metrics.statistics.request(seconds, True, len(answered))
+    if logs.records_calls():
+        for session, position in answered:
+            logs.call(api, method, model.card.name, model.card.version, session, "OK", seconds, position)
+
+
 def refused(metrics: Metrics, api: str, method: str, name: str, version: str, err: errors.ServeError) -> None:
     """A request for a model that does not exist, or that its token does not cover: counted under model "" so that
     clients cannot create series at will."""

@@ -8,9 +8,10 @@ import time
 from contextlib import AsyncExitStack
 
 import grpc
+import numpy as np
 
 from rnnserve.server.api.access import looked_up, resolved, visible
-from rnnserve.server.api.accounting import count, counted
+from rnnserve.server.api.accounting import count, count_together, counted
 from rnnserve.server.api.in_flight import InFlight
 from rnnserve.server.api.status import internal_error, status_of, streaming, unary
 from rnnserve.server.errors import InvalidArgument, ServeError
@@ -127,7 +128,7 @@ class NativeServicer(pb_grpc.RnnServeServicer):
                 call.position = result.position
             if entry.close:
                 await streams.close(session_id)
-            return pb.SessionAnswer(session_id=session_id, answer=stream_response(result))
+            return session_answer(session_id, result)
         except Exception as err:  # this chunk fails (INTERNAL, for a fault of ours), the stream goes on
             return failed_chunk(session_id, err)
 
@@ -139,17 +140,19 @@ class NativeServicer(pb_grpc.RnnServeServicer):
         sessions = [streams.session(entries[i].session_id) for i in indices]
         results = await self._service.consume_values_together([(s, chunk(entries[i])) for s, i in zip(sessions, indices)])
         seconds = time.perf_counter() - began
+        answered: dict[int, tuple[Model, list[tuple[str, int]]]] = {}  # id(model) → the model, its chunks answered
         for index, session, result in zip(indices, sessions, results):
             entry = entries[index]
-            failed = isinstance(result, ServeError)
-            count(self._metrics, session.model, API, "StreamMany", status_of(result).name if failed else "", seconds, entry.session_id,
-                  -1 if failed else result.position)
-            if failed:
+            if isinstance(result, ServeError):
+                count(self._metrics, session.model, API, "StreamMany", status_of(result).name, seconds, entry.session_id)
                 answers[index] = failed_chunk(entry.session_id, result)
                 continue
+            answered.setdefault(id(session.model), (session.model, []))[1].append((entry.session_id, result.position))
             if entry.close:
                 await streams.close(entry.session_id)
-            answers[index] = pb.SessionAnswer(session_id=entry.session_id, answer=stream_response(result))
+            answers[index] = session_answer(entry.session_id, result)
+        for model, calls in answered.values():
+            count_together(self._metrics, model, API, "StreamMany", seconds, calls)
 
     @unary
     async def Infer(self, request: pb.InferRequest, context) -> pb.InferResponse:
@@ -246,9 +249,10 @@ def stream_start(message: pb.StreamStart) -> StreamStart:
 
 
 def chunk(message: pb.StreamRequest) -> Chunk:
-    values = message.values
-    tensor = TensorInput(values.name, values.dtype, tuple(values.shape), values.data) if message.HasField("values") else None
-    audio = None
+    tensor = audio = None
+    if message.HasField("values"):
+        values = message.values
+        tensor = TensorInput(values.name, values.dtype, tuple(values.shape), values.data)
     if message.HasField("audio"):
         encoding = AUDIO_ENCODINGS.get(message.audio.encoding, "")
         audio = AudioInput(encoding, message.audio.sample_rate, message.audio.data)
@@ -262,15 +266,23 @@ def infer_request(message: pb.InferRequest) -> InferRequest:
     return InferRequest(message.text, tuple(message.tokens), message.top_k)
 
 
-def stream_response(result: ChunkResult) -> pb.StreamResponse:
-    return pb.StreamResponse(
-        session_id=result.session_id,
-        position=result.position,
-        steps=[step_prediction(s) for s in result.steps],
-        classes=candidates(result.classes),
-        behind=result.behind,
-        outputs=[pb.Tensor(name=name, dtype="float32", shape=value.shape, data=value.astype("<f4").tobytes()) for name, value in result.outputs],
-    )
+def stream_response(result: ChunkResult, into: pb.StreamResponse | None = None) -> pb.StreamResponse:
+    """The chunk's answer, written `into` a message (a SessionAnswer's, with no copy) or a new one."""
+    response = pb.StreamResponse() if into is None else into
+    response.session_id, response.position, response.behind = result.session_id, result.position, result.behind
+    if result.steps:
+        response.steps.extend(step_prediction(s) for s in result.steps)
+    if result.classes:
+        response.classes.extend(candidates(result.classes))
+    for name, value in result.outputs:
+        response.outputs.add(name=name, dtype="float32", shape=value.shape, data=np.asarray(value, "<f4").tobytes())
+    return response
+
+
+def session_answer(session_id: str, result: ChunkResult) -> pb.SessionAnswer:
+    answer = pb.SessionAnswer(session_id=session_id)
+    stream_response(result, answer.answer)
+    return answer
 
 
 def step_prediction(step: StepPrediction) -> pb.StepPrediction:
