@@ -8,8 +8,8 @@ to when its probability is back) is at most 32 ms and no stream falls behind rea
 - in-process: one onnxruntime session and one thread per stream, context and state carried by hand — what
   silero_vad's OnnxWrapper does (without its torch tensors);
 - per-session: one rnnserve Stream per stream, all on one channel of one client process;
-- multiplexed: every stream's chunk in one message a tick, on two StreamMany calls of half the streams each (one
-  call's message is read while the other's is stepped). The server runs --threads 1 --parallel-calls <cores>: Silero's
+- multiplexed: every stream's chunk in one message a tick as rows (one tensor of all its sessions' chunks), on two
+  StreamMany calls of half the streams each (one call's message is read while the other's is stepped). The server runs --threads 1 --parallel-calls <cores>: Silero's
   graph of small operations keeps one core busy per onnxruntime call, so a wide batch runs as a call per core.
 
     python -m bench.vad                                  # needs silero-vad (the dev extra) and the [train] extra
@@ -36,7 +36,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.common import process_cpu_s, server_process
-from rnnserve.client.native import session_chunk, values_tensor
+from rnnserve.client.native import session_chunk, session_rows, values_tensor
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
 
@@ -146,32 +146,38 @@ async def per_session(target: str, samples: np.ndarray) -> tuple[list[float], li
 
 
 async def multiplexed(target: str, samples: np.ndarray, calls: int = 2) -> tuple[list[float], list[float]]:
-    """Every stream's chunk in one message a tick on one of `calls` StreamMany calls (the streams dealt among them,
-    so that the server reads one call's message while it steps another's); a chunk's latency runs from the tick to
-    its message's answer."""
+    """Every stream's chunk in one message a tick, as rows (one tensor for all the call's sessions), on one of
+    `calls` StreamMany calls (the streams dealt among them, so the server reads one call's message while it steps
+    another's); a chunk's latency runs from the tick to its message's answer. The sessions are opened (a chunk
+    with `start` and no steps each) before the clock starts."""
     streams, chunks, _ = samples.shape
     latencies, lags = [], []
-    start = time.perf_counter() + 0.5
+    parts = [list(range(part, streams, calls)) for part in range(min(calls, streams))]
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.RnnServeStub(channel)
+        opened = [(stub.StreamMany(), [f"mic-{s}" for s in mine]) for mine in parts]
+        for call, names in opened:
+            await call.write(pb.StreamManyRequest(chunks=[session_chunk(n, model="vad") for n in names]))
+            await call.read()
+        start = time.perf_counter() + 0.05
 
-        async def run(mine: range) -> None:
-            call = stub.StreamMany()
+        async def run(call, names: list[str], mine: list[int]) -> None:
             for k in range(chunks):
                 due = start + k * TICK_S
                 await asyncio.sleep(max(0.0, due - time.perf_counter()))
                 if k >= WARMUP_CHUNKS:
                     lags.append(max(0.0, time.perf_counter() - due))
-                entries = [session_chunk(f"mic-{s}", samples[s, k][None], model="vad" if k == 0 else "", close=k == chunks - 1) for s in mine]
-                await call.write(pb.StreamManyRequest(chunks=entries))
+                await call.write(session_rows(names, samples[mine, k][:, None]))
                 answer = await call.read()
-                if any(a.code for a in answer.answers):
-                    raise RuntimeError(next(a.message for a in answer.answers if a.code))
+                if failed := [m for c, m in zip(answer.rows.codes, answer.rows.messages) if c]:
+                    raise RuntimeError(failed[0])
                 if k >= WARMUP_CHUNKS:
                     latencies.extend([time.perf_counter() - due] * len(mine))
+            await call.write(pb.StreamManyRequest(chunks=[session_chunk(n, close=True) for n in names]))
+            await call.read()
             await call.done_writing()
 
-        await asyncio.gather(*(run(range(part, streams, calls)) for part in range(min(calls, streams))))
+        await asyncio.gather(*(run(call, names, mine) for (call, names), mine in zip(opened, parts)))
     return latencies, lags
 
 

@@ -90,11 +90,12 @@ class RnnServeClient:
         return self._stub.Stream(requests(), timeout=self._timeout_s, metadata=metadata)
 
     def stream_many(
-        self, messages: Iterable[list[pb.SessionChunk]], metadata: list[tuple[str, str]] | None = None
+        self, messages: Iterable[list[pb.SessionChunk] | pb.StreamManyRequest], metadata: list[tuple[str, str]] | None = None
     ) -> Iterator[pb.StreamManyResponse]:
         """Many sessions on one stream: each message is the chunks of any number of sessions (made with
-        `session_chunk`), and each answer holds one SessionAnswer per chunk, in order (`code` 0, or its error)."""
-        requests = (pb.StreamManyRequest(chunks=chunks) for chunks in messages)
+        `session_chunk`), or a StreamManyRequest (chunks and rows: `session_rows`), and each answer holds one
+        SessionAnswer per chunk, in order (`code` 0, or its error), and its rows answered (`rows_outputs`)."""
+        requests = (m if isinstance(m, pb.StreamManyRequest) else pb.StreamManyRequest(chunks=m) for m in messages)
         return self._stub.StreamMany(requests, timeout=self._timeout_s, metadata=metadata)
 
     def infer(self, model: str, text: str | list[int], version: str = "", top_k: int = 0) -> list[pb.StepPrediction]:
@@ -154,6 +155,21 @@ def session_chunk(
     elif item is not None:
         chunk.tokens.extend(item)
     return chunk
+
+
+def session_rows(session_ids: list[str], values: np.ndarray, chunks: list[pb.SessionChunk] = ()) -> pb.StreamManyRequest:
+    """A StreamMany message of rows: `values` [N, T, *step], row i the steps of session_ids[i] (sessions already open
+    on the stream), read and answered as arrays; `chunks` run before them (a session's first chunk, with `start`;
+    close a session with a chunk in a later message)."""
+    return pb.StreamManyRequest(chunks=chunks, rows=pb.SessionRows(session_ids=session_ids, values=values_tensor(values)))
+
+
+def rows_outputs(response: pb.StreamManyResponse) -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:
+    """A message's rows answered: each output's [N, T, *output] (zeros in a row that failed), and each row's
+    (code, message), (0, "") when answered."""
+    rows = response.rows
+    outputs = {t.name: np.frombuffer(t.data, "<f4").reshape(tuple(t.shape)) for t in rows.outputs}
+    return outputs, list(zip(rows.codes, rows.messages))
 
 
 def audio_request(samples: bytes | np.ndarray, sample_rate: int) -> pb.StreamRequest:

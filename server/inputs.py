@@ -61,21 +61,38 @@ class Inputs:
             return np.empty((0,), np.float32)
         if tensor is None:
             return np.empty((0, *spec.step), np.float32)
-        if tensor.name and tensor.name != spec.name:
-            raise InvalidArgument("values.name", f"{tensor.name!r}: model {model.card.name!r} has one input, {spec.name!r}")
-        if tensor.dtype != spec.dtype:
-            raise InvalidArgument("values.dtype", f"{tensor.dtype!r}: {_values_wanted(model)}")
-        shape = tensor.shape
-        if len(shape) != 1 + len(spec.step) or tuple(shape[1:]) != spec.step or shape[0] < 0:
-            raise InvalidArgument("values.shape", f"{list(shape)}: {_values_wanted(model)}")
-        self._check_length(shape[0], "values", "steps")
-        size = math.prod(shape) * 4
-        if len(tensor.data) != size:
-            raise InvalidArgument("values.data", f"{len(tensor.data)} bytes for shape {list(shape)}: expected {size} (float32, little-endian)")
-        values = np.frombuffer(tensor.data, "<f4").reshape(shape)  # read-only, as the engine only reads it
+        values = self._tensor(model, tensor, "values", ())
         if (at := not_finite_at(values)) is not None:
             raise InvalidArgument(f"values[{at[0]}]", "holds NaN or infinity: every value must be a finite number")
         return values
+
+    def rows(self, model: Model, tensor: TensorInput, sessions: int) -> tuple[np.ndarray, np.ndarray]:
+        """A multiplexed message's rows, [N, T, *step] for N sessions, and which rows are all finite numbers [N]: the
+        tensor's shape and size checked as a whole, its values row by row (a row of NaN fails alone)."""
+        if not model.card.input.values:
+            raise InvalidArgument("rows", f"model {model.card.name!r} reads tokens: send each session's text or tokens as a chunk")
+        values = self._tensor(model, tensor, "rows.values", (sessions,))
+        finite = np.ones(sessions, bool)
+        if not math.isfinite(values.sum(dtype=np.float64)):
+            finite = np.isfinite(values.reshape(sessions, -1)).all(axis=1)
+        return values, finite
+
+    def _tensor(self, model: Model, tensor: TensorInput, field_name: str, leading: tuple[int, ...]) -> np.ndarray:
+        """A tensor of `leading` + [T, *step] float32 as sent (read-only, as the engine only reads it): its name,
+        dtype, shape, step count and size checked."""
+        spec = model.card.input
+        if tensor.name and tensor.name != spec.name:
+            raise InvalidArgument(f"{field_name}.name", f"{tensor.name!r}: model {model.card.name!r} has one input, {spec.name!r}")
+        if tensor.dtype != spec.dtype:
+            raise InvalidArgument(f"{field_name}.dtype", f"{tensor.dtype!r}: {_values_wanted(model, leading)}")
+        shape, at = tensor.shape, len(leading)
+        if len(shape) != at + 1 + len(spec.step) or tuple(shape[:at]) != leading or tuple(shape[at + 1 :]) != spec.step or shape[at] < 0:
+            raise InvalidArgument(f"{field_name}.shape", f"{list(shape)}: {_values_wanted(model, leading)}")
+        self._check_length(shape[at], field_name, "steps")
+        size = math.prod(shape) * 4
+        if len(tensor.data) != size:
+            raise InvalidArgument(f"{field_name}.data", f"{len(tensor.data)} bytes for shape {list(shape)}: expected {size} (float32, little-endian)")
+        return np.frombuffer(tensor.data, "<f4").reshape(shape)
 
     def values_together(self, model: Model, tensors: list[TensorInput]) -> tuple[list[int], np.ndarray]:
         """Many messages' values at once (a multiplexed message's, one per session): (the indices of those that pass
@@ -210,9 +227,11 @@ def cut(samples: np.ndarray, waiting: np.ndarray | None, step: int) -> tuple[np.
     return joined[:whole].reshape(-1, step), joined[whole:].copy()
 
 
-def _values_wanted(model: Model) -> str:
+def _values_wanted(model: Model, leading: tuple[int, ...] = ()) -> str:
     spec = model.card.input
-    return f"it takes {spec.dtype} values {spec.name!r} of shape [T, {', '.join(map(str, spec.step))}] (T steps of {list(spec.step)})"
+    rows = f"{leading[0]} sessions' rows of " if leading else ""
+    shape = ", ".join(map(str, [*leading, "T", *spec.step]))
+    return f"it takes {rows}{spec.dtype} values {spec.name!r} of shape [{shape}] (T steps of {list(spec.step)})"
 
 
 def check_call(model: Model, call: str) -> None:

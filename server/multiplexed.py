@@ -6,6 +6,7 @@ second, so one session's chunks run in the order they came and different session
 of models that take values for sessions already open are stepped together (one hand-over for all of them, however
 many: server/service.py); the others (a session's first chunk, text, tokens) each as a Stream's would be. Every
 session is attached to the stream until it closes or the stream ends, then lives its TTL like any named session.
+A message's rows (one tensor for many open sessions of one model) run after its chunks, all in one hand-over.
 Free of gRPC: the API layer converts and counts.
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import TypeVar
 
-from rnnserve.server.errors import InvalidArgument, NotFound
+from rnnserve.server.errors import InvalidArgument, NotFound, ServeError
 from rnnserve.server.repository import Model
 from rnnserve.server.requests import Chunk, ChunkResult, StreamStart
 from rnnserve.server.service import InferenceService, StreamSession
@@ -48,6 +49,20 @@ class Multiplexed:
         if session_id not in self._open:
             raise NotFound(f"session {session_id!r} is not open on this stream: send `start` with its first chunk")
         return self._open[session_id][1].session
+
+    def rows(self, session_ids: list[str]) -> list[Session | ServeError]:
+        """The sessions a message's rows name, in order: each open on this stream and named once, or its error."""
+        sessions: list[Session | ServeError] = []
+        seen: set[str] = set()
+        for i, session_id in enumerate(session_ids):
+            if session_id in seen:
+                sessions.append(InvalidArgument(f"rows.session_ids[{i}]", f"{session_id!r} is named twice: a session's steps go in its one row"))
+            elif session_id not in self._open:
+                sessions.append(NotFound(f"rows.session_ids[{i}]: session {session_id!r} is not open on this stream: open it with a chunk with `start` first"))
+            else:
+                sessions.append(self._open[session_id][1].session)
+            seen.add(session_id)
+        return sessions
 
     def together(self, session_id: str) -> bool:
         """Whether a chunk for this session (without `start`) may be stepped with others: it is open, of a model

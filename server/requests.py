@@ -112,6 +112,16 @@ class ChunkResult:
 
 
 @dataclass(frozen=True, slots=True)
+class RowsResult:
+    """A multiplexed message's rows answered: per row its session's position or its error, and every output
+    [N, T, *output] (zeros in a row that failed)."""
+
+    positions: list[int]
+    errors: list[Exception | None]
+    outputs: list[tuple[str, np.ndarray]]
+
+
+@dataclass(frozen=True, slots=True)
 class InferResult:
     steps: tuple[StepPrediction, ...]
     classes: tuple[Candidate, ...] = ()  # classifiers: every class's probability for the whole input

@@ -18,7 +18,17 @@ from rnnserve.server.generation import TextStream
 from rnnserve.server.inputs import Inputs, check_call, cut
 from rnnserve.server.predictions import classes, step_predictions
 from rnnserve.server.repository import Model
-from rnnserve.server.requests import Chunk, ChunkResult, GeneratedPiece, GenerateRequest, InferRequest, InferResult, StreamStart
+from rnnserve.server.requests import (
+    Chunk,
+    ChunkResult,
+    GeneratedPiece,
+    GenerateRequest,
+    InferRequest,
+    InferResult,
+    RowsResult,
+    StreamStart,
+    TensorInput,
+)
 from rnnserve.server.sessions import Session, SessionRegistry
 from rnnserve.text import IncrementalDecoder
 
@@ -185,6 +195,43 @@ class InferenceService:
 
         await asyncio.gather(*(step(rows) for rows in by_model.values()))
         return results
+
+    async def consume_rows(self, sessions: list[Session | ServeError], tensor: TensorInput) -> RowsResult:
+        """A multiplexed message's rows: row i of `tensor` [N, T, *step] is the steps of sessions[i] (or the error that
+        session already has), all of one model, stepped together in one hand-over; a row that fails fails alone."""
+        errors: list[Exception | None] = [s if isinstance(s, ServeError) else None for s in sessions]
+        live = [s for s in sessions if not isinstance(s, ServeError)]
+        if not live:
+            return RowsResult([0] * len(sessions), errors, [])
+        model = live[0].model
+        for i, session in enumerate(sessions):
+            if errors[i] is None and session.model is not model:
+                errors[i] = InvalidArgument(f"rows.session_ids[{i}]", f"session {session.id!r} is of model {session.model.card.name!r}, "
+                                            f"the rows' first of {model.card.name!r}: one model's sessions a message (send it as a chunk)")
+        try:
+            values, finite = self._inputs.rows(model, tensor, len(sessions))
+        except ServeError as err:
+            return RowsResult([0] * len(sessions), [err] * len(sessions), [])
+        for i in np.flatnonzero(~finite):
+            errors[i] = errors[i] or InvalidArgument(f"rows.values[{i}]", "holds NaN or infinity: every value must be a finite number")
+        ok = [i for i, error in enumerate(errors) if error is None]
+        stepping = [sessions[i] for i in ok]
+        steps = values.shape[1]
+        try:
+            outputs = await model.batcher.step_many([s.slot for s in stepping], values if len(ok) == len(sessions) else values[ok]) if ok and steps else []
+        except ServeError as err:
+            return RowsResult([0] * len(sessions), [error or err for error in errors], [])
+        for session in stepping:
+            session.stepped(steps)
+        for i, error in zip(ok, await self.sessions.confirm_all(stepping)):
+            if error is None:
+                self.sessions.answered(sessions[i])
+            errors[i] = error
+        positions = [0 if errors[i] is not None else s.position for i, s in enumerate(sessions)]
+        answered = [] if not outputs else [np.zeros((len(sessions), *first.shape), first.dtype) for first in outputs[0].outputs]
+        for k, array in enumerate(answered):
+            array[ok] = np.stack([result.outputs[k] for result in outputs])
+        return RowsResult(positions, errors, list(zip(model.card.outputs, answered)))
 
     def _plain_values(self, items: list[tuple[Session, Chunk]]) -> list[tuple[int, Session, np.ndarray]]:
         """(index, session, steps) of the chunks that are values alone (no reset, audio or text), of one shape and

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 
-from rnnserve.client import audio_request, outputs_of, session_chunk, values_tensor
+from rnnserve.client import audio_request, outputs_of, rows_outputs, session_chunk, session_rows, values_tensor
 from rnnserve.client.segments import SpeechSegments
 from rnnserve.v1 import rnnserve_pb2 as pb
 from tests.helpers import ServerThread, run_cli, status_of, together
@@ -189,6 +189,51 @@ def test_a_bad_chunk_in_a_multiplexed_message_fails_alone(vad_server, silero_fil
     assert "values[0]" in answers[0][1].message and "not open on this stream" in answers[0][2].message
     good = np.concatenate([outputs_of(a.answer)["output"][:, 0] for a in (answers[0][0], answers[1][0], answers[1][1])])
     assert np.abs(good - expected).max() < 1e-5  # in order, and undisturbed by its neighbours' mistakes
+
+
+def test_32_vad_sessions_sent_as_rows_equal_silero_vads_own_wrapper(vad_server, silero_file):
+    """Rows: one tensor [32, 1, 512] a message for 32 sessions opened on the stream (a tick of 32 microphones),
+    answered as arrays, each message one onnxruntime call."""
+    audios = [noisy_audio(400 + seed, 12).reshape(-1, CHUNK) for seed in range(32)]
+    names = [f"rows-{n}" for n in range(32)]
+    messages = [[session_chunk(name, model="vad") for name in names]]  # opened with no steps
+    messages += [session_rows(names, np.stack([a[k : k + 1] for a in audios])) for k in range(12)]
+    messages.append([session_chunk(name, close=True) for name in names])
+    with vad_server.client() as client:
+        before = client.get_model("vad").runtime_calls
+        responses = list(client.stream_many(messages))
+        calls = client.get_model("vad").runtime_calls - before
+        assert client.get_model("vad").active_sessions == 0
+    answered = [rows_outputs(r) for r in responses[1:-1]]
+    assert all(codes == [(0, "")] * 32 for _, codes in answered)
+    assert [list(r.rows.positions) for r in responses[1:-1]] == [[k + 1] * 32 for k in range(12)]
+    got = np.concatenate([outputs["output"][:, :, 0] for outputs, _ in answered], axis=1)  # [32, 12]
+    for n, audio in enumerate(audios):
+        assert np.abs(got[n] - reference(silero_file, audio.ravel())).max() < 1e-5, n
+    assert calls == len(answered), f"{calls} onnxruntime calls for {len(answered)} messages of rows"
+
+
+def test_bad_rows_fail_alone_and_disturb_no_other_row(vad_server, silero_file):
+    audio = noisy_audio(11, 4).reshape(-1, CHUNK)
+    expected = reference(silero_file, audio.ravel())
+    opening = [session_chunk(name, model="vad") for name in ("br-a", "br-b", "br-nan")] + [session_chunk("br-frames", model="frames")]
+    rows = np.stack([audio[:1], audio[:1], np.full((1, 512), np.nan, np.float32), audio[:1], audio[:1], audio[:1]])
+    mixed = session_rows(["br-a", "br-b", "br-nan", "br-unknown", "br-a", "br-frames"], rows)
+    bad_shape = session_rows(["br-a", "br-b"], np.zeros((2, 1, 480), np.float32))
+    rest = session_rows(["br-a", "br-b", "br-nan"], np.stack([audio[1:4]] * 3))
+    with vad_server.client() as client:
+        responses = list(client.stream_many([opening, mixed, bad_shape, rest]))
+    (mixed_out, mixed_codes), (_, shape_codes), (rest_out, rest_codes) = (rows_outputs(r) for r in responses[1:])
+    invalid, not_found = grpc.StatusCode.INVALID_ARGUMENT.value[0], grpc.StatusCode.NOT_FOUND.value[0]
+    assert [c for c, _ in mixed_codes] == [0, 0, invalid, not_found, invalid, invalid]
+    assert [m.split(":")[0] for _, m in mixed_codes[2:]] == ["rows.values[2]", "rows.session_ids[3]", "rows.session_ids[4]", "rows.session_ids[5]"]
+    assert "named twice" in mixed_codes[4][1] and "of model 'frames'" in mixed_codes[5][1]
+    assert list(responses[1].rows.positions) == [1, 1, 0, 0, 0, 0] and not mixed_out["output"][2:].any()
+    assert [c for c, _ in shape_codes] == [invalid, invalid] and "rows.values.shape" in shape_codes[0][1] and "[2, T, 512]" in shape_codes[0][1]
+    assert rest_codes == [(0, "")] * 3 and list(responses[3].rows.positions) == [4, 4, 3]
+    for n in (0, 1):  # a and b went on undisturbed; the NaN row did not step its session
+        assert np.abs(np.concatenate([mixed_out["output"][n, :, 0], rest_out["output"][n, :, 0]]) - expected).max() < 1e-5
+    assert np.abs(rest_out["output"][2, :, 0] - reference(silero_file, audio[1:4].ravel())).max() < 1e-5
 
 
 def test_bad_chunks_of_open_sessions_fail_alone_where_the_rest_are_read_together(vad_server, silero_file):

@@ -227,10 +227,20 @@ class Tensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class StreamManyRequest(_message.Message):
-    __slots__ = ("chunks",)
+    __slots__ = ("chunks", "rows")
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
     chunks: _containers.RepeatedCompositeFieldContainer[SessionChunk]
-    def __init__(self, chunks: _Optional[_Iterable[_Union[SessionChunk, _Mapping]]] = ...) -> None: ...
+    rows: SessionRows
+    def __init__(self, chunks: _Optional[_Iterable[_Union[SessionChunk, _Mapping]]] = ..., rows: _Optional[_Union[SessionRows, _Mapping]] = ...) -> None: ...
+
+class SessionRows(_message.Message):
+    __slots__ = ("session_ids", "values")
+    SESSION_IDS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    session_ids: _containers.RepeatedScalarFieldContainer[str]
+    values: Tensor
+    def __init__(self, session_ids: _Optional[_Iterable[str]] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class SessionChunk(_message.Message):
     __slots__ = ("session_id", "start", "reset", "text", "tokens", "values", "close", "audio")
@@ -253,10 +263,24 @@ class SessionChunk(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., start: _Optional[_Union[StreamStart, _Mapping]] = ..., reset: _Optional[bool] = ..., text: _Optional[str] = ..., tokens: _Optional[_Iterable[int]] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., close: _Optional[bool] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ...) -> None: ...
 
 class StreamManyResponse(_message.Message):
-    __slots__ = ("answers",)
+    __slots__ = ("answers", "rows")
     ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
     answers: _containers.RepeatedCompositeFieldContainer[SessionAnswer]
-    def __init__(self, answers: _Optional[_Iterable[_Union[SessionAnswer, _Mapping]]] = ...) -> None: ...
+    rows: SessionRowsAnswer
+    def __init__(self, answers: _Optional[_Iterable[_Union[SessionAnswer, _Mapping]]] = ..., rows: _Optional[_Union[SessionRowsAnswer, _Mapping]] = ...) -> None: ...
+
+class SessionRowsAnswer(_message.Message):
+    __slots__ = ("positions", "codes", "messages", "outputs")
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    CODES_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    positions: _containers.RepeatedScalarFieldContainer[int]
+    codes: _containers.RepeatedScalarFieldContainer[int]
+    messages: _containers.RepeatedScalarFieldContainer[str]
+    outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    def __init__(self, positions: _Optional[_Iterable[int]] = ..., codes: _Optional[_Iterable[int]] = ..., messages: _Optional[_Iterable[str]] = ..., outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
 
 class SessionAnswer(_message.Message):
     __slots__ = ("session_id", "answer", "code", "message")

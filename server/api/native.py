@@ -109,7 +109,10 @@ class NativeServicer(pb_grpc.RnnServeServicer):
                     together = [i for i in indices if not entries[i].HasField("start") and streams.together(entries[i].session_id)]
                     others = sorted(set(indices) - set(together))
                     await asyncio.gather(self._many_together(streams, entries, together, answers), *(alone(i) for i in others))
-                yield pb.StreamManyResponse(answers=answers)
+                response = pb.StreamManyResponse(answers=answers)
+                if request.HasField("rows"):
+                    await self._many_rows(streams, request.rows, response.rows)
+                yield response
 
     async def _many_chunk(self, streams: Multiplexed, entry: pb.SessionChunk) -> pb.SessionAnswer:
         """One chunk of a StreamMany message, answered or failed alone."""
@@ -153,6 +156,34 @@ class NativeServicer(pb_grpc.RnnServeServicer):
             answers[index] = session_answer(entry.session_id, result)
         for model, calls in answered.values():
             count_together(self._metrics, model, API, "StreamMany", seconds, calls)
+
+    async def _many_rows(self, streams: Multiplexed, rows: pb.SessionRows, answer: pb.SessionRowsAnswer) -> None:
+        """A message's rows: stepped together, answered as arrays, row for row."""
+        began = time.perf_counter()
+        ids = list(rows.session_ids)
+        sessions = streams.rows(ids)
+        values = rows.values
+        try:
+            result = await self._service.consume_rows(sessions, TensorInput(values.name, values.dtype, tuple(values.shape), values.data))
+        except Exception as err:  # a fault of ours: every row fails with its error id, the stream goes on
+            message = internal_error("StreamMany rows", err)
+            answer.codes.extend([grpc.StatusCode.INTERNAL.value[0]] * len(ids))
+            answer.messages.extend([message] * len(ids))
+            answer.positions.extend([0] * len(ids))
+            return
+        seconds = time.perf_counter() - began
+        answer.positions.extend(result.positions)
+        answer.codes.extend(0 if error is None else status_of(error).value[0] for error in result.errors)
+        answer.messages.extend("" if error is None else str(error) for error in result.errors)
+        for name, value in result.outputs:
+            answer.outputs.add(name=name, dtype="float32", shape=value.shape, data=np.asarray(value, "<f4").tobytes())
+        answered = [(session_id, position) for session_id, position, error in zip(ids, result.positions, result.errors) if error is None]
+        if answered:
+            model = next(s for s, e in zip(sessions, result.errors) if e is None).model
+            count_together(self._metrics, model, API, "StreamMany", seconds, answered)
+        for session, error in zip(sessions, result.errors):
+            if error is not None and not isinstance(session, ServeError):
+                count(self._metrics, session.model, API, "StreamMany", status_of(error).name, seconds, session.id)
 
     @unary
     async def Infer(self, request: pb.InferRequest, context) -> pb.InferResponse:
@@ -212,6 +243,7 @@ def failed_chunk(session_id: str, err: Exception) -> pb.SessionAnswer:
     if isinstance(err, ServeError):
         return pb.SessionAnswer(session_id=session_id, code=status_of(err).value[0], message=str(err))
     return pb.SessionAnswer(session_id=session_id, code=grpc.StatusCode.INTERNAL.value[0], message=internal_error(f"StreamMany chunk of {session_id!r}", err))
+
 
 
 def generate_request(request: pb.GenerateRequest) -> GenerateRequest:
