@@ -119,29 +119,31 @@ def in_process(model: Path, samples: np.ndarray) -> dict:
 
 
 async def per_session(target: str, samples: np.ndarray) -> tuple[list[float], list[float]]:
+    """A Stream per stream, all on one channel; each opened (`start` and no steps) before the clock starts."""
     streams, chunks, _ = samples.shape
     latencies, lags = [], []
-    start = time.perf_counter() + 0.5
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.RnnServeStub(channel)
+        calls = [stub.Stream() for _ in range(streams)]
+        for call in calls:
+            await call.write(pb.StreamRequest(start=pb.StreamStart(model="vad")))
+        for call in calls:
+            await call.read()
+        start = time.perf_counter() + 0.05
 
-        async def run(stream: int) -> None:
-            call = stub.Stream()
+        async def run(stream: int, call) -> None:
             for k in range(chunks):
                 due = paced(start, stream, streams, k)
                 await asyncio.sleep(max(0.0, due - time.perf_counter()))
                 if k >= WARMUP_CHUNKS:
                     lags.append(max(0.0, time.perf_counter() - due))
-                request = pb.StreamRequest(values=values_tensor(samples[stream, k][None]))
-                if k == 0:
-                    request.start.CopyFrom(pb.StreamStart(model="vad"))
-                await call.write(request)
+                await call.write(pb.StreamRequest(values=values_tensor(samples[stream, k][None])))
                 await call.read()
                 if k >= WARMUP_CHUNKS:
                     latencies.append(time.perf_counter() - due)
             await call.done_writing()
 
-        await asyncio.gather(*(run(s) for s in range(streams)))
+        await asyncio.gather(*(run(s, call) for s, call in enumerate(calls)))
     return latencies, lags
 
 

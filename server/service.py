@@ -193,7 +193,10 @@ class InferenceService:
                 self.sessions.answered(session)
                 results[index] = ChunkResult(session.id, session.position, behind=behind, outputs=results[index] or ())
 
-        await asyncio.gather(*(step(rows) for rows in by_model.values()))
+        if len(by_model) == 1:  # the usual case (a Stream's chunk, a message of one model): no task to make
+            await step(next(iter(by_model.values())))
+        else:
+            await asyncio.gather(*(step(rows) for rows in by_model.values()))
         return results
 
     async def consume_rows(self, sessions: list[Session | ServeError], tensor: TensorInput) -> RowsResult:
