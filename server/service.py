@@ -231,10 +231,12 @@ class InferenceService:
                 self.sessions.answered(sessions[i])
             errors[i] = error
         positions = [0 if errors[i] is not None else s.position for i, s in enumerate(sessions)]
-        answered = [] if not outputs else [np.zeros((len(sessions), *first.shape), first.dtype) for first in outputs[0].outputs]
-        for k, array in enumerate(answered):
-            array[ok] = np.stack([result.outputs[k] for result in outputs])
-        return RowsResult(positions, errors, list(zip(model.card.outputs, answered)))
+        answered = [(i, result) for i, result in zip(ok, outputs) if errors[i] is None]
+        arrays = [np.zeros((len(sessions), *first.shape), first.dtype) for first in outputs[0].outputs] if outputs else []
+        for k, array in enumerate(arrays):
+            if answered:
+                array[[i for i, _ in answered]] = np.stack([result.outputs[k] for _, result in answered])
+        return RowsResult(positions, errors, list(zip(model.card.outputs, arrays)))
 
     def _plain_values(self, items: list[tuple[Session, Chunk]]) -> list[tuple[int, Session, np.ndarray]]:
         """(index, session, steps) of the chunks that are values alone (no reset, audio or text), of one shape and

@@ -175,8 +175,7 @@ class NativeServicer(pb_grpc.RnnServeServicer):
         answer.positions.extend(result.positions)
         answer.codes.extend(0 if error is None else status_of(error).value[0] for error in result.errors)
         answer.messages.extend("" if error is None else str(error) for error in result.errors)
-        for name, value in result.outputs:
-            answer.outputs.add(name=name, dtype="float32", shape=value.shape, data=np.asarray(value, "<f4").tobytes())
+        add_outputs(answer.outputs, result.outputs)
         answered = [(session_id, position) for session_id, position, error in zip(ids, result.positions, result.errors) if error is None]
         if answered:
             model = next(s for s, e in zip(sessions, result.errors) if e is None).model
@@ -245,7 +244,6 @@ def failed_chunk(session_id: str, err: Exception) -> pb.SessionAnswer:
     return pb.SessionAnswer(session_id=session_id, code=grpc.StatusCode.INTERNAL.value[0], message=internal_error(f"StreamMany chunk of {session_id!r}", err))
 
 
-
 def generate_request(request: pb.GenerateRequest) -> GenerateRequest:
     return GenerateRequest(request.prompt, sampling_request(request.sampling), request.label, request.source)
 
@@ -306,9 +304,14 @@ def stream_response(result: ChunkResult, into: pb.StreamResponse | None = None) 
         response.steps.extend(step_prediction(s) for s in result.steps)
     if result.classes:
         response.classes.extend(candidates(result.classes))
-    for name, value in result.outputs:
-        response.outputs.add(name=name, dtype="float32", shape=value.shape, data=np.asarray(value, "<f4").tobytes())
+    add_outputs(response.outputs, result.outputs)
     return response
+
+
+def add_outputs(tensors, outputs) -> None:
+    """(name, float32 array) pairs into a message's repeated Tensor field."""
+    for name, value in outputs:
+        tensors.add(name=name, dtype="float32", shape=value.shape, data=np.asarray(value, "<f4").tobytes())
 
 
 def session_answer(session_id: str, result: ChunkResult) -> pb.SessionAnswer:
