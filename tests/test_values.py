@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 import wave
 from dataclasses import replace
 from pathlib import Path
@@ -211,6 +212,31 @@ def test_32_vad_sessions_sent_as_rows_equal_silero_vads_own_wrapper(vad_server, 
     for n, audio in enumerate(audios):
         assert np.abs(got[n] - reference(silero_file, audio.ravel())).max() < 1e-5, n
     assert calls == len(answered), f"{calls} onnxruntime calls for {len(answered)} messages of rows"
+
+
+def test_sessions_sent_as_rows_go_on_exactly_on_another_server_through_the_state_store(base_config, vad_repository, silero_file, redis_server):
+    """Rows keep each session's store behaviour: 8 sessions stepped as rows on server A go on, resumed as rows on
+    server B, from the state A left in Redis (the carried context too), as if one server had served them."""
+    audios = [noisy_audio(500 + seed, 7).reshape(-1, CHUNK) for seed in range(8)]
+    names = [f"rs-{n}" for n in range(8)]
+    config = replace(base_config, repository=str(vad_repository), max_sessions=40, state_store=redis_server.url, state_write_interval_ms=0)
+    with ServerThread(config) as a, ServerThread(config) as b, a.client() as on_a, b.client() as on_b:
+        first = list(on_a.stream_many([[session_chunk(n, model="vad") for n in names],
+                                        *(session_rows(names, np.stack([x[k : k + 1] for x in audios])) for k in range(3))]))
+        for name in names:
+            redis_server.wait_for_position(f"session:{name}", 3)
+            deadline = time.monotonic() + 10
+            while redis_server.get(f"rnnserve:session:{name}:lease") is not None:  # A's stream ended: it let them go
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        rest = list(on_b.stream_many([[session_chunk(n, model="vad", resume=True) for n in names],
+                                       *(session_rows(names, np.stack([x[k : k + 1] for x in audios])) for k in range(3, 7))]))
+    answered = [rows_outputs(r) for r in first[1:] + rest[1:]]
+    assert all(codes == [(0, "")] * 8 for _, codes in answered)
+    assert list(rest[-1].rows.positions) == [7] * 8
+    got = np.concatenate([outputs["output"][:, :, 0] for outputs, _ in answered], axis=1)
+    for n, audio in enumerate(audios):
+        assert np.abs(got[n] - reference(silero_file, audio.ravel())).max() < 1e-5, n
 
 
 def test_bad_rows_fail_alone_and_disturb_no_other_row(vad_server, silero_file):
