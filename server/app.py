@@ -4,6 +4,7 @@ graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -221,6 +222,9 @@ async def serve(config: ServerConfig) -> None:
         loop.add_signal_handler(sig, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, log.warning, SIGHUP_IGNORED)
     app = await start(config)
+    # What loading made (modules, models, tokenizers) lives as long as the process: out of the collector's reach, a
+    # full collection no longer walks it all and stalls every call (49 ms measured under 32 paced audio streams).
+    gc.freeze()
     logs.announce(listening_line(config, app), event="listening", port=app.port)
     if app.metrics_server is not None:
         logs.announce(
