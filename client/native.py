@@ -157,11 +157,12 @@ def session_chunk(
     return chunk
 
 
-def session_rows(session_ids: list[str], values: np.ndarray, chunks: list[pb.SessionChunk] = ()) -> pb.StreamManyRequest:
+def session_rows(session_ids: list[str], values: np.ndarray, chunks: list[pb.SessionChunk] = (), close: bool = False) -> pb.StreamManyRequest:
     """A StreamMany message of rows: `values` [N, T, *step], row i the steps of session_ids[i] (sessions already open
-    on the stream), read and answered as arrays; `chunks` run before them (a session's first chunk, with `start`;
-    close a session with a chunk in a later message)."""
-    return pb.StreamManyRequest(chunks=chunks, rows=pb.SessionRows(session_ids=session_ids, values=values_tensor(values)))
+    on the stream), read and answered as arrays; `chunks` run before them (a session's first chunk, with `start`);
+    `close`: every row's session is closed once answered."""
+    rows = pb.SessionRows(session_ids=session_ids, values=values_tensor(values), close=close)
+    return pb.StreamManyRequest(chunks=chunks, rows=rows)
 
 
 def rows_outputs(response: pb.StreamManyResponse) -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:

@@ -235,12 +235,14 @@ class StreamManyRequest(_message.Message):
     def __init__(self, chunks: _Optional[_Iterable[_Union[SessionChunk, _Mapping]]] = ..., rows: _Optional[_Union[SessionRows, _Mapping]] = ...) -> None: ...
 
 class SessionRows(_message.Message):
-    __slots__ = ("session_ids", "values")
+    __slots__ = ("session_ids", "values", "close")
     SESSION_IDS_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_FIELD_NUMBER: _ClassVar[int]
     session_ids: _containers.RepeatedScalarFieldContainer[str]
     values: Tensor
-    def __init__(self, session_ids: _Optional[_Iterable[str]] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    close: bool
+    def __init__(self, session_ids: _Optional[_Iterable[str]] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., close: _Optional[bool] = ...) -> None: ...
 
 class SessionChunk(_message.Message):
     __slots__ = ("session_id", "start", "reset", "text", "tokens", "values", "close", "audio")

@@ -183,6 +183,10 @@ class NativeServicer(pb_grpc.RnnServeServicer):
         for session, error in zip(sessions, result.errors):
             if error is not None and not isinstance(session, ServeError):
                 count(self._metrics, session.model, API, "StreamMany", status_of(error).name, seconds, session.id)
+        if rows.close:
+            for session_id, session in zip(ids, sessions):
+                if not isinstance(session, ServeError):
+                    await streams.close(session_id)
 
     @unary
     async def Infer(self, request: pb.InferRequest, context) -> pb.InferResponse:
