@@ -72,10 +72,7 @@ class Inputs:
         if not model.card.input.values:
             raise InvalidArgument("rows", f"model {model.card.name!r} reads tokens: send each session's text or tokens as a chunk")
         values = self._tensor(model, tensor, "rows.values", (sessions,))
-        finite = np.ones(sessions, bool)
-        if not math.isfinite(values.sum(dtype=np.float64)):
-            finite = np.isfinite(values.reshape(sessions, -1)).all(axis=1)
-        return values, finite
+        return values, finite_rows(values)
 
     def _tensor(self, model: Model, tensor: TensorInput, field_name: str, leading: tuple[int, ...]) -> np.ndarray:
         """A tensor of `leading` + [T, *step] float32 as sent (read-only, as the engine only reads it): its name,
@@ -106,8 +103,8 @@ class Inputs:
             return [], np.empty((0, *shape), np.float32)
         plain = [i for i, t in enumerate(tensors) if t.shape == shape and t.dtype == spec.dtype and len(t.data) == size and t.name in ("", spec.name)]
         values = np.frombuffer(b"".join([tensors[i].data for i in plain]), "<f4").reshape(len(plain), *shape)
-        if not math.isfinite(values.sum(dtype=np.float64)):  # some hold NaN or infinity: leave them out
-            finite = np.isfinite(values.reshape(len(plain), -1)).all(axis=1)
+        finite = finite_rows(values)
+        if not finite.all():  # some hold NaN or infinity: leave them out
             plain, values = [i for i, ok in zip(plain, finite) if ok], values[finite]
         return plain, values
 
@@ -218,6 +215,14 @@ def not_finite_at(values: np.ndarray) -> tuple[int, ...] | None:
     if math.isfinite(values.sum(dtype=np.float64)):
         return None
     return tuple(int(i) for i in np.argwhere(~np.isfinite(values))[0])
+
+
+def finite_rows(values: np.ndarray) -> np.ndarray:
+    """Which rows (along the first axis) hold only finite numbers [N]: one float64 sum when all do, as in
+    `not_finite_at`, the row by row search only when one does not."""
+    if math.isfinite(values.sum(dtype=np.float64)):
+        return np.ones(len(values), bool)
+    return np.isfinite(values.reshape(len(values), -1)).all(axis=1)
 
 
 def cut(samples: np.ndarray, waiting: np.ndarray | None, step: int) -> tuple[np.ndarray, np.ndarray]:

@@ -181,17 +181,11 @@ class InferenceService:
                     results[row[0]] = err
                 return
             names = model.card.outputs
-            for (index, session, values, _), result in zip(stepping, outputs):
-                session.stepped(len(values))
+            for (index, _, _, _), result in zip(stepping, outputs):
                 results[index] = tuple(zip(names, result.outputs))
-            for (index, session, _, behind), error in zip(rows, await self.sessions.confirm_all([row[1] for row in rows])):
-                if isinstance(results[index], ServeError):
-                    continue
-                if error is not None:
-                    results[index] = error
-                    continue
-                self.sessions.answered(session)
-                results[index] = ChunkResult(session.id, session.position, behind=behind, outputs=results[index] or ())
+            errors = await self._stepped_and_confirmed([row[1] for row in rows], [len(row[2]) for row in rows])
+            for (index, session, _, behind), error in zip(rows, errors):
+                results[index] = error or ChunkResult(session.id, session.position, behind=behind, outputs=results[index] or ())
 
         if len(by_model) == 1:  # the usual case (a Stream's chunk, a message of one model): no task to make
             await step(next(iter(by_model.values())))
@@ -224,11 +218,7 @@ class InferenceService:
             outputs = await model.batcher.step_many([s.slot for s in stepping], values if len(ok) == len(sessions) else values[ok]) if ok and steps else []
         except ServeError as err:
             return RowsResult([0] * len(sessions), [error or err for error in errors], [])
-        for session in stepping:
-            session.stepped(steps)
-        for i, error in zip(ok, await self.sessions.confirm_all(stepping)):
-            if error is None:
-                self.sessions.answered(sessions[i])
+        for i, error in zip(ok, await self._stepped_and_confirmed(stepping, [steps] * len(stepping))):
             errors[i] = error
         positions = [0 if errors[i] is not None else s.position for i, s in enumerate(sessions)]
         answered = [(i, result) for i, result in zip(ok, outputs) if errors[i] is None]
@@ -237,6 +227,18 @@ class InferenceService:
             if answered:
                 array[[i for i, _ in answered]] = np.stack([result.outputs[k] for _, result in answered])
         return RowsResult(positions, errors, list(zip(model.card.outputs, arrays)))
+
+    async def _stepped_and_confirmed(self, sessions: list[Session], steps: list[int]) -> list[ServeError | None]:
+        """After sessions stepped together (`steps` each): their positions move on, each is confirmed still this
+        server's, and those that are have answered (their state goes to the store); each one's refusal, or None."""
+        for session, count in zip(sessions, steps):
+            if count:
+                session.stepped(count)
+        errors = await self.sessions.confirm_all(sessions)
+        for session, error in zip(sessions, errors):
+            if error is None:
+                self.sessions.answered(session)
+        return errors
 
     def _plain_values(self, items: list[tuple[Session, Chunk]]) -> list[tuple[int, Session, np.ndarray]]:
         """(index, session, steps) of the chunks that are values alone (no reset, audio or text), of one shape and
