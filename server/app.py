@@ -8,9 +8,11 @@ import gc
 import logging
 import os
 import signal
+import socket
 from dataclasses import dataclass
 
 import grpc
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -21,6 +23,7 @@ from rnnserve.server.api.decoding import UndecodableMessages
 from rnnserve.server.api.in_flight import InFlight
 from rnnserve.server.api.kserve import KServeServicer
 from rnnserve.server.api.native import NativeServicer
+from rnnserve.server.api.websocket import WebSocketStreams, tls_context
 from rnnserve.server.config import ServerConfig
 from rnnserve.server.inputs import Inputs
 from rnnserve.server.metrics import Metrics, MetricsServer
@@ -51,12 +54,15 @@ class App:
     kserve: KServeServicer
     in_flight: InFlight
     metrics_server: MetricsServer | None
+    http: HttpSide | None = None
 
     async def stop(self, grace_s: float) -> None:
         """Stops taking calls, lets in-flight ones finish for `grace_s`, ends the rest with UNAVAILABLE and a
         message that says why, and frees everything."""
         self.kserve.serving = False
         await self.health.enter_graceful_shutdown()
+        if self.http is not None:
+            await self.http.site.stop()  # no new connections; the open WebSockets are in flight like gRPC's calls
         # gRPC's own deadline comes later than ours, so the calls still open are ended with our message, not its own
         stopping = asyncio.create_task(self.server.stop(grace_s + SHUTDOWN_MARGIN_S))
         await self.in_flight.end_all(
@@ -66,6 +72,8 @@ class App:
         )
         await self.server.stop(0)  # what is left is not ours (health watches, reflection): it need not wait for the margin
         await stopping
+        if self.http is not None:
+            await self.http.runner.cleanup()
         store = self.sessions.store
         await store.drain(self.sessions.live_sessions())  # every live session's latest state, for the servers that go on
         self.sessions.close_all()
@@ -75,14 +83,40 @@ class App:
             self.metrics_server.stop()
 
 
+@dataclass
+class HttpSide:
+    """--http-port: aiohttp's server for WebSocket streams, in this event loop."""
+
+    runner: web.AppRunner
+    site: web.SockSite
+    port: int
+
+
+def http_socket(config: ServerConfig) -> socket.socket | None:
+    """--http-port's socket, bound before the models load (as gRPC's port is), or None without one."""
+    if config.http_port < 0:
+        return None
+    sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
+    if config.workers > 1:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((config.host, config.http_port))
+    except OSError as err:
+        sock.close()
+        raise UsageError(f"cannot listen on {config.host}:{config.http_port} (--http-port): {err.strerror}: choose another port, or stop what holds it") from None
+    return sock
+
+
 async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
-    """Binds the port, loads every model and starts serving; returns once serving. The port is bound first, so a
-    busy port is reported at once, before minutes of model loading."""
+    """Binds the ports, loads every model and starts serving; returns once serving. The ports are bound first, so
+    a busy port is reported at once, before minutes of model loading."""
     metrics = Metrics()
     interceptors: list[grpc.aio.ServerInterceptor] = [UndecodableMessages(metrics)]
+    grants = None
     try:
         if config.auth_tokens:
-            interceptors.append(TokenCheck(load_tokens(config.auth_tokens)))
+            grants = load_tokens(config.auth_tokens)
+            interceptors.append(TokenCheck(grants))
         elif config.tls_client_ca:  # under mutual TLS, sessions belong to the client certificate's subject
             interceptors.append(CertificateSubjects())
         credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca) if config.tls_cert else None
@@ -100,13 +134,21 @@ async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
             "choose another --port, or stop what holds it"
         )
     try:
-        return await _serve_on(server, port, config, io_binding, metrics)
+        sock = http_socket(config)
+    except UsageError:
+        await server.stop(None)
+        raise
+    try:
+        return await _serve_on(server, port, sock, grants, config, io_binding, metrics)
     except BaseException:
         await server.stop(None)
+        if sock is not None:
+            sock.close()
         raise
 
 
-async def _serve_on(server: grpc.aio.Server, port: int, config: ServerConfig, io_binding: bool | None, metrics: Metrics) -> App:
+async def _serve_on(server: grpc.aio.Server, port: int, sock: socket.socket | None, grants, config: ServerConfig,
+                    io_binding: bool | None, metrics: Metrics) -> App:
     key = snapshot_key(config.snapshot_key)  # before minutes of model loading
     repository = Repository.load(config, io_binding, metrics)
     repository.start()
@@ -126,7 +168,8 @@ async def _serve_on(server: grpc.aio.Server, port: int, config: ServerConfig, io
             metrics, on_health=store_health,
         )
     sessions = SessionRegistry(config.session_ttl_s, snapshots, store)
-    rnnserve_pb2_grpc.add_RnnServeServicer_to_server(NativeServicer(repository, InferenceService(sessions, inputs), snapshots, metrics, in_flight), server)
+    native = NativeServicer(repository, InferenceService(sessions, inputs), snapshots, metrics, in_flight)
+    rnnserve_pb2_grpc.add_RnnServeServicer_to_server(native, server)
     kserve = KServeServicer(repository, TensorService(sessions, inputs), config, metrics, in_flight)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -142,10 +185,25 @@ async def _serve_on(server: grpc.aio.Server, port: int, config: ServerConfig, io
         except OSError as err:
             await repository.close()
             raise UsageError(f"cannot serve metrics on {config.metrics_host}:{config.metrics_port}: {err.strerror}") from None
+    http = None
+    if sock is not None:
+        streams = WebSocketStreams(native, in_flight, grants, config.max_message_bytes, config.keepalive_time_s)
+        http = await http_side(sock, streams, config)
     await server.start()
     for name in ("", SERVICE_NAME, KSERVE_SERVICE_NAME, *((STORE_SERVICE_NAME,) if config.state_store else ())):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return App(server, port, health_servicer, repository, sessions, kserve, in_flight, metrics_server)
+    return App(server, port, health_servicer, repository, sessions, kserve, in_flight, metrics_server, http)
+
+
+async def http_side(sock: socket.socket, streams: WebSocketStreams, config: ServerConfig) -> HttpSide:
+    application = web.Application(client_max_size=config.max_message_bytes)
+    application.add_routes(streams.routes())
+    runner = web.AppRunner(application, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_MARGIN_S)  # calls: --log-format json
+    await runner.setup()
+    context = tls_context(config.tls_cert, config.tls_key, config.tls_client_ca) if config.tls_cert else None
+    site = web.SockSite(runner, sock, ssl_context=context)
+    await site.start()
+    return HttpSide(runner, site, sock.getsockname()[1])
 
 
 MIN_SNAPSHOT_KEY_BYTES = 16
@@ -200,9 +258,10 @@ def listening_line(config: ServerConfig, app: App) -> str:
     tokens = f"required ({config.auth_tokens})" if config.auth_tokens else "off"
     store = redacted(config.state_store) if config.state_store else "none"
     metrics = f"http://{config.metrics_host}:{app.metrics_server.port}/metrics" if app.metrics_server else "off"
+    websockets = f"{'wss' if config.tls_cert else 'ws'}://{config.host}:{app.http.port}/v1/stream" if app.http else "off"
     return (
         f"rnnserve listening on {config.host}:{app.port} (pid {os.getpid()}) — models: {models} — providers: {providers} — "
-        f"TLS: {tls} — tokens: {tokens} — state store: {store} — metrics: {metrics}"
+        f"TLS: {tls} — tokens: {tokens} — state store: {store} — metrics: {metrics} — WebSocket streams: {websockets}"
     )
 
 

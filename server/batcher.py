@@ -206,8 +206,9 @@ class Batcher:
                 job, block = self._held.popleft(), False
             else:
                 try:
-                    if block:  # nothing to do but wait
+                    if block:  # nothing to do but wait; the first to come may wait for company from then on
                         job, block = self._queue.get(), False
+                        deadline = time.perf_counter() + self._max_queue_delay_s
                     else:
                         job = self._queue.get(timeout=max(0.0, deadline - time.perf_counter())) if self._max_queue_delay_s else self._queue.get_nowait()
                 except queue.Empty:

@@ -35,6 +35,10 @@ class ServerConfig:
         "small operations that one call cannot spread over the cores (Silero VAD: --threads 1 --parallel-calls <cores>)"
     )
     grace_s: float = option(10.0, "on SIGTERM, how long in-flight calls may take to finish")
+    http_port: int = option(
+        -1, "port of the HTTP side, on --host with the same TLS, tokens and limits: WebSocket streams at /v1/stream "
+        "(0 picks a free one; -1: none)",
+    )
     metrics_port: int = option(-1, "port of the Prometheus /metrics HTTP endpoint (0 picks a free one; -1: none)")
     metrics_host: str = option("127.0.0.1", "address the metrics endpoint listens on, apart from --host: metrics stay local unless asked")
     log_format: str = option("text", "text: lines for a person; json: one JSON object per line, and one per call", choices=FORMATS)
@@ -75,8 +79,11 @@ class ServerConfig:
         parse_device(self.device)
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port must be a port number (0–65535; 0 picks a free one), not {self.port}")
-        if self.metrics_port > 65535:
-            raise ValueError(f"--metrics-port must be a port number (0–65535), not {self.metrics_port}")
+        for name in ("http_port", "metrics_port"):
+            if getattr(self, name) > 65535:
+                raise ValueError(f"--{name.replace('_', '-')} must be a port number (0–65535), not {getattr(self, name)}")
+            if getattr(self, name) < -1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a port, 0 (a free one) or -1 (none), not {getattr(self, name)}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key go together: the certificate chain and its private key")
         if self.tls_client_ca and not self.tls_cert:
@@ -90,8 +97,6 @@ class ServerConfig:
                      "max_concurrent_streams", "parallel_calls"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
-        if self.metrics_port < -1:
-            raise ValueError(f"--metrics-port must be a port, 0 (a free one) or -1 (none), not {self.metrics_port}")
         for name in ("session_ttl_s", "max_queue_delay_ms", "threads", "grace_s", "state_write_interval_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, not {getattr(self, name)}")

@@ -26,6 +26,10 @@ class AlreadyExists(ServeError):
     pass
 
 
+class Unauthenticated(ServeError):
+    """The call carries no token, or one the server does not know."""
+
+
 class PermissionDenied(ServeError):
     """The call's token does not cover what it asks for."""
 

@@ -28,7 +28,7 @@ import grpc
 
 from rnnserve.pem import CERTIFICATE, PRIVATE_KEY, read_pem
 from rnnserve.server.api.handlers import rewrapped
-from rnnserve.server.errors import PermissionDenied
+from rnnserve.server.errors import PermissionDenied, Unauthenticated
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/",)  # probes (Kubernetes, docker's HEALTHCHECK) carry no token
 ALL_MODELS = "*"
@@ -120,16 +120,30 @@ class TokenCheck(grpc.aio.ServerInterceptor):
         if handler is None or details.method.startswith(OPEN_SERVICES):
             return handler
         header = next((value for key, value in details.invocation_metadata or () if key == "authorization"), None)
-        if header is None:
-            return _refusal(handler, NO_TOKEN)
-        if header[:7].lower() != "bearer ":
-            return _refusal(handler, NOT_BEARER)
-        digest = hash_token(header[7:].strip())
-        grant = self._grants.get(digest)
-        if grant is None:
-            return _refusal(handler, UNKNOWN_TOKEN)
-        identity = Caller(grant.models, f"token:{digest[:16]}", grant.operator)
+        try:
+            identity = token_caller(self._grants, header)
+        except Unauthenticated as err:
+            return _refusal(handler, str(err))
         return _as_caller(handler, lambda context: identity)
+
+
+def token_caller(grants: dict[str, Grant], header: str | None) -> Caller:
+    """The caller an `authorization` header's bearer token makes (gRPC metadata or an HTTP header alike), or
+    Unauthenticated saying what is wrong with it."""
+    if header is None:
+        raise Unauthenticated(NO_TOKEN)
+    if header[:7].lower() != "bearer ":
+        raise Unauthenticated(NOT_BEARER)
+    digest = hash_token(header[7:].strip())
+    grant = grants.get(digest)
+    if grant is None:
+        raise Unauthenticated(UNKNOWN_TOKEN)
+    return Caller(grant.models, f"token:{digest[:16]}", grant.operator)
+
+
+def run_as(identity: Caller) -> None:
+    """The current task (and what it starts) runs as `identity`: for calls that reach us other than by gRPC."""
+    _caller.set(identity)
 
 
 class CertificateSubjects(grpc.aio.ServerInterceptor):
@@ -160,8 +174,8 @@ def _as_caller(handler: grpc.RpcMethodHandler, identify) -> grpc.RpcMethodHandle
     return rewrapped(handler, enter)
 
 
-NO_TOKEN = "this server needs a token and none was sent: send the metadata 'authorization: Bearer <token>' (rnnserve's CLI: --token)"
-NOT_BEARER = "the authorization metadata is not a bearer token: send 'authorization: Bearer <token>'"
+NO_TOKEN = "this server needs a token and none was sent: send the metadata (or HTTP header) 'authorization: Bearer <token>' (rnnserve's CLI: --token)"
+NOT_BEARER = "the authorization metadata (or HTTP header) is not a bearer token: send 'authorization: Bearer <token>'"
 UNKNOWN_TOKEN = (
     "the token sent is not one this server knows (not in its --auth-tokens file, or removed from it): check it, "
     "or make one with `rnnserve token`"

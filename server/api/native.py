@@ -74,14 +74,20 @@ class NativeServicer(pb_grpc.RnnServeServicer):
 
     @streaming
     async def Stream(self, requests, context):
+        async for response in self.stream(requests):
+            yield response
+
+    async def stream(self, requests, api: str = API):
+        """A Stream call's answers to its messages, apart from the transport: gRPC's, or a WebSocket's
+        (server/api/websocket.py), counted under `api`."""
         first = await anext(aiter(requests), None)
         if first is None:
             return
         if not first.HasField("start") or not first.start.model:
             raise InvalidArgument("start.model", "the first message of a stream must name the model in `start`")
-        model = self._resolved("Stream", first.start.model, first.start.version)
+        model = self._resolved("Stream", first.start.model, first.start.version, api)
         async with AsyncExitStack() as stack:
-            with self._counted(model, "Stream") as call:  # each chunk is one request; the first also opens the stream
+            with self._counted(model, "Stream", api) as call:  # each chunk is one request; the first also opens the stream
                 consume = await stack.enter_async_context(self._service.open_stream(model, stream_start(first.start)))
                 result = await consume(chunk(first))
                 call.session, call.position = result.session_id, result.position
@@ -89,7 +95,7 @@ class NativeServicer(pb_grpc.RnnServeServicer):
             async for request in requests:
                 if request.HasField("start"):
                     raise InvalidArgument("start", "only the first message of a stream may carry `start`")
-                with self._counted(model, "Stream") as call:
+                with self._counted(model, "Stream", api) as call:
                     call.session = result.session_id
                     result = await consume(chunk(request))
                     call.position = result.position
@@ -231,11 +237,11 @@ class NativeServicer(pb_grpc.RnnServeServicer):
         authorize(session.model.card.name)
         return session
 
-    def _resolved(self, method: str, name: str, version: str) -> Model:
-        return resolved(self._metrics, self._repository, API, method, name, version)
+    def _resolved(self, method: str, name: str, version: str, api: str = API) -> Model:
+        return resolved(self._metrics, self._repository, api, method, name, version)
 
-    def _counted(self, model: Model, method: str):
-        return counted(self._metrics, model, API, method)
+    def _counted(self, model: Model, method: str, api: str = API):
+        return counted(self._metrics, model, api, method)
 
     def _model_info(self, model: Model) -> pb.ModelInfo:
         return model_info(model, self._repository.versions(model.card.name))
