@@ -8,7 +8,8 @@ to when its probability is back) is at most 32 ms and no stream falls behind rea
 - in-process: one onnxruntime session and one thread per stream, context and state carried by hand — what
   silero_vad's OnnxWrapper does (without its torch tensors);
 - per-session: one rnnserve Stream per stream, all on one channel of one client process, served with
-  --max-queue-delay-ms 8 (a lone chunk waits up to 8 ms for others to share its onnxruntime call);
+  --max-queue-delay-ms 4 (a lone chunk waits up to 4 ms for others to share its onnxruntime call);
+- per-session over WebSockets: the same, a WebSocket per stream (--http-port) carrying the same messages;
 - multiplexed: every stream's chunk in one message a tick as rows (one tensor of all its sessions' chunks), on two
   StreamMany calls of half the streams each (one call's message is read while the other's is stepped).
 
@@ -41,7 +42,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 
-from bench.common import process_cpu_s, server_process
+from bench.common import free_port, process_cpu_s, server_process
 from rnnserve.client.native import session_chunk, session_rows, values_tensor
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
@@ -49,7 +50,7 @@ from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
 CHUNK, CONTEXT, RATE = 512, 64, 16000
 TICK_S = CHUNK / RATE  # 32 ms
 WARMUP_CHUNKS = 4  # left out of the latencies: sessions opening, sessions loading
-TARGETS = {"multiplexed": 2.5, "per_session": 1.0}  # streams sustained, as a multiple of in-process
+TARGETS = {"multiplexed": 2.5, "per_session": 1.0, "per_session_websocket": 1.0}  # streams sustained, as a multiple of in-process
 
 
 def silero_file() -> Path:
@@ -153,6 +154,39 @@ async def per_session(target: str, samples: np.ndarray) -> tuple[list[float], li
     return latencies, lags
 
 
+async def per_session_websocket(address: str, samples: np.ndarray) -> tuple[list[float], list[float]]:
+    """A WebSocket per stream (binary frames: the same StreamRequest protobuf), all from one client process; each
+    opened before the clock starts."""
+    import aiohttp
+
+    streams, chunks, _ = samples.shape
+    latencies, lags = [], []
+    opening = pb.StreamRequest(start=pb.StreamStart(model="vad")).SerializeToString()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        sockets = [await http.ws_connect(address) for _ in range(streams)]
+        for socket in sockets:
+            await socket.send_bytes(opening)
+            await socket.receive()
+        start = time.perf_counter() + 0.05
+
+        async def run(stream: int, socket) -> None:
+            for k in range(chunks):
+                due = paced(start, stream, streams, k)
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                if k >= WARMUP_CHUNKS:
+                    lags.append(max(0.0, time.perf_counter() - due))
+                await socket.send_bytes(pb.StreamRequest(values=values_tensor(samples[stream, k][None])).SerializeToString())
+                answer = await socket.receive()
+                if answer.type != aiohttp.WSMsgType.BINARY:
+                    raise RuntimeError(f"the server answered {answer.type.name}: {answer.data}")
+                if k >= WARMUP_CHUNKS:
+                    latencies.append(time.perf_counter() - due)
+            await socket.close()
+
+        await asyncio.gather(*(run(s, socket) for s, socket in enumerate(sockets)))
+    return latencies, lags
+
+
 async def multiplexed(target: str, samples: np.ndarray, calls: int = 2) -> tuple[list[float], list[float]]:
     """Every stream's chunk in one message a tick, as rows (one tensor for all the call's sessions), on one of
     `calls` StreamMany calls (the streams dealt among them, so the server reads one call's message while it steps
@@ -220,11 +254,11 @@ def most(results: dict[int, dict]) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--streams", default="16,32,64,128,192,256,384,512", help="stream counts to try, comma-separated, fewest first")
+    parser.add_argument("--streams", default="16,32,48,64,80,96,128,192,256,384,512", help="stream counts to try, comma-separated, fewest first")
     parser.add_argument("--seconds", type=float, default=3.0, help="audio each stream sends, per count tried")
     parser.add_argument("--threads", type=int, default=1, help="the server's onnxruntime intra-op threads")
     parser.add_argument("--parallel-calls", type=int, default=os.cpu_count() or 1, help="the server's --parallel-calls (default: the cores)")
-    parser.add_argument("--per-session-delay-ms", type=float, default=8.0,
+    parser.add_argument("--per-session-delay-ms", type=float, default=4.0,
                         help="--max-queue-delay-ms of the per-session way's server: lone chunks wait to batch (the multiplexed way's is 0)")
     args = parser.parse_args()
     counts = sorted(int(n) for n in args.streams.split(","))
@@ -232,12 +266,17 @@ def main() -> None:
     source = silero_file()
     repository = described(source)
     model = repository / "vad" / "1" / "model.onnx"
-    results: dict[str, dict[int, dict]] = {"in_process": {}, "per_session": {}, "multiplexed": {}}
+    results: dict[str, dict[int, dict]] = {"in_process": {}, "per_session": {}, "per_session_websocket": {}, "multiplexed": {}}
     gc.freeze()  # what the setup made stays out of the collector's walks, for every way alike (the server does the same)
     flags = ("--threads", str(args.threads), "--parallel-calls", str(args.parallel_calls), "--max-sessions", str(max(counts) + 8))
-    server_flags = {"per_session": (*flags, "--max-queue-delay-ms", str(args.per_session_delay_ms)), "multiplexed": flags}
-    for name, way in (("per_session", per_session), ("multiplexed", multiplexed)):
+    per_session_flags = (*flags, "--max-queue-delay-ms", str(args.per_session_delay_ms))
+    http_port = free_port()
+    server_flags = {"per_session": per_session_flags, "per_session_websocket": (*per_session_flags, "--http-port", str(http_port)), "multiplexed": flags}
+    ways = {"per_session": per_session, "per_session_websocket": per_session_websocket, "multiplexed": multiplexed}
+    for name, way in ways.items():
         with server_process(repository, *server_flags[name]) as (target, pid):
+            if name == "per_session_websocket":
+                target = f"ws://127.0.0.1:{http_port}/v1/stream"
             for streams in counts:
                 results[name][streams] = served(way, target, pid, audio(streams, chunks))
                 if not results[name][streams]["sustained"]:

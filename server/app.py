@@ -97,6 +97,7 @@ def http_socket(config: ServerConfig) -> socket.socket | None:
     if config.http_port < 0:
         return None
     sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as every server's: a restart need not wait out TIME_WAIT
     if config.workers > 1:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:

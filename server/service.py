@@ -154,7 +154,7 @@ class InferenceService:
         many sessions), each answered alone; a chunk that fails fails alone."""
         results: list[ChunkResult | ServeError | None] = [None] * len(items)
         by_model: dict[int, list[tuple[int, Session, np.ndarray, int]]] = {}  # id(model) → its chunks
-        plain = self._plain_values(items)
+        plain = self._plain_values(items) if len(items) > 1 else []  # a lone chunk (a Stream's) is read as any other
         for index, session, values in plain:
             by_model.setdefault(id(session.model), []).append((index, session, values, max(0, session.replay_until - session.position)))
         read = {index for index, _, _ in plain}

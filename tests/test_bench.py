@@ -86,7 +86,7 @@ def test_vad_bench():
     )
     assert done.returncode == 0, done.stderr
     (line,) = [json.loads(text) for text in done.stdout.splitlines() if text.startswith("{")]
-    assert set(line["streams_sustained"]) == {"in_process", "per_session", "multiplexed"}
+    assert set(line["streams_sustained"]) == {"in_process", "per_session", "per_session_websocket", "multiplexed"}
     for way, by_count in line["by_count"].items():
         assert by_count["2"]["p99_ms"] > 0 and by_count["2"]["cpu_us_per_chunk"] > 0, way
-    assert line["onnxruntime_cpu_us_per_chunk"]["batch_256"] > 0 and set(line["targets_met"]) == {"multiplexed", "per_session"}
+    assert line["onnxruntime_cpu_us_per_chunk"]["batch_256"] > 0 and set(line["targets_met"]) == {"multiplexed", "per_session", "per_session_websocket"}
