@@ -139,7 +139,7 @@ def given(folder: Path, page: str, corpus_file: Path, repository: Path) -> None:
 @pytest.mark.parametrize("page", PAGES)
 def test_every_command_of_a_page_runs_as_written(page, tmp_path, corpus_file, repository):
     given(tmp_path, page, corpus_file, repository)
-    running = Page(tmp_path, {known: str(free_port()) for known in ("50051", "8002")})
+    running = Page(tmp_path, {known: str(free_port()) for known in ("50051", "8000", "8002")})
     try:
         for language, text in FENCE.findall((ROOT / page).read_text(encoding="utf-8")):
             if language == "bash":
