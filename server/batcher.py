@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 MAX_UNREAD_TOKENS = 256  # a generation whose client has not taken this many tokens waits for it to catch up
 MIN_CALL_ROWS = 16  # a call of fewer rows, split off a wide batch, costs more in the call than it gains at once
+MAX_STEPS_NOW = 16  # the longest lone step run on the event loop when the engine is idle (a longer one holds it up)
+OTHERS_WINDOW_S = 0.05  # a step asked this soon after another session's is not alone: it goes to the engine, to batch
 
 
 class Batcher:
@@ -69,6 +71,8 @@ class Batcher:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()  # from the event loop to the engine thread
         self._fresh: set[int] = set()  # slots whose next step starts from the initial state
         self._thread = threading.Thread(target=self._work, name=f"engine-{name}", daemon=True)
+        self._engine_busy = threading.Lock()  # held by the engine thread but while it waits for work with none to do
+        self._last_asked = (-1, 0.0)  # the slot of the last step asked for one at a time, and when
         self._loop: asyncio.AbstractEventLoop | None = None
         # the engine thread's own
         self._generating: list[Generation] = []  # generations with a step to run
@@ -99,15 +103,37 @@ class Batcher:
         """The outputs for `inputs` (token ids, or values [T, *step]) continuing the slot's state, and with `top_k`,
         each step's k most probable."""
         result = self._loop.create_future()
-        self._queue.put(Step(slot, np.asarray(inputs, dtype=self._dtype), time.perf_counter(), result, top_k))
+        self._queue_or_run_now(Step(slot, np.asarray(inputs, dtype=self._dtype), time.perf_counter(), result, top_k))
         return await result
 
     async def step_many(self, slots: list[int], inputs: list[np.ndarray]) -> list[StepResult]:
         """The outputs of each slot's inputs, queued together (they batch together), in one future."""
         together = Together(self._loop.create_future(), [None] * len(slots), len(slots))
         now = time.perf_counter()
-        self._queue.put([Step(slot, np.asarray(x, dtype=self._dtype), now, together=(together, i)) for i, (slot, x) in enumerate(zip(slots, inputs))])
+        steps = [Step(slot, np.asarray(x, dtype=self._dtype), now, together=(together, i)) for i, (slot, x) in enumerate(zip(slots, inputs))]
+        if len(steps) == 1:
+            self._queue_or_run_now(steps[0])
+        else:
+            self._queue.put(steps)
         return await together.future
+
+    def _queue_or_run_now(self, job: Step) -> None:
+        """A lone short step — its session's again, or the first in 50 ms, with nothing queued, no queue delay asked
+        for and the engine idle — runs at once on the event loop: the engine thread, waiting for work, cannot touch
+        the slab meanwhile, and nothing can be queued before it while the event loop runs it. It saves the two
+        thread hand-overs (one stream, 2×512 LSTM: 12–19% more steps a second, 10–16% less server CPU a step).
+        Any other step is queued for the engine, and batches: a step that follows another session's within 50 ms
+        would have delayed that session's next (8 lock-step streams lost 7% of their steps a second to a 5 ms window)."""
+        alone = job.slot == self._last_asked[0] or job.queued - self._last_asked[1] > OTHERS_WINDOW_S
+        self._last_asked = (job.slot, job.queued)
+        if not alone or self._max_queue_delay_s or len(job.inputs) > MAX_STEPS_NOW or not self._queue.empty() or not self._engine_busy.acquire(blocking=False):
+            self._queue.put(job)
+            return
+        try:
+            self._run_group([job], len(job.inputs), hand_over=_at_once)
+            self._metrics.steps_at_once.inc()
+        finally:
+            self._engine_busy.release()
 
     def generate(self, slot: int, prompt: list[int], params: SamplingParams, eos: int | None, banned: int | None,
                  extra_outputs: bool) -> Generation:
@@ -167,6 +193,7 @@ class Batcher:
     # the engine thread's side
 
     def _work(self) -> None:
+        self._engine_busy.acquire()
         while True:
             steps, barrier = self._take_work()
             if steps:
@@ -207,7 +234,7 @@ class Batcher:
             else:
                 try:
                     if block:  # nothing to do but wait; the first to come may wait for company from then on
-                        job, block = self._queue.get(), False
+                        job, block = self._idle_until_queued(), False
                         deadline = time.perf_counter() + self._max_queue_delay_s
                     else:
                         job = self._queue.get(timeout=max(0.0, deadline - time.perf_counter())) if self._max_queue_delay_s else self._queue.get_nowait()
@@ -233,6 +260,14 @@ class Batcher:
                 return [s for s in steps if s.wanted()], job
             steps.append(job)
         return [s for s in steps if s.wanted()], None
+
+    def _idle_until_queued(self):
+        """The next job, waited for with nothing else to do: meanwhile the event loop may run a lone step itself."""
+        self._engine_busy.release()
+        try:
+            return self._queue.get()
+        finally:
+            self._engine_busy.acquire()
 
     def _run_encode(self, job: Encode) -> None:
         if job.result.cancelled():  # its request went away
@@ -276,9 +311,11 @@ class Batcher:
                 self._run_group(group[:rows], piece)
                 self._continuing.extend(group[rows:])
 
-    def _run_group(self, group: list[Step], steps: int) -> None:
+    def _run_group(self, group: list[Step], steps: int, hand_over=None) -> None:
         """One call for the group's next `steps` steps: all of them, or a piece, after which they go on in the
-        next round and each row is answered once, at its end."""
+        next round and each row is answered once, at its end. Results leave by `hand_over` (the engine thread's, or
+        at once for a step run on the event loop)."""
+        hand_over = hand_over or self._hand_over
         slots = [job.slot for job in group]
         fresh = np.array([slot in self._fresh for slot in slots])  # [B]
         self._fresh.difference_update(slots)
@@ -294,7 +331,7 @@ class Batcher:
             ranked = self._rank(outputs[0], group)
         except Exception as err:  # onnxruntime's own errors: these steps fail, the engine goes on
             log.exception("model %s: step failed", self._name)
-            self._hand_over(fail, group, RuntimeFailure(f"model {self._name}: inference failed: {err}"))
+            hand_over(fail, group, RuntimeFailure(f"model {self._name}: inference failed: {err}"))
             return
         finished = time.perf_counter()
         if self.pieces:
@@ -319,7 +356,7 @@ class Batcher:
         extras = [[output[row, -1] for output in outputs[1:]] if g.extra_outputs else None for row, g in zip(generating, generations)]
         results = [self._result(job, [output[row] for output in outputs], ranked.get(row, ())) if job.answered else None
                    for row, job in enumerate(group)]
-        self._hand_over(deliver, group, results, generations, written, extras)
+        hand_over(deliver, group, results, generations, written, extras)
 
     def _calls(self, rows: int) -> int:
         """Into how many onnxruntime calls run at once a group of rows is split: as many as max_batch needs, and up
@@ -361,3 +398,5 @@ class Batcher:
                 self._generating.append(generation)
 
 
+def _at_once(function, *args) -> None:
+    function(*args)

@@ -61,6 +61,11 @@ class Metrics:
             "rnnserve_batch_size", "Sequences in one onnxruntime call.", MODEL, buckets=BATCH_SIZES, registry=registry
         )
         self.tokens_generated = Counter("rnnserve_tokens_generated", "Tokens sampled by Generate.", MODEL, registry=registry)
+        self.steps_at_once = Counter(
+            "rnnserve_steps_run_at_once", "Lone steps that found the engine idle and ran at once on the event loop, "
+            "without the hand-overs to and from the engine thread (counted in the batches too, as batches of one).",
+            MODEL, registry=registry,
+        )
         session_kind = (*MODEL, "kind")  # call (one request), named (a native session), sequence (a KServe sequence)
         self.sessions_active = Gauge("rnnserve_sessions_active", "Sessions that hold a slot now.", session_kind, registry=registry)
         self.sessions_started = Counter("rnnserve_sessions_started", "Sessions started.", session_kind, registry=registry)
@@ -176,6 +181,7 @@ class ModelMetrics:
         self._queue_seconds = metrics.queue_seconds.labels(*labels)
         self._batch_size = metrics.batch_size.labels(*labels)
         self.tokens_generated = metrics.tokens_generated.labels(*labels)
+        self.steps_at_once = metrics.steps_at_once.labels(*labels)
         self.statistics = InferenceStatistics()  # Triton's ModelStatistics for this version
 
     def watch(self, pending, slots_in_use, capacity: int) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.helpers import KOREAN, ServerThread, together
+from tests.helpers import KOREAN, ServerThread, scrape, together
 
 PROMPTS = [
     "The ", "x", "def f(x):\n    return", "Return the value of the named attribute", "안녕", "if", "while True:",
@@ -68,6 +68,27 @@ def test_32_concurrent_streams_equal_each_run_alone(server):
     for (ids, one), (batched_ids, many) in zip(alone, batched):
         assert batched_ids == ids
         assert np.abs(one - many).max() < 1e-5
+
+
+def test_a_lone_streams_steps_run_at_once_and_concurrent_streams_still_batch(make_server):
+    """A lone stream's steps run on the event loop without the hand-overs to the engine thread, and equal what the
+    engine computes (a server with a queue delay runs every step there); concurrent streams still share calls."""
+    at_once, queued = make_server(metrics_port=0, max_sessions=32), make_server(metrics_port=0, max_queue_delay_ms=1)
+    chunks = list("The return statement")
+
+    def probabilities(client):
+        return np.array([c.probability for r in client.stream("lstm", chunks, top_k=3) for s in r.steps for c in s.next])
+
+    with at_once.client() as client, queued.client() as other:
+        assert np.abs(probabilities(client) - probabilities(other)).max() < 1e-5
+        assert scrape(at_once, "rnnserve_steps_run_at_once_total", model="lstm") >= len(chunks) - 1  # the first may find the engine starting
+        assert scrape(queued, "rnnserve_steps_run_at_once_total", model="lstm") == 0
+        before, ran_now = client.get_model("lstm").runtime_calls, scrape(at_once, "rnnserve_steps_run_at_once_total")
+        together([lambda: probabilities(client) for _ in range(16)])
+        calls = client.get_model("lstm").runtime_calls - before
+        ran_now = scrape(at_once, "rnnserve_steps_run_at_once_total") - ran_now
+    steps = 16 * len(chunks)
+    assert calls < steps and ran_now < steps / 10, f"{calls} calls ({ran_now} at once) for {steps} steps: they did not batch"
 
 
 def test_cancelling_streams_mid_batch_leaves_the_others_exact(server):

@@ -30,7 +30,7 @@ from tests.test_values import noisy_audio, reference, silero_path
 ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "rnnserve/base:bookworm"  # made by deploy/debootstrap-base.sh
 IMAGE = "rnnserve/serve:test"
-MAX_IMAGE_BYTES = 300 * 10**6
+MAX_IMAGE_BYTES = 320 * 10**6  # 309 MB: the base, onnxruntime, numpy, grpcio, tokenizers and aiohttp (12 MB, --http-port)
 
 
 def docker(*args, check=True, timeout=600) -> subprocess.CompletedProcess:
