@@ -20,10 +20,12 @@ from rnnserve.errors import UsageError
 from rnnserve.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from rnnserve.server import logs
 from rnnserve.server.api.decoding import UndecodableMessages
+from rnnserve.server.api.http_identity import tls_context
 from rnnserve.server.api.in_flight import InFlight
 from rnnserve.server.api.kserve import KServeServicer
+from rnnserve.server.api.kserve_rest import KServeRest
 from rnnserve.server.api.native import NativeServicer
-from rnnserve.server.api.websocket import WebSocketStreams, tls_context
+from rnnserve.server.api.websocket import WebSocketStreams
 from rnnserve.server.config import ServerConfig
 from rnnserve.server.inputs import Inputs
 from rnnserve.server.metrics import Metrics, MetricsServer
@@ -85,7 +87,7 @@ class App:
 
 @dataclass
 class HttpSide:
-    """--http-port: aiohttp's server for WebSocket streams, in this event loop."""
+    """--http-port: aiohttp's server for WebSocket streams and KServe v2 REST, in this event loop."""
 
     runner: web.AppRunner
     site: web.SockSite
@@ -188,17 +190,18 @@ async def _serve_on(server: grpc.aio.Server, port: int, sock: socket.socket | No
             raise UsageError(f"cannot serve metrics on {config.metrics_host}:{config.metrics_port}: {err.strerror}") from None
     http = None
     if sock is not None:
-        streams = WebSocketStreams(native, in_flight, grants, config.max_message_bytes, config.keepalive_time_s)
-        http = await http_side(sock, streams, config)
+        routes = [*WebSocketStreams(native, in_flight, grants, config.max_message_bytes, config.keepalive_time_s).routes(),
+                  *KServeRest(kserve, grants).routes()]
+        http = await http_side(sock, routes, config)
     await server.start()
     for name in ("", SERVICE_NAME, KSERVE_SERVICE_NAME, *((STORE_SERVICE_NAME,) if config.state_store else ())):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return App(server, port, health_servicer, repository, sessions, kserve, in_flight, metrics_server, http)
 
 
-async def http_side(sock: socket.socket, streams: WebSocketStreams, config: ServerConfig) -> HttpSide:
+async def http_side(sock: socket.socket, routes: list[web.RouteDef], config: ServerConfig) -> HttpSide:
     application = web.Application(client_max_size=config.max_message_bytes)
-    application.add_routes(streams.routes())
+    application.add_routes(routes)
     runner = web.AppRunner(application, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_MARGIN_S)  # calls: --log-format json
     await runner.setup()
     context = tls_context(config.tls_cert, config.tls_key, config.tls_client_ca) if config.tls_cert else None
@@ -259,10 +262,10 @@ def listening_line(config: ServerConfig, app: App) -> str:
     tokens = f"required ({config.auth_tokens})" if config.auth_tokens else "off"
     store = redacted(config.state_store) if config.state_store else "none"
     metrics = f"http://{config.metrics_host}:{app.metrics_server.port}/metrics" if app.metrics_server else "off"
-    websockets = f"{'wss' if config.tls_cert else 'ws'}://{config.host}:{app.http.port}/v1/stream" if app.http else "off"
+    http = f"{'https' if config.tls_cert else 'http'}://{config.host}:{app.http.port} (WebSocket streams: /v1/stream)" if app.http else "off"
     return (
         f"rnnserve listening on {config.host}:{app.port} (pid {os.getpid()}) — models: {models} — providers: {providers} — "
-        f"TLS: {tls} — tokens: {tokens} — state store: {store} — metrics: {metrics} — WebSocket streams: {websockets}"
+        f"TLS: {tls} — tokens: {tokens} — state store: {store} — metrics: {metrics} — HTTP: {http}"
     )
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 
 import grpc
 from aiohttp import WSMsgType, web
@@ -28,10 +27,11 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from rnnserve.server import errors
+from rnnserve.server.api.http_identity import request_caller
 from rnnserve.server.api.in_flight import InFlight
 from rnnserve.server.api.native import NativeServicer
 from rnnserve.server.api.status import internal_error, status_of
-from rnnserve.server.security import ANYONE, Caller, Grant, run_as, token_caller
+from rnnserve.server.security import Grant, run_as
 from rnnserve.v1 import rnnserve_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class WebSocketStreams:
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         try:
-            identity = self._caller(request)
+            identity = request_caller(self._grants, request)
         except errors.Unauthenticated as err:
             return web.json_response({"code": "UNAUTHENTICATED", "message": str(err)}, status=401)
         socket = web.WebSocketResponse(max_msg_size=self._max_message_bytes, heartbeat=self._heartbeat_s)
@@ -85,12 +85,6 @@ class WebSocketStreams:
             except Exception as err:
                 await _fail(socket, grpc.StatusCode.INTERNAL, internal_error("WebSocket stream", err))
         return socket
-
-    def _caller(self, request: web.Request) -> Caller:
-        if self._grants is not None:
-            return token_caller(self._grants, request.headers.get("authorization"))
-        peer = request.transport.get_extra_info("peercert") if request.transport else None
-        return peer_certificate_caller(peer) if peer else ANYONE
 
 
 class Messages:
@@ -133,34 +127,3 @@ async def _fail(socket: web.WebSocketResponse, code: grpc.StatusCode, message: s
         await socket.close(code=CLOSE_BASE + code.value[0], message=code.name.encode())
     except ConnectionError:
         pass
-
-
-def peer_certificate_caller(peer: dict) -> Caller:
-    """A verified client certificate's caller: its subject as gRPC writes it (RFC 2253: the last name first, short
-    attribute names), so that the same certificate owns the same sessions over gRPC and here."""
-    names = [f"{SHORT_NAMES.get(key, key)}={_escaped(value)}" for rdn in reversed(peer.get("subject", ())) for key, value in rdn]
-    return Caller(None, "cert:" + ",".join(names)) if names else ANYONE
-
-
-SHORT_NAMES = {
-    "commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C", "localityName": "L",
-    "stateOrProvinceName": "ST", "streetAddress": "STREET", "domainComponent": "DC", "userId": "UID",
-}
-
-
-def _escaped(value: str) -> str:
-    value = "".join("\\" + c if c in ',+"\\<>;=' else c for c in value)
-    if value[:1] in ("#", " "):
-        value = "\\" + value
-    return value[:-1] + "\\ " if value.endswith(" ") else value
-
-
-def tls_context(cert: str, key: str, client_ca: str) -> ssl.SSLContext:
-    """The HTTP side's TLS: the server's certificate chain and key, and with a client CA, clients must show a
-    certificate it signed (as gRPC's)."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    if client_ca:
-        context.load_verify_locations(client_ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
