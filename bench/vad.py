@@ -125,33 +125,45 @@ def in_process(model: Path, samples: np.ndarray) -> dict:
 # rnnserve: a Stream per stream, or one StreamMany
 
 
-async def per_session(target: str, samples: np.ndarray) -> tuple[list[float], list[float]]:
-    """A Stream per stream, all on one channel; each opened (`start` and no steps) before the clock starts."""
+async def paced_streams(samples: np.ndarray, exchange) -> tuple[list[float], list[float]]:
+    """Every stream's chunks sent on one clock, paced like microphones: `exchange(stream, request)` sends a chunk's
+    StreamRequest and waits for its answer. (latencies, send lags), the warm-up chunks left out."""
     streams, chunks, _ = samples.shape
     latencies, lags = [], []
+    start = time.perf_counter() + 0.05
+
+    async def run(stream: int) -> None:
+        for k in range(chunks):
+            due = paced(start, stream, streams, k)
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            if k >= WARMUP_CHUNKS:
+                lags.append(max(0.0, time.perf_counter() - due))
+            await exchange(stream, pb.StreamRequest(values=values_tensor(samples[stream, k][None])))
+            if k >= WARMUP_CHUNKS:
+                latencies.append(time.perf_counter() - due)
+
+    await asyncio.gather(*(run(s) for s in range(streams)))
+    return latencies, lags
+
+
+async def per_session(target: str, samples: np.ndarray) -> tuple[list[float], list[float]]:
+    """A Stream per stream, all on one channel; each opened (`start` and no steps) before the clock starts."""
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.RnnServeStub(channel)
-        calls = [stub.Stream() for _ in range(streams)]
+        calls = [stub.Stream() for _ in range(samples.shape[0])]
         for call in calls:
             await call.write(pb.StreamRequest(start=pb.StreamStart(model="vad")))
         for call in calls:
             await call.read()
-        start = time.perf_counter() + 0.05
 
-        async def run(stream: int, call) -> None:
-            for k in range(chunks):
-                due = paced(start, stream, streams, k)
-                await asyncio.sleep(max(0.0, due - time.perf_counter()))
-                if k >= WARMUP_CHUNKS:
-                    lags.append(max(0.0, time.perf_counter() - due))
-                await call.write(pb.StreamRequest(values=values_tensor(samples[stream, k][None])))
-                await call.read()
-                if k >= WARMUP_CHUNKS:
-                    latencies.append(time.perf_counter() - due)
+        async def exchange(stream: int, request: pb.StreamRequest) -> None:
+            await calls[stream].write(request)
+            await calls[stream].read()
+
+        timed = await paced_streams(samples, exchange)
+        for call in calls:
             await call.done_writing()
-
-        await asyncio.gather(*(run(s, call) for s, call in enumerate(calls)))
-    return latencies, lags
+    return timed
 
 
 async def per_session_websocket(address: str, samples: np.ndarray) -> tuple[list[float], list[float]]:
@@ -159,32 +171,23 @@ async def per_session_websocket(address: str, samples: np.ndarray) -> tuple[list
     opened before the clock starts."""
     import aiohttp
 
-    streams, chunks, _ = samples.shape
-    latencies, lags = [], []
     opening = pb.StreamRequest(start=pb.StreamStart(model="vad")).SerializeToString()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-        sockets = [await http.ws_connect(address) for _ in range(streams)]
+        sockets = [await http.ws_connect(address) for _ in range(samples.shape[0])]
         for socket in sockets:
             await socket.send_bytes(opening)
             await socket.receive()
-        start = time.perf_counter() + 0.05
 
-        async def run(stream: int, socket) -> None:
-            for k in range(chunks):
-                due = paced(start, stream, streams, k)
-                await asyncio.sleep(max(0.0, due - time.perf_counter()))
-                if k >= WARMUP_CHUNKS:
-                    lags.append(max(0.0, time.perf_counter() - due))
-                await socket.send_bytes(pb.StreamRequest(values=values_tensor(samples[stream, k][None])).SerializeToString())
-                answer = await socket.receive()
-                if answer.type != aiohttp.WSMsgType.BINARY:
-                    raise RuntimeError(f"the server answered {answer.type.name}: {answer.data}")
-                if k >= WARMUP_CHUNKS:
-                    latencies.append(time.perf_counter() - due)
+        async def exchange(stream: int, request: pb.StreamRequest) -> None:
+            await sockets[stream].send_bytes(request.SerializeToString())
+            answer = await sockets[stream].receive()
+            if answer.type != aiohttp.WSMsgType.BINARY:
+                raise RuntimeError(f"the server answered {answer.type.name}: {answer.data}")
+
+        timed = await paced_streams(samples, exchange)
+        for socket in sockets:
             await socket.close()
-
-        await asyncio.gather(*(run(s, socket) for s, socket in enumerate(sockets)))
-    return latencies, lags
+    return timed
 
 
 async def multiplexed(target: str, samples: np.ndarray, calls: int = 2) -> tuple[list[float], list[float]]:

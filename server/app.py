@@ -136,12 +136,9 @@ async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
             f"cannot listen on {address}: the port is in use (another server?) or the address is not this machine's: "
             "choose another --port, or stop what holds it"
         )
+    sock = None
     try:
         sock = http_socket(config)
-    except UsageError:
-        await server.stop(None)
-        raise
-    try:
         return await _serve_on(server, port, sock, grants, config, io_binding, metrics)
     except BaseException:
         await server.stop(None)
