@@ -11,6 +11,8 @@ if TYPE_CHECKING:
 
 
 class SessionStore(Protocol):
+    keeps_sessions: bool  # sessions outlive this process in it: there is something to release and forget
+
     async def claim(self, session: Session) -> None:
         """This server's hold on a session it is about to serve; FAILED_PRECONDITION when another server has it."""
 
@@ -40,6 +42,8 @@ class SessionStore(Protocol):
 
 class NullStore:
     """No store: sessions live in this process only, and it holds every one it serves."""
+
+    keeps_sessions = False
 
     async def claim(self, session: Session) -> None:
         pass

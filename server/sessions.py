@@ -55,7 +55,8 @@ class Session:
     lost: bool = False  # another server has taken it: this one answers nothing more of it
     attached: bool = True
     live: bool = True  # false once it has ended: its slot may be another session's
-    expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
+    expiry: asyncio.TimerHandle | None = field(default=None, repr=False)  # armed while idle, re-armed as it fires
+    idle_since: float = 0.0  # loop time of its last detach: the idle TTL counts from here
     decoder: IncrementalDecoder | None = field(default=None, repr=False)  # Stream: input read so far, to whole characters
     waiting: np.ndarray | None = field(default=None, repr=False)  # an audio model's samples that do not fill a step yet
 
@@ -150,7 +151,7 @@ class SessionRegistry:
     async def confirm(self, session: Session) -> None:
         """Before an answer of the session leaves: UNAVAILABLE, telling the client to resume, when another server has
         taken it (this server's hold on it ran out, or the store forgot it and gave it to another)."""
-        if session.key is not None:
+        if session.key is not None and self.store.keeps_sessions:
             await self.store.confirm(session)
 
     async def confirm_all(self, sessions: list[Session]) -> list[ServeError | None]:
@@ -171,6 +172,8 @@ class SessionRegistry:
         """With a state store, a session about to be resumed is the store's latest: loaded when it is not live here,
         reloaded when another server wrote the store's state (it served the session after this copy was made).
         Where its state now comes from: "store" (loaded) or "local"."""
+        if not self.store.keeps_sessions:
+            return "local"
         local = self._lookup(key)
         if local is not None:
             if local.attached or not await self.store.newer_than(local):
@@ -185,16 +188,14 @@ class SessionRegistry:
         return "store"
 
     async def _claim(self, session: Session) -> None:
-        if session.key is not None:
+        if session.key is not None and self.store.keeps_sessions:
             await self.store.claim(session)
 
-    @asynccontextmanager
-    async def sequence(
-        self, model: Model, sequence_id: str, start: bool, end: bool, owner: object = None, position: int | None = None
-    ):
-        """A KServe sequence for one request. `start` opens it (afresh, if it is live); without `start` it must
-        be live. `end` ends it after the request; otherwise it waits, idle, for its next request. `position`: where
-        the client says it is; one that is elsewhere is refused and left as it is, for the client to catch up."""
+    async def open_sequence(self, model: Model, sequence_id: str, start: bool, owner: object = None, position: int | None = None) -> Session:
+        """A KServe sequence, attached to one request until `close_sequence`. `start` opens it (afresh, if it is live);
+        without `start` it must be live. `position`: where the client says it is; one that is elsewhere is refused
+        and left as it is, for the client to catch up. (Two calls rather than an async context manager, whose
+        generator KServe would pay for on every request.)"""
         key, name = sequence_key(model, sequence_id)
         if not start and await self._refresh(key) == "store":
             model.metrics.resumed("store")  # a sequence's requests go on locally without counting as resumes
@@ -222,12 +223,17 @@ class SessionRegistry:
             self._attach(session, model, name)
         try:
             await self._claim(session)
-            yield session
-        finally:
-            if end:
-                self._free(session, "end")
-            else:
-                self._detach(session)
+        except BaseException:
+            self._detach(session)
+            raise
+        return session
+
+    def close_sequence(self, session: Session, end: bool) -> None:
+        """The request is done: `end` ends the sequence; otherwise it waits, idle, for its next request."""
+        if end:
+            self._free(session, "end")
+        else:
+            self._detach(session)
 
     def live_sequence(self, model: Model, sequence_id: str) -> Session:
         """A KServe sequence that is live (NOT_FOUND, saying why, when it is not)."""
@@ -332,22 +338,36 @@ class SessionRegistry:
         if session.model is not model:
             card = session.model.card
             raise FailedPrecondition(f"{name} belongs to model {card.name!r} version {card.version}")
-        if session.expiry is not None:
-            session.expiry.cancel()
-        session.attached = True
+        session.attached = True  # its expiry timer, if armed, finds it attached or idle again and waits on
 
     def _detach(self, session: Session) -> None:
+        """A session that outlives its call waits for the next, for the idle TTL. One timer per idle period, not
+        per request: a sequence's requests come far faster than its TTL, and KServe pays this for every one."""
         session.attached = False
         if session.key is None:
             self._free(session, "end")
         elif session.lost:  # another server serves it now: this copy is stale
             self._free(session, "lost")
         elif self._named.get(session.key) is session:
-            session.expiry = asyncio.get_running_loop().call_later(self._ttl_s, self._expire, session)
-            _background(self.store.release(session))  # another server may take it over now
+            loop = asyncio.get_running_loop()
+            session.idle_since = loop.time()
+            if session.expiry is None:
+                session.expiry = loop.call_later(self._ttl_s, self._expire, session)
+            if self.store.keeps_sessions:
+                _background(self.store.release(session))  # another server may take it over now
 
     def _expire(self, session: Session) -> None:
-        if not session.attached and self._named.get(session.key) is session:
+        """Ends a session idle for the TTL; one that was served since its timer was armed waits on, for the rest."""
+        session.expiry = None
+        if self._named.get(session.key) is not session:
+            return
+        if session.attached:  # it is armed again when this call detaches
+            return
+        loop = asyncio.get_running_loop()
+        left = session.idle_since + self._ttl_s - loop.time()
+        if left > 0:
+            session.expiry = loop.call_later(left, self._expire, session)
+        else:
             self._free(session, "expired")
 
     def _free(self, session: Session, reason: str) -> None:
@@ -360,8 +380,9 @@ class SessionRegistry:
                 self._ended.popitem(last=False)
         if session.expiry is not None:
             session.expiry.cancel()
+            session.expiry = None
         session.live = False
-        if session.key is not None and reason not in ("expired", "shutdown", "superseded", "lost"):
+        if self.store.keeps_sessions and session.key is not None and reason not in ("expired", "shutdown", "superseded", "lost"):
             # expired: its key in the store expires too; shutdown: kept for other servers; superseded: the store's is
             # newer; lost: the store is another server's to write
             _background(self.store.forget(session))

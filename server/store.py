@@ -97,6 +97,8 @@ def key_of(session: Session) -> str:
 class StateStore:
     """Sessions' snapshots, epochs and leases in Redis."""
 
+    keeps_sessions = True
+
     def __init__(self, url: str, ttl_s: float, lease_s: float, interval_s: float, snapshots: Snapshots, metrics: Metrics,
                  on_health=None):
         """`on_health(up)` is told when the store stops or starts answering (the health service reports it)."""

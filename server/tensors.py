@@ -36,13 +36,14 @@ class TensorService:
         self._inputs.check_request_size(len(rows), len(rows[0]), request.answer_bytes_per_step)  # texts, as encoded
         starts = self._starts(model, request, len(rows))
         if sequence.id:
-            async with self.sessions.sequence(
-                model, sequence.id, sequence.start, sequence.end, request.owner, sequence.position
-            ) as session:
+            session = await self.sessions.open_sequence(model, sequence.id, sequence.start, request.owner, sequence.position)
+            try:
                 results = [await _run_row(session, rows[0], starts[0])]
                 await self.sessions.confirm(session)  # with a state store: still this server's to answer
                 if not sequence.end:
                     self.sessions.answered(session)  # its new state goes to the state store, if there is one
+            finally:
+                self.sessions.close_sequence(session, sequence.end)
             return TensorResult(model, _stacked(model, results), session.position)
         free = model.runtime.capacity - model.runtime.slots_in_use
         if len(rows) > free:  # refused before any row takes a slot

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from rnnserve.server import errors, logs
@@ -22,22 +21,31 @@ class Call:
     position: int = -1  # where that session is after the call (-1: not told)
 
 
-@contextmanager
-def counted(metrics: Metrics, model: Model, api: str, method: str):
-    call, began, status = Call(), time.perf_counter(), ""
-    try:
-        yield call
-    except errors.ServeError as err:
-        status = status_of(err).name
-        raise
-    except (asyncio.CancelledError, GeneratorExit):  # the client went away, or the shutdown ended the call
-        status = "CANCELLED"
-        raise
-    except Exception:  # a fault of ours: the caller answers INTERNAL (server/api/status.py)
-        status = "INTERNAL"
-        raise
-    finally:
-        count(metrics, model, api, method, status, time.perf_counter() - began, call.session, call.position)
+class counted:
+    """`with counted(metrics, model, api, method) as call:` counts the request done when the block ends, under the
+    status it ended with. A class, not a generator-based context manager: every request pays for it."""
+
+    __slots__ = ("_metrics", "_model", "_api", "_method", "_began", "_call")
+
+    def __init__(self, metrics: Metrics, model: Model, api: str, method: str):
+        self._metrics, self._model, self._api, self._method = metrics, model, api, method
+
+    def __enter__(self) -> Call:
+        self._began, self._call = time.perf_counter(), Call()
+        return self._call
+
+    def __exit__(self, kind, err, traceback) -> bool:
+        if kind is None:
+            status = ""
+        elif issubclass(kind, errors.ServeError):
+            status = status_of(err).name
+        elif issubclass(kind, (asyncio.CancelledError, GeneratorExit)):  # the client went away, or the shutdown ended the call
+            status = "CANCELLED"
+        else:  # a fault of ours: the caller answers INTERNAL (server/api/status.py)
+            status = "INTERNAL"
+        call = self._call
+        count(self._metrics, self._model, self._api, self._method, status, time.perf_counter() - self._began, call.session, call.position)
+        return False
 
 
 def count(metrics: Metrics, model: Model, api: str, method: str, status: str, seconds: float, session: str = "", position: int = -1) -> None:

@@ -1,0 +1,467 @@
+"""rnnserve side by side with a real Triton, both driven by Triton's own tools, against the in-process floor.
+
+    python -m bench.peers --peers /opt/peers          # the venv below; an untrained 2-layer 512 LSTM
+    python -m bench.peers --peers /opt/peers --concurrency 1 8 --sequences 64
+
+It installs nothing. The peers live in a virtual environment of their own (Triton's wheels pin their own
+numpy and protobuf), and perf_analyzer needs one Debian library:
+
+    apt-get install libb64-0d
+    python3.11 -m venv /opt/peers
+    /opt/peers/bin/pip install nvidia-pytriton==0.7.0 "tritonclient[all]==2.51.0" nvidia-cuda-runtime-cu12 onnxruntime numpy
+
+`nvidia-pytriton` ships a real `tritonserver` 2.51 with its python backend; `tritonclient[all]` ships the
+`perf_analyzer` binary, which wants `libcudart.so.12` (from `nvidia-cuda-runtime-cu12`) but runs without a GPU.
+Whatever of it is missing is skipped with the reason, not failed.
+
+The same ONNX file is served by both: by rnnserve as it is, and by Triton under its sequence batcher (strategy
+`oldest`) through bench/triton_model.py, a python-backend model that keeps each sequence's state by correlation
+id and runs each batch as one onnxruntime call — what a Triton user would write for a stateful step graph.
+One token per request, the full logits back. It measures, each in a fresh server process:
+- perf_analyzer `--streaming --sequence-length 50` at each `--concurrency` (a stream per sequence);
+- tritonclient with every sequence multiplexed on one ModelStreamInfer stream (how Triton's clients drive
+  sequences), for each of `--sequences`;
+- the same multiplexed load against an echo server (answers every request at once with logits of the same size,
+  nothing else): the transport's own cost;
+- the in-process floor (onnxruntime at batch 1, and batched at each size).
+It prints one JSON line per measurement, and the last line holds the ratios and which targets hold. CPU per step
+is each server's whole process tree (Triton's python-backend stub included) from /proc, divided by the steps the
+server itself counted (ModelStatistics). A peer that dies under a load is recorded as a crash, not a number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import add_model_flags, free_port, in_process_session, model_path, process_cpu_s, server_process
+from bench.throughput import in_process
+
+SEQUENCE_LENGTH = 50
+BENCH_DIR = Path(__file__).parent
+TARGET_LATENCY = 0.8  # rnnserve's p50 at concurrency 1, against Triton's
+TARGET_THROUGHPUT = 1.5  # against Triton's, wherever Triton survives
+TARGET_CPU = 0.7  # server CPU per step, against Triton's
+TARGET_FLOOR_256 = 0.3  # at 256 concurrent sequences, against in-process onnxruntime batched at 256
+
+
+class Peers:
+    """Where a peers venv keeps Triton's server, its python backend and perf_analyzer; `missing` says what is not."""
+
+    def __init__(self, root: Path):
+        self.python = root / "bin" / "python"
+        site = next((root / "lib").glob("python3.*/site-packages"), root / "lib" / "site-packages")
+        self.triton = site / "pytriton" / "tritonserver"
+        self.triton_libs = site / "nvidia_pytriton.libs"
+        self.perf_analyzer = root / "bin" / "perf_analyzer"
+        self.cudart = site / "nvidia" / "cuda_runtime" / "lib"
+        self.site = site
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        self.stub = self.triton / "python_backend_stubs" / version / "triton_python_backend_stub"
+
+    def missing_triton(self) -> str | None:
+        for path, install in ((self.triton / "bin" / "tritonserver", "nvidia-pytriton==0.7.0"), (self.stub, "nvidia-pytriton==0.7.0"),
+                              (self.site / "onnxruntime", "onnxruntime")):
+            if not path.exists():
+                return f"{path} is missing (pip install {install} into the peers venv)"
+        return None
+
+    def missing_perf_analyzer(self) -> str | None:
+        if not self.perf_analyzer.exists():
+            return f"{self.perf_analyzer} is missing (pip install 'tritonclient[all]==2.51.0' into the peers venv)"
+        if not (self.cudart / "libcudart.so.12").exists():
+            return f"{self.cudart}/libcudart.so.12 is missing (pip install nvidia-cuda-runtime-cu12 into the peers venv)"
+        probe = subprocess.run([self.perf_analyzer, "--version"], capture_output=True, text=True, env=self.perf_env())
+        if probe.returncode != 0:
+            return f"perf_analyzer does not start: {(probe.stderr or probe.stdout).strip()[:200]} (apt-get install libb64-0d?)"
+        return None
+
+    def perf_env(self) -> dict:
+        return {**os.environ, "LD_LIBRARY_PATH": f"{self.cudart}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+
+
+def triton_repository(peers: Peers, onnx: Path, model: str, max_batch: int, threads: int, spinning: bool = False) -> tuple[Path, Path]:
+    """(model repository, backend directory) for tritonserver: the step graph behind bench/triton_model.py, and
+    the python backend with this Python's stub copied in (as pytriton does)."""
+    import onnxruntime as ort
+
+    outputs = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]).get_outputs()
+    answer, vocabulary = outputs[0].name, outputs[0].shape[-1]
+    root = Path(tempfile.mkdtemp(prefix="rnnserve-peers-"))
+    (root / "models" / model / "1").mkdir(parents=True)
+    shutil.copy(BENCH_DIR / "triton_model.py", root / "models" / model / "1" / "model.py")
+    control = lambda name, kind: f'{{ name: "{name}" control [{{ kind: {kind} int32_false_true: [ 0, 1 ] }}] }}'  # noqa: E731
+    (root / "models" / model / "config.pbtxt").write_text(f"""name: "{model}"
+backend: "python"
+max_batch_size: {max_batch}
+input [{{ name: "tokens" data_type: TYPE_INT64 dims: [ -1 ] }}]
+output [{{ name: "{answer}" data_type: TYPE_FP32 dims: [ -1, {vocabulary} ] }}]
+sequence_batching {{
+  max_sequence_idle_microseconds: 60000000
+  oldest {{ max_candidate_sequences: {max_batch} max_queue_delay_microseconds: 0 }}
+  control_input [
+    {control("START", "CONTROL_SEQUENCE_START")},
+    {control("END", "CONTROL_SEQUENCE_END")},
+    {{ name: "CORRID" control [{{ kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64 }}] }}
+  ]
+}}
+instance_group [{{ kind: KIND_CPU count: 1 }}]
+parameters [
+  {{ key: "onnx_path" value {{ string_value: "{onnx.resolve()}" }} }},
+  {{ key: "threads" value {{ string_value: "{threads}" }} }},
+  {{ key: "spinning" value {{ string_value: "{int(spinning)}" }} }}
+]
+""")
+    shutil.copytree(peers.triton / "backends", root / "backends")
+    shutil.copy(peers.stub, root / "backends" / "python" / "triton_python_backend_stub")
+    return root / "models", root / "backends"
+
+
+@contextlib.contextmanager
+def triton_process(peers: Peers, models: Path, backends: Path):
+    """tritonserver on free ports; yields (address, the process) once the server says it is ready."""
+    port = free_port()
+    # the stub's embedded Python finds its prefix (and so the venv's packages) through the first python3 on PATH
+    env = {**os.environ, "LD_LIBRARY_PATH": f"{peers.triton_libs}:{os.environ.get('LD_LIBRARY_PATH', '')}",
+           "PATH": f"{peers.python.parent}:{os.environ['PATH']}"}
+    log = tempfile.NamedTemporaryFile("w+", prefix="tritonserver-", suffix=".log", delete=False)
+    process = subprocess.Popen(
+        [peers.triton / "bin" / "tritonserver", "--model-repository", models, "--backend-directory", backends,
+         "--grpc-port", str(port), "--http-port", str(free_port()), "--metrics-port", str(free_port()),
+         "--log-verbose", "0"],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    try:
+        target = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while not _ready(target):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"tritonserver did not start (exit {process.poll()}): {Path(log.name).read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield target, process
+    finally:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(30)
+        process.kill()
+
+
+def _ready(target: str) -> bool:
+    import tritonclient.grpc as triton_grpc
+
+    try:
+        with contextlib.closing(triton_grpc.InferenceServerClient(target)) as client:
+            return client.is_server_ready()
+    except Exception:  # not listening yet
+        return False
+
+
+def steps_served(target: str, model: str) -> np.ndarray:
+    """(steps, batches) the server has run for `model`, as it counts them: Triton's statistics, which rnnserve
+    keeps the same way. Zeros without a model (the echo server keeps none)."""
+    import tritonclient.grpc as triton_grpc
+
+    if not model:
+        return np.zeros(2)
+    with contextlib.closing(triton_grpc.InferenceServerClient(target)) as client:
+        stats = client.get_inference_statistics(model).model_stats
+    return np.array([sum(s.inference_count for s in stats), sum(s.execution_count for s in stats)], float)
+
+
+class Server:
+    """A server under measurement: its address, its process tree's CPU, and whether it is still alive."""
+
+    def __init__(self, name: str, target: str, pid: int, alive=lambda: True):
+        self.name, self.target, self.pid, self.alive = name, target, pid, alive
+
+    def measure(self, model: str, load) -> dict:
+        """Runs `load()` (returns a dict of figures) and adds the server CPU per step it counted, or a crash."""
+        cpu, counts = process_cpu_s(self.pid), steps_served(self.target, model)
+        try:
+            figures = load()
+        except subprocess.CalledProcessError as err:
+            figures = {"error": (err.stderr or err.stdout or "")[-400:].strip()}
+        if not self.alive():
+            return {"crashed": True, **{k: v for k, v in figures.items() if k == "error"}}
+        if "error" in figures:
+            return figures
+        server_cpu_s = process_cpu_s(self.pid) - cpu
+        steps, batches = steps_served(self.target, model) - counts if model else (figures["requests"], 0)
+        figures["server_cpu_us_per_step"] = round(float(server_cpu_s / max(steps, 1) * 1e6), 1)
+        if batches:
+            figures["mean_batch"] = round(float(steps / batches), 1)
+        return figures
+
+
+def watched(command: list, alive, timeout_s: float = 600, **options) -> str:
+    """Runs a load generator to its end and returns what it printed; stops it if the server under load dies
+    (perf_analyzer would wait for its answers forever). A failure raises CalledProcessError."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, text=True, **options)
+        deadline = time.monotonic() + timeout_s
+        while process.poll() is None:
+            if not alive() or time.monotonic() > deadline:
+                process.kill()
+            time.sleep(0.2)
+        out.seek(0), err.seek(0)
+        printed, complaint = out.read(), err.read()
+    if process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, command, printed, complaint)
+    return printed
+
+
+def perf_analyzer(peers: Peers, target: str, model: str, concurrency: int, interval_ms: int, alive=lambda: True) -> dict:
+    """perf_analyzer's throughput and latency percentiles for `concurrency` sequences, each on a stream of its own."""
+    report = Path(tempfile.mkdtemp()) / "report.csv"
+    watched(
+        [peers.perf_analyzer, "-m", model, "-i", "grpc", "-u", target, "--streaming", "--sequence-length", str(SEQUENCE_LENGTH),
+         "--concurrency-range", str(concurrency), "--shape", "tokens:1", "--input-data", "zero",
+         "--measurement-interval", str(interval_ms), "--stability-percentage", "40", "--max-trials", "10", "-f", str(report)],
+        alive, env=peers.perf_env(),
+    )
+    row = next(csv.DictReader(report.open()))
+    return {
+        "infer_per_s": round(float(row["Inferences/Second"]), 1),
+        "p50_ms": round(int(row["p50 latency"]) / 1e3, 3),
+        "p99_ms": round(int(row["p99 latency"]) / 1e3, 3),
+    }
+
+
+def multiplexed(target: str, model: str, sequences: int, steps: int, answer: str, alive=lambda: True) -> dict:
+    """tritonclient, every sequence on one ModelStreamInfer stream, each sending its next token when the answer
+    to its last arrives; in a client process of its own. Steps/s and the client's CPU per step."""
+    code = f"from bench.peers import _multiplexed; _multiplexed({target!r}, {model!r}, {sequences}, {steps}, {answer!r})"
+    return json.loads(watched([sys.executable, "-c", code], alive, cwd=BENCH_DIR.parent).strip().splitlines()[-1])
+
+
+def _multiplexed(target: str, model: str, sequences: int, steps: int, answer: str) -> None:
+    import threading
+
+    import tritonclient.grpc as triton_grpc
+
+    token = np.zeros((1, 1), np.int64)
+    client = triton_grpc.InferenceServerClient(target)
+    sent, answered, failures, finished = {}, [0], [], threading.Event()
+
+    def send(sequence: int) -> None:
+        step = sent.get(sequence, 0)
+        sent[sequence] = step + 1
+        tokens = triton_grpc.InferInput("tokens", [1, 1], "INT64")
+        tokens.set_data_from_numpy(token)
+        client.async_stream_infer(model, [tokens], request_id=str(sequence), sequence_id=sequence,
+                                  sequence_start=step == 0, sequence_end=step == steps - 1,
+                                  outputs=[triton_grpc.InferRequestedOutput(answer)])
+
+    def on_answer(result, error) -> None:
+        if error is not None:
+            failures.append(str(error))
+            finished.set()
+            return
+        answered[0] += 1
+        sequence = int(result.get_response().id)
+        if sent[sequence] < steps:
+            send(sequence)
+        elif answered[0] == sequences * steps:
+            finished.set()
+
+    client.start_stream(callback=on_answer)
+    started, cpu = time.perf_counter(), time.process_time()
+    for sequence in range(1, sequences + 1):
+        send(sequence)
+    finished.wait(600)
+    seconds = time.perf_counter() - started
+    client.stop_stream()
+    if failures or answered[0] < sequences * steps:
+        raise SystemExit(f"{answered[0]} of {sequences * steps} answered: {failures[:1]}")
+    print(json.dumps({"steps_per_s": round(answered[0] / seconds, 1), "requests": answered[0],
+                      "client_cpu_us_per_step": round((time.process_time() - cpu) / answered[0] * 1e6, 1)}))
+
+
+def serve_echo(port: int, answer: str, vocabulary: int) -> None:
+    """A KServe server that does nothing: every ModelStreamInfer request is answered at once, with its id and a
+    zero logits tensor of the real size. What one request in and one out costs grpc.aio and nothing else."""
+    import asyncio
+
+    import grpc
+
+    from rnnserve.inference import grpc_service_pb2 as pb
+    from rnnserve.inference import grpc_service_pb2_grpc as pb_grpc
+
+    output = pb.ModelInferResponse.InferOutputTensor(name=answer, datatype="FP32", shape=[1, 1, vocabulary])
+    logits = bytes(4 * vocabulary)
+
+    class Echo(pb_grpc.GRPCInferenceServiceServicer):
+        async def ModelStreamInfer(self, requests, context):
+            async for request in requests:
+                yield pb.ModelStreamInferResponse(infer_response=pb.ModelInferResponse(
+                    model_name=request.model_name, id=request.id, outputs=[output], raw_output_contents=[logits]))
+
+    async def serve() -> None:
+        server = grpc.aio.server()
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(Echo(), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        print(f"listening on 127.0.0.1:{port} (pid {os.getpid()})", flush=True)
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+
+
+@contextlib.contextmanager
+def echo_process(answer: str, vocabulary: int):
+    port = free_port()
+    code = f"from bench.peers import serve_echo; serve_echo({port}, {answer!r}, {vocabulary})"
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=BENCH_DIR.parent)
+    try:
+        process.stdout.readline()
+        yield Server("echo", f"127.0.0.1:{port}", process.pid)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def in_process_p50_ms(onnx: Path, args, steps: int = 1000) -> float:
+    session, state = in_process_session(onnx, args)
+    token, times = np.zeros((1, 1), np.int64), []
+    for _ in range(steps):
+        started = time.perf_counter()
+        _, *next_state = session.run(None, {"tokens": token, **state})
+        state = dict(zip(state, next_state))
+        times.append(time.perf_counter() - started)
+    return float(np.percentile(times, 50) * 1e3)
+
+
+def measure_both(peers: Peers, repository: Path, model: str, args, triton_missing: str | None, perf_missing: str | None):
+    """{load: {server: figures}} for every load, each server in a fresh process per load (so a crash costs
+    only its own figure)."""
+    onnx = repository / model / "1" / "model.onnx"
+    max_batch = max([*args.concurrency, *args.sequences])
+    answer = "logits"
+    loads = [(f"perf_analyzer_c{c}", "perf", c) for c in args.concurrency] if not perf_missing else []
+    loads += [(f"multiplexed_{n}", "multiplexed", n) for n in args.sequences]
+    results: dict[str, dict] = {}
+
+    def run(server: Server, kind: str, n: int) -> dict:
+        if kind == "perf":
+            return server.measure(model, lambda: perf_analyzer(peers, server.target, model, n, args.interval_ms, server.alive))
+        return server.measure("" if server.name == "echo" else model, lambda: multiplexed(server.target, model, n, args.steps, answer, server.alive))
+
+    flags = ("--threads", str(args.threads), "--max-batch", str(max_batch), "--max-sessions", str(2 * max_batch + 8))
+    for name, kind, n in loads:
+        results[name] = {}
+        with server_process(repository, *flags) as (target, pid):
+            results[name]["rnnserve"] = run(Server("rnnserve", target, pid), kind, n)
+        if triton_missing:
+            results[name]["triton"] = {"skipped": triton_missing}
+        else:
+            models, backends = triton_repository(peers, onnx, model, max_batch, args.threads)
+            try:
+                with triton_process(peers, models, backends) as (target, process):
+                    results[name]["triton"] = run(Server("triton", target, process.pid, lambda: process.poll() is None), kind, n)
+            except RuntimeError as err:
+                results[name]["triton"] = {"crashed": True, "error": str(err)[-400:]}
+        print(json.dumps({"bench": "peers", "load": name, **results[name]}), flush=True)
+    if args.sequences:
+        vocabulary = 256
+        with echo_process(answer, vocabulary) as echo:
+            results["echo"] = {"multiplexed": run(echo, "multiplexed", args.sequences[0])}
+        print(json.dumps({"bench": "peers", "load": f"echo_multiplexed_{args.sequences[0]}", **results["echo"]}), flush=True)
+    return results
+
+
+def ratio(a, b) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
+
+
+def summary(results: dict, floor: dict, onnxruntime_cpu_us: dict, args) -> dict:
+    """The ratios the targets are about, and whether each holds (None where the peer crashed or was skipped)."""
+    figure = lambda load, server, key: results.get(load, {}).get(server, {}).get(key)  # noqa: E731
+    line: dict = {"bench": "peers_summary", "in_process_floor": floor}
+    targets: dict = {}
+    for c in args.concurrency:
+        load = f"perf_analyzer_c{c}"
+        throughput = ratio(figure(load, "rnnserve", "infer_per_s"), figure(load, "triton", "infer_per_s"))
+        cpu = ratio(figure(load, "rnnserve", "server_cpu_us_per_step"), figure(load, "triton", "server_cpu_us_per_step"))
+        line[load] = {"throughput_vs_triton": throughput, "cpu_per_step_vs_triton": cpu,
+                      "p50_vs_triton": ratio(figure(load, "rnnserve", "p50_ms"), figure(load, "triton", "p50_ms")),
+                      "triton_crashed": bool(figure(load, "triton", "crashed"))}
+        if c == 1 and line[load]["p50_vs_triton"] is not None:
+            targets[f"c1_p50_{TARGET_LATENCY}x_triton"] = line[load]["p50_vs_triton"] <= TARGET_LATENCY
+        if throughput is not None:
+            targets[f"c{c}_throughput_{TARGET_THROUGHPUT}x_triton"] = throughput >= TARGET_THROUGHPUT
+            targets[f"c{c}_cpu_{TARGET_CPU}x_triton"] = cpu is not None and cpu <= TARGET_CPU
+        batched = floor.get(f"batched_{c}_steps_per_s")
+        if batched and figure(load, "rnnserve", "infer_per_s"):
+            line[load]["throughput_vs_floor"] = ratio(figure(load, "rnnserve", "infer_per_s"), batched)
+            if c == 256:
+                targets[f"c256_{TARGET_FLOOR_256}x_floor"] = line[load]["throughput_vs_floor"] >= TARGET_FLOOR_256
+    for n in args.sequences:
+        load = f"multiplexed_{n}"
+        throughput = ratio(figure(load, "rnnserve", "steps_per_s"), figure(load, "triton", "steps_per_s"))
+        cpu = ratio(figure(load, "rnnserve", "server_cpu_us_per_step"), figure(load, "triton", "server_cpu_us_per_step"))
+        line[load] = {"throughput_vs_triton": throughput, "cpu_per_step_vs_triton": cpu, "triton_crashed": bool(figure(load, "triton", "crashed"))}
+        if throughput is not None:
+            targets[f"multiplexed_{n}_throughput_{TARGET_THROUGHPUT}x_triton"] = throughput >= TARGET_THROUGHPUT
+            targets[f"multiplexed_{n}_cpu_{TARGET_CPU}x_triton"] = cpu is not None and cpu <= TARGET_CPU
+    echo = results.get("echo", {}).get("multiplexed", {}).get("server_cpu_us_per_step")
+    n = args.sequences[0] if args.sequences else None
+    ours = figure(f"multiplexed_{n}", "rnnserve", "server_cpu_us_per_step")
+    if echo and ours and n in onnxruntime_cpu_us:
+        beyond = round(ours - onnxruntime_cpu_us[n], 1)
+        line[f"multiplexed_{n}_own_cpu_us"] = {"server": ours, "onnxruntime_in_process_at_mean_batch": onnxruntime_cpu_us[n],
+                                               "beyond_onnxruntime": beyond, "echo_server": echo}
+        targets[f"multiplexed_{n}_beyond_onnxruntime_within_echo"] = beyond <= echo
+    line["targets_met"] = targets
+    return line
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_flags(parser)
+    parser.add_argument("--peers", type=Path, default=Path(os.environ.get("RNNSERVE_PEERS", "/opt/peers")),
+                        help="the peers' virtual environment (see above; default $RNNSERVE_PEERS or /opt/peers)")
+    parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 64, 256], help="perf_analyzer's concurrencies")
+    parser.add_argument("--sequences", type=int, nargs="*", default=[64, 256], help="sequences multiplexed on one stream")
+    parser.add_argument("--steps", type=int, default=100, help="steps per multiplexed sequence")
+    parser.add_argument("--interval-ms", type=int, default=3000, help="perf_analyzer's --measurement-interval")
+    parser.add_argument("--without-triton", action="store_true", help="rnnserve and the echo only (a change of ours, before and after)")
+    args = parser.parse_args()
+    if args.device != "cpu":
+        raise SystemExit("bench.peers serves on CPU (the peer's python backend runs onnxruntime's CPU provider)")
+
+    peers = Peers(args.peers)
+    triton_missing, perf_missing = peers.missing_triton(), peers.missing_perf_analyzer()
+    if args.without_triton:
+        triton_missing = "--without-triton"
+    for what, missing in (("Triton", triton_missing), ("perf_analyzer", perf_missing)):
+        if missing:
+            print(json.dumps({"bench": "peers", "skipped": what, "why": missing}), flush=True)
+    repository, model = model_path(args)
+    results = measure_both(peers, repository, model, args, triton_missing, perf_missing)
+
+    onnx = repository / model / "1" / "model.onnx"
+    floor = {"batch_1_p50_ms": round(in_process_p50_ms(onnx, args), 3)}
+    for n in sorted({*args.concurrency, *args.sequences}):
+        floor[f"batched_{n}_steps_per_s"] = round(in_process(onnx, n, max(20, 2000 // n), args)[0], 1)
+    onnxruntime_cpu_us = {}  # onnxruntime's own CPU per step at the batch rnnserve ran, for its multiplexed loads
+    for n in args.sequences:
+        mean_batch = results[f"multiplexed_{n}"]["rnnserve"].get("mean_batch")
+        if mean_batch:
+            batch = max(1, round(mean_batch))
+            onnxruntime_cpu_us[n] = round(in_process(onnx, batch, max(20, 4000 // batch), args)[1], 1)
+    print(json.dumps(summary(results, floor, onnxruntime_cpu_us, args)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""bench.peers: rnnserve against a real Triton under Triton's own tools. Without the peers' venv (see the module's
+docstring) the Triton half is skipped and said so, and everything of ours still runs: rnnserve and the echo server
+under tritonclient's multiplexed load, the in-process floor and the summary."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from bench.peers import Peers, summary
+from tests.test_bench import bench
+
+PEERS = Path(os.environ.get("RNNSERVE_PEERS", "/opt/peers"))
+
+
+def test_without_the_peers_ours_is_measured_and_the_peer_skipped(repository, tmp_path):
+    lines = bench("bench.peers", repository, "--peers", str(tmp_path / "no-venv"), "--concurrency", "--sequences", "4", "--steps", "5")
+    skipped = {line["skipped"]: line["why"] for line in lines if "skipped" in line}
+    assert set(skipped) == {"Triton", "perf_analyzer"} and "nvidia-pytriton" in skipped["Triton"]
+    load = next(line for line in lines if line.get("load") == "multiplexed_4")
+    ours = load["rnnserve"]
+    assert ours["requests"] == 20 and ours["steps_per_s"] > 0 and ours["server_cpu_us_per_step"] > 0
+    assert 1 <= ours["mean_batch"] <= 4 and ours["client_cpu_us_per_step"] > 0
+    assert "skipped" in load["triton"]
+    echo = next(line for line in lines if line.get("load") == "echo_multiplexed_4")["multiplexed"]
+    assert echo["requests"] == 20 and echo["server_cpu_us_per_step"] > 0
+    final = lines[-1]
+    assert final["bench"] == "peers_summary" and final["in_process_floor"]["batch_1_p50_ms"] > 0
+    assert final["multiplexed_4"]["throughput_vs_triton"] is None
+    own = final["multiplexed_4_own_cpu_us"]
+    assert own["echo_server"] == echo["server_cpu_us_per_step"]
+    assert abs(own["beyond_onnxruntime"] - (own["server"] - own["onnxruntime_in_process_at_mean_batch"])) < 0.2
+    assert set(final["targets_met"]) == {"multiplexed_4_beyond_onnxruntime_within_echo"}
+
+
+def test_summary_reads_ratios_and_a_crash_is_not_a_number():
+    class Args:
+        concurrency, sequences = [1, 64], [64]
+
+    results = {
+        "perf_analyzer_c1": {"rnnserve": {"infer_per_s": 900.0, "p50_ms": 1.0, "server_cpu_us_per_step": 300.0},
+                             "triton": {"infer_per_s": 600.0, "p50_ms": 1.5, "server_cpu_us_per_step": 500.0}},
+        "perf_analyzer_c64": {"rnnserve": {"infer_per_s": 3000.0, "p50_ms": 20.0, "server_cpu_us_per_step": 200.0},
+                              "triton": {"crashed": True}},
+        "multiplexed_64": {"rnnserve": {"steps_per_s": 2000.0, "server_cpu_us_per_step": 400.0},
+                           "triton": {"steps_per_s": 1000.0, "server_cpu_us_per_step": 500.0}},
+        "echo": {"multiplexed": {"server_cpu_us_per_step": 150.0}},
+    }
+    line = summary(results, {"batched_64_steps_per_s": 10000.0}, {64: 200.0}, Args)
+    c1 = line["perf_analyzer_c1"]
+    assert (c1["throughput_vs_triton"], c1["cpu_per_step_vs_triton"], c1["p50_vs_triton"]) == (1.5, 0.6, 0.67)
+    assert line["perf_analyzer_c64"]["triton_crashed"] and line["perf_analyzer_c64"]["throughput_vs_triton"] is None
+    assert line["perf_analyzer_c64"]["throughput_vs_floor"] == 0.3
+    assert line["multiplexed_64_own_cpu_us"]["beyond_onnxruntime"] == 200.0
+    assert line["targets_met"] == {
+        "c1_p50_0.8x_triton": True, "c1_throughput_1.5x_triton": True, "c1_cpu_0.7x_triton": True,
+        "multiplexed_64_throughput_1.5x_triton": True, "multiplexed_64_cpu_0.7x_triton": False,
+        "multiplexed_64_beyond_onnxruntime_within_echo": False,
+    }
+
+
+@pytest.mark.skipif(Peers(PEERS).missing_triton() is not None, reason=f"no Triton in {PEERS} (set RNNSERVE_PEERS; see bench/peers.py)")
+def test_against_a_real_triton(repository):
+    flags = ["--peers", str(PEERS), "--sequences", "8", "--steps", "10", "--interval-ms", "1000"]
+    perf_analyzer = Peers(PEERS).missing_perf_analyzer() is None
+    lines = bench("bench.peers", repository, *flags, "--concurrency", *(["1"] if perf_analyzer else []))
+    load = next(line for line in lines if line.get("load") == "multiplexed_8")
+    if not load["triton"].get("crashed"):
+        assert load["triton"]["requests"] == 80 and load["triton"]["server_cpu_us_per_step"] > 0
+    if perf_analyzer:
+        c1 = next(line for line in lines if line.get("load") == "perf_analyzer_c1")
+        assert c1["rnnserve"]["infer_per_s"] > 0 and c1["rnnserve"]["mean_batch"] == 1.0
+        assert c1["triton"].get("crashed") or c1["triton"]["p50_ms"] > 0
