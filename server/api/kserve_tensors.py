@@ -82,6 +82,11 @@ def _outputs(widths: tuple[tuple[str, int], ...]) -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec(name, "FP32", (-1, -1, width), config_pb.TYPE_FP32) for name, width in widths)
 
 
+@functools.cache
+def _by_name(specs: tuple[TensorSpec, ...]) -> dict[str, TensorSpec]:
+    return {s.name: s for s in specs}
+
+
 # protobuf → domain
 
 
@@ -154,7 +159,7 @@ def tensor_request(card: ModelCard, request: pb.ModelInferRequest, owner: object
         raise InvalidArgument(
             "raw_input_contents", f"{len(raw)} entries for {len(request.inputs)} inputs: send one per input, in order, or none"
         )
-    specs = {s.name: s for s in inputs_of(card)}
+    specs = _by_name(inputs_of(card))
     arrays: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(request.inputs):
         spec = specs.get(tensor.name)
@@ -238,7 +243,7 @@ def split_bytes(raw: bytes, field: str) -> list[bytes]:
 
 def requested_outputs(card: ModelCard, request: pb.ModelInferRequest) -> list[tuple[str, int]]:
     """(output name, classification top-k or 0) for each output to send: those asked for, or all."""
-    names = [s.name for s in outputs_of(card)]
+    names = card.output_widths
     if not request.outputs:
         return [(name, 0) for name in names]
     wanted = []
