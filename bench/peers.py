@@ -45,7 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import add_model_flags, free_port, in_process_session, model_path, process_cpu_s, server_process
+from bench.common import add_model_flags, free_port, model_path, process_cpu_s, server_process
+from bench.step_latency import in_process_steps
 from bench.throughput import in_process
 
 SEQUENCE_LENGTH = 50
@@ -91,13 +92,18 @@ class Peers:
         return {**os.environ, "LD_LIBRARY_PATH": f"{self.cudart}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
 
 
+def main_output(onnx: Path) -> tuple[str, int]:
+    """The step graph's answer (its first output) and that output's width."""
+    import onnxruntime as ort
+
+    output = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]).get_outputs()[0]
+    return output.name, int(output.shape[-1])
+
+
 def triton_repository(peers: Peers, onnx: Path, model: str, max_batch: int, threads: int, spinning: bool = False) -> tuple[Path, Path]:
     """(model repository, backend directory) for tritonserver: the step graph behind bench/triton_model.py, and
     the python backend with this Python's stub copied in (as pytriton does)."""
-    import onnxruntime as ort
-
-    outputs = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]).get_outputs()
-    answer, vocabulary = outputs[0].name, outputs[0].shape[-1]
+    answer, vocabulary = main_output(onnx)
     root = Path(tempfile.mkdtemp(prefix="rnnserve-peers-"))
     (root / "models" / model / "1").mkdir(parents=True)
     shutil.copy(BENCH_DIR / "triton_model.py", root / "models" / model / "1" / "model.py")
@@ -331,23 +337,12 @@ def echo_process(answer: str, vocabulary: int):
         process.wait(30)
 
 
-def in_process_p50_ms(onnx: Path, args, steps: int = 1000) -> float:
-    session, state = in_process_session(onnx, args)
-    token, times = np.zeros((1, 1), np.int64), []
-    for _ in range(steps):
-        started = time.perf_counter()
-        _, *next_state = session.run(None, {"tokens": token, **state})
-        state = dict(zip(state, next_state))
-        times.append(time.perf_counter() - started)
-    return float(np.percentile(times, 50) * 1e3)
-
-
 def measure_both(peers: Peers, repository: Path, model: str, args, triton_missing: str | None, perf_missing: str | None):
     """{load: {server: figures}} for every load, each server in a fresh process per load (so a crash costs
     only its own figure)."""
     onnx = repository / model / "1" / "model.onnx"
     max_batch = max([*args.concurrency, *args.sequences])
-    answer = "logits"
+    answer, vocabulary = main_output(onnx)
     loads = [(f"perf_analyzer_c{c}", "perf", c) for c in args.concurrency] if not perf_missing else []
     loads += [(f"multiplexed_{n}", "multiplexed", n) for n in args.sequences]
     results: dict[str, dict] = {}
@@ -373,7 +368,6 @@ def measure_both(peers: Peers, repository: Path, model: str, args, triton_missin
                 results[name]["triton"] = {"crashed": True, "error": str(err)[-400:]}
         print(json.dumps({"bench": "peers", "load": name, **results[name]}), flush=True)
     if args.sequences:
-        vocabulary = 256
         with echo_process(answer, vocabulary) as echo:
             results["echo"] = {"multiplexed": run(echo, "multiplexed", args.sequences[0])}
         print(json.dumps({"bench": "peers", "load": f"echo_multiplexed_{args.sequences[0]}", **results["echo"]}), flush=True)
@@ -451,7 +445,7 @@ def main() -> None:
     results = measure_both(peers, repository, model, args, triton_missing, perf_missing)
 
     onnx = repository / model / "1" / "model.onnx"
-    floor = {"batch_1_p50_ms": round(in_process_p50_ms(onnx, args), 3)}
+    floor = {"batch_1_p50_ms": round(float(np.percentile(in_process_steps(onnx, 1000, args), 50)) * 1e3, 3)}
     for n in sorted({*args.concurrency, *args.sequences}):
         floor[f"batched_{n}_steps_per_s"] = round(in_process(onnx, n, max(20, 2000 // n), args)[0], 1)
     onnxruntime_cpu_us = {}  # onnxruntime's own CPU per step at the batch rnnserve ran, for its multiplexed loads
