@@ -32,11 +32,15 @@ def percentiles(samples_s: list[float]) -> dict:
     return {"p50_ms": round(float(np.percentile(ms, 50)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4)}
 
 
-def in_process_steps(path: Path, steps: int, args) -> list[float]:
+def in_process_steps(path: Path, steps: int, args, idle_s: float = 0.0) -> list[float]:
+    """Each step's time, back to back or after `idle_s` of sleep (as a server's steps come: on a shared machine a
+    step after a pause costs about twice one run back to back)."""
     session, state = in_process_session(path, args)
     token = np.array([[65]], np.int64)
     times = []
     for _ in range(steps):
+        if idle_s:
+            time.sleep(idle_s)
         started = time.perf_counter()
         _, *next_state = session.run(None, {"tokens": token, **state})
         state = dict(zip(state, next_state))

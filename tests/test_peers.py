@@ -25,7 +25,8 @@ def test_without_the_peers_ours_is_measured_and_the_peer_skipped(repository, tmp
     echo = next(line for line in lines if line.get("load") == "echo_multiplexed_4")["multiplexed"]
     assert echo["requests"] == 20 and echo["server_cpu_us_per_step"] > 0
     final = lines[-1]
-    assert final["bench"] == "peers_summary" and final["in_process_floor"]["batch_1_p50_ms"] > 0
+    assert final["bench"] == "peers_summary" and 0 < final["in_process_floor"]["batch_1_p50_ms"]
+    assert final["in_process_floor"]["batch_1_after_1ms_idle_p50_ms"] > 0
     assert final["multiplexed_4"]["throughput_vs_triton"] is None
     own = final["multiplexed_4_own_cpu_us"]
     assert own["echo_server"] == echo["server_cpu_us_per_step"]
