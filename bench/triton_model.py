@@ -18,7 +18,7 @@ class TritonPythonModel:
         parameters = json.loads(args["model_config"])["parameters"]
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(parameters["threads"]["string_value"])
-        options.add_session_config_entry("session.intra_op.allow_spinning", parameters["spinning"]["string_value"])
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as rnnserve's runtime runs it
         self.session = ort.InferenceSession(parameters["onnx_path"]["string_value"], options, providers=["CPUExecutionProvider"])
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         self.step_input, self.answer = inputs[0].name, outputs[0].name  # rnnserve's step graphs: step first, then state

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.peers import Peers, summary
+from bench.peer_servers import Peers
+from bench.peers import summary
 from tests.test_bench import bench
 
 PEERS = Path(os.environ.get("RNNSERVE_PEERS", "/opt/peers"))
