@@ -23,6 +23,7 @@ def bench(module: str, repository: Path, *flags: str) -> list[dict]:
 def test_step_latency_bench(repository):
     latency, prompt = bench("bench.step_latency", repository, "--steps", "30", "--prompt", "50")
     assert latency["grpc_stream"]["p50_ms"] > 0 and latency["in_process_onnxruntime"]["p50_ms"] > 0
+    assert latency["in_process_onnxruntime_after_1ms_idle"]["p50_ms"] > 0
     ratio = latency["grpc_stream"]["p50_ms"] / latency["in_process_onnxruntime"]["p50_ms"]
     assert abs(latency["ratio_p50"] - ratio) < 0.02  # printed figures are rounded
     assert isinstance(latency["target_p50_1.5x_met"], bool) and isinstance(prompt["target_20x_met"], bool)
