@@ -62,11 +62,10 @@ def main_output(onnx: Path) -> tuple[str, int]:
     return output.name, int(output.shape[-1])
 
 
-def triton_repository(peers: Peers, onnx: Path, model: str, max_batch: int, threads: int) -> tuple[Path, Path]:
-    """(model repository, backend directory) for tritonserver: the step graph behind bench/triton_model.py, and
-    the python backend with this Python's stub copied in (as pytriton does)."""
+def triton_repository(peers: Peers, root: Path, onnx: Path, model: str, max_batch: int, threads: int) -> tuple[Path, Path]:
+    """(model repository, backend directory), written under `root`, for tritonserver: the step graph behind
+    bench/triton_model.py, and the python backend with the venv's stub copied in (as pytriton does)."""
     answer, vocabulary = main_output(onnx)
-    root = Path(tempfile.mkdtemp(prefix="rnnserve-peers-"))
     (root / "models" / model / "1").mkdir(parents=True)
     shutil.copy(BENCH_DIR / "triton_model.py", root / "models" / model / "1" / "model.py")
     control = lambda name, kind: f'{{ name: "{name}" control [{{ kind: {kind} int32_false_true: [ 0, 1 ] }}] }}'  # noqa: E731

@@ -47,7 +47,7 @@ import numpy as np
 
 from bench.common import add_model_flags, model_path, process_cpu_s, server_process
 from bench.peer_servers import BENCH_DIR, Peers, echo_process, main_output, triton_process, triton_repository
-from bench.step_latency import in_process_steps
+from bench.step_latency import in_process_steps, percentiles
 from bench.throughput import in_process
 
 SEQUENCE_LENGTH = 50
@@ -113,14 +113,16 @@ def watched(command: list, alive, timeout_s: float = 600, **options) -> str:
 
 def perf_analyzer(peers: Peers, target: str, model: str, concurrency: int, interval_ms: int, alive=lambda: True) -> dict:
     """perf_analyzer's throughput and latency percentiles for `concurrency` sequences, each on a stream of its own."""
-    report = Path(tempfile.mkdtemp()) / "report.csv"
-    watched(
-        [peers.perf_analyzer, "-m", model, "-i", "grpc", "-u", target, "--streaming", "--sequence-length", str(SEQUENCE_LENGTH),
-         "--concurrency-range", str(concurrency), "--shape", "tokens:1", "--input-data", "zero",
-         "--measurement-interval", str(interval_ms), "--stability-percentage", "40", "--max-trials", "10", "-f", str(report)],
-        alive, env=peers.perf_env(),
-    )
-    row = next(csv.DictReader(report.open()))
+    with tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "report.csv"
+        watched(
+            [peers.perf_analyzer, "-m", model, "-i", "grpc", "-u", target, "--streaming", "--sequence-length", str(SEQUENCE_LENGTH),
+             "--concurrency-range", str(concurrency), "--shape", "tokens:1", "--input-data", "zero",
+             "--measurement-interval", str(interval_ms), "--stability-percentage", "40", "--max-trials", "10", "-f", str(report)],
+            alive, env=peers.perf_env(),
+        )
+        with report.open() as table:
+            row = next(csv.DictReader(table))
     return {
         "infer_per_s": round(float(row["Inferences/Second"]), 1),
         "p50_ms": round(int(row["p50 latency"]) / 1e3, 3),
@@ -187,6 +189,8 @@ def measure_both(peers: Peers, repository: Path, model: str, args, triton_missin
     loads = [(f"perf_analyzer_c{c}", "perf", c) for c in args.concurrency] if not perf_missing else []
     loads += [(f"multiplexed_{n}", "multiplexed", n) for n in args.sequences]
     results: dict[str, dict] = {}
+    scratch = tempfile.TemporaryDirectory(prefix="rnnserve-peers-")
+    triton_folders = None if triton_missing else triton_repository(peers, Path(scratch.name), onnx, model, max_batch, args.threads)
 
     def run(server: Server, kind: str, n: int) -> dict:
         if kind == "perf":
@@ -201,9 +205,8 @@ def measure_both(peers: Peers, repository: Path, model: str, args, triton_missin
         if triton_missing:
             results[name]["triton"] = {"skipped": triton_missing}
         else:
-            models, backends = triton_repository(peers, onnx, model, max_batch, args.threads)
             try:
-                with triton_process(peers, models, backends) as (target, process):
+                with triton_process(peers, *triton_folders) as (target, process):
                     results[name]["triton"] = run(Server("triton", target, process.pid, lambda: process.poll() is None), kind, n)
             except RuntimeError as err:
                 results[name]["triton"] = {"crashed": True, "error": str(err)[-400:]}
@@ -212,6 +215,7 @@ def measure_both(peers: Peers, repository: Path, model: str, args, triton_missin
         with echo_process(answer, vocabulary) as (target, pid):
             results["echo"] = {"multiplexed": run(Server("echo", target, pid), "multiplexed", args.sequences[0])}
         print(json.dumps({"bench": "peers", "load": f"echo_multiplexed_{args.sequences[0]}", **results["echo"]}), flush=True)
+    scratch.cleanup()
     return results
 
 
@@ -286,9 +290,8 @@ def main() -> None:
     results = measure_both(peers, repository, model, args, triton_missing, perf_missing)
 
     onnx = repository / model / "1" / "model.onnx"
-    p50_ms = lambda times: round(float(np.percentile(times, 50)) * 1e3, 3)  # noqa: E731
-    floor = {"batch_1_p50_ms": p50_ms(in_process_steps(onnx, 1000, args)),
-             "batch_1_after_1ms_idle_p50_ms": p50_ms(in_process_steps(onnx, 300, args, idle_s=0.001))}
+    floor = {"batch_1_p50_ms": percentiles(in_process_steps(onnx, 1000, args))["p50_ms"],
+             "batch_1_after_1ms_idle_p50_ms": percentiles(in_process_steps(onnx, 300, args, idle_s=0.001))["p50_ms"]}
     for n in sorted({*args.concurrency, *args.sequences}):
         floor[f"batched_{n}_steps_per_s"] = round(in_process(onnx, n, max(20, 2000 // n), args)[0], 1)
     onnxruntime_cpu_us = {}  # onnxruntime's own CPU per step at the batch rnnserve ran, for its multiplexed loads
