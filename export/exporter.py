@@ -29,12 +29,14 @@ def export(config: ExportConfig) -> tuple[Path, dict]:
     task = task_named(checkpoint["train_config"].get("task", "language_model"))
     validation = None
     if config.quantize:
+        if model.config.inputs:
+            raise UsageError("--quantize int8: models that take values are not quantized yet")
         if encoder_graph(model) is not None:
             raise UsageError("--quantize int8: models whose state starts from a label or a source are not quantized yet")
         train_config = TrainConfig(**checkpoint["train_config"])
         validation = task.data(tokenizer, task.corpus(train_config), train_config).val_batches  # what training measured on
     report = export_model(
-        model, tokenizer.spec(), checkpoint["progress"]["metrics"], target, task, int8_validation=validation, force=config.force,
+        model, checkpoint["tokenizer"], checkpoint["progress"]["metrics"], target, task, int8_validation=validation, force=config.force,
         max_loss_increase_nats=config.max_loss_increase_nats,
     )
     return target, report

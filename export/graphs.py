@@ -41,6 +41,7 @@ class GraphSpec:
     sample: Callable[[int, int, torch.Generator], dict[str, torch.Tensor]]  # (batch, steps, generator) → inputs
     state: dict[str, str] = field(default_factory=dict)  # state input → the output carried into it next step
     per_step: tuple[str, ...] = ()  # outputs with a T axis (axis 1)
+    relative: bool = False  # parity relative to each value's size past 1 (values in a series' own units: ppm, say)
 
 
 class _StepGraph(nn.Module):
@@ -55,6 +56,37 @@ class _StepGraph(nn.Module):
             return self.model(tokens, None)[0]
         logits, next_state = self.model(tokens, tuple(s.transpose(0, 1).contiguous() for s in state))
         return (logits, *(s.transpose(0, 1) for s in next_state))
+
+
+class _ValueStepGraph(nn.Module):
+    """ValueNet, batch-major: (values [B, T, F], *state [B, layers, H]) → (*what a client is answered, *next state)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, values: torch.Tensor, *state: torch.Tensor):
+        head, next_state = self.model(values, tuple(s.transpose(0, 1).contiguous() for s in state))
+        return (*self.model.served(head, values), *(s.transpose(0, 1) for s in next_state))
+
+
+def _value_step_graph(model) -> GraphSpec:
+    config = model.config
+    recurrent = list(config.served_state_names)
+    served = list(model.output_names)
+    outputs = [*served, *(state_output_name(n) for n in recurrent)]
+    dynamic = {"values": {0: "batch", 1: "T"}} | {n: {0: "batch", 1: "T"} for n in served}
+    dynamic |= {n: {0: "batch"} for n in (*recurrent, *(state_output_name(n) for n in recurrent))}
+
+    def sample(batch: int, steps: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Values around the training data's own (raw units), and a random state."""
+        values = torch.randn(batch, steps, config.inputs, generator=generator) * model.input_scale + model.input_mean
+        return {"values": values} | _random_state(model, batch, generator)
+
+    return GraphSpec(
+        _ValueStepGraph(model).eval(), ["values", *recurrent], outputs, dynamic, sample,
+        state={n: state_output_name(n) for n in recurrent}, per_step=tuple(served), relative=True,
+    )
 
 
 class _DecoderStepGraph(nn.Module):
@@ -101,6 +133,8 @@ def _random_state(model, batch: int, generator: torch.Generator) -> dict[str, to
 
 def step_graph(model) -> GraphSpec:
     config = model.config
+    if config.inputs:
+        return _value_step_graph(model)
     recurrent = list(config.served_state_names)
     names = [*recurrent, "memory", "mask"] if config.encoder_decoder else recurrent
     outputs = ["logits", *(state_output_name(n) for n in recurrent)] + (["attention"] if config.encoder_decoder else [])

@@ -10,6 +10,7 @@ from rnnserve.contract import (
     DEFAULT_SAMPLING,
     GREEDY,
     EncoderSpec,
+    InputSpec,
     OutputSpec,
     StateSpec,
     metadata_entry,
@@ -29,7 +30,16 @@ OUTPUT_MEANINGS = {
 }
 
 
+VALUE_OUTPUTS = {  # a ValueNet's served outputs (training.models.ValueNet.served) and what they mean
+    "probabilities": "each class's probability after each frame: the running guess for the sequence so far",
+    "mean": "each series' next value, forecast after each step, in the series' own units",
+    "std": "the standard deviation of that forecast (a Gaussian): mean ± 1.645·std is its 90% interval",
+}
+
+
 def model_document(config: ModelConfig, task, tokenizer_spec: dict, training: dict, parity: dict, **extra) -> dict:
+    if config.inputs:
+        return _values_document(config, task, training, parity, **extra)
     state = [StateSpec(name, state_output_name(name), (config.layers, config.hidden)) for name in config.served_state_names]
     outputs = [OutputSpec("logits", config.output_size, OUTPUT_MEANINGS[task.name], tuple(task.labels or ()))]
     encoder = None
@@ -69,3 +79,17 @@ def attach(model_bytes: bytes, document: dict) -> onnx.ModelProto:
     entry.key, entry.value = metadata_entry(document)
     model.producer_name = "rnnserve"
     return model
+
+
+def _values_document(config: ModelConfig, task, training: dict, parity: dict, **extra) -> dict:
+    """A ValueNet's: raw values in ([batch, T, F], named by `columns`), its served outputs out."""
+    state = [StateSpec(name, state_output_name(name), (config.layers, config.hidden)) for name in config.served_state_names]
+    names = ("probabilities",) if config.head == "classes" else ("mean", "std")
+    outputs = [OutputSpec(n, config.output_size, VALUE_OUTPUTS[n], tuple(config.labels)) for n in names]
+    return contract_document(
+        task.name, config.to_dict(), {"kind": "none"}, state, outputs, streaming=True,
+        model_input=InputSpec("values", "float32", (config.inputs,)),
+        sequence_output="last" if config.head == "classes" else "",
+        columns=list(config.columns), training=training, parity=parity,
+        exported_with={"torch": torch.__version__, "onnx": onnx.__version__, "opset": OPSET}, **extra,
+    )

@@ -14,6 +14,7 @@ import os
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import argparse
+import gc
 import json
 import sys
 from importlib import metadata
@@ -347,6 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--top-k", type=_number(int, 1, 2**32 - 1), default=0, help="predictions shown per step (default: 5, or all when fewer)")
     stream.add_argument("--audio", metavar="WAV", help="stream this mono 16-bit WAV file to an audio model; a voice activity detector's speech segments are printed as found")
     stream.add_argument("--values", metavar="CSV", help="stream numbers to a model that takes values, a step a line, comma-separated (- for stdin)")
+    stream.add_argument(
+        "--csv", metavar="FILE", help="stream a CSV file's rows, a step a row, to a model trained on numbers (the columns it was "
+        "trained on, found by their header names); a forecaster's next value with its 90%% interval, or a classifier's running guess, "
+        "is printed at every step",
+    )
     stream.add_argument("--threshold", type=_number(float, 0, 1), default=0.5, help="--audio: a chunk at least this probable is speech (default 0.5)")
     stream.add_argument("--min-silence-ms", type=_number(float, 0), default=100.0, help="--audio: silence that ends a segment (default 100)")
     stream.add_argument("--min-speech-ms", type=_number(float, 0), default=250.0, help="--audio: shorter segments are left out (default 250)")
@@ -370,34 +376,47 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "stream" and args.resume and not args.session_id:
         parser.commands["stream"].error("--resume needs --session-id: the name of the session to continue")
+    failure = _failure_of(args)
+    # A failed gRPC stream is its own exception, held in a reference cycle by its traceback. Collected at interpreter
+    # shutdown, it waits for a lock its request thread (a daemon, frozen by then) may hold, and the command never
+    # ends; collected here, while that thread still runs, it cannot. The exit is raised outside the except clause
+    # so that it does not hold the failure either.
+    gc.collect()
+    if failure is not None:
+        raise failure
+
+
+def _failure_of(args) -> SystemExit | None:
+    """Runs the command; what went wrong, as the one-line exit a person reads (None when nothing did)."""
     prefix = f"rnnserve {args.command}"
     try:
         args.run(args)
     except grpc.RpcError as err:
-        raise SystemExit(f"{prefix}: {_rpc_failure(args, err)}") from None
+        return SystemExit(f"{prefix}: {_rpc_failure(args, err)}")
     except UsageError as err:
-        raise SystemExit(f"{prefix}: {err}") from None
+        return SystemExit(f"{prefix}: {err}")
     except SystemExit as exit_:
         if isinstance(exit_.code, str) and not exit_.code.startswith("rnnserve"):
-            raise SystemExit(f"{prefix}: {exit_.code}") from None
-        raise
+            return SystemExit(f"{prefix}: {exit_.code}")
+        return SystemExit(exit_.code)
     except ModuleNotFoundError as err:
         if err.name in ("torch", "onnx", "tqdm", "matplotlib"):
-            raise SystemExit(f"{prefix}: {NEEDS_TRAIN_EXTRA} ({err.name} is missing)") from None
+            return SystemExit(f"{prefix}: {NEEDS_TRAIN_EXTRA} ({err.name} is missing)")
         if err.name == "redis":
-            raise SystemExit(f"{prefix}: --state-store needs the Redis client: pip install 'rnnserve[store]'") from None
+            return SystemExit(f"{prefix}: --state-store needs the Redis client: pip install 'rnnserve[store]'")
         raise
     except FileNotFoundError as err:  # a file named on the command line (a certificate, say)
-        raise SystemExit(f"{prefix}: {err.filename}: {err.strerror}") from None
+        return SystemExit(f"{prefix}: {err.filename}: {err.strerror}")
     except KeyboardInterrupt:
-        raise SystemExit(130) from None
+        return SystemExit(130)
     except BrokenPipeError:  # piped into a command that stopped reading (`| head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(0) from None
+        return SystemExit(0)
     except Exception as err:  # a fault of ours: still one line, with the way to see more
         if os.environ.get(SHOW_TRACEBACK):
             raise
-        raise SystemExit(
+        return SystemExit(
             f"{prefix}: unexpected error: {type(err).__name__}: {err} (a bug in rnnserve: run again with {SHOW_TRACEBACK}=1 "
             "for the traceback, and report it)"
-        ) from None
+        )
+    return None

@@ -4,6 +4,7 @@ came back; `rnnserve/cli.py` builds their flags and turns their failures into on
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import sys
@@ -13,6 +14,7 @@ from rnnserve.client import RnnServeClient
 from rnnserve.client.channel import open_channel
 from rnnserve.errors import UsageError
 from rnnserve.text import Tokenizer, UnknownText, token_text, tokenizer_from_spec
+from rnnserve.v1 import rnnserve_pb2 as pb
 
 ESCAPE = re.compile(r"\\(n|t|r|\\|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8})")
 NAMED_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
@@ -75,11 +77,16 @@ def stream(args) -> None:
         return stream_audio(args)
     if args.values:
         return stream_values(args)
+    if args.csv:
+        return stream_csv(args)
     with client_of(args) as client:
         lines = iter(sys.stdin.readline, "")
         if not reads_newlines(tokenizer_of(client, args.model, args.version)):
             lines = (line.rstrip("\r\n") for line in lines)
-        responses = client.stream(args.model, lines, args.version, args.session_id, args.resume, args.top_k)
+        # the stream opens before stdin is read, so a refusal (an unknown session, a full server) is said at once,
+        # and a resumed session's position is shown before anything is typed
+        opening = itertools.chain([pb.StreamRequest()], lines)
+        responses = client.stream(args.model, opening, args.version, args.session_id, args.resume, args.top_k)
         for response in responses:
             print_steps(response.steps)
             print_classes("so far", response.classes)
@@ -145,6 +152,39 @@ def stream_values(args) -> None:
         for response in client.stream(args.model, [np.array([row], np.float32) for row in rows], args.version, args.session_id, args.resume):
             print_values(position, outputs_of(response))
             position = response.position
+
+
+Z_90 = 1.6449  # a Gaussian's 90 % central interval is its mean ± this many standard deviations
+
+
+def stream_csv(args) -> None:
+    """A CSV file's rows, a step a row, to a model trained on numbers (`rnnserve train --task frame_classifier` or
+    `forecaster`): its columns are found by the names it was trained on, and each step is answered as it arrives."""
+    from rnnserve.client import outputs_of
+    from rnnserve.tables import CsvTable
+
+    with client_of(args) as client:
+        document = json.loads(client.get_model(args.model, args.version).metadata_json)
+        columns = document.get("columns")
+        if not columns:
+            raise UsageError(f"model {args.model!r} names no input columns: --csv is for models trained on numbers (--values streams bare numbers)")
+        rows = CsvTable(args.csv).numbers(f"model {args.model!r}, which was trained on {', '.join(columns)}", columns)
+        names = [o["name"] for o in document["outputs"]]
+        position = 0
+        response = None
+        for response in client.stream(args.model, (rows[i : i + 1] for i in range(len(rows))), args.version, args.session_id, args.resume):
+            outputs = outputs_of(response)
+            if names == ["mean", "std"]:
+                for name, mean, std in zip(columns, outputs["mean"][-1], outputs["std"][-1]):
+                    print(f"step {position}: next {name} {mean:.4g} (90% {mean - Z_90 * std:.4g} to {mean + Z_90 * std:.4g})", flush=True)
+            elif response.classes:
+                print(f"step {position}: " + "  ".join(f"{c.text!r} {c.probability:.2f}" for c in response.classes[:3]), flush=True)
+            else:
+                print_values(position, outputs)
+            position = response.position
+        if response is not None and response.classes:
+            print_classes("whole sequence", response.classes)
+    print(f"[{len(rows)} rows streamed, session {response.session_id if response else '-'}, position {position}]")
 
 
 def print_values(position: int, outputs: dict) -> None:

@@ -36,6 +36,22 @@ def classes(model: Model, logits: np.ndarray) -> tuple[Candidate, ...]:
     card = model.card
     if not card.sequence_output:
         return ()
-    per_step = softmax(logits.astype(np.float64))  # [T, C]
-    probabilities = per_step.mean(0) if card.sequence_output == "mean" else per_step[-1]
+    return _ranked(card, _whole(card, softmax(logits.astype(np.float64))))
+
+
+def value_classes(model: Model, outputs: tuple[tuple[str, np.ndarray], ...]) -> tuple[Candidate, ...]:
+    """The same for a classifier of values, whose graph answers each step's probabilities itself (its first output,
+    [T, C]); nothing for a chunk of no steps."""
+    card = model.card
+    if not card.sequence_output or not outputs or not len(outputs[0][1]):
+        return ()
+    return _ranked(card, _whole(card, outputs[0][1].astype(np.float64)))
+
+
+def _whole(card, per_step: np.ndarray) -> np.ndarray:
+    """[T, C] per-step probabilities → the answer for all read so far (the model's sequence_output rule)."""
+    return per_step.mean(0) if card.sequence_output == "mean" else per_step[-1]
+
+
+def _ranked(card, probabilities: np.ndarray) -> tuple[Candidate, ...]:
     return tuple(Candidate(int(i), card.labels[i], float(probabilities[i])) for i in np.argsort(-probabilities))

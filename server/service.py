@@ -16,7 +16,7 @@ import numpy as np
 from rnnserve.server.errors import FailedPrecondition, InvalidArgument, ServeError
 from rnnserve.server.generation import TextStream
 from rnnserve.server.inputs import Inputs, check_call, cut
-from rnnserve.server.predictions import classes, step_predictions
+from rnnserve.server.predictions import classes, step_predictions, value_classes
 from rnnserve.server.repository import Model
 from rnnserve.server.requests import (
     Chunk,
@@ -185,7 +185,10 @@ class InferenceService:
                 results[index] = tuple(zip(names, result.outputs))
             errors = await self._stepped_and_confirmed([row[1] for row in rows], [len(row[2]) for row in rows])
             for (index, session, _, behind), error in zip(rows, errors):
-                results[index] = error or ChunkResult(session.id, session.position, behind=behind, outputs=results[index] or ())
+                answered = results[index] or ()
+                results[index] = error or ChunkResult(
+                    session.id, session.position, classes=value_classes(model, answered), behind=behind, outputs=answered
+                )
 
         if len(by_model) == 1:  # the usual case (a Stream's chunk, a message of one model): no task to make
             await step(next(iter(by_model.values())))

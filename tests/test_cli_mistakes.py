@@ -3,6 +3,8 @@ a non-zero exit code: never a traceback. Each row runs the real command in a pro
 
 import http.server
 import shutil
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -145,3 +147,18 @@ def test_help_lists_choices_and_ends_with_examples():
 def test_version():
     done = run_cli("--version")
     assert done.returncode == 0 and done.stdout.startswith("rnnserve 0.")
+
+
+def test_a_refused_stream_ends_before_anything_is_typed(places):
+    """A person who resumes a session that is gone learns it at once, not after typing a line: the stream opens
+    before stdin is read, and its refusal ends the command while stdin is still open."""
+    command = [sys.executable, "-m", "rnnserve", "stream", "--target", places["target"], "--model", "lstm", "--session-id", "gone", "--resume"]
+    typing = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        code = typing.wait(timeout=60)  # not communicate(): it would close stdin
+    finally:
+        typing.kill()
+        stderr = typing.stderr.read()
+        typing.stdin.close()
+    assert code == FAILED, stderr
+    assert stderr.strip() == "rnnserve stream: NOT_FOUND: session 'gone' is unknown or expired (named sessions expire after 300 s without a stream)"

@@ -33,6 +33,7 @@ class TaskData:
     """A task's training batches (epoch by epoch, the same for the same seed) and validation batches."""
 
     chars_per_token: float = 1.0
+    rate = "chars_s"  # what the progress line counts per second: characters read, or (a number task's) steps
 
     val_batches: list[Batch]
     corpus: str = ""  # the text behind it, for per-character figures

@@ -6,7 +6,10 @@ from dataclasses import dataclass
 
 from rnnserve.options import check_choices, flag, option
 
-TASK_NAMES = ("language_model", "boundary_tagger", "text_classifier", "conditional_language_model", "date_normaliser")
+TASK_NAMES = (
+    "language_model", "boundary_tagger", "text_classifier", "conditional_language_model", "date_normaliser", "frame_classifier",
+    "forecaster",
+)
 TOKENIZER_KINDS = ("byte", "char", "bpe", "word")
 CELL_TYPES = ("rnn", "lstm", "gru")
 
@@ -17,13 +20,28 @@ class TrainConfig:
         "language_model",
         "language_model (next character); boundary_tagger (restore the spaces of text that has none); text_classifier "
         "(prose, Python or C?); conditional_language_model (write prose, Python or C on demand); date_normaliser "
-        "(an encoder–decoder with attention: any written date → YYYY-MM-DD)",
+        "(an encoder–decoder with attention: any written date → YYYY-MM-DD); frame_classifier (numbers: the class of a "
+        "sequence of frames, a running guess at every frame); forecaster (numbers: each series' next value, with its spread)",
         TASK_NAMES,
     )
     corpus: str | None = option(
         None, "UTF-8 text file to train on (default: the built-in corpus, Python's help topics; the classifier, conditional "
         "model and date normaliser use their own built-in data)"
     )
+    dataset: str | None = option(
+        None, "frame_classifier: JapaneseVowels (default) or BasicMotions, the UEA archive's own train/test split; forecaster: "
+        "co2 (default, weekly) or sunspots (yearly); all ship with the [series] extra"
+    )
+    csv: str | None = option(None, "frame_classifier, forecaster: your own data, a CSV file with a header row (instead of --dataset)")
+    columns: str | None = option(None, "--csv, frame_classifier: the comma-separated columns of a frame's values")
+    target: str | None = option(
+        None, "--csv: the column naming each sequence's class (frame_classifier), or the column(s) to forecast, comma-separated (forecaster)"
+    )
+    sequence: str | None = option(None, "--csv, frame_classifier: the column saying which sequence a row (a frame) belongs to")
+    time: str | None = option(
+        None, "--csv: the column to order rows by (numbers, or text such as ISO 8601 dates); default: the order written"
+    )
+    period: int = option(1, "--csv, forecaster: the series' seasonal period in steps (52 for weekly data with a yearly cycle), for MASE")
     tokenizer: str = option(
         "byte", "byte (any UTF-8, vocabulary 256), char (the corpus's characters), bpe (byte-level BPE learnt from the corpus: "
         "subwords, any text) or word (the corpus's commonest words, <unk> for the rest); bpe and word are for language models",
@@ -65,7 +83,13 @@ class TrainConfig:
                 f"--vocab-size {self.vocab_size}: a byte-level BPE vocabulary holds the 256 bytes before any merge, so it needs at "
                 "least 257 (2000 is the default, 4000 suits a larger corpus)"
             )
-        for name in ("layers", "hidden", "embedding", "batch_size", "bptt", "eval_every", "sample_chars", "vocab_size"):
+        numbers = self.task in ("frame_classifier", "forecaster")
+        if not numbers and (self.dataset or self.csv):
+            raise ValueError(f"--{'dataset' if self.dataset else 'csv'} is for frame_classifier and forecaster; a {self.task} reads text (--corpus)")
+        if self.csv is None and any(getattr(self, n) for n in ("columns", "target", "sequence", "time")):
+            named = next(n for n in ("columns", "target", "sequence", "time") if getattr(self, n))
+            raise ValueError(f"--{named} names a column of your --csv file: give --csv too")
+        for name in ("layers", "hidden", "embedding", "batch_size", "bptt", "eval_every", "sample_chars", "vocab_size", "period"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{flag(name)} must be at least 1, not {getattr(self, name)}")
         if self.steps is not None and self.steps < 1:

@@ -36,6 +36,10 @@ class ModelConfig:
     conditions: int = 0  # class labels, each with a learnt initial state (a conditional language model)
     special_tokens: bool = False  # the last two token ids are <bos> and <eos>, past the tokenizer's vocabulary
     encoder_decoder: bool = False  # an EncoderDecoder (bidirectional encoder, attentive decoder)
+    inputs: int = 0  # a ValueNet's values per step (frames, series); 0: the input is token ids
+    head: str = ""  # a ValueNet's head: "classes" (a class per sequence) or "gaussian" (each series' next value)
+    columns: tuple[str, ...] = ()  # a ValueNet's input values by name, in order (the CSV columns a client streams)
+    labels: tuple[str, ...] = ()  # a ValueNet classifier's class names
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -73,20 +77,19 @@ class ModelConfig:
         return asdict(self)
 
 
-class RecurrentNet(nn.Module):
-    """Per-step outputs over any cell type: next-token logits, or label logits.
+class _Recurrent(nn.Module):
+    """A recurrent stack and its state: where a sequence starts and what carries from one window to the next.
 
     State is kept in PyTorch's layout here, each tensor [layers·directions, B, hidden]; the export wrapper
     turns it batch-major for serving.
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, input_size: int):
         super().__init__()
         self.config = config
         layer_type, _ = CELLS[config.cell]
-        self.embed = nn.Embedding(config.vocab_size, config.embedding)
         self.rnn = layer_type(
-            config.embedding,
+            input_size,
             config.hidden,
             num_layers=config.layers,
             dropout=config.dropout if config.layers > 1 else 0.0,
@@ -94,15 +97,11 @@ class RecurrentNet(nn.Module):
             bidirectional=config.bidirectional,
         )
         self.drop = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.hidden * config.directions, config.output_size)
-
-        if config.conditions:
-            self.condition = nn.Embedding(config.conditions, len(config.state_names) * config.layers * config.hidden)
 
     def initial_state(self, batch: int, condition: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """Zeros, or for a conditional model the learnt state of each row's class label (condition [B])."""
         config = self.config
-        if config.conditions:
+        if config.conditions:  # only a RecurrentNet has conditions
             if condition is None:
                 raise ValueError("a conditional model starts from a class label: pass condition")
             # [B, states·layers·hidden] → one [layers, B, hidden] tensor per state name
@@ -123,14 +122,71 @@ class RecurrentNet(nn.Module):
             return tuple(torch.zeros_like(s) for s in state)
         return tuple(s.detach() for s in state)
 
+    def recur(self, x: torch.Tensor, state: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """x [B, T, input] → the top layer's outputs [B, T, H·directions], next state. None starts from zeros."""
+        packed_state = None if state is None else state if len(state) > 1 else state[0]
+        y, next_state = self.rnn(x, packed_state)
+        return y, next_state if isinstance(next_state, tuple) else (next_state,)
+
+
+class RecurrentNet(_Recurrent):
+    """Per-step outputs over any cell type: next-token logits, or label logits."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config, config.embedding)
+        self.embed = nn.Embedding(config.vocab_size, config.embedding)
+        self.head = nn.Linear(config.hidden * config.directions, config.output_size)
+        if config.conditions:
+            self.condition = nn.Embedding(config.conditions, len(config.state_names) * config.layers * config.hidden)
+
     def forward(self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...] | None):
         """tokens [B, T] → logits [B, T, outputs], next state (each [layers·directions, B, hidden]).
         A state of None starts from zeros."""
-        x = self.drop(self.embed(tokens))  # [B, T, E]
-        packed_state = None if state is None else state if len(state) > 1 else state[0]
-        y, next_state = self.rnn(x, packed_state)  # y: [B, T, H·directions]
-        next_state = next_state if isinstance(next_state, tuple) else (next_state,)
+        y, next_state = self.recur(self.drop(self.embed(tokens)), state)
         return self.head(self.drop(y)), next_state
+
+
+class ValueNet(_Recurrent):
+    """Numbers in, per step: a frame of F values (a speech frame's coefficients, a sensor's axes) or the series'
+    values at one time. Each input value is normalised by the training split's mean and spread, kept in the model
+    (buffers) so that clients send raw values. Its head is a classifier's logits over its labels ("classes"), or a
+    Gaussian over each series' next value ("gaussian": the change from this step's value and a log-spread, in
+    normalised units; a change, so that a series that trends past all it was trained on is still followed)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config, config.inputs)
+        self.register_buffer("input_mean", torch.zeros(config.inputs))
+        self.register_buffer("input_scale", torch.ones(config.inputs))
+        self.head = nn.Linear(config.hidden * config.directions, config.output_size * (2 if config.head == "gaussian" else 1))
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The served graph's per-step outputs (ValueNet.served)."""
+        return ("probabilities",) if self.config.head == "classes" else ("mean", "std")
+
+    def normalise_from(self, values: torch.Tensor) -> None:
+        """The training split's per-value mean and spread ([N, F] of every step); a constant value is left unscaled."""
+        self.input_mean.copy_(values.mean(0))
+        self.input_scale.copy_(torch.where(values.std(0) > 0, values.std(0), torch.ones(values.size(1))))
+
+    def forward(self, values: torch.Tensor, state: tuple[torch.Tensor, ...] | None):
+        """values [B, T, F] raw → the head's outputs [B, T, ·] in normalised units, next state."""
+        y, next_state = self.recur((values - self.input_mean) / self.input_scale, state)
+        return self.head(self.drop(y)), next_state
+
+    def gaussian(self, head: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A Gaussian head's outputs → (mean, log standard deviation) of each series' change to its next value,
+        in normalised units."""
+        change, log_std = head.chunk(2, dim=-1)
+        return change, log_std.clamp(-7.0, 7.0)
+
+    def served(self, head: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What a client is answered after each step (values [B, T, F] raw): each class's probability, or each
+        series' next value as a mean and standard deviation in the series' own units."""
+        if self.config.head == "classes":
+            return (torch.softmax(head, dim=-1),)
+        change, log_std = self.gaussian(head)
+        return values + change * self.input_scale, torch.exp(log_std) * self.input_scale
 
 
 class EncoderDecoder(nn.Module):
@@ -202,4 +258,6 @@ class EncoderDecoder(nn.Module):
 
 
 def build_model(config: ModelConfig) -> nn.Module:
+    if config.inputs:
+        return ValueNet(config)
     return EncoderDecoder(config) if config.encoder_decoder else RecurrentNet(config)

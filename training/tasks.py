@@ -7,6 +7,7 @@ import math
 import random
 
 import torch
+from torch import nn
 
 from rnnserve.errors import UsageError
 from rnnserve.text import IncrementalDecoder, Tokenizer
@@ -14,6 +15,7 @@ from rnnserve.training.batches import IGNORE, Batch, Examples, Streams, TaskData
 from rnnserve.training.config import TrainConfig
 from rnnserve.training.data import date_pair, labelled_corpus, load_corpus, split_corpus, unigram_entropy_bits
 from rnnserve.training.models import ModelConfig
+from rnnserve.training.number_tasks import NUMBER_TASKS
 
 LN2 = math.log(2)
 SAMPLE_PROMPT_CHARS = 4  # of the corpus's opening, which a language model's sample continues
@@ -30,16 +32,28 @@ class LanguageModel:
     encoder_decoder = False  # an EncoderDecoder: a source in, a text out
     bidirectional_refusal = "--bidirectional: a {name} must not see what it predicts; only taggers and classifiers read both ways"
     builtin_corpus = "builtin:pydoc_data.topics"
+    reads_text = True  # a tokenizer is made for it (the number tasks, training/number_tasks.py, read values)
 
     def corpus(self, config: TrainConfig) -> str:
         return load_corpus(config.corpus)
+
+    def source_figures(self, config: TrainConfig, text: str) -> dict:
+        return {"corpus": config.corpus or self.builtin_corpus, "corpus_chars": len(text)}
+
+    def prepare(self, model, data: TaskData) -> None:
+        """Before the first step (not on a resume): nothing for a text task."""
+
+    def loss_total(self, model, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, int]:
+        """The summed loss of a batch and how many predictions it sums: cross-entropy over every unpadded step."""
+        total = nn.functional.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE, reduction="sum")
+        return total, int((batch.targets != IGNORE).sum())
 
     def tokenizer_text(self, text: str, config: TrainConfig) -> str:
         """What the tokenizer is built from: a learnt vocabulary (bpe, word) sees the training text alone, so the
         validation text is as new to it as to the model."""
         return split_corpus(text, config.val_fraction)[0] if config.tokenizer in ("bpe", "word") else text
 
-    def model_config(self, vocab_size: int, config: TrainConfig) -> ModelConfig:
+    def model_config(self, vocab_size: int, config: TrainConfig, data: TaskData | None = None) -> ModelConfig:
         """A model that generates from a label or a source also reads <bos> and writes <eos>, past the tokenizer's vocabulary."""
         if config.bidirectional and not self.labels:
             raise UsageError(self.bidirectional_refusal.format(name=self.name))
@@ -347,7 +361,7 @@ def greedy_decode(model, tokenizer: Tokenizer, source: str, max_tokens: int = 32
 
 TASKS = {
     task.name: task
-    for task in (LanguageModel(), BoundaryTagger(), TextClassifier(), ConditionalLanguageModel(), DateNormaliser())
+    for task in (LanguageModel(), BoundaryTagger(), TextClassifier(), ConditionalLanguageModel(), DateNormaliser(), *NUMBER_TASKS)
 }
 
 

@@ -16,12 +16,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rnnserve.errors import UsageError
 from rnnserve.text import Tokenizer, UnknownText, make_tokenizer, tokenizer_from_spec
-from rnnserve.training.batches import IGNORE, Batch
+from rnnserve.training.batches import Batch
 from rnnserve.training.config import TrainConfig
 from rnnserve.training.distributed import World, join
 from rnnserve.training.models import ModelConfig, build_model
 from rnnserve.training.progress import ProgressReport
-from rnnserve.training.tasks import task_named
+from rnnserve.training.tasks import LanguageModel, task_named
+
+LANGUAGE_MODEL = LanguageModel()
 
 
 @dataclass
@@ -58,15 +60,16 @@ def lr_factor(config: TrainConfig, step: int, fraction_done: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, batches: list[Batch]) -> tuple[float, list[torch.Tensor]]:
-    """Mean validation loss in nats per (unpadded) step, and every batch's logits."""
+def evaluate(model, batches: list[Batch], task=LANGUAGE_MODEL) -> tuple[float, list[torch.Tensor]]:
+    """Mean validation loss in nats per prediction (the task's: a token, a label, a value), and every batch's outputs."""
     model.eval()
     state, total, count, logits_all = None, 0.0, 0, []
     for batch in batches:
         state = model.start(batch) if batch.fresh else model.carried(state)
         logits, state = model(batch.inputs, state)
-        total += nn.functional.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE, reduction="sum").item()
-        count += int((batch.targets != IGNORE).sum())
+        summed, counted = task.loss_total(model, logits, batch)
+        total += summed.item()
+        count += counted
         logits_all.append(logits)
     model.train()
     return total / count, logits_all
@@ -79,7 +82,7 @@ def save_checkpoint(path: Path, model, optimizer, tokenizer, config: TrainConfig
     torch.save(
         {
             "model_config": model.config.to_dict(),
-            "tokenizer": tokenizer.spec(),
+            "tokenizer": tokenizer.spec() if tokenizer else NO_TOKENIZER,
             "model_state": model.state_dict(),
             "optimizer_state": optimizer.state_dict(),
             "train_config": asdict(config),
@@ -91,6 +94,7 @@ def save_checkpoint(path: Path, model, optimizer, tokenizer, config: TrainConfig
     os.replace(tmp, path)
 
 
+NO_TOKENIZER = {"kind": "none"}  # a model that reads values
 CHECKPOINT_KEYS = ("model_config", "tokenizer", "model_state", "optimizer_state", "train_config", "progress", "rng_state")
 
 
@@ -157,16 +161,18 @@ def _train(config: TrainConfig, world: World) -> dict:
         config = replace(config, corpus=checkpoint["train_config"].get("corpus"))
     task = task_named(checkpoint["train_config"].get("task", "language_model") if checkpoint else config.task)
     text = task.corpus(config)
-    tokenizer = tokenizer_from_spec(checkpoint["tokenizer"]) if checkpoint else make_tokenizer(
-        config.tokenizer, task.tokenizer_text(text, config), config.vocab_size
-    )
+    if checkpoint:
+        tokenizer = tokenizer_from_spec(checkpoint["tokenizer"])
+    else:
+        tokenizer = make_tokenizer(config.tokenizer, task.tokenizer_text(text, config), config.vocab_size) if task.reads_text else None
     try:
         data = task.data(tokenizer, text, config)
     except UnknownText as err:  # only a resumed char model's vocabulary can lack what the corpus holds
         learnt_from = checkpoint["train_config"].get("corpus") or "the built-in corpus"
         raise UsageError(f"--corpus {config.corpus}: {err}, which was learnt from {learnt_from}: resume on that text, or start a new run") from None
-    model_config = ModelConfig(**checkpoint["model_config"]) if checkpoint else task.model_config(tokenizer.vocab_size, config)
+    model_config = ModelConfig(**checkpoint["model_config"]) if checkpoint else task.model_config(tokenizer.vocab_size if tokenizer else 0, config, data)
     model = build_model(model_config)
+    task.prepare(model, data)  # a resumed model's own figures come back with its weights, below
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     # the model every rank steps: gradients averaged across ranks (one process: the model itself)
     stepped = DistributedDataParallel(model) if world.size > 1 else model
@@ -185,15 +191,14 @@ def _train(config: TrainConfig, world: World) -> dict:
         return max(done)
 
     def checkpoint_now(train_loss: float) -> None:
-        val_loss, logits = evaluate(model, data.val_batches)
+        val_loss, logits = evaluate(model, data.val_batches, task)
         progress.metrics = {
             "task": task.name,
             "train_loss_nats": round(train_loss, 4),
             **task.metrics(val_loss, logits, data, model),
             "steps": progress.step,
             "train_seconds": round(progress.elapsed_s, 1),
-            "corpus": config.corpus or task.builtin_corpus,
-            "corpus_chars": len(text),
+            **task.source_figures(config, text),
         }
         progress.evaluations.append({k: v for k, v in progress.metrics.items() if isinstance(v, (int, float))})
         if not world.leader:
@@ -230,7 +235,8 @@ def _train(config: TrainConfig, world: World) -> dict:
             batch = world.rows(batch)
             state = model.start(batch) if batch.fresh or state is None else model.carried(state)
             logits, state = stepped(batch.inputs, state)
-            loss = nn.functional.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE)
+            summed, counted = task.loss_total(model, logits, batch)
+            loss = summed / max(1, counted)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), config.clip)
@@ -244,7 +250,7 @@ def _train(config: TrainConfig, world: World) -> dict:
             loss_ema = step_loss if loss_ema is None else 0.95 * loss_ema + 0.05 * step_loss
             report.update(
                 done(), step=str(progress.step), loss=f"{loss_ema:.3f}",
-                chars_s=f"{batch.inputs.numel() * world.size * data.chars_per_token / seconds:,.0f}",
+                **{data.rate: f"{batch.inputs.shape[0] * batch.inputs.shape[1] * world.size * data.chars_per_token / seconds:,.0f}"},
             )
             if progress.step % max(1, config.eval_every // CURVE_POINTS_PER_EVALUATION) == 0:
                 progress.train_curve.append([progress.step, round(loss_ema, 4)])
