@@ -8,7 +8,8 @@ same splits:
 - forecasting (co2 weekly, sunspots yearly; the held-out end of each series): one-step-ahead MASE and 90 % interval
   coverage of a `--task forecaster` model beside persistence, the seasonal-naive forecast and an ARIMA fitted by
   statsmodels on the same training part (its order chosen by AIC), each forecasting every held-out step from all the
-  values before it, as a stream does.
+  values before it, as a stream does; and one forecast of a period ahead from the start of the held-out end (the
+  server's sampled futures, beside ARIMA's forecast and the last period repeated).
 
     python -m bench.numbers --minutes 2          # each model trained for 2 minutes (the README's table)
     python -m bench.numbers --steps 300 --quick  # a fast check: fewer baselines
@@ -75,6 +76,40 @@ def classifier_baselines(dataset: str, quick: bool) -> dict:
 ARIMA_ORDERS = ((1, 1, 1), (2, 1, 2), (3, 1, 0), (2, 0, 1), (9, 0, 0))
 
 
+def look_ahead(checkpoint: Path, dataset: str, val_fraction: float, out: Path) -> dict:
+    """One forecast of a period's steps (co2: 52 weeks; sunspots: 11 years) from the start of the held-out end, as
+    the server makes it (server/forecasts.py: sampled futures) on the exported graph: its MASE and how often its 90 %
+    interval holds the truth."""
+    import onnxruntime as ort
+
+    from rnnserve.contract import read_card
+    from rnnserve.export.config import ExportConfig
+    from rnnserve.export.exporter import export
+    from rnnserve.server.forecasts import sample_futures
+    from rnnserve.server.requests import ForecastAsk
+
+    target, _ = export(ExportConfig(str(checkpoint), str(out / "models"), dataset, "1"))
+    graph = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    card = read_card(dataset, "1", graph.get_modelmeta().custom_metadata_map)
+    source = builtin_series(dataset)
+    y, cut = source.values, held_out_start(len(source.values), val_fraction)
+    horizon = min(source.period, len(y) - cut)
+    fresh = {s.name: np.full((1, *s.shape), s.initial, np.float32) for s in card.state}
+    mean, std, *state = graph.run(["mean", "std", *(s.output for s in card.state)], {card.input.name: y[None, :cut], **fresh})
+    ahead = dict(sample_futures(graph, card, {s.name: v[0] for s, v in zip(card.state, state)}, mean[0, -1], std[0, -1], ForecastAsk(horizon, 200, 0)))
+    truth = y[cut : cut + horizon]
+    return {
+        "horizon": horizon,
+        "ahead_mase": round(float(np.abs(ahead["mean"] - truth).mean() / _mase_scale(y[:cut, 0], source.period)), 4),
+        "ahead_coverage_90": round(float(((truth >= ahead["low"]) & (truth <= ahead["high"])).mean()), 4),
+    }
+
+
+def _mase_scale(train: np.ndarray, period: int) -> float:
+    m = period if period < len(train) else 1
+    return float(np.abs(train[m:] - train[:-m]).mean())
+
+
 def forecast_baselines(dataset: str, val_fraction: float) -> dict:
     """ARIMA (the order of least AIC on the training part, its parameters then fixed) forecasting each held-out step
     from the values before it, with its own 90 % interval; MASE scaled as the model's is (training/number_tasks.py)."""
@@ -84,7 +119,8 @@ def forecast_baselines(dataset: str, val_fraction: float) -> dict:
     y = source.values[:, 0].astype(np.float64)
     cut = held_out_start(len(y), val_fraction)
     m = source.period if source.period < cut else 1
-    scale = np.abs(y[m:cut] - y[: cut - m]).mean()
+    scale = _mase_scale(y[:cut], source.period)
+    horizon = min(source.period, len(y) - cut)
     started = time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence notices of the orders that lose
@@ -92,13 +128,20 @@ def forecast_baselines(dataset: str, val_fraction: float) -> dict:
         best, order = min(fits, key=lambda pair: pair[0].aic)
         extended = best.append(y[cut:], refit=False)
         prediction = extended.get_prediction(start=cut, end=len(y) - 1)
+        ahead = best.get_forecast(horizon)
     mean = prediction.predicted_mean
     low, high = prediction.conf_int(alpha=0.1).T
     truth = y[cut:]
+    ahead_low, ahead_high = ahead.conf_int(alpha=0.1).T
+    ahead_truth = truth[:horizon]
+    seasonal = y[cut - m : cut][np.arange(horizon) % m]  # the last period, repeated
     return {
         "arima_order": list(order),
         "arima_mase": round(float(np.abs(mean - truth).mean() / scale), 4),
         "arima_coverage_90": round(float(((truth >= low) & (truth <= high)).mean()), 4),
+        "arima_ahead_mase": round(float(np.abs(ahead.predicted_mean - ahead_truth).mean() / scale), 4),
+        "arima_ahead_coverage_90": round(float(((ahead_truth >= ahead_low) & (ahead_truth <= ahead_high)).mean()), 4),
+        "seasonal_naive_ahead_mase": round(float(np.abs(seasonal - ahead_truth).mean() / scale), 4),
         "arima_cpu_seconds": round(time.process_time() - started, 1),
     }
 
@@ -125,7 +168,9 @@ def main(argv: list[str] | None = None) -> dict:
             model = trained("forecaster", dataset, budget, Path(tmp))
             results["forecasting"][dataset] = {
                 key: model[key] for key in ("mase", "coverage_90", "persistence_mase", "seasonal_naive_mase", "held_out_steps", "period", "train_seconds", "steps")
-            } | forecast_baselines(dataset, FORECAST_MODEL["val_fraction"])
+            } | look_ahead(Path(tmp) / f"{dataset}.pt", dataset, FORECAST_MODEL["val_fraction"], Path(tmp)) | forecast_baselines(
+                dataset, FORECAST_MODEL["val_fraction"]
+            )
     print(json.dumps(results, indent=2))
     print(markdown(results))
     return results
@@ -145,6 +190,12 @@ def markdown(results: dict) -> str:
             f"| {name} ({r['held_out_steps']}) | **{r['mase']:.3f}** | {r['coverage_90']:.1%} | {r['persistence_mase']:.3f} | "
             f"{r['seasonal_naive_mase']:.3f} (period {r['period']}) | {r['arima_mase']:.3f} {tuple(r['arima_order'])} | {r['arima_coverage_90']:.1%} | "
             f"{r['train_seconds']:.0f} s, {r['steps']} steps |"
+        )
+    rows += ["", "| series | steps ahead | rnnserve MASE | 90% covers | seasonal naive | ARIMA | ARIMA 90% covers |", "|---|---|---|---|---|---|---|"]
+    for name, r in results["forecasting"].items():
+        rows.append(
+            f"| {name} | {r['horizon']} | **{r['ahead_mase']:.3f}** | {r['ahead_coverage_90']:.1%} | {r['seasonal_naive_ahead_mase']:.3f} | "
+            f"{r['arima_ahead_mase']:.3f} | {r['arima_ahead_coverage_90']:.1%} |"
         )
     return "\n".join(rows)
 

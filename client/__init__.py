@@ -3,6 +3,8 @@
 from rnnserve.client.native import (
     RnnServeClient,
     audio_request,
+    forecast_of,
+    forecast_request,
     outputs_of,
     rows_outputs,
     session_chunk,
@@ -10,4 +12,4 @@ from rnnserve.client.native import (
     values_tensor,
 )
 
-__all__ = ["RnnServeClient", "audio_request", "outputs_of", "rows_outputs", "session_chunk", "session_rows", "values_tensor"]
+__all__ = ["RnnServeClient", "audio_request", "forecast_of", "forecast_request", "outputs_of", "rows_outputs", "session_chunk", "session_rows", "values_tensor"]

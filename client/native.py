@@ -191,4 +191,21 @@ def values_tensor(values: np.ndarray) -> pb.Tensor:
 
 def outputs_of(response: pb.StreamResponse) -> dict[str, np.ndarray]:
     """A values model's answer: each output's [T, *output] for the message's steps."""
-    return {t.name: np.frombuffer(t.data, "<f4").reshape(tuple(t.shape)) for t in response.outputs}
+    return _arrays(response.outputs)
+
+
+def forecast_request(values: np.ndarray, horizon: int, paths: int = 0, seed: int = 0) -> pb.StreamRequest:
+    """A forecaster's steps [T, series] (at least one) and a look `horizon` steps ahead from the last of them,
+    sampled over `paths` futures (0: the server's default); read the answer with `forecast_of`."""
+    request = _chunk_request(np.asarray(values, np.float32))
+    request.forecast.CopyFrom(pb.ForecastParams(horizon=horizon, paths=paths, seed=seed))
+    return request
+
+
+def forecast_of(response: pb.StreamResponse) -> dict[str, np.ndarray]:
+    """A forecaster's look ahead: "mean", "low" (5 % quantile) and "high" (95 %), each [horizon, series]."""
+    return _arrays(response.forecast.outputs)
+
+
+def _arrays(tensors) -> dict[str, np.ndarray]:
+    return {t.name: np.frombuffer(t.data, "<f4").reshape(tuple(t.shape)) for t in tensors}

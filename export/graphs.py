@@ -66,8 +66,10 @@ class _ValueStepGraph(nn.Module):
         self.model = model
 
     def forward(self, values: torch.Tensor, *state: torch.Tensor):
-        head, next_state = self.model(values, tuple(s.transpose(0, 1).contiguous() for s in state))
-        return (*self.model.served(head, values), *(s.transpose(0, 1) for s in next_state))
+        recurrent = len(self.model.config.state_names)  # in PyTorch's layout; a forecaster's last values are batch-major
+        theirs = (*(s.transpose(0, 1).contiguous() for s in state[:recurrent]), *state[recurrent:])
+        head, next_state = self.model(values, theirs)
+        return (*self.model.served(head, values), *(s.transpose(0, 1) for s in next_state[:recurrent]), *next_state[recurrent:])
 
 
 def _value_step_graph(model) -> GraphSpec:
@@ -81,7 +83,10 @@ def _value_step_graph(model) -> GraphSpec:
     def sample(batch: int, steps: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Values around the training data's own (raw units), and a random state."""
         values = torch.randn(batch, steps, config.inputs, generator=generator) * model.input_scale + model.input_mean
-        return {"values": values} | _random_state(model, batch, generator)
+        state = _random_state(model, batch, generator)
+        if "previous" in state:  # a forecaster's last values read, in the data's range too
+            state["previous"] = state["previous"] * model.input_scale + model.input_mean
+        return {"values": values} | state
 
     return GraphSpec(
         _ValueStepGraph(model).eval(), ["values", *recurrent], outputs, dynamic, sample,
@@ -122,7 +127,7 @@ class _EncoderGraph(nn.Module):
 def _random_state(model, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Random, not zeros, so a graph that ignored its state inputs would fail the parity check."""
     config = model.config
-    state = {n: 0.5 * torch.randn(batch, config.layers, config.hidden, generator=generator) for n in config.served_state_names}
+    state = {n: 0.5 * torch.randn(batch, *config.state_shape(n), generator=generator) for n in config.served_state_names}
     if config.encoder_decoder:
         source = 7
         state["memory"] = torch.randn(batch, source, config.hidden, generator=generator)

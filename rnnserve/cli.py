@@ -353,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
         "trained on, found by their header names); a forecaster's next value with its 90%% interval, or a classifier's running guess, "
         "is printed at every step",
     )
+    stream.add_argument("--horizon", type=_number(int, 1, 1000), default=0, help="--csv, a forecaster: after the last row, forecast this many steps further (sampled futures: a mean and a 90%% interval per step)")
+    stream.add_argument("--seed", type=_number(int, 0, 2**63 - 1), default=0, help="--horizon: the seed of the sampled futures (default 0)")
+    stream.add_argument("--plot", metavar="PNG", help="--csv: draw what was answered (a forecaster's forecasts against the values, a classifier's running guess; needs matplotlib, in [train])")
     stream.add_argument("--threshold", type=_number(float, 0, 1), default=0.5, help="--audio: a chunk at least this probable is speech (default 0.5)")
     stream.add_argument("--min-silence-ms", type=_number(float, 0), default=100.0, help="--audio: silence that ends a segment (default 100)")
     stream.add_argument("--min-speech-ms", type=_number(float, 0), default=250.0, help="--audio: shorter segments are left out (default 250)")

@@ -159,8 +159,9 @@ Z_90 = 1.6449  # a Gaussian's 90 % central interval is its mean ± this many sta
 
 def stream_csv(args) -> None:
     """A CSV file's rows, a step a row, to a model trained on numbers (`rnnserve train --task frame_classifier` or
-    `forecaster`): its columns are found by the names it was trained on, and each step is answered as it arrives."""
-    from rnnserve.client import outputs_of
+    `forecaster`): its columns are found by the names it was trained on, and each step is answered as it arrives.
+    With --horizon, the last row also asks a forecaster to look that far ahead; with --plot, what was answered is drawn."""
+    from rnnserve.client import forecast_of, forecast_request, outputs_of
     from rnnserve.tables import CsvTable
 
     with client_of(args) as client:
@@ -168,23 +169,48 @@ def stream_csv(args) -> None:
         columns = document.get("columns")
         if not columns:
             raise UsageError(f"model {args.model!r} names no input columns: --csv is for models trained on numbers (--values streams bare numbers)")
+        forecaster = document["task"] == "forecaster"
+        if args.horizon and not forecaster:
+            raise UsageError(f"--horizon: model {args.model!r} is a {document['task']}, not a forecaster")
         rows = CsvTable(args.csv).numbers(f"model {args.model!r}, which was trained on {', '.join(columns)}", columns)
-        names = [o["name"] for o in document["outputs"]]
-        position = 0
+        messages = [rows[i : i + 1] for i in range(len(rows))]
+        if args.horizon and messages:
+            messages[-1] = forecast_request(messages[-1], args.horizon, seed=args.seed)
+        answered: list[dict] = []
         response = None
-        for response in client.stream(args.model, (rows[i : i + 1] for i in range(len(rows))), args.version, args.session_id, args.resume):
+        for response in client.stream(args.model, messages, args.version, args.session_id, args.resume):
             outputs = outputs_of(response)
-            if names == ["mean", "std"]:
+            answered.append(outputs)
+            step = response.position - 1
+            if forecaster:
                 for name, mean, std in zip(columns, outputs["mean"][-1], outputs["std"][-1]):
-                    print(f"step {position}: next {name} {mean:.4g} (90% {mean - Z_90 * std:.4g} to {mean + Z_90 * std:.4g})", flush=True)
-            elif response.classes:
-                print(f"step {position}: " + "  ".join(f"{c.text!r} {c.probability:.2f}" for c in response.classes[:3]), flush=True)
+                    print(f"step {step}: next {name} {mean:.4g} (90% {mean - Z_90 * std:.4g} to {mean + Z_90 * std:.4g})", flush=True)
             else:
-                print_values(position, outputs)
-            position = response.position
+                print(f"step {step}: " + "  ".join(f"{c.text!r} {c.probability:.2f}" for c in response.classes[:3]), flush=True)
+        ahead = forecast_of(response) if response is not None and args.horizon else {}
+        for h in range(len(ahead.get("mean", ()))):
+            for s, name in enumerate(columns):
+                print(f"ahead {h + 1}: {name} {ahead['mean'][h, s]:.4g} (90% {ahead['low'][h, s]:.4g} to {ahead['high'][h, s]:.4g})")
         if response is not None and response.classes:
             print_classes("whole sequence", response.classes)
-    print(f"[{len(rows)} rows streamed, session {response.session_id if response else '-'}, position {position}]")
+    print(f"[{len(rows)} rows streamed, session {response.session_id if response else '-'}, position {response.position if response else 0}]")
+    if args.plot and answered:
+        _plot_answers(args.plot, document, columns, rows, answered, ahead)
+
+
+def _plot_answers(out: str, document: dict, columns: list[str], rows, answered: list[dict], ahead: dict) -> None:
+    """--plot: a forecaster's first series against its forecasts, or a classifier's running guess."""
+    import numpy as np
+
+    from rnnserve.training.plots import plot_class_probabilities, plot_forecast
+
+    if document["task"] == "forecaster":
+        mean, std = (np.concatenate([a[name] for a in answered])[:, 0] for name in ("mean", "std"))
+        firsts = {k: v[:, 0] for k, v in ahead.items()}
+        written = plot_forecast(columns[0], rows[:, 0], mean, std, firsts or None, out, Z_90)
+    else:
+        written = plot_class_probabilities(document["outputs"][0]["labels"], np.concatenate([a["probabilities"] for a in answered]), out)
+    print(f"wrote {written}")
 
 
 def print_values(position: int, outputs: dict) -> None:

@@ -65,6 +65,16 @@ class Chunk:
     tokens: tuple[int, ...] = ()
     values: TensorInput | None = None  # for a model that takes values
     audio: AudioInput | None = None  # for an audio model: samples the server cuts into its steps
+    forecast: ForecastAsk | None = None  # for a forecaster: look ahead after this chunk's steps
+
+
+@dataclass(frozen=True, slots=True)
+class ForecastAsk:
+    """How far ahead a forecaster is asked to look, as a client sent it (0: not said)."""
+
+    horizon: int
+    paths: int = 0
+    seed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +119,8 @@ class ChunkResult:
     classes: tuple[Candidate, ...] = ()  # classifiers: every class's probability for all input so far
     behind: int = 0  # a resume: tokens the state lacked of the client's acknowledged position when the chunk arrived
     outputs: tuple[tuple[str, np.ndarray], ...] = ()  # a model that takes values: (name, [T, *output]) for each output
+    forecast: tuple[tuple[str, np.ndarray], ...] = ()  # a forecaster asked to look ahead: mean, low, high [horizon, series]
+    forecast_paths: int = 0
 
 
 @dataclass(frozen=True, slots=True)

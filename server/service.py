@@ -8,11 +8,13 @@ in server/tensors.py, the checks of what a request asks in server/inputs.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import numpy as np
 
+from rnnserve.server import forecasts
 from rnnserve.server.errors import FailedPrecondition, InvalidArgument, ServeError
 from rnnserve.server.generation import TextStream
 from rnnserve.server.inputs import Inputs, check_call, cut
@@ -143,10 +145,15 @@ class InferenceService:
     async def _consume_values(self, session: Session, chunk: Chunk) -> ChunkResult:
         """A message of a model that takes values: its steps, answered with every output of every step (the way a
         multiplexed message's chunks are, as one of them)."""
+        if chunk.forecast is not None:  # checked before a step is taken; the steps it needs are checked with the chunk
+            ask = forecasts.checked(session.model, chunk.forecast, 1 if chunk.audio is not None else _steps_sent(chunk))
         (result,) = await self.consume_values_together([(session, chunk)])
         if isinstance(result, ServeError):
             raise result
-        return result
+        if chunk.forecast is None:
+            return result
+        ahead = await forecasts.look_ahead(session, result.outputs, ask)
+        return dataclasses.replace(result, forecast=ahead, forecast_paths=ask.paths)
 
     async def consume_values_together(self, items: list[tuple[Session, Chunk]]) -> list[ChunkResult | ServeError]:
         """Chunks of many sessions of models that take values (a multiplexed message's, one chunk a session): each
@@ -270,3 +277,8 @@ class InferenceService:
 
     def close_session(self, session_id: str) -> None:
         self.sessions.close(session_id)
+
+
+def _steps_sent(chunk: Chunk) -> int:
+    """The steps a chunk's values tensor says it holds ([T, *step]), before it is checked."""
+    return chunk.values.shape[0] if chunk.values is not None and chunk.values.shape else 0

@@ -4,12 +4,13 @@ PyTorch model's, frame by frame and whole, and each model beats the trivial base
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from rnnserve.client import outputs_of
+from rnnserve.client import forecast_of, forecast_request, outputs_of
 from rnnserve.server.config import ServerConfig
 from tests.helpers import ServerThread, run_cli
 
@@ -91,10 +92,8 @@ def test_a_streamed_classifier_answers_what_pytorch_does_frame_by_frame_and_whol
 
 
 def test_a_streamed_forecast_is_in_the_series_own_units(number_models, number_server):
-    from statsmodels import datasets
-
     _, _, checkpoints = number_models
-    series = datasets.sunspots.load_pandas().data["SUNACTIVITY"].to_numpy(np.float32)[:, None]
+    series = sunspots()
     mean, std = in_process(checkpoints["sunspots"], series)
     with number_server.client() as client:
         answers = [outputs_of(r) for r in client.stream("sunspots", [series[t : t + 1] for t in range(len(series))])]
@@ -108,10 +107,73 @@ def test_a_streamed_forecast_is_in_the_series_own_units(number_models, number_se
     model, _, _ = load_model(checkpoints["sunspots"])
     with torch.no_grad():
         change, log_std = model.gaussian(model(torch.from_numpy(series)[None], None)[0])
-    scale = float(model.input_scale[0])
+    scale = float(model.change_scale[0])
     np.testing.assert_allclose(served_mean[:, 0], series[:, 0] + scale * change[0, :, 0].numpy(), rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(served_std[:, 0], scale * np.exp(log_std[0, :, 0].numpy()), rtol=1e-5, atol=1e-4)
-    assert 10 < scale < 60  # sunspot activity's spread, not 1: the figures are the data's own
+    from rnnserve.training.number_tasks import held_out_start
+
+    learnt = held_out_start(held_out_start(len(series), 0.1), 0.1)  # before the selection stretch and the held-out end
+    assert scale == pytest.approx(float(np.std(np.diff(series[:learnt, 0]), ddof=1)), rel=1e-5)  # its changes' spread, not 1
+
+
+def sunspots() -> np.ndarray:
+    from statsmodels import datasets
+
+    return datasets.sunspots.load_pandas().data["SUNACTIVITY"].to_numpy(np.float32)[:, None]
+
+
+def test_a_look_ahead_is_the_models_own_futures_and_leaves_the_state_as_it_was(number_models, number_server):
+    """Futures sampled on the server equal futures sampled with PyTorch from the same state and the same draws (numpy's
+    default_rng(seed)); the session then goes on as if no forecast had been asked."""
+    from rnnserve.training.train import load_model
+
+    _, _, checkpoints = number_models
+    series, cut, horizon, paths, seed = sunspots(), 250, 12, 64, 7
+    with number_server.client() as client:
+        asked = list(client.stream("sunspots", [series[: cut - 1], forecast_request(series[cut - 1 : cut], horizon, paths, seed), series[cut:]]))
+        plain = list(client.stream("sunspots", [series[:cut], series[cut:]]))
+    ahead = forecast_of(asked[1])
+    assert asked[1].forecast.paths == paths and {k: v.shape for k, v in ahead.items()} == {k: (horizon, 1) for k in ("mean", "low", "high")}
+    for name in ("mean", "std"):  # the state after the look ahead is the state the steps left
+        np.testing.assert_array_equal(outputs_of(asked[2])[name], outputs_of(plain[1])[name])
+    assert not asked[0].HasField("forecast") and not asked[2].HasField("forecast")
+
+    model, _, _ = load_model(checkpoints["sunspots"])
+    noise = torch.from_numpy(np.random.default_rng(seed).standard_normal((horizon, paths, 1)).astype(np.float32))
+    with torch.no_grad():
+        x = torch.from_numpy(series[:cut])[None]
+        head, state = model(x, None)
+        mean, std = (t[0, -1] for t in model.served(head, x))
+        recurrent = len(model.config.state_names)  # [layers, batch, hidden], then the last values read, batch first
+        state = (*(s.repeat(1, paths, 1) for s in state[:recurrent]), *(s.repeat(paths, 1) for s in state[recurrent:]))
+        futures = []
+        for h in range(horizon):
+            futures.append(mean + std * noise[h])  # [paths, 1]
+            head, state = model(futures[-1][:, None, :], state)
+            mean, std = (t[:, 0] for t in model.served(head, futures[-1][:, None, :]))
+    futures = torch.stack(futures).numpy()  # [horizon, paths, 1]
+    np.testing.assert_allclose(ahead["mean"], futures.mean(1), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(ahead["low"], np.quantile(futures, 0.05, axis=1), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(ahead["high"], np.quantile(futures, 0.95, axis=1), rtol=1e-4, atol=1e-3)
+    assert (ahead["high"][-1] - ahead["low"][-1]) > (ahead["high"][0] - ahead["low"][0])  # uncertainty compounds
+
+
+@pytest.mark.parametrize("model, steps, params, words", [
+    ("vowels", 1, dict(horizon=3), "model 'vowels' is a frame_classifier, not a forecaster"),
+    ("sunspots", 0, dict(horizon=3), "send at least one step in the same message"),
+    ("sunspots", 1, dict(horizon=0), "forecast.horizon: 0 steps ahead: ask for 1 to 1000"),
+    ("sunspots", 1, dict(horizon=1001), "forecast.horizon: 1001 steps ahead"),
+    ("sunspots", 1, dict(horizon=3, paths=5000), "forecast.paths: 5000 futures: ask for 1 to 1000"),
+])
+def test_a_bad_look_ahead_is_refused_before_any_step(number_server, model, steps, params, words):
+    import grpc
+
+    width, session = 12 if model == "vowels" else 1, f"bad-look-ahead-{uuid.uuid4().hex}"
+    with number_server.client() as client:
+        with pytest.raises(grpc.RpcError) as refused:
+            list(client.stream(model, [forecast_request(np.ones((steps, width), np.float32), **params)], session_id=session))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in refused.value.details(), refused.value.details()
+        assert client.stream(model, [np.ones((1, width), np.float32)], session_id=session, resume=True).next().position == 1  # no step taken
 
 
 def test_stream_csv_prints_every_step_in_the_models_own_columns(number_server, tmp_path):
@@ -128,6 +190,15 @@ def test_stream_csv_prints_every_step_in_the_models_own_columns(number_server, t
     lines = [line for line in done.stdout.splitlines() if line.startswith("step ")]
     assert len(lines) == 20 and lines[0].startswith("step 0: next SUNACTIVITY ") and "(90% " in lines[0]
     assert done.stdout.rstrip().endswith("position 20]")
+    done = run_cli("stream", "--target", number_server.target, "--model", "sunspots", "--csv", str(path), "--horizon", "5", "--seed", "3",
+                   "--plot", str(tmp_path / "sun.png"))
+    assert done.returncode == 0, done.stderr
+    with number_server.client() as client:
+        series = sunspots()[:20]
+        ahead = forecast_of(list(client.stream("sunspots", [series[:19], forecast_request(series[19:], 5, seed=3)]))[-1])
+    shown = [line for line in done.stdout.splitlines() if line.startswith("ahead ")]
+    assert shown == [f"ahead {h + 1}: SUNACTIVITY {ahead['mean'][h, 0]:.4g} (90% {ahead['low'][h, 0]:.4g} to {ahead['high'][h, 0]:.4g})" for h in range(5)]
+    assert (tmp_path / "sun.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {tmp_path / 'sun.png'}" in done.stdout
 
 
 MISTAKES = [  # (what is wrong, the training flags after --csv FILE, the CSV's text, the one line's words)
@@ -191,3 +262,25 @@ def test_a_users_csv_trains_a_classifier_and_a_forecaster(tmp_path):
     metrics = train(TrainConfig(task="forecaster", csv=str(tmp_path / "wave.csv"), target="level", time="t", period=25,
                                 out=str(tmp_path / "wave.pt"), steps=200, bptt=32, **SMALL))
     assert metrics["held_out_steps"] == 20 and metrics["mase"] <= 0.7 * metrics["persistence_mase"], metrics
+
+
+def test_keep_best_keeps_the_evaluation_of_least_selection_loss(tmp_path):
+    """Labels that are noise: the longer it trains, the more it memorises and the worse it does on sequences it did
+    not learn from. The checkpoint kept is the evaluation of least loss on the selection split, not the last."""
+    from rnnserve.training.config import TrainConfig
+    from rnnserve.training.number_tasks import FrameClassifier
+    from rnnserve.training.train import evaluate, load_model, train
+
+    rng = np.random.default_rng(1)
+    labels = rng.choice(["a", "b"], 60)
+    rows = [f"{s},{rng.normal():.3f},{rng.normal():.3f},{labels[s]}\n" for s in range(60) for _ in range(8)]
+    (tmp_path / "noise.csv").write_text("seq,a,b,label\n" + "".join(rows))
+    config = TrainConfig(task="frame_classifier", csv=str(tmp_path / "noise.csv"), columns="a,b", target="label", sequence="seq",
+                         out=str(tmp_path / "noise.pt"), steps=400, eval_every=25, layers=1, hidden=64, dropout=0.0, quiet=True)
+    metrics = train(config)
+    model, _, checkpoint = load_model(config.out)
+    losses = [e["select_loss_nats"] for e in checkpoint["progress"]["evaluations"]]
+    assert len(losses) == 16 and metrics["select_loss_nats"] == min(losses) and min(losses) < losses[-1] - 0.05, losses
+    assert metrics["steps"] < metrics["steps_trained"] == 400
+    data = FrameClassifier().data(None, FrameClassifier().corpus(config), config)
+    assert evaluate(model, data.select_batches, FrameClassifier())[0] == pytest.approx(min(losses), abs=1e-4)  # the weights kept are that evaluation's

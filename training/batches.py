@@ -36,6 +36,7 @@ class TaskData:
     rate = "chars_s"  # what the progress line counts per second: characters read, or (a number task's) steps
 
     val_batches: list[Batch]
+    select_batches: list[Batch] | None = None  # held out of training to choose the best checkpoint by (--keep-best)
     corpus: str = ""  # the text behind it, for per-character figures
     val_text: str = ""  # the held-out text, for samples
     held_out: tuple[tuple[str, str], ...] = ()  # held-out (source, target) pairs, for samples

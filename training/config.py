@@ -67,6 +67,10 @@ class TrainConfig:
     val_fraction: float = option(0.05, "fraction of the corpus (its end) held out for validation")
     seed: int = option(0, "random seed: the same seed and budget in steps give the same model")
     out: str = option("runs/model.pt", "checkpoint path (written at every evaluation)")
+    keep_best: bool = option(
+        True, "frame_classifier, forecaster: keep the evaluation of least loss on a part of the training data held out to "
+        "choose by (a fifth of each class's sequences; the stretch before the held-out end), not the last step's"
+    )
     resume: bool = option(False, "continue from the checkpoint at --out")
     force: bool = option(False, "replace an existing checkpoint at --out (without it, an existing one is refused)")
     sample_chars: int = option(160, "characters of sample text printed at each evaluation")

@@ -23,6 +23,9 @@ CELLS: dict[str, tuple[type[nn.RNNBase], tuple[str, ...]]] = {
 }
 
 
+FORECASTER_STATE = ("previous", "seen")  # a forecaster's values of the last step it read, and 1 once it has read one
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int  # tokens the embedding and head cover
@@ -52,8 +55,12 @@ class ModelConfig:
     @property
     def served_state_names(self) -> tuple[str, ...]:
         """The state a served graph carries between calls: none for a bidirectional model, which must
-        see the whole input at once."""
-        return () if self.bidirectional else self.state_names
+        see the whole input at once; a forecaster's also holds the last values it read (ValueNet)."""
+        return () if self.bidirectional else self.state_names + (FORECASTER_STATE if self.head == "gaussian" else ())
+
+    def state_shape(self, name: str) -> tuple[int, ...]:
+        """One sequence's row of a served state tensor."""
+        return {"previous": (self.inputs,), "seen": (1,)}.get(name, (self.layers, self.hidden))
 
     @property
     def directions(self) -> int:
@@ -150,43 +157,72 @@ class ValueNet(_Recurrent):
     """Numbers in, per step: a frame of F values (a speech frame's coefficients, a sensor's axes) or the series'
     values at one time. Each input value is normalised by the training split's mean and spread, kept in the model
     (buffers) so that clients send raw values. Its head is a classifier's logits over its labels ("classes"), or a
-    Gaussian over each series' next value ("gaussian": the change from this step's value and a log-spread, in
-    normalised units; a change, so that a series that trends past all it was trained on is still followed)."""
+    Gaussian over each series' next value ("gaussian").
+
+    A forecaster also reads each value's change since the step before, scaled by the training split's typical change,
+    and forecasts the next change in those units: a weekly series' changes are a few hundredths of its level's
+    spread, too fine to learn from the levels alone, and a change still means something where a series trends past
+    all it was trained on. Its state carries the last values it read for that (FORECASTER_STATE).
+    """
 
     def __init__(self, config: ModelConfig):
-        super().__init__(config, config.inputs)
+        self.forecasts = config.head == "gaussian"
+        super().__init__(config, config.inputs * (2 if self.forecasts else 1))
         self.register_buffer("input_mean", torch.zeros(config.inputs))
         self.register_buffer("input_scale", torch.ones(config.inputs))
-        self.head = nn.Linear(config.hidden * config.directions, config.output_size * (2 if config.head == "gaussian" else 1))
+        self.register_buffer("change_scale", torch.ones(config.inputs))
+        self.head = nn.Linear(config.hidden * config.directions, config.output_size * (2 if self.forecasts else 1))
 
     @property
     def output_names(self) -> tuple[str, ...]:
         """The served graph's per-step outputs (ValueNet.served)."""
-        return ("probabilities",) if self.config.head == "classes" else ("mean", "std")
+        return ("mean", "std") if self.forecasts else ("probabilities",)
 
-    def normalise_from(self, values: torch.Tensor) -> None:
-        """The training split's per-value mean and spread ([N, F] of every step); a constant value is left unscaled."""
+    def normalise_from(self, values: torch.Tensor, changes: torch.Tensor | None = None) -> None:
+        """The training split's per-value mean and spread ([N, F] of every step) and, for a forecaster, the spread of
+        its changes from one step to the next ([N - 1, F]); a constant is left unscaled."""
         self.input_mean.copy_(values.mean(0))
-        self.input_scale.copy_(torch.where(values.std(0) > 0, values.std(0), torch.ones(values.size(1))))
+        self.input_scale.copy_(_spread(values))
+        if changes is not None:
+            self.change_scale.copy_(_spread(changes))
+
+    def initial_state(self, batch: int, condition: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        recurrent = super().initial_state(batch)
+        if not self.forecasts:
+            return recurrent
+        device = self.head.weight.device
+        return (*recurrent, torch.zeros(batch, self.config.inputs, device=device), torch.zeros(batch, 1, device=device))
 
     def forward(self, values: torch.Tensor, state: tuple[torch.Tensor, ...] | None):
-        """values [B, T, F] raw → the head's outputs [B, T, ·] in normalised units, next state."""
-        y, next_state = self.recur((values - self.input_mean) / self.input_scale, state)
-        return self.head(self.drop(y)), next_state
+        """values [B, T, F] raw → the head's outputs [B, T, ·], next state. None starts from zeros."""
+        levels = (values - self.input_mean) / self.input_scale
+        if not self.forecasts:
+            y, next_state = self.recur(levels, state)
+            return self.head(self.drop(y)), next_state
+        recurrent, previous, seen = (None, values[:, 0], torch.zeros(values.size(0), 1)) if state is None else (state[:-2], state[-2], state[-1])
+        first = torch.where(seen > 0, previous, values[:, 0])  # a fresh sequence's first value has not changed
+        before = torch.cat([first[:, None], values[:, :-1]], dim=1)
+        y, next_recurrent = self.recur(torch.cat([levels, (values - before) / self.change_scale], dim=-1), recurrent)
+        return self.head(self.drop(y)), (*next_recurrent, values[:, -1], torch.ones_like(seen))
 
     def gaussian(self, head: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A Gaussian head's outputs → (mean, log standard deviation) of each series' change to its next value,
-        in normalised units."""
+        """A forecaster's head → (mean, log standard deviation) of each series' change to its next value, in units
+        of its typical change."""
         change, log_std = head.chunk(2, dim=-1)
         return change, log_std.clamp(-7.0, 7.0)
 
     def served(self, head: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """What a client is answered after each step (values [B, T, F] raw): each class's probability, or each
         series' next value as a mean and standard deviation in the series' own units."""
-        if self.config.head == "classes":
+        if not self.forecasts:
             return (torch.softmax(head, dim=-1),)
         change, log_std = self.gaussian(head)
-        return values + change * self.input_scale, torch.exp(log_std) * self.input_scale
+        return values + change * self.change_scale, torch.exp(log_std) * self.change_scale
+
+
+def _spread(values: torch.Tensor) -> torch.Tensor:
+    spread = values.std(0)
+    return torch.where(spread > 0, spread, torch.ones_like(spread))
 
 
 class EncoderDecoder(nn.Module):

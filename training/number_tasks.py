@@ -69,8 +69,8 @@ class _NumberTask:
         )
 
     def prepare(self, model, data: TaskData) -> None:
-        """Before the first step: the model learns the training split's scale of every value."""
-        model.normalise_from(data.train_values)
+        """Before the first step: the model learns the training split's scale of every value (and of its changes)."""
+        model.normalise_from(data.train_values, data.train_changes)
 
 
 class FrameClassifier(_NumberTask):
@@ -90,7 +90,11 @@ class FrameClassifier(_NumberTask):
         return len(source.labels)
 
     def data(self, tokenizer, source: Frames, config: TrainConfig) -> TaskData:
+        """Batches of whole sequences, padded; a fifth of each class's training sequences (at least one) held out to
+        choose the best checkpoint by, so that the test split only ever measures."""
         frames, labels = source.train
+        chosen = selection(labels)
+        learnt = [i for i in range(len(frames)) if i not in set(chosen)]
 
         def batch(indices: list[int], split) -> Batch:
             x, y = split
@@ -103,11 +107,12 @@ class FrameClassifier(_NumberTask):
             return Batch(inputs, targets)
 
         def make_batch(rng: random.Random, size: int) -> Batch:
-            return batch([rng.randrange(len(frames)) for _ in range(size)], source.train)
+            return batch([learnt[rng.randrange(len(learnt))] for _ in range(size)], source.train)
 
         test = list(range(len(source.test[0])))
         data = Examples(make_batch, [batch(b, source.test) for b in batched(test, 64)], config)
-        data.source, data.train_values, data.rate = source, torch.from_numpy(np.concatenate(frames)), "steps_s"
+        data.select_batches = [batch(b, source.train) for b in batched(chosen, 64)]
+        data.source, data.train_values, data.train_changes, data.rate = source, torch.from_numpy(np.concatenate([frames[i] for i in learnt])), None, "steps_s"
         return data
 
     def loss_total(self, model, outputs: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, int]:
@@ -170,32 +175,37 @@ class Forecaster(_NumberTask):
         return len(source.columns)
 
     def data(self, tokenizer, source: Series, config: TrainConfig) -> TaskData:
+        """Windows of the series before its held-out end, less a part as long just before it, which chooses the best
+        checkpoint: the held-out end only ever measures."""
         values = torch.from_numpy(source.values)
         cut = held_out_start(len(values), config.val_fraction)
-        train, held = values[:cut], values
-        length = min(config.bptt, max(8, cut // 4))
+        chosen_from = held_out_start(cut, config.val_fraction)
+        train, held = values[:chosen_from], values
+        length = min(config.bptt, max(8, chosen_from // 4))
 
         def window(start: int, size: int, series: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return series[start : start + size], series[start + 1 : start + size + 1]
 
         def make_batch(rng: random.Random, size: int) -> Batch:
-            starts = [rng.randrange(cut - length) for _ in range(size)]
+            starts = [rng.randrange(chosen_from - length) for _ in range(size)]
             pairs = [window(s, length, train) for s in starts]
             return Batch(torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs]))
 
         # validation: the whole series read once, one step ahead; only the predictions of held-out values count
         inputs, targets = window(0, len(held) - 1, held)
-        weight = torch.zeros(len(targets))
-        weight[cut - 1 :] = 1.0
-        data = Examples(make_batch, [Batch(inputs[None], targets[None], condition=weight[None])], config)
-        data.source, data.train_values, data.cut, data.rate = source, train, cut, "steps_s"
+        measured, choosing = torch.zeros(len(targets)), torch.zeros(len(targets))
+        measured[cut - 1 :] = 1.0
+        choosing[chosen_from - 1 : cut - 1] = 1.0
+        data = Examples(make_batch, [Batch(inputs[None], targets[None], condition=measured[None])], config)
+        data.select_batches = [Batch(inputs[None], targets[None], condition=choosing[None])]
+        data.source, data.train_values, data.train_changes, data.cut, data.rate = source, train, train[1:] - train[:-1], cut, "steps_s"
         return data
 
     def loss_total(self, model, outputs: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, int]:
         """The Gaussian negative log-likelihood of each next value, in normalised units (the weights of a
         validation batch pick the held-out steps)."""
         change, log_std = model.gaussian(outputs)
-        z = (batch.targets - batch.inputs) / model.input_scale
+        z = (batch.targets - batch.inputs) / model.change_scale
         nll = 0.5 * ((z - change) / torch.exp(log_std)) ** 2 + log_std + 0.5 * math.log(2 * math.pi)
         weight = torch.ones(nll.shape[:2]) if batch.condition is None else batch.condition
         return (nll.sum(-1) * weight).sum(), int(weight.sum()) * nll.size(-1)
@@ -218,6 +228,16 @@ class Forecaster(_NumberTask):
         shown = ", ".join(f"{m:.2f} ± {Z_90 * s:.2f}" for m, s in zip(mean.tolist(), std.tolist()))
         actual = ", ".join(f"{v:.2f}" for v in series[data.cut].tolist())
         return f"the first held-out step: forecast {shown} (90%), actual {actual}"
+
+
+def selection(labels: np.ndarray) -> list[int]:
+    """The last fifth of each class's sequences (at least one), where the class has more than one."""
+    chosen: list[int] = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label).tolist()
+        if len(members) > 1:
+            chosen += members[-max(1, len(members) // 5) :]
+    return sorted(chosen)
 
 
 def held_out_start(length: int, fraction: float) -> int:

@@ -1,5 +1,5 @@
-"""Pictures where people would rather look than read: a run's training and validation curves, and an
-encoder–decoder's attention over its source. matplotlib comes with the train extra, never with serving."""
+"""Pictures where people would rather look than read: a run's training and validation curves, an
+encoder–decoder's attention over its source, a forecaster's answers against the values, a classifier's running guess. matplotlib comes with the train extra, never with serving."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ QUALITY = (  # (the evaluation's figure, its axis label, the panel's title): the
     ("boundary_f1", "boundary F1", "held-out word-boundary F1"),
     ("exact_match", "exact match", "held-out exact match"),
     ("accuracy", "accuracy", "held-out accuracy"),
+    ("mase", "MASE", "held-out MASE, one step ahead"),
 )
 
 
@@ -67,6 +68,43 @@ def plot_attention(source_tokens: list[str], output_tokens: list[str], weights: 
     axes.set_yticks(range(len(output_tokens)), [repr(t)[1:-1] for t in output_tokens])
     axes.set(xlabel="source", ylabel="written")
     figure.colorbar(image, ax=axes, label="attention")
+    figure.tight_layout()
+    return _save(figure, plt, out)
+
+
+def plot_forecast(name: str, actual, mean, std, ahead: dict | None, out: str | Path, z: float) -> Path:
+    """A forecaster's answers over a streamed series: the values that came (actual [T]), each step's forecast of
+    the next with its 90 % interval (mean ± z·std [T], drawn one step later, where the value it forecast lies),
+    and the look ahead past the last value (ahead: "mean", "low", "high" [H]) with its widening band."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(11, 4))
+    steps = range(len(actual))
+    axes.plot(steps, actual, color="black", linewidth=1, label="actual")
+    next_steps = range(1, len(mean) + 1)
+    axes.plot(next_steps, mean, color="tab:blue", linewidth=1, label="forecast, one step ahead")
+    axes.fill_between(next_steps, [m - z * s for m, s in zip(mean, std)], [m + z * s for m, s in zip(mean, std)], color="tab:blue", alpha=0.25, label="90% interval")
+    if ahead:
+        later = range(len(actual), len(actual) + len(ahead["mean"]))
+        axes.plot(later, ahead["mean"], color="tab:orange", label=f"{len(ahead['mean'])} steps ahead (sampled futures)")
+        axes.fill_between(later, ahead["low"], ahead["high"], color="tab:orange", alpha=0.25)
+    axes.set(xlabel="step", ylabel=name, title=f"forecasts of {name}")
+    axes.legend(loc="best")
+    figure.tight_layout()
+    return _save(figure, plt, out)
+
+
+def plot_class_probabilities(labels: list[str], probabilities, out: str | Path) -> Path:
+    """A classifier's running guess over one sequence: each class's probability after every frame (the most likely
+    classes named, the rest grey)."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(9, 4))
+    final = probabilities[-1]
+    named = sorted(range(len(labels)), key=lambda c: -final[c])[:5]
+    for c in range(len(labels)):
+        column = [row[c] for row in probabilities]
+        axes.plot(range(1, len(column) + 1), column, label=labels[c] if c in named else None, color=None if c in named else "lightgrey")
+    axes.set(xlabel="frames read", ylabel="probability", ylim=(0, 1), title="the running guess, frame by frame")
+    axes.legend(title="class", loc="best")
     figure.tight_layout()
     return _save(figure, plt, out)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import os
@@ -190,6 +191,9 @@ def _train(config: TrainConfig, world: World) -> dict:
         done += [progress.elapsed_s / total_s] if total_s else []
         return max(done)
 
+    chooses = config.keep_best and bool(data.select_batches)
+    best: dict = {}  # with a selection split: the evaluation of least loss on it, its weights and figures
+
     def checkpoint_now(train_loss: float) -> None:
         val_loss, logits = evaluate(model, data.val_batches, task)
         progress.metrics = {
@@ -200,6 +204,11 @@ def _train(config: TrainConfig, world: World) -> dict:
             "train_seconds": round(progress.elapsed_s, 1),
             **task.source_figures(config, text),
         }
+        if chooses:
+            select_loss = evaluate(model, data.select_batches, task)[0]
+            progress.metrics["select_loss_nats"] = round(select_loss, 4)
+            if not best or select_loss < best["loss"]:
+                best.update(loss=select_loss, weights=copy.deepcopy(model.state_dict()), metrics=dict(progress.metrics))
         progress.evaluations.append({k: v for k, v in progress.metrics.items() if isinstance(v, (int, float))})
         if not world.leader:
             return
@@ -264,4 +273,10 @@ def _train(config: TrainConfig, world: World) -> dict:
     report.close()
     if progress.metrics.get("steps") != progress.step:
         checkpoint_now(loss_ema if loss_ema is not None else float("nan"))
+    if chooses and best["metrics"]["steps"] != progress.step:  # the best was earlier: it is the model kept
+        model.load_state_dict(best["weights"])
+        progress.metrics = best["metrics"] | {"steps_trained": progress.step}
+        if world.leader:
+            save_checkpoint(out, model, optimizer, tokenizer, config, progress)
+            report.write(f"kept step {progress.metrics['steps']}, the least loss on the selection split: {task.summary(progress.metrics)}")
     return progress.metrics

@@ -181,20 +181,40 @@ class StreamStart(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., session_id: _Optional[str] = ..., resume: _Optional[bool] = ..., top_k: _Optional[int] = ..., acknowledged: _Optional[int] = ...) -> None: ...
 
 class StreamRequest(_message.Message):
-    __slots__ = ("start", "reset", "text", "tokens", "values", "audio")
+    __slots__ = ("start", "reset", "text", "tokens", "values", "audio", "forecast")
     START_FIELD_NUMBER: _ClassVar[int]
     RESET_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     AUDIO_FIELD_NUMBER: _ClassVar[int]
+    FORECAST_FIELD_NUMBER: _ClassVar[int]
     start: StreamStart
     reset: bool
     text: str
     tokens: _containers.RepeatedScalarFieldContainer[int]
     values: Tensor
     audio: Audio
-    def __init__(self, start: _Optional[_Union[StreamStart, _Mapping]] = ..., reset: _Optional[bool] = ..., text: _Optional[str] = ..., tokens: _Optional[_Iterable[int]] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ...) -> None: ...
+    forecast: ForecastParams
+    def __init__(self, start: _Optional[_Union[StreamStart, _Mapping]] = ..., reset: _Optional[bool] = ..., text: _Optional[str] = ..., tokens: _Optional[_Iterable[int]] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ..., forecast: _Optional[_Union[ForecastParams, _Mapping]] = ...) -> None: ...
+
+class ForecastParams(_message.Message):
+    __slots__ = ("horizon", "paths", "seed")
+    HORIZON_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    horizon: int
+    paths: int
+    seed: int
+    def __init__(self, horizon: _Optional[int] = ..., paths: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class Forecast(_message.Message):
+    __slots__ = ("outputs", "paths")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    paths: int
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., paths: _Optional[int] = ...) -> None: ...
 
 class Audio(_message.Message):
     __slots__ = ("encoding", "sample_rate", "data")
@@ -319,20 +339,22 @@ class StepPrediction(_message.Message):
     def __init__(self, token_id: _Optional[int] = ..., token_text: _Optional[str] = ..., next: _Optional[_Iterable[_Union[TokenProbability, _Mapping]]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class StreamResponse(_message.Message):
-    __slots__ = ("session_id", "position", "steps", "classes", "behind", "outputs")
+    __slots__ = ("session_id", "position", "steps", "classes", "behind", "outputs", "forecast")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     BEHIND_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    FORECAST_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     position: int
     steps: _containers.RepeatedCompositeFieldContainer[StepPrediction]
     classes: _containers.RepeatedCompositeFieldContainer[TokenProbability]
     behind: int
     outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
-    def __init__(self, session_id: _Optional[str] = ..., position: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[StepPrediction, _Mapping]]] = ..., classes: _Optional[_Iterable[_Union[TokenProbability, _Mapping]]] = ..., behind: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
+    forecast: Forecast
+    def __init__(self, session_id: _Optional[str] = ..., position: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[StepPrediction, _Mapping]]] = ..., classes: _Optional[_Iterable[_Union[TokenProbability, _Mapping]]] = ..., behind: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., forecast: _Optional[_Union[Forecast, _Mapping]] = ...) -> None: ...
 
 class CloseSessionRequest(_message.Message):
     __slots__ = ("session_id",)

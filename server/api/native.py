@@ -23,6 +23,7 @@ from rnnserve.server.requests import (
     Candidate,
     Chunk,
     ChunkResult,
+    ForecastAsk,
     GeneratedPiece,
     GenerateRequest,
     InferRequest,
@@ -296,7 +297,10 @@ def chunk(message: pb.StreamRequest) -> Chunk:
     if message.HasField("audio"):
         encoding = AUDIO_ENCODINGS.get(message.audio.encoding, "")
         audio = AudioInput(encoding, message.audio.sample_rate, message.audio.data)
-    return Chunk(message.reset, message.text, tuple(message.tokens), tensor, audio)
+    ask = None
+    if message.HasField("forecast"):
+        ask = ForecastAsk(message.forecast.horizon, message.forecast.paths, message.forecast.seed)
+    return Chunk(message.reset, message.text, tuple(message.tokens), tensor, audio, ask)
 
 
 AUDIO_ENCODINGS = {pb.Audio.PCM16: "pcm16", pb.Audio.FLOAT32: "float32"}
@@ -315,6 +319,9 @@ def stream_response(result: ChunkResult, into: pb.StreamResponse | None = None) 
     if result.classes:
         response.classes.extend(candidates(result.classes))
     add_outputs(response.outputs, result.outputs)
+    if result.forecast:
+        response.forecast.paths = result.forecast_paths
+        add_outputs(response.forecast.outputs, result.forecast)
     return response
 
 
