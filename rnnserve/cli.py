@@ -50,7 +50,10 @@ EXAMPLES = {
   rnnserve train --minutes 3 --out runs/lm.pt                              # LSTM on the built-in corpus
   rnnserve train --corpus ko.txt --tokenizer char --minutes 5 --out runs/ko.pt
   rnnserve train --task boundary_tagger --tokenizer char --bidirectional --minutes 2 --out runs/tagger.pt
-  rnnserve train --steps 2000 --out runs/lm.pt --resume                    # continue a run to 2,000 steps""",
+  rnnserve train --steps 2000 --out runs/lm.pt --resume                    # continue a run to 2,000 steps
+  rnnserve train --task forecaster --dataset co2 --layers 1 --hidden 128 --minutes 2 --out runs/co2.pt
+  rnnserve train --task forecaster --csv sales.csv --target units --time date --period 7 --minutes 1 --out runs/sales.pt
+  rnnserve train --task frame_classifier --csv gestures.csv --columns ax,ay,az --target gesture --sequence take --out runs/g.pt""",
     "plot": """examples:
   rnnserve plot runs/lm.pt --out curves.png
   rnnserve generate --model dates --source 'Tuesday, March 5th, 2024' --plot attention.png   # an attention heatmap""",
@@ -77,7 +80,8 @@ EXAMPLES = {
   rnnserve stream --model lm --session-id talk-1 < part1.txt               # keep the state...
   rnnserve stream --model lm --session-id talk-1 --resume < part2.txt      # ...and continue it
   rnnserve stream --model vad --audio call.wav                             # speech segments as they are found
-  rnnserve stream --model forecaster --values readings.csv                 # numbers, a step a line""",
+  rnnserve stream --model forecaster --values readings.csv                 # numbers, a step a line
+  rnnserve stream --model co2 --csv co2.csv --horizon 52 --plot co2.png    # a model trained on numbers: a row a step, a year ahead""",
     "infer": """examples:
   rnnserve infer --model tagger_bi --top-k 1 thereturnstatement
   rnnserve infer --model kind 'static int add(int a, int b) { return a + b; }'""",
@@ -253,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=run)
         return sub
 
-    add_flags(command("train", _train, "train a language model, tagger, classifier or encoder–decoder (needs the [train] extra)"), TrainConfig)
+    add_flags(command("train", _train, "train a language model, tagger, classifier, encoder–decoder, or a classifier or forecaster of numbers (needs the [train] extra)"), TrainConfig)
     plot = command("plot", _plot, "draw a run's training and validation curves from its checkpoint (needs the [train] extra)")
     plot.add_argument("checkpoint", help="a checkpoint written by `rnnserve train`")
     plot.add_argument("--out", default="curves.png", help="the PNG to write (default: curves.png)")

@@ -184,13 +184,13 @@ def stream_csv(args) -> None:
             step = response.position - 1
             if forecaster:
                 for name, mean, std in zip(columns, outputs["mean"][-1], outputs["std"][-1]):
-                    print(f"step {step}: next {name} {mean:.4g} (90% {mean - Z_90 * std:.4g} to {mean + Z_90 * std:.4g})", flush=True)
+                    print(f"step {step} → next {name} {mean:.4g} (90% {mean - Z_90 * std:.4g} to {mean + Z_90 * std:.4g})", flush=True)
             else:
-                print(f"step {step}: " + "  ".join(f"{c.text!r} {c.probability:.2f}" for c in response.classes[:3]), flush=True)
+                print(f"step {step} → " + "  ".join(f"{c.text!r} {c.probability:.2f}" for c in response.classes[:3]), flush=True)
         ahead = forecast_of(response) if response is not None and args.horizon else {}
         for h in range(len(ahead.get("mean", ()))):
             for s, name in enumerate(columns):
-                print(f"ahead {h + 1}: {name} {ahead['mean'][h, s]:.4g} (90% {ahead['low'][h, s]:.4g} to {ahead['high'][h, s]:.4g})")
+                print(f"ahead {h + 1} → {name} {ahead['mean'][h, s]:.4g} (90% {ahead['low'][h, s]:.4g} to {ahead['high'][h, s]:.4g})")
         if response is not None and response.classes:
             print_classes("whole sequence", response.classes)
     print(f"[{len(rows)} rows streamed, session {response.session_id if response else '-'}, position {response.position if response else 0}]")

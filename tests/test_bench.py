@@ -91,3 +91,21 @@ def test_vad_bench():
     for way, by_count in line["by_count"].items():
         assert by_count["2"]["p99_ms"] > 0 and by_count["2"]["cpu_us_per_chunk"] > 0, way
     assert line["onnxruntime_cpu_us_per_chunk"]["batch_256"] > 0 and set(line["targets_met"]) == {"multiplexed", "per_session", "per_session_websocket"}
+
+
+def test_numbers_bench_sets_each_model_beside_the_baselines():
+    """A few steps each (the quality is the README's run, not this one's); the baselines are deterministic, so their
+    figures are exactly the published ones where a paper has them (1-NN DTW on the UEA archive's split)."""
+    pytest.importorskip("aeon", reason="the [series] extra (in dev) installs aeon")
+    pytest.importorskip("statsmodels", reason="the [series] extra (in dev) installs statsmodels")
+    from bench.numbers import main
+
+    results = main(["--steps", "20", "--quick"])
+    vowels, motions = results["classification"]["JapaneseVowels"], results["classification"]["BasicMotions"]
+    assert vowels["dtw_1nn_accuracy"] == 0.9486 and motions["dtw_1nn_accuracy"] == 0.975  # DTW_D in Bagnall et al. 2018: 0.949, 0.975
+    assert (vowels["classes"], vowels["test_sequences"], motions["test_sequences"]) == (9, 370, 40)
+    co2 = results["forecasting"]["co2"]
+    assert (co2["held_out_steps"], co2["horizon"], co2["period"]) == (114, 52, 52)
+    assert 0 < co2["mase"] and 0 <= co2["coverage_90"] <= 1 and co2["persistence_mase"] == pytest.approx(0.2768, abs=1e-4)
+    assert co2["arima_mase"] < co2["persistence_mase"] < co2["seasonal_naive_mase"]  # one step ahead, ARIMA follows the noise best
+    assert results["forecasting"]["sunspots"]["horizon"] == 11

@@ -37,6 +37,7 @@ ELSEWHERE = [  # (a command that matches this, the test that runs it instead, wo
     (r"^python -m bench\.profile_server", "tests/test_bench.py", "bench.profile_server"),
     (r"^python -m bench\.large_request", "tests/test_bench.py", "bench.large_request"),
     (r"^python -m bench\.vad", "tests/test_bench.py", "bench.vad"),
+    (r"^python -m bench\.numbers", "tests/test_bench.py", "bench.numbers"),
     (r"^python -m bench\.peers|/opt/peers|^apt-get install libb64-0d$", "tests/test_peers.py", "/opt/peers"),  # the peers' venv
     (r"^torchrun ", "tests/test_distributed.py", "torch.distributed.run"),
     (r"^perf_analyzer ", "tests/test_perf_analyzer.py", "perf_analyzer"),

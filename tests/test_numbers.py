@@ -188,7 +188,7 @@ def test_stream_csv_prints_every_step_in_the_models_own_columns(number_server, t
     done = run_cli("stream", "--target", number_server.target, "--model", "sunspots", "--csv", str(path))
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("step ")]
-    assert len(lines) == 20 and lines[0].startswith("step 0: next SUNACTIVITY ") and "(90% " in lines[0]
+    assert len(lines) == 20 and lines[0].startswith("step 0 → next SUNACTIVITY ") and "(90% " in lines[0]
     assert done.stdout.rstrip().endswith("position 20]")
     done = run_cli("stream", "--target", number_server.target, "--model", "sunspots", "--csv", str(path), "--horizon", "5", "--seed", "3",
                    "--plot", str(tmp_path / "sun.png"))
@@ -197,7 +197,7 @@ def test_stream_csv_prints_every_step_in_the_models_own_columns(number_server, t
         series = sunspots()[:20]
         ahead = forecast_of(list(client.stream("sunspots", [series[:19], forecast_request(series[19:], 5, seed=3)]))[-1])
     shown = [line for line in done.stdout.splitlines() if line.startswith("ahead ")]
-    assert shown == [f"ahead {h + 1}: SUNACTIVITY {ahead['mean'][h, 0]:.4g} (90% {ahead['low'][h, 0]:.4g} to {ahead['high'][h, 0]:.4g})" for h in range(5)]
+    assert shown == [f"ahead {h + 1} → SUNACTIVITY {ahead['mean'][h, 0]:.4g} (90% {ahead['low'][h, 0]:.4g} to {ahead['high'][h, 0]:.4g})" for h in range(5)]
     assert (tmp_path / "sun.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {tmp_path / 'sun.png'}" in done.stdout
 
 
