@@ -91,9 +91,10 @@ class _Recurrent(nn.Module):
     turns it batch-major for serving.
     """
 
-    def __init__(self, config: ModelConfig, input_size: int):
-        super().__init__()
-        self.config = config
+    def _stack(self, input_size: int) -> None:
+        """The recurrent layers and the dropout beside them: made by each subclass where its weights are drawn in
+        order (the order of random initialisation is what a seed reproduces)."""
+        config = self.config
         layer_type, _ = CELLS[config.cell]
         self.rnn = layer_type(
             input_size,
@@ -140,8 +141,10 @@ class RecurrentNet(_Recurrent):
     """Per-step outputs over any cell type: next-token logits, or label logits."""
 
     def __init__(self, config: ModelConfig):
-        super().__init__(config, config.embedding)
+        super().__init__()
+        self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.embedding)
+        self._stack(config.embedding)
         self.head = nn.Linear(config.hidden * config.directions, config.output_size)
         if config.conditions:
             self.condition = nn.Embedding(config.conditions, len(config.state_names) * config.layers * config.hidden)
@@ -166,8 +169,10 @@ class ValueNet(_Recurrent):
     """
 
     def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
         self.forecasts = config.head == "gaussian"
-        super().__init__(config, config.inputs * (2 if self.forecasts else 1))
+        self._stack(config.inputs * (2 if self.forecasts else 1))
         self.register_buffer("input_mean", torch.zeros(config.inputs))
         self.register_buffer("input_scale", torch.ones(config.inputs))
         self.register_buffer("change_scale", torch.ones(config.inputs))

@@ -68,6 +68,11 @@ class _NumberTask:
             inputs=len(source.columns), head=self.head, columns=tuple(source.columns), labels=tuple(getattr(source, "labels", ())),
         )
 
+    def loss(self, model, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The loss a training step minimises: the mean over its predictions."""
+        total, count = self.loss_total(model, outputs, batch)
+        return total / max(1, count)
+
     def prepare(self, model, data: TaskData) -> None:
         """Before the first step: the model learns the training split's scale of every value (and of its changes)."""
         model.normalise_from(data.train_values, data.train_changes)

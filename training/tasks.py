@@ -43,6 +43,10 @@ class LanguageModel:
     def prepare(self, model, data: TaskData) -> None:
         """Before the first step (not on a resume): nothing for a text task."""
 
+    def loss(self, model, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The loss a training step minimises: the mean cross-entropy over every unpadded step."""
+        return nn.functional.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE)
+
     def loss_total(self, model, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, int]:
         """The summed loss of a batch and how many predictions it sums: cross-entropy over every unpadded step."""
         total = nn.functional.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE, reduction="sum")

@@ -298,7 +298,7 @@ def chunk(message: pb.StreamRequest) -> Chunk:
         encoding = AUDIO_ENCODINGS.get(message.audio.encoding, "")
         audio = AudioInput(encoding, message.audio.sample_rate, message.audio.data)
     ask = None
-    if message.HasField("forecast"):
+    if isinstance(message, pb.StreamRequest) and message.HasField("forecast"):  # a StreamMany chunk has none (yet)
         ask = ForecastAsk(message.forecast.horizon, message.forecast.paths, message.forecast.seed)
     return Chunk(message.reset, message.text, tuple(message.tokens), tensor, audio, ask)
 
