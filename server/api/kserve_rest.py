@@ -1,5 +1,6 @@
-"""KServe v2 over HTTP/REST on --http-port, as Triton's HTTP API defines it: health, server and model metadata, and
-model readiness (inference over REST is not served yet). Each route answers what the gRPC method of the same name
+"""KServe v2 over HTTP/REST on --http-port, as Triton's HTTP API defines it: health, server and model metadata, model
+readiness and inference (JSON tensors and the binary-tensor extension, server/api/kserve_json.py; a sequence's
+requests continue the state its gRPC requests left). Each route answers what the gRPC method of the same name
 answers (server/api/kserve.py, called as it is), in the REST protocol's JSON; an error is `{"error": "…"}` with the
 HTTP status that Triton gives for its gRPC status. Health is open to probes, as gRPC's is; the rest need the token
 when the server has tokens."""
@@ -12,6 +13,7 @@ from rnnserve.inference import grpc_service_pb2 as pb
 from rnnserve.server import errors
 from rnnserve.server.api.http_identity import request_caller
 from rnnserve.server.api.kserve import KServeServicer
+from rnnserve.server.api.kserve_json import HEADER_LENGTH, infer_body, infer_request
 from rnnserve.server.api.status import internal_error
 from rnnserve.server.security import Grant, run_as
 
@@ -32,8 +34,11 @@ class KServeRest:
         model = "/v2/models/{name}"
         routes = [web.get("/v2/health/live", self.live), web.get("/v2/health/ready", self.ready), web.get("/v2", self.server_metadata)]
         for path in (model, model + "/versions/{version}"):
-            routes += [web.get(path, self.model_metadata), web.get(path + "/ready", self.model_ready)]
+            routes += [web.get(path, self.model_metadata), web.get(path + "/ready", self.model_ready), web.post(path + "/infer", self.infer)]
         return routes
+
+    async def infer(self, request: web.Request) -> web.Response:
+        return await self._answer(request, self._infer)
 
     async def live(self, request: web.Request) -> web.Response:
         answer = await _call(KServeServicer.ServerLive, self._kserve, pb.ServerLiveRequest())
@@ -53,15 +58,24 @@ class KServeRest:
         return await self._answer(request, self._model_ready)
 
     async def _answer(self, request: web.Request, handler) -> web.Response:
-        """The handler's JSON as the request's caller, or its error with its HTTP status."""
+        """The handler's answer (JSON and its status, or a whole response) as the request's caller, or its error with
+        its HTTP status."""
         try:
             run_as(request_caller(self._grants, request))
-            body, status = await handler(request)
-            return web.json_response(body, status=status)
+            answer = await handler(request)
+            return answer if isinstance(answer, web.Response) else web.json_response(answer[0], status=answer[1])
         except errors.ServeError as err:
             return web.json_response({"error": str(err)}, status=HTTP_STATUS.get(type(err), 500))
         except Exception as err:
             return web.json_response({"error": internal_error(request.path, err)}, status=500)
+
+    async def _infer(self, request: web.Request) -> web.Response:
+        """The gRPC ModelInfer of the same request, its answer in JSON (and binary, where asked)."""
+        asked, header = infer_request(
+            request.match_info["name"], request.match_info.get("version", ""), await request.read(), request.headers.get(HEADER_LENGTH)
+        )
+        body, headers = infer_body(await _call(KServeServicer.ModelInfer, self._kserve, asked), header)
+        return web.Response(body=body, headers=headers)
 
     async def _server_metadata(self, request: web.Request) -> tuple[dict, int]:
         answer = await _call(KServeServicer.ServerMetadata, self._kserve, pb.ServerMetadataRequest())
