@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from rnnserve.errors import UsageError
 from rnnserve.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from rnnserve.server import logs
+from rnnserve.server.api.completions import Completions
 from rnnserve.server.api.decoding import UndecodableMessages
 from rnnserve.server.api.http_identity import tls_context
 from rnnserve.server.api.in_flight import InFlight
@@ -188,7 +189,7 @@ async def _serve_on(server: grpc.aio.Server, port: int, sock: socket.socket | No
     http = None
     if sock is not None:
         routes = [*WebSocketStreams(native, in_flight, grants, config.max_message_bytes, config.keepalive_time_s).routes(),
-                  *KServeRest(kserve, grants).routes()]
+                  *KServeRest(kserve, grants).routes(), *Completions(native, grants).routes()]
         http = await http_side(sock, routes, config)
     await server.start()
     for name in ("", SERVICE_NAME, KSERVE_SERVICE_NAME, *((STORE_SERVICE_NAME,) if config.state_store else ())):

@@ -37,7 +37,8 @@ class ServerConfig:
     grace_s: float = option(10.0, "on SIGTERM, how long in-flight calls may take to finish")
     http_port: int = option(
         -1, "port of the HTTP side, on --host with the same TLS, tokens and limits: WebSocket streams at /v1/stream, "
-        "KServe v2 REST health and metadata at /v2 (0 picks a free one; -1: none)",
+        "KServe v2 REST (health, metadata, inference) at /v2, OpenAI-compatible completions at /v1/completions (0 picks a free one; "
+        "-1: none)",
     )
     metrics_port: int = option(-1, "port of the Prometheus /metrics HTTP endpoint (0 picks a free one; -1: none)")
     metrics_host: str = option("127.0.0.1", "address the metrics endpoint listens on, apart from --host: metrics stay local unless asked")

@@ -68,10 +68,19 @@ class NativeServicer(pb_grpc.RnnServeServicer):
 
     @streaming
     async def Generate(self, request: pb.GenerateRequest, context):
-        model = self._resolved("Generate", request.model, request.version)
-        with self._counted(model, "Generate"):
-            async for piece in self._service.generate(model, generate_request(request)):
-                yield generate_response(piece)
+        async for piece in self.generate(request.model, request.version, generate_request(request)):
+            yield generate_response(piece)
+
+    async def generate(self, name: str, version: str, request: GenerateRequest, api: str = API):
+        """A Generate call's pieces, apart from the transport: gRPC's, or OpenAI's completions (api/completions.py)."""
+        model = self._resolved("Generate", name, version, api)
+        with self._counted(model, "Generate", api):
+            async for piece in self._service.generate(model, request):
+                yield piece
+
+    def models(self):
+        """The models the current caller may use."""
+        return visible(self._repository)
 
     @streaming
     async def Stream(self, requests, context):
