@@ -30,7 +30,7 @@ REFUSED = {  # a parameter this server does not serve → the value that means "
     "n": 1, "best_of": 1, "logprobs": None, "echo": False, "suffix": None, "presence_penalty": 0, "frequency_penalty": 0,
     "logit_bias": None,
 }
-KNOWN = {"model", "prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "stream_options", "user", *REFUSED}
+KNOWN = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options", "user", *REFUSED}
 FINISH = {"length": "length", "stop": "stop", "end": "stop"}
 
 
@@ -148,6 +148,7 @@ def _generate_request(body: dict) -> tuple[str, GenerateRequest]:
     sampling = SamplingRequest(
         temperature=number("temperature", float, OPENAI_DEFAULTS["temperature"]),
         top_p=number("top_p", float, OPENAI_DEFAULTS["top_p"]),
+        top_k=number("top_k", int),  # not OpenAI's: vLLM's extension, which its clients send
         seed=number("seed", int),
         max_tokens=number("max_tokens", int, OPENAI_DEFAULTS["max_tokens"]),
         stop=tuple(stop),
