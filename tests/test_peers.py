@@ -15,16 +15,17 @@ PEERS = Path(os.environ.get("RNNSERVE_PEERS", "/opt/peers"))
 
 
 def test_without_the_peers_ours_is_measured_and_the_peer_skipped(repository, tmp_path):
-    lines = bench("bench.peers", repository, "--peers", str(tmp_path / "no-venv"), "--concurrency", "--sequences", "4", "--steps", "5")
+    # 400 requests: enough that even the echo server's CPU spans several of /proc's 10 ms ticks on a fast machine
+    lines = bench("bench.peers", repository, "--peers", str(tmp_path / "no-venv"), "--concurrency", "--sequences", "4", "--steps", "100")
     skipped = {line["skipped"]: line["why"] for line in lines if "skipped" in line}
     assert set(skipped) == {"Triton", "perf_analyzer"} and "nvidia-pytriton" in skipped["Triton"]
     load = next(line for line in lines if line.get("load") == "multiplexed_4")
     ours = load["rnnserve"]
-    assert ours["requests"] == 20 and ours["steps_per_s"] > 0 and ours["server_cpu_us_per_step"] > 0
+    assert ours["requests"] == 400 and ours["steps_per_s"] > 0 and ours["server_cpu_us_per_step"] > 0
     assert 1 <= ours["mean_batch"] <= 4 and ours["client_cpu_us_per_step"] > 0
     assert "skipped" in load["triton"]
     echo = next(line for line in lines if line.get("load") == "echo_multiplexed_4")["multiplexed"]
-    assert echo["requests"] == 20 and echo["server_cpu_us_per_step"] > 0
+    assert echo["requests"] == 400 and echo["server_cpu_us_per_step"] > 0
     final = lines[-1]
     assert final["bench"] == "peers_summary" and 0 < final["in_process_floor"]["batch_1_p50_ms"]
     assert final["in_process_floor"]["batch_1_after_1ms_idle_p50_ms"] > 0
