@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnserve.training.number_tasks import held_out_start
+from rnnserve.training.number_tasks import held_out_start, mase_scale, seasonal_lag
 from rnnserve.training.series import builtin_frames, builtin_series
 
 CLASSIFY = ("JapaneseVowels", "BasicMotions")
@@ -100,14 +100,9 @@ def look_ahead(checkpoint: Path, dataset: str, val_fraction: float, out: Path) -
     truth = y[cut : cut + horizon]
     return {
         "horizon": horizon,
-        "ahead_mase": round(float(np.abs(ahead["mean"] - truth).mean() / _mase_scale(y[:cut, 0], source.period)), 4),
+        "ahead_mase": round(float(np.abs(ahead["mean"] - truth).mean() / mase_scale(y[:cut, 0], source.period)), 4),
         "ahead_coverage_90": round(float(((truth >= ahead["low"]) & (truth <= ahead["high"])).mean()), 4),
     }
-
-
-def _mase_scale(train: np.ndarray, period: int) -> float:
-    m = period if period < len(train) else 1
-    return float(np.abs(train[m:] - train[:-m]).mean())
 
 
 def forecast_baselines(dataset: str, val_fraction: float) -> dict:
@@ -118,8 +113,8 @@ def forecast_baselines(dataset: str, val_fraction: float) -> dict:
     source = builtin_series(dataset)
     y = source.values[:, 0].astype(np.float64)
     cut = held_out_start(len(y), val_fraction)
-    m = source.period if source.period < cut else 1
-    scale = _mase_scale(y[:cut], source.period)
+    m = seasonal_lag(source.period, cut)
+    scale = float(mase_scale(y[:cut], source.period))
     horizon = min(source.period, len(y) - cut)
     started = time.process_time()
     with warnings.catch_warnings():

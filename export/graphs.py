@@ -75,7 +75,7 @@ class _ValueStepGraph(nn.Module):
 def _value_step_graph(model) -> GraphSpec:
     config = model.config
     recurrent = list(config.served_state_names)
-    served = list(model.output_names)
+    served = list(config.value_outputs)
     outputs = [*served, *(state_output_name(n) for n in recurrent)]
     dynamic = {"values": {0: "batch", 1: "T"}} | {n: {0: "batch", 1: "T"} for n in served}
     dynamic |= {n: {0: "batch"} for n in (*recurrent, *(state_output_name(n) for n in recurrent))}

@@ -38,9 +38,9 @@ VALUE_OUTPUTS = {  # a ValueNet's served outputs (training.models.ValueNet.serve
 
 
 def model_document(config: ModelConfig, task, tokenizer_spec: dict, training: dict, parity: dict, **extra) -> dict:
-    if config.inputs:
-        return _values_document(config, task, training, parity, **extra)
     state = [StateSpec(name, state_output_name(name), config.state_shape(name)) for name in config.served_state_names]
+    if config.inputs:
+        return _values_document(config, task, state, training, parity, **extra)
     outputs = [OutputSpec("logits", config.output_size, OUTPUT_MEANINGS[task.name], tuple(task.labels or ()))]
     encoder = None
     if config.conditions:
@@ -81,11 +81,9 @@ def attach(model_bytes: bytes, document: dict) -> onnx.ModelProto:
     return model
 
 
-def _values_document(config: ModelConfig, task, training: dict, parity: dict, **extra) -> dict:
+def _values_document(config: ModelConfig, task, state: list[StateSpec], training: dict, parity: dict, **extra) -> dict:
     """A ValueNet's: raw values in ([batch, T, F], named by `columns`), its served outputs out."""
-    state = [StateSpec(name, state_output_name(name), config.state_shape(name)) for name in config.served_state_names]
-    names = ("probabilities",) if config.head == "classes" else ("mean", "std")
-    outputs = [OutputSpec(n, config.output_size, VALUE_OUTPUTS[n], tuple(config.labels)) for n in names]
+    outputs = [OutputSpec(n, config.output_size, VALUE_OUTPUTS[n], tuple(config.labels)) for n in config.value_outputs]
     return contract_document(
         task.name, config.to_dict(), {"kind": "none"}, state, outputs, streaming=True,
         model_input=InputSpec("values", "float32", (config.inputs,)),

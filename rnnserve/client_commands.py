@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rnnserve.client import RnnServeClient
 from rnnserve.client.channel import open_channel
+from rnnserve.contract import Z_90
 from rnnserve.errors import UsageError
 from rnnserve.text import Tokenizer, UnknownText, token_text, tokenizer_from_spec
 from rnnserve.v1 import rnnserve_pb2 as pb
@@ -152,9 +153,6 @@ def stream_values(args) -> None:
         for response in client.stream(args.model, [np.array([row], np.float32) for row in rows], args.version, args.session_id, args.resume):
             print_values(position, outputs_of(response))
             position = response.position
-
-
-Z_90 = 1.6449  # a Gaussian's 90 % central interval is its mean ± this many standard deviations
 
 
 def stream_csv(args) -> None:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 METADATA_KEY = "rnnserve"  # the metadata_props entry that holds the document
 SCHEMA_VERSION = 1
 PARITY_TOLERANCE = 1e-4  # an exported graph's outputs may differ from its source's by at most this
+Z_90 = 1.6449  # a forecaster's Gaussian: its mean ± this many standard deviations is a 90 % central interval
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ class Batch:
     condition: torch.Tensor | None = None  # [B] class labels of a conditional language model
     source: torch.Tensor | None = None  # [B, S] source tokens of an encoder–decoder, right-padded
     source_lengths: torch.Tensor | None = None  # [B]
+    weight: torch.Tensor | None = None  # [B, T] how much each step's prediction counts (a forecaster's held-out steps)
 
 
 class TaskData:

@@ -58,6 +58,11 @@ class ModelConfig:
         see the whole input at once; a forecaster's also holds the last values it read (ValueNet)."""
         return () if self.bidirectional else self.state_names + (FORECASTER_STATE if self.head == "gaussian" else ())
 
+    @property
+    def value_outputs(self) -> tuple[str, ...]:
+        """A ValueNet's served per-step outputs (ValueNet.served): a classifier's probabilities, a forecaster's Gaussian."""
+        return ("mean", "std") if self.head == "gaussian" else ("probabilities",)
+
     def state_shape(self, name: str) -> tuple[int, ...]:
         """One sequence's row of a served state tensor."""
         return {"previous": (self.inputs,), "seen": (1,)}.get(name, (self.layers, self.hidden))
@@ -177,11 +182,6 @@ class ValueNet(_Recurrent):
         self.register_buffer("input_scale", torch.ones(config.inputs))
         self.register_buffer("change_scale", torch.ones(config.inputs))
         self.head = nn.Linear(config.hidden * config.directions, config.output_size * (2 if self.forecasts else 1))
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        """The served graph's per-step outputs (ValueNet.served)."""
-        return ("mean", "std") if self.forecasts else ("probabilities",)
 
     def normalise_from(self, values: torch.Tensor, changes: torch.Tensor | None = None) -> None:
         """The training split's per-value mean and spread ([N, F] of every step) and, for a forecaster, the spread of

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rnnserve.contract import Z_90
 from rnnserve.errors import UsageError
 from rnnserve.training.batches import IGNORE, Batch, Examples, TaskData, batched
 from rnnserve.training.config import TrainConfig
@@ -31,16 +32,9 @@ from rnnserve.training.series import (
     csv_series,
 )
 
-Z_90 = 1.6449  # a 90 % central interval of a Gaussian is its mean ± this many standard deviations
-
 
 class _NumberTask:
     reads_text = False
-    labels: tuple[str, ...] = ()  # a text task's fixed labels; a number task's come from its data (ModelConfig.labels)
-    conditions: tuple[str, ...] = ()
-    max_source_tokens = 0
-    classifies_whole_text = False
-    encoder_decoder = False
     builtin: dict = {}
     head = ""
 
@@ -99,7 +93,8 @@ class FrameClassifier(_NumberTask):
         choose the best checkpoint by, so that the test split only ever measures."""
         frames, labels = source.train
         chosen = selection(labels)
-        learnt = [i for i in range(len(frames)) if i not in set(chosen)]
+        held = set(chosen)
+        learnt = [i for i in range(len(frames)) if i not in held]
 
         def batch(indices: list[int], split) -> Batch:
             x, y = split
@@ -153,8 +148,8 @@ class FrameClassifier(_NumberTask):
     @torch.no_grad()
     def sample(self, model, tokenizer, data: TaskData, chars: int) -> str:
         frames, labels = data.source.test
-        out, _ = model(torch.from_numpy(frames[0])[None], None)
-        probabilities = torch.softmax(out[0, -1], -1)
+        x = torch.from_numpy(frames[0])[None]
+        probabilities = model.served(model(x, None)[0], x)[0][0, -1]
         guess = int(probabilities.argmax())
         names = data.source.labels
         return f"test sequence 0 ({len(frames[0])} frames, class {names[labels[0]]!r}) → {names[guess]!r} {float(probabilities[guess]):.2f}"
@@ -201,18 +196,18 @@ class Forecaster(_NumberTask):
         measured, choosing = torch.zeros(len(targets)), torch.zeros(len(targets))
         measured[cut - 1 :] = 1.0
         choosing[chosen_from - 1 : cut - 1] = 1.0
-        data = Examples(make_batch, [Batch(inputs[None], targets[None], condition=measured[None])], config)
-        data.select_batches = [Batch(inputs[None], targets[None], condition=choosing[None])]
+        data = Examples(make_batch, [Batch(inputs[None], targets[None], weight=measured[None])], config)
+        data.select_batches = [Batch(inputs[None], targets[None], weight=choosing[None])]
         data.source, data.train_values, data.train_changes, data.cut, data.rate = source, train, train[1:] - train[:-1], cut, "steps_s"
         return data
 
     def loss_total(self, model, outputs: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, int]:
-        """The Gaussian negative log-likelihood of each next value, in normalised units (the weights of a
-        validation batch pick the held-out steps)."""
+        """The Gaussian negative log-likelihood of each next value, in normalised units (a validation batch's
+        weights pick the steps it measures)."""
         change, log_std = model.gaussian(outputs)
         z = (batch.targets - batch.inputs) / model.change_scale
         nll = 0.5 * ((z - change) / torch.exp(log_std)) ** 2 + log_std + 0.5 * math.log(2 * math.pi)
-        weight = torch.ones(nll.shape[:2]) if batch.condition is None else batch.condition
+        weight = torch.ones(nll.shape[:2]) if batch.weight is None else batch.weight
         return (nll.sum(-1) * weight).sum(), int(weight.sum()) * nll.size(-1)
 
     def metrics(self, loss: float, outputs: list[torch.Tensor], data: TaskData, model) -> dict:
@@ -261,9 +256,8 @@ def forecast_quality(model, outputs: torch.Tensor, inputs: torch.Tensor, source:
     held = slice(cut, len(y))
     truth = y[held]
     predicted, spread = mean[cut - 1 :], std[cut - 1 :]
-    m = source.period if source.period < cut else 1
-    scale = np.abs(y[m:cut] - y[: cut - m]).mean(0)
-    scale = np.where(scale > 0, scale, 1.0)
+    m = seasonal_lag(source.period, cut)
+    scale = mase_scale(y[:cut], source.period)
 
     def mase(forecast: np.ndarray) -> float:
         return float((np.abs(forecast - truth) / scale).mean())
@@ -277,6 +271,19 @@ def forecast_quality(model, outputs: torch.Tensor, inputs: torch.Tensor, source:
         "held_out_steps": int(len(truth)),
         "period": int(m),
     }
+
+
+def seasonal_lag(period: int, length: int) -> int:
+    """The seasonal-naive forecast's lag: the period, or 1 where the training part is not longer than a period."""
+    return period if period < length else 1
+
+
+def mase_scale(train: np.ndarray, period: int) -> np.ndarray:
+    """MASE's scale (Hyndman & Koehler 2006): the seasonal-naive forecast's mean absolute error over the training part
+    [N, ...], per series; 1 where that error is 0."""
+    m = seasonal_lag(period, len(train))
+    scale = np.abs(train[m:] - train[:-m]).mean(0)
+    return np.where(scale > 0, scale, 1.0)
 
 
 NUMBER_TASKS = (FrameClassifier(), Forecaster())

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from rnnserve.server import errors
 from rnnserve.server.api.http_identity import request_caller
-from rnnserve.server.api.kserve_rest import HTTP_STATUS
+from rnnserve.server.api.kserve_rest import http_status
 from rnnserve.server.api.native import NativeServicer
 from rnnserve.server.api.status import internal_error
 from rnnserve.server.requests import GenerateRequest, SamplingRequest
@@ -164,7 +164,7 @@ def _usage(last) -> dict:
 def _error(request: web.Request, err: Exception) -> web.Response:
     """OpenAI's error body, with Triton's HTTP status for our error (an unknown model 404, a bad parameter 400)."""
     if isinstance(err, errors.ServeError):
-        status = next((code for kind, code in HTTP_STATUS.items() if isinstance(err, kind)), 500)
+        status = http_status(err)
         param = getattr(err, "param", None)
         code = "model_not_found" if isinstance(err, errors.NotFound) else None
         message, kind = str(err), "invalid_request_error" if status < 500 else "server_error"

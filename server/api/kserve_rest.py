@@ -24,6 +24,11 @@ HTTP_STATUS = {  # Triton's HTTP statuses for the gRPC statuses of our errors
 }
 
 
+def http_status(err: errors.ServeError) -> int:
+    """Triton's HTTP status for one of our errors (500 for any other)."""
+    return next((code for kind, code in HTTP_STATUS.items() if isinstance(err, kind)), 500)
+
+
 class KServeRest:
     def __init__(self, kserve: KServeServicer, grants: dict[str, Grant] | None):
         """`grants`: the --auth-tokens file's (None: no tokens)."""
@@ -65,7 +70,7 @@ class KServeRest:
             answer = await handler(request)
             return answer if isinstance(answer, web.Response) else web.json_response(answer[0], status=answer[1])
         except errors.ServeError as err:
-            return web.json_response({"error": str(err)}, status=HTTP_STATUS.get(type(err), 500))
+            return web.json_response({"error": str(err)}, status=http_status(err))
         except Exception as err:
             return web.json_response({"error": internal_error(request.path, err)}, status=500)
 
