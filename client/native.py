@@ -44,18 +44,21 @@ class RnnServeClient:
         return self._stub.GetModel(pb.GetModelRequest(model=model, version=version), timeout=self._timeout_s)
 
     def generate(
-        self, model: str, prompt: str = "", version: str = "", label: str = "", source: str = "", **sampling
+        self, model: str, prompt: str = "", version: str = "", label: str = "", source: str = "", session_id: str = "", **sampling
     ) -> Iterator[pb.GenerateResponse]:
         """Yields pieces as the server produces them. `label`: the kind of text a conditional language model
-        writes; `source`: what an encoder–decoder transduces (its pieces carry attention weights).
+        writes; `source`: what an encoder–decoder transduces (its pieces carry attention weights); `session_id`:
+        the named session a language model's generation continues (or starts), prompt and answer kept in it.
         `sampling`: temperature, top_k, top_p, seed, max_tokens, stop."""
         request = pb.GenerateRequest(
-            model=model, version=version, prompt=prompt, label=label, source=source, sampling=pb.SamplingParams(**sampling)
+            model=model, version=version, prompt=prompt, label=label, source=source, session_id=session_id,
+            sampling=pb.SamplingParams(**sampling),
         )
         return self._stub.Generate(request, timeout=self._timeout_s)
 
-    def generate_text(self, model: str, prompt: str = "", version: str = "", label: str = "", source: str = "", **sampling) -> str:
-        return "".join(piece.text for piece in self.generate(model, prompt, version, label, source, **sampling))
+    def generate_text(self, model: str, prompt: str = "", version: str = "", label: str = "", source: str = "", session_id: str = "",
+                      **sampling) -> str:
+        return "".join(piece.text for piece in self.generate(model, prompt, version, label, source, session_id, **sampling))
 
     def stream(
         self,

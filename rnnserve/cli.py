@@ -308,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("prompt", nargs="?", default="", help="text to continue (a language model needs one)")
     generate.add_argument("--label", default="", help="conditional language models: the kind of text to write")
     generate.add_argument("--source", default="", help="encoder–decoders: the text to transduce")
+    generate.add_argument("--session-id", default="", help="language models: continue this named session (or start it); it keeps the prompt and the answer")
     generate.add_argument("--attention", action="store_true", help="encoder–decoders: show where each output token looked")
     generate.add_argument("--plot", metavar="PNG", help="encoder–decoders: draw the attention as a heatmap into this file (needs the [train] extra)")
     generate.add_argument("--temperature", type=_number(float, 0, 100), help="0 is greedy (default: the model's)")

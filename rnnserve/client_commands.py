@@ -42,7 +42,7 @@ def generate(args) -> None:
     source_tokens, looked_at = [], []
     with client_of(args) as client:
         tokenizer = tokenizer_of(client, args.model, args.version) if args.attention or args.plot else None
-        pieces = client.generate(args.model, args.prompt, args.version, args.label, args.source, stop=stop, **sampling)
+        pieces = client.generate(args.model, args.prompt, args.version, args.label, args.source, args.session_id, stop=stop, **sampling)
         for piece in pieces:
             sys.stdout.write(piece.text)
             sys.stdout.flush()

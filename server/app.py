@@ -26,6 +26,7 @@ from rnnserve.server.api.in_flight import InFlight
 from rnnserve.server.api.kserve import KServeServicer
 from rnnserve.server.api.kserve_rest import KServeRest
 from rnnserve.server.api.native import NativeServicer
+from rnnserve.server.api.native_http import NativeHttp
 from rnnserve.server.api.page import page_routes
 from rnnserve.server.api.websocket import WebSocketStreams
 from rnnserve.server.config import ServerConfig
@@ -190,7 +191,8 @@ async def _serve_on(server: grpc.aio.Server, port: int, sock: socket.socket | No
     http = None
     if sock is not None:
         routes = [*WebSocketStreams(native, in_flight, grants, config.max_message_bytes, config.keepalive_time_s).routes(),
-                  *KServeRest(kserve, grants).routes(), *Completions(native, grants).routes(), *page_routes()]
+                  *KServeRest(kserve, grants).routes(), *Completions(native, grants).routes(), *NativeHttp(native, grants).routes(),
+                  *page_routes()]
         http = await http_side(sock, routes, config)
     await server.start()
     for name in ("", SERVICE_NAME, KSERVE_SERVICE_NAME, *((STORE_SERVICE_NAME,) if config.state_store else ())):

@@ -30,6 +30,7 @@ class GenerateRequest:
     sampling: SamplingRequest = SamplingRequest()
     label: str = ""  # conditional language models: the kind of text to write
     source: str = ""  # encoder–decoders: the text to transduce
+    session_id: str = ""  # language models: the named session it continues (or starts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,20 +52,29 @@ class InferenceService:
 
     async def generate(self, model: Model, request: GenerateRequest) -> AsyncIterator[GeneratedPiece]:
         """Consumes the prompt in one runtime call (after the encoder, for a model that has one), then
-        samples one token per step."""
+        samples one token per step. With a session id, it continues that named session (or starts it)."""
         card, inputs = model.card, self._inputs
         if not card.generates:
             raise FailedPrecondition(
                 f"model {card.name!r} ({card.task}) does not generate text: it supports {', '.join(card.calls)}"
             )
+        if request.session_id and card.encoder is not None and card.encoder.input == "source":
+            raise InvalidArgument(
+                "session_id", f"model {card.name!r} ({card.task}) starts each output from its source: a session continues a language model's text"
+            )
         params = inputs.sampling(model, request.sampling)
-        encoder_inputs, source_tokens = inputs.encoder_inputs(model, request.label, request.source)
         prompt = inputs.encode(model, request.prompt, "prompt")
-        if card.bos is not None:
-            prompt = [card.bos, *prompt]
-        if not prompt:
-            raise InvalidArgument("prompt", "must not be empty: the model needs at least one character to continue")
-        async with self.sessions.attach(model) as session:
+        async with self.sessions.attach(model, request.session_id, resume=bool(request.session_id), create=True) as session:
+            continued = session.position > 0
+            if continued and (request.label or session.pending):
+                raise (InvalidArgument("label", f"{session.described} goes on as the kind of text it was started with: send no label")
+                       if request.label else FailedPrecondition(f"{session.described} holds part of a character its stream sent: send the rest first"))
+            encoder_inputs, source_tokens = ({}, ()) if continued else inputs.encoder_inputs(model, request.label, request.source)
+            if card.bos is not None and not continued:
+                prompt = [card.bos, *prompt]
+            if not prompt:
+                raise InvalidArgument("prompt", "must not be empty: the model needs at least one character to continue")
+            before = await model.batcher.read_state(session.slot) if session.kind == "named" else None
             if encoder_inputs:
                 await session.encode(encoder_inputs)
             # the engine steps and samples the generation; here its tokens become text, as fast as the client
@@ -74,13 +83,34 @@ class InferenceService:
                 session.slot, prompt, params, card.eos, card.bos, extra_outputs=bool(card.extra_outputs)  # never writes <bos>
             )
             text = TextStream(model.tokenizer, card.eos, params, len(prompt), source_tokens)
+            answered, finish = [], ""
             try:
                 while not text.finished:
                     piece = text.piece(*await model.batcher.take(generation))
                     if piece is not None:
+                        answered += piece.token_ids
+                        finish = piece.finish_reason
                         yield piece
             finally:
                 generation.stopped = True
+                if before is not None:
+                    await asyncio.shield(asyncio.ensure_future(self._kept(session, before, prompt, answered, finish)))
+
+    async def _kept(self, session: Session, before: dict[str, np.ndarray], prompt: list[int], answered: list[int], finish: str) -> None:
+        """A named session after a generation holds the prompt and every token the answer named, exactly: the
+        engine stops by itself at the end token (stepped all but it) and at max_tokens (all but the last, stepped
+        here); past a stop string, or a call that failed, it may have run ahead, so the state before comes back and
+        what was answered is stepped again in one call (nothing, for a call that failed)."""
+        model = session.model
+        if finish == "length":
+            await model.batcher.step(session.slot, answered[-1:])
+        elif finish != "end":
+            await model.batcher.write_state(session.slot, before)
+            if finish == "stop":
+                await model.batcher.step(session.slot, [*prompt, *answered])
+        if finish:
+            session.stepped(len(prompt) + len(answered))
+        self.sessions.answered(session)
 
     @asynccontextmanager
     async def open_stream(self, model: Model, start: StreamStart):

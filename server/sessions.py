@@ -131,10 +131,12 @@ class SessionRegistry:
         self._ended: OrderedDict[tuple, str] = OrderedDict()  # recently ended keys → why
 
     @asynccontextmanager
-    async def attach(self, model: Model, session_id: str = "", resume: bool = False):
+    async def attach(self, model: Model, session_id: str = "", resume: bool = False, create: bool = False):
         """A session for the duration of one call: created, or resumed by id (from the state store, when it is not
-        live here); always detached at the end."""
+        live here), or with `create` resumed if it exists and created if not; always detached at the end."""
         source = await self._refresh(session_key(session_id)) if resume and session_id else "local"
+        if create and self._lookup(session_key(session_id)) is None:
+            resume = False
         session = self._resume(model, session_id) if resume else self._open(model, session_id)
         if resume:
             model.metrics.resumed(source)

@@ -64,6 +64,13 @@ def test_cli_generate_prints_the_generated_text(server, client):
     assert done.stdout == expected + "\n"
 
 
+def test_cli_generate_continues_a_named_session(server, client):
+    settings = dict(temperature=0.7, seed=2, max_tokens=10)
+    expected = [client.generate_text("lstm", turn, session_id="cli-reference", **settings) for turn in ("The ", "and ")]
+    flags = ["--target", server.target, "--model", "lstm", "--session-id", "cli-talk", "--temperature", "0.7", "--seed", "2", "--max-tokens", "10"]
+    assert [run_cli("generate", *flags, turn).stdout for turn in ("The ", "and ")] == [text + "\n" for text in expected]
+
+
 def test_cli_stream_shows_every_step(server):
     done = run_cli("stream", "--target", server.target, "--model", "lstm", "--top-k", "2", input="ab\ncd\n")
     assert done.returncode == 0, done.stderr

@@ -7,9 +7,10 @@ from __future__ import annotations
 import urllib.request
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
-from tests.helpers import ServerThread
+from tests.helpers import ServerThread, distributions
 
 openai = pytest.importorskip("openai", reason="the dev extra installs the openai client")
 
@@ -81,3 +82,24 @@ def test_what_is_not_served_is_refused_in_words(openai_client, asked, error, par
         openai_client.completions.create(**asked)
     body = refused.value.body
     assert body["message"] and body["type"] == "invalid_request_error" and body["param"] == param, body
+
+
+def test_a_session_id_continues_a_named_session_as_the_native_generate_does(openai_client, served):
+    """`session_id` (in the OpenAI client's extra_body) keeps the conversation's state between completions: each
+    answer equals the native Generate's continuing a session of the same turns; `user` alone keeps nothing."""
+    turns, settings = ["The return ", " and ", " so "], dict(temperature=0.8, seed=11, max_tokens=12)
+    with served.client() as native:
+        expected = [native.generate_text("lstm", turn, session_id="native-talk", **settings) for turn in turns]
+    answered = [openai_client.completions.create(model="lstm", prompt=turn, extra_body={"session_id": "openai-talk"}, **settings).choices[0].text
+                for turn in turns]
+    assert answered == expected
+    with served.client() as native:
+        kept, native_kept, fresh = (distributions(native.stream("lstm", ["x = 1"], session_id=s, resume=bool(s), top_k=5))
+                                    for s in ("openai-talk", "native-talk", ""))
+    np.testing.assert_allclose(kept, native_kept, atol=1e-5)
+    assert np.abs(kept - fresh).max() > 1e-4, "the session's state is the conversation's, not a fresh one"
+    alone = openai_client.completions.create(model="lstm", prompt=turns[1], user="someone", **settings).choices[0].text
+    assert alone == openai_client.completions.create(model="lstm", prompt=turns[1], **settings).choices[0].text
+    with pytest.raises(openai.BadRequestError) as refused:
+        openai_client.completions.create(model="lstm", prompt="x", extra_body={"session_id": 7})
+    assert refused.value.body["param"] == "session_id"

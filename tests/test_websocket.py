@@ -5,6 +5,7 @@ wrapper, and every refusal is a status in words with its close code, disturbing 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 from dataclasses import replace
@@ -186,6 +187,28 @@ def test_under_tokens_a_session_is_its_tokens_over_both_transports(guarded):
     assert mine.position == len(TEXTS[0]) + len(TEXTS[1])
     (denied,), closed = talk(url(running), chunks_of(TEXTS[:1], model="gru"), headers=bearer(tokens["lstm_only"]))
     assert denied["code"] == "PERMISSION_DENIED" and re.search("does not cover model 'gru'", denied["message"]) and closed == 4007
+
+
+def test_under_tokens_a_browser_sends_its_token_as_a_subprotocol(guarded):
+    """A browser cannot set a WebSocket's headers: the token rides as `rnnserve.bearer.<base64url>` beside
+    `rnnserve.v1`, which the server picks (the token is never echoed back)."""
+    running, tokens = guarded
+    offered = lambda token: ("rnnserve.v1", "rnnserve.bearer." + base64.urlsafe_b64encode(token.encode()).decode().rstrip("="))  # noqa: E731
+
+    async def picked(protocols) -> str:
+        async with aiohttp.ClientSession() as http, http.ws_connect(url(running), protocols=protocols) as socket:
+            return socket.protocol
+
+    assert asyncio.run(picked(offered(tokens["alice"]))) == "rnnserve.v1"
+    answers, _ = talk(url(running), chunks_of(TEXTS[:1], session_id="alices-browser"), protocols=offered(tokens["alice"]))
+    assert answers[0].position == len(TEXTS[0])
+    (theirs,), _ = talk(url(running), [pb.StreamRequest(start=pb.StreamStart(model="lstm", session_id="alices-browser", resume=True))],
+                        protocols=offered(tokens["bob"]))
+    assert theirs["code"] == "NOT_FOUND"  # the subprotocol's token is the caller, as the header's is
+    for protocols in (offered("rns_unknown"), ("rnnserve.v1", "rnnserve.bearer.@@@")):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            talk(url(running), chunks_of(TEXTS[:1]), protocols=protocols)
+        assert refused.value.status == 401
 
 
 def test_under_mutual_tls_the_client_certificate_owns_its_sessions_over_both_transports(base_config, tmp_path):

@@ -125,20 +125,22 @@ class InputInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., step_shape: _Optional[_Iterable[int]] = ..., sample_rate: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "version", "prompt", "sampling", "label", "source")
+    __slots__ = ("model", "version", "prompt", "sampling", "label", "source", "session_id")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     prompt: str
     sampling: SamplingParams
     label: str
     source: str
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., label: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    session_id: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., label: _Optional[str] = ..., source: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class Attention(_message.Message):
     __slots__ = ("weights",)

@@ -6,6 +6,10 @@ Defaults are OpenAI's (16 tokens, temperature 1, top_p 1), not the model's own. 
 several choices, log-probabilities, echo, suffix, best_of, penalties, logit bias, token-id prompts — is refused with a
 400 naming the parameter, never silently ignored. Tokens: the `Authorization: Bearer` header an OpenAI client sends
 as its API key is the server's bearer token under --auth-tokens.
+
+`session_id` (ours, sent with the OpenAI client's `extra_body`) continues a named session's state, as the native
+Generate's does. OpenAI's own `user` is accepted and ignored: clients send it to name an end user for abuse
+monitoring, not to ask for a stateful answer, so it must not change what is generated.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ REFUSED = {  # a parameter this server does not serve → the value that means "
     "n": 1, "best_of": 1, "logprobs": None, "echo": False, "suffix": None, "presence_penalty": 0, "frequency_penalty": 0,
     "logit_bias": None,
 }
-KNOWN = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options", "user", *REFUSED}
+KNOWN = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options", "user", "session_id", *REFUSED}
 FINISH = {"length": "length", "stop": "stop", "end": "stop"}
 
 
@@ -153,7 +157,10 @@ def _generate_request(body: dict) -> tuple[str, GenerateRequest]:
         max_tokens=number("max_tokens", int, OPENAI_DEFAULTS["max_tokens"]),
         stop=tuple(stop),
     )
-    return name, GenerateRequest(prompt, sampling)
+    session_id = body.get("session_id", "")  # ours, as vLLM adds top_k: the native Generate's session_id
+    if not isinstance(session_id, str):
+        raise BadRequest("session_id", f"{session_id!r} is not a session's name (a string)")
+    return name, GenerateRequest(prompt, sampling, session_id=session_id)
 
 
 def _usage(last) -> dict:

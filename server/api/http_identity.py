@@ -10,10 +10,11 @@ from aiohttp import web
 from rnnserve.server.security import ANYONE, Caller, Grant, token_caller
 
 
-def request_caller(grants: dict[str, Grant] | None, request: web.Request) -> Caller:
-    """`grants`: the --auth-tokens file's (None: no tokens). Unauthenticated when a token is needed and missing or unknown."""
+def request_caller(grants: dict[str, Grant] | None, request: web.Request, authorization: str | None = None) -> Caller:
+    """`grants`: the --auth-tokens file's (None: no tokens). Unauthenticated when a token is needed and missing or
+    unknown. `authorization`: the header's value when it came another way (a WebSocket's subprotocol)."""
     if grants is not None:
-        return token_caller(grants, request.headers.get("authorization"))
+        return token_caller(grants, authorization or request.headers.get("authorization"))
     peer = request.transport.get_extra_info("peercert") if request.transport else None
     return peer_certificate_caller(peer) if peer else ANYONE
 

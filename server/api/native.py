@@ -60,7 +60,11 @@ class NativeServicer(pb_grpc.RnnServeServicer):
 
     @unary
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[self._model_info(m) for m in visible(self._repository)])
+        return pb.ListModelsResponse(models=self.model_infos())
+
+    def model_infos(self) -> list[pb.ModelInfo]:
+        """What ListModels answers: every model the current caller may use (for gRPC, or api/native_http.py)."""
+        return [self._model_info(m) for m in visible(self._repository)]
 
     @unary
     async def GetModel(self, request: pb.GetModelRequest, context) -> pb.ModelInfo:
@@ -265,7 +269,7 @@ def failed_chunk(session_id: str, err: Exception) -> pb.SessionAnswer:
 
 
 def generate_request(request: pb.GenerateRequest) -> GenerateRequest:
-    return GenerateRequest(request.prompt, sampling_request(request.sampling), request.label, request.source)
+    return GenerateRequest(request.prompt, sampling_request(request.sampling), request.label, request.source, request.session_id)
 
 
 def sampling_request(message: pb.SamplingParams) -> SamplingRequest:

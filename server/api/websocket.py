@@ -7,7 +7,8 @@ and telephony servers), and for many per-session streams at a lower cost per mes
 bytes, a text frame the same message in protobuf's JSON mapping, and each answer comes in the kind of frame its
 question came in. The first message names the model in `start`. A session is the same session whichever way it is
 reached: opened here, it continues over gRPC (`start.resume`) and back, and it belongs to the same caller (a bearer
-token in the upgrade's `authorization` header, or a client certificate under mutual TLS).
+token in the upgrade's `authorization` header, or from a browser as the subprotocol `rnnserve.bearer.<base64url
+token>` beside `rnnserve.v1`; or a client certificate under mutual TLS).
 
 A call that fails ends with one last text frame, `{"code": "INVALID_ARGUMENT", "message": "…"}` (gRPC's status
 names and our messages), and the close code 4000 + gRPC's number for the status (4003 for INVALID_ARGUMENT); a
@@ -18,6 +19,7 @@ loop, so a WebSocket's steps batch with gRPC's in one engine."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 
 API = "websocket"
 PATH = "/v1/stream"
+PROTOCOL = "rnnserve.v1"  # the subprotocol the server picks when a client offers it (a browser sending a token must)
+BEARER_PREFIX = "rnnserve.bearer."
 CLOSE_BASE = 4000  # + gRPC's status number: the application's range of close codes (RFC 6455, 7.4.2)
 
 
@@ -57,10 +61,10 @@ class WebSocketStreams:
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         try:
-            identity = request_caller(self._grants, request)
+            identity = request_caller(self._grants, request, subprotocol_bearer(request))
         except errors.Unauthenticated as err:
             return web.json_response({"code": "UNAUTHENTICATED", "message": str(err)}, status=401)
-        socket = web.WebSocketResponse(max_msg_size=self._max_message_bytes, heartbeat=self._heartbeat_s)
+        socket = web.WebSocketResponse(max_msg_size=self._max_message_bytes, heartbeat=self._heartbeat_s, protocols=(PROTOCOL,))
         await socket.prepare(request)
         run_as(identity)  # this handler's task, and what it starts, is the caller's
         messages = Messages(socket)
@@ -85,6 +89,21 @@ class WebSocketStreams:
             except Exception as err:
                 await _fail(socket, grpc.StatusCode.INTERNAL, internal_error("WebSocket stream", err))
         return socket
+
+
+def subprotocol_bearer(request: web.Request) -> str | None:
+    """A browser's token: it cannot set a WebSocket's headers, so it offers the subprotocols `rnnserve.v1` (the one
+    the server picks, so the token is never echoed back) and `rnnserve.bearer.<the token in base64url>`, as
+    Kubernetes' API server takes one. The `authorization` header it stands for, or None."""
+    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+    for protocol in offered:
+        if protocol.startswith(BEARER_PREFIX):
+            encoded = protocol[len(BEARER_PREFIX):]
+            try:
+                return "Bearer " + base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+            except (ValueError, UnicodeDecodeError):
+                raise errors.Unauthenticated(f"the subprotocol {BEARER_PREFIX}… must carry the token in base64url") from None
+    return None
 
 
 class Messages:
