@@ -106,6 +106,15 @@ class ServeProcess:
         self.process.communicate(timeout=60)
 
 
+def describe_vad(silero_file: Path, repository: Path) -> None:
+    """Silero VAD's own ONNX file described as the README says, into the repository as model `vad`."""
+    done = run_cli(
+        "describe", str(silero_file), "--task", "vad", "--input", "input:512", "--context", "64", "--state", "state:stateN",
+        "--constant", "sr=16000", "--sample-rate", "16000", "--out", str(repository / "vad" / "1" / "model.onnx"),
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def status_of(call) -> grpc.StatusCode:
     """Runs `call` (which must fail) and returns its gRPC status code."""
     with pytest.raises(grpc.RpcError) as caught:

@@ -20,7 +20,7 @@ import pytest
 from rnnserve.client import audio_request, outputs_of, rows_outputs, session_chunk, session_rows, values_tensor
 from rnnserve.client.segments import SpeechSegments
 from rnnserve.v1 import rnnserve_pb2 as pb
-from tests.helpers import ServerThread, run_cli, status_of, together
+from tests.helpers import ServerThread, describe_vad, run_cli, status_of, together
 
 CHUNK, RATE = 512, 16000
 
@@ -51,11 +51,7 @@ def vad_repository(tmp_path_factory, silero_file, repository) -> Path:
     """The token models' repository and the VAD beside them, described as the README says."""
     root = tmp_path_factory.mktemp("values-models")
     shutil.copytree(repository / "lstm", root / "lstm")
-    done = run_cli(
-        "describe", str(silero_file), "--task", "vad", "--input", "input:512", "--context", "64", "--state", "state:stateN",
-        "--constant", "sr=16000", "--sample-rate", "16000", "--out", str(root / "vad" / "1" / "model.onnx"),
-    )
-    assert done.returncode == 0, done.stderr
+    describe_vad(silero_file, root)
     frames_graph(root / "frames.onnx")
     done = run_cli("describe", str(root / "frames.onnx"), "--input", "frames:6", "--state", "h0:h1", "--state", "c0:c1", "--out", str(root / "frames" / "1" / "model.onnx"))
     assert done.returncode == 0, done.stderr
