@@ -263,7 +263,7 @@ def listening_line(config: ServerConfig, app: App) -> str:
     tokens = f"required ({config.auth_tokens})" if config.auth_tokens else "off"
     store = redacted(config.state_store) if config.state_store else "none"
     metrics = f"http://{config.metrics_host}:{app.metrics_server.port}/metrics" if app.metrics_server else "off"
-    http = f"{'https' if config.tls_cert else 'http'}://{config.host}:{app.http.port} (WebSocket streams: /v1/stream)" if app.http else "off"
+    http = f"{'https' if config.tls_cert else 'http'}://{config.host}:{app.http.port} (a page at /, WebSocket streams at /v1/stream)" if app.http else "off"
     return (
         f"rnnserve listening on {config.host}:{app.port} (pid {os.getpid()}) — models: {models} — providers: {providers} — "
         f"TLS: {tls} — tokens: {tokens} — state store: {store} — metrics: {metrics} — HTTP: {http}"

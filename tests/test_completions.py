@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from tests.helpers import ServerThread, distributions
+from tests.helpers import ServerThread, distributions, scrape
 
 openai = pytest.importorskip("openai", reason="the dev extra installs the openai client")
 
@@ -19,7 +19,7 @@ PROMPT = "The return "
 
 @pytest.fixture(scope="module")
 def served(base_config):
-    with ServerThread(replace(base_config, http_port=0)) as running:
+    with ServerThread(replace(base_config, http_port=0, metrics_port=0)) as running:
         yield running
 
 
@@ -52,6 +52,7 @@ def test_a_completion_whole_and_streamed_equals_the_native_generation(openai_cli
     assert "".join(c.choices[0].text for c in chunks if c.choices) == expected
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == choice.finish_reason
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens and not chunks[-1].choices
+    assert scrape(served, "nv_inference_request_success_total", api="openai", method="Generate", model="lstm") >= 2
 
 
 def test_the_stream_is_server_sent_events_ending_in_done(served):

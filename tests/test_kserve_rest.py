@@ -14,7 +14,7 @@ import pytest
 from rnnserve.inference import grpc_service_pb2 as kserve_pb
 from rnnserve.inference import grpc_service_pb2_grpc as kserve_grpc
 from rnnserve.server.security import new_token, token_line
-from tests.helpers import ServerThread, logits_of
+from tests.helpers import ServerThread, logits_of, scrape
 from tests.helpers import request as helpers_request
 
 
@@ -31,7 +31,7 @@ def get(running, path: str, token: str = "") -> tuple[int, dict]:
 
 @pytest.fixture(scope="module")
 def rest(base_config):
-    with ServerThread(replace(base_config, http_port=0)) as running:
+    with ServerThread(replace(base_config, http_port=0, metrics_port=0)) as running:
         yield running
 
 
@@ -105,6 +105,8 @@ def test_json_inference_continues_a_sequence_a_grpc_request_started(rest):
     assert (logits["name"], logits["datatype"], logits["shape"]) == ("logits", "FP32", list(expected[1].shape))
     np.testing.assert_allclose(np.array(logits["data"], np.float32).reshape(logits["shape"]), expected[1], atol=1e-5)
     assert document["model_name"] == "lstm" and document["parameters"]["sequence_position"] == 5
+    counted = {api: scrape(rest, "nv_inference_request_success_total", api=api, model="lstm") for api in ("kserve", "kserve_http")}
+    assert counted["kserve_http"] >= 1 and counted["kserve"] >= 3  # REST's requests apart from gRPC's
 
 
 def test_tritons_http_client_unchanged_gets_what_grpc_gets(rest):

@@ -150,9 +150,13 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             self._tensors.sessions.end_owned_by(owner)
 
-    async def _infer(self, request: pb.ModelInferRequest, method: str, owner: object = None) -> pb.ModelInferResponse:
-        model = resolved(self._metrics, self._repository, API, method, request.model_name, request.model_version)
-        with counted(self._metrics, model, API, method) as call:
+    async def infer(self, request: pb.ModelInferRequest, api: str) -> pb.ModelInferResponse:
+        """ModelInfer's answer apart from gRPC (for KServe REST, api/kserve_rest.py), counted under `api`."""
+        return await self._infer(request, "ModelInfer", api=api)
+
+    async def _infer(self, request: pb.ModelInferRequest, method: str, owner: object = None, api: str = API) -> pb.ModelInferResponse:
+        model = resolved(self._metrics, self._repository, api, method, request.model_name, request.model_version)
+        with counted(self._metrics, model, api, method) as call:
             wanted = requested_outputs(model.card, request)  # checked before the sequence moves on
             tensors = tensor_request(model.card, request, owner, wanted)
             call.session = tensors.sequence.id

@@ -3,7 +3,7 @@ readiness and inference (JSON tensors and the binary-tensor extension, server/ap
 requests continue the state its gRPC requests left). Each route answers what the gRPC method of the same name
 answers (server/api/kserve.py, called as it is), in the REST protocol's JSON; an error is `{"error": "…"}` with the
 HTTP status that Triton gives for its gRPC status. Health is open to probes, as gRPC's is; the rest need the token
-when the server has tokens."""
+when the server has tokens. Inference counts in the metrics and the call log under `api="kserve_http"`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from rnnserve.server.api.kserve_json import HEADER_LENGTH, infer_body, infer_req
 from rnnserve.server.api.status import internal_error
 from rnnserve.server.security import Grant, run_as
 
+API = "kserve_http"
 HTTP_STATUS = {  # Triton's HTTP statuses for the gRPC statuses of our errors
     errors.NotFound: 404, errors.InvalidArgument: 400, errors.ResourceExhausted: 429, errors.FailedPrecondition: 400,
     errors.AlreadyExists: 409, errors.Unauthenticated: 401, errors.PermissionDenied: 403, errors.Unavailable: 503,
@@ -79,7 +80,7 @@ class KServeRest:
         asked, header = infer_request(
             request.match_info["name"], request.match_info.get("version", ""), await request.read(), request.headers.get(HEADER_LENGTH)
         )
-        body, headers = infer_body(await _call(KServeServicer.ModelInfer, self._kserve, asked), header)
+        body, headers = infer_body(await self._kserve.infer(asked, API), header)
         return web.Response(body=body, headers=headers)
 
     async def _server_metadata(self, request: web.Request) -> tuple[dict, int]:
