@@ -69,6 +69,8 @@ def test_cli_generate_continues_a_named_session(server, client):
     expected = [client.generate_text("lstm", turn, session_id="cli-reference", **settings) for turn in ("The ", "and ")]
     flags = ["--target", server.target, "--model", "lstm", "--session-id", "cli-talk", "--temperature", "0.7", "--seed", "2", "--max-tokens", "10"]
     assert [run_cli("generate", *flags, turn).stdout for turn in ("The ", "and ")] == [text + "\n" for text in expected]
+    for session in ("cli-reference", "cli-talk"):
+        client.close_session(session)
 
 
 def test_cli_stream_shows_every_step(server):

@@ -18,8 +18,30 @@ from tests.helpers import distributions, status_of
 GREEDY = dict(temperature=0.0, max_tokens=25)
 
 
+MADE: list[str] = []
+
+
 def _id() -> str:
-    return f"talk-{uuid.uuid4().hex[:8]}"
+    MADE.append(f"talk-{uuid.uuid4().hex[:8]}")
+    return MADE[-1]
+
+
+@pytest.fixture(autouse=True)
+def closed_after(client):
+    """The shared server's other tests expect no session left open: every named session made here is closed."""
+    yield
+    while MADE:
+        session = MADE.pop()
+        deadline = time.monotonic() + 10  # one whose stream was cancelled is attached until the server sees it end
+        while True:
+            try:
+                client.close_session(session)
+                break
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.NOT_FOUND:
+                    break
+                if time.monotonic() > deadline:
+                    raise
 
 
 def _answer(client, session: str, prompt: str, **settings) -> tuple[str, list[int]]:
