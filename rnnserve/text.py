@@ -170,14 +170,16 @@ def tokenizer_from_spec(spec: dict) -> Tokenizer | None:
 
 def make_tokenizer(kind: str, corpus: str, vocab_size: int = 2000) -> Tokenizer:
     """A tokenizer for training: byte and char need nothing more; bpe (byte-level BPE: any text, no unknown
-    characters) and word (whole words and whitespace runs, <unk> for the rest) learn `vocab_size` tokens from the
-    corpus with Hugging Face `tokenizers`."""
+    characters) and word learn `vocab_size` tokens from the corpus with Hugging Face `tokenizers`. A word token is
+    a word (what whitespace separates) with the space before it, and a line end is a token: N words on a line are
+    N tokens and one more, as word-level language models count them (spaces at a line's end are dropped, as they
+    split Penn Treebank's " \n"), and text of single spaces between words round-trips exactly; a word outside the vocabulary is [UNK] (which writes nothing)."""
     if kind == "byte":
         return ByteTokenizer()
     if kind == "char":
         return CharTokenizer.from_text(corpus)
     if kind in ("bpe", "word"):
-        from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+        from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
         from tokenizers import Tokenizer as Trained
 
         if kind == "bpe":
@@ -185,17 +187,23 @@ def make_tokenizer(kind: str, corpus: str, vocab_size: int = 2000) -> Tokenizer:
             trained.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
             trained.decoder = decoders.ByteLevel()
             trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-        else:
+        else:  # a word is what whitespace separates, its one space before it attached (as SentencePiece marks it)
             trained = Trained(models.WordLevel(unk_token=UNKNOWN_WORD))
-            trained.pre_tokenizer = pre_tokenizers.Split(Regex(r"\w+|[^\w\s]|\s+"), behavior="isolated")
-            trained.decoder = decoders.Fuse()
+            trained.normalizer = normalizers.Replace(Regex(" +\n"), "\n")  # spaces at a line's end are not a word
+            trained.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Split(Regex("\n"), behavior="isolated"),  # a line end is a token
+                pre_tokenizers.Metaspace(replacement=SPACE_MARK, prepend_scheme="never"),
+            ])
+            trained.decoder = decoders.Metaspace(replacement=SPACE_MARK, prepend_scheme="never")
             trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=[UNKNOWN_WORD], show_progress=False)
         trained.train_from_iterator(corpus.splitlines(keepends=True), trainer)
         return HFTokenizer(trained.to_str())
     raise ValueError(f"unknown tokenizer {kind!r} (expected 'byte', 'char', 'bpe' or 'word')")
 
 
-UNKNOWN_WORD = "<unk>"
+UNKNOWN_WORD = "[UNK]"  # not "<unk>": a special token is matched in the text before words are, and Penn Treebank's
+# text writes "<unk>" for its own rare words, an ordinary word of its vocabulary
+SPACE_MARK = "▁"  # a word token's space before it: " the" is "▁the", a second space "▁" alone
 
 
 class IncrementalDecoder:

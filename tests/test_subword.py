@@ -53,13 +53,15 @@ def test_streaming_a_bpe_model_answers_in_whole_characters(client):
     assert all(text == "" or text.isprintable() for text in texts)
 
 
-def test_a_word_model_generates_words_and_whitespace(client):
+def test_a_word_model_generates_words_with_their_spaces(client):
     info = client.get_model("words")
     assert info.tokenizer == "hf" and info.vocab_size == 600
-    text = client.generate_text("words", "The return statement", temperature=0.0, max_tokens=30)
+    pieces = list(client.generate("words", "The return statement", temperature=0.0, max_tokens=30))
+    text = "".join(p.text for p in pieces)
     assert text and all(piece.isprintable() or piece.isspace() for piece in text)
+    assert sum(len(p.token_ids) for p in pieces) == 30
     tokenizer = tokenizer_from_spec(json.loads(info.metadata_json)["tokenizer"])
-    assert tokenizer.encode("The return") == [tokenizer._tokenizer.token_to_id(w) for w in ("The", " ", "return")]
+    assert tokenizer.encode("The return") == [tokenizer._tokenizer.token_to_id(w) for w in ("The", "▁return")]
 
 
 def test_validation_is_reported_per_character_so_tokenizers_compare(checkpoints):

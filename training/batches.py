@@ -38,6 +38,8 @@ class TaskData:
 
     val_batches: list[Batch]
     select_batches: list[Batch] | None = None  # held out of training to choose the best checkpoint by (--keep-best)
+    val = None  # a language model's validation text scored whole (tasks.HeldOut)
+    test = None  # and its --test-corpus, scored once at the end
     corpus: str = ""  # the text behind it, for per-character figures
     val_text: str = ""  # the held-out text, for samples
     held_out: tuple[tuple[str, str], ...] = ()  # held-out (source, target) pairs, for samples
@@ -93,6 +95,17 @@ def batchify(ids: list[int], batch_size: int) -> torch.Tensor:
     if columns < 2:
         raise UsageError(f"corpus too small: {len(ids)} tokens for --batch-size {batch_size}: train on more text or use a smaller --batch-size")
     return torch.tensor(ids[: columns * batch_size], dtype=torch.long).view(batch_size, columns)
+
+
+def held_out_batches(inputs: list[int], targets: list[int], bptt: int, rows: int = 16) -> list[Batch]:
+    """A held-out stream as up to `rows` parallel rows read window by window, nothing dropped: the last row is
+    padded (its padding predicts nothing), so every target is scored once."""
+    rows = max(1, min(rows, len(inputs) // (2 * bptt)))
+    columns = -(-len(inputs) // rows)
+    padding = rows * columns - len(inputs)
+    x = torch.tensor(inputs + [0] * padding, dtype=torch.long).view(rows, columns)
+    y = torch.tensor(targets + [IGNORE] * padding, dtype=torch.long).view(rows, columns)
+    return [Batch(a, b, fresh=i == 0) for i, (a, b) in enumerate(chunks(x, y, bptt))]
 
 
 def chunks(inputs: torch.Tensor, targets: torch.Tensor, bptt: int):

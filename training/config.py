@@ -28,6 +28,14 @@ class TrainConfig:
         None, "UTF-8 text file to train on (default: the built-in corpus, Python's help topics; the classifier, conditional "
         "model and date normaliser use their own built-in data)"
     )
+    val_corpus: str | None = option(
+        None, "language models: a UTF-8 file held out for validation, scored whole (a standard split's, e.g. ptb.valid.txt); "
+        "--corpus is then all for training, and --val-fraction is not used"
+    )
+    test_corpus: str | None = option(
+        None, "language models: a UTF-8 file scored whole once, at the end, with the model kept (e.g. ptb.test.txt); it never "
+        "chooses anything"
+    )
     dataset: str | None = option(
         None, "frame_classifier: JapaneseVowels (default) or BasicMotions, the UEA archive's own train/test split; forecaster: "
         "co2 (default, weekly) or sunspots (yearly); all ship with the [series] extra"
@@ -44,7 +52,8 @@ class TrainConfig:
     period: int = option(1, "--csv, forecaster: the series' seasonal period in steps (52 for weekly data with a yearly cycle), for MASE")
     tokenizer: str = option(
         "byte", "byte (any UTF-8, vocabulary 256), char (the corpus's characters), bpe (byte-level BPE learnt from the corpus: "
-        "subwords, any text) or word (the corpus's commonest words, <unk> for the rest); bpe and word are for language models",
+        "subwords, any text) or word (the corpus's commonest words, each with the space before it, and line ends; [UNK] for the "
+        "rest); bpe and word are for language models",
         TOKENIZER_KINDS,
     )
     vocab_size: int = option(2000, "bpe and word: how many tokens to learn from the corpus")
@@ -68,8 +77,13 @@ class TrainConfig:
     seed: int = option(0, "random seed: the same seed and budget in steps give the same model")
     out: str = option("runs/model.pt", "checkpoint path (written at every evaluation)")
     keep_best: bool = option(
-        True, "frame_classifier, forecaster: keep the evaluation of least loss on a part of the training data held out to "
-        "choose by (a fifth of each class's sequences; the stretch before the held-out end), not the last step's"
+        True, "keep the evaluation of least loss on what is held out to choose by, not the last step's: a language model's "
+        "validation text; a frame_classifier's or forecaster's part of the training data (a fifth of each class's sequences; "
+        "the stretch before the held-out end)"
+    )
+    lr_plateau: float | None = option(
+        None, "divide the learning rate by this whenever an evaluation's loss on what chooses (--keep-best's) is no better "
+        "than the best so far, as published word-level recipes do (4 in Zaremba et al.'s; default: the schedule alone)"
     )
     resume: bool = option(False, "continue from the checkpoint at --out")
     force: bool = option(False, "replace an existing checkpoint at --out (without it, an existing one is refused)")
@@ -107,6 +121,10 @@ class TrainConfig:
                 raise ValueError(f"{flag(name)} must not be negative, not {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"--dropout must be in [0, 1), not {self.dropout}")
+        if (self.val_corpus or self.test_corpus) and self.task != "language_model":
+            raise ValueError(f"--{'val' if self.val_corpus else 'test'}-corpus is for language models; a {self.task} has its own held-out data")
+        if self.lr_plateau is not None and not self.lr_plateau > 1:
+            raise ValueError(f"--lr-plateau divides the learning rate: it must be more than 1, not {self.lr_plateau}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"--val-fraction must be in (0, 1), not {self.val_fraction}")
 

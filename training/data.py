@@ -18,15 +18,16 @@ def builtin_corpus() -> str:
     return "\n\n".join(topics[name] for name in sorted(topics))
 
 
-def load_corpus(path: str | None) -> str:
+def load_corpus(path: str | None, flag: str = "--corpus") -> str:
+    """The text a flag names (the built-in corpus for none)."""
     if path is None:
         return builtin_corpus()
     try:
         return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise UsageError(f"--corpus {path}: not UTF-8 text ({err})") from None
+        raise UsageError(f"{flag} {path}: not UTF-8 text ({err})") from None
     except OSError as err:
-        raise UsageError(f"--corpus {path}: {err.strerror}") from None
+        raise UsageError(f"{flag} {path}: {err.strerror}") from None
 
 
 def split_corpus(text: str, val_fraction: float) -> tuple[str, str]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from rnnserve.errors import UsageError
-from rnnserve.text import IncrementalDecoder, Tokenizer
-from rnnserve.training.batches import IGNORE, Batch, Examples, Streams, TaskData, batched, pad
+from rnnserve.text import IncrementalDecoder, Tokenizer, UnknownText
+from rnnserve.training.batches import IGNORE, Batch, Examples, Streams, TaskData, batched, held_out_batches, pad
 from rnnserve.training.config import TrainConfig
 from rnnserve.training.data import date_pair, labelled_corpus, load_corpus, split_corpus, unigram_entropy_bits
 from rnnserve.training.models import ModelConfig
@@ -54,8 +55,14 @@ class LanguageModel:
 
     def tokenizer_text(self, text: str, config: TrainConfig) -> str:
         """What the tokenizer is built from: a learnt vocabulary (bpe, word) sees the training text alone, so the
-        validation text is as new to it as to the model."""
-        return split_corpus(text, config.val_fraction)[0] if config.tokenizer in ("bpe", "word") else text
+        held-out text is as new to it as to the model; a character vocabulary holds every character it will read."""
+        if config.tokenizer in ("bpe", "word"):
+            return self._split(text, config)[0]
+        return text + "".join(load_corpus(path, flag) for path, flag in _held_out_files(config))
+
+    def _split(self, text: str, config: TrainConfig) -> tuple[str, str]:
+        """(training text, validation text): a --val-corpus file, or the corpus's last --val-fraction."""
+        return (text, load_corpus(config.val_corpus, "--val-corpus")) if config.val_corpus else split_corpus(text, config.val_fraction)
 
     def model_config(self, vocab_size: int, config: TrainConfig, data: TaskData | None = None) -> ModelConfig:
         """A model that generates from a label or a source also reads <bos> and writes <eos>, past the tokenizer's vocabulary."""
@@ -69,13 +76,20 @@ class LanguageModel:
         )
 
     def data(self, tokenizer: Tokenizer, text: str, config: TrainConfig) -> TaskData:
-        train_text, val_text = split_corpus(text, config.val_fraction)
+        train_text, val_text = self._split(text, config)
         train, val = self._pairs(tokenizer, train_text), self._pairs(tokenizer, val_text)
         data = Streams(*train, *val, config)
         data.chars_per_token = self._chars(val_text) / len(val[0])
         data.val_text = val_text
         data.corpus = text
+        if self.scores_whole_text:  # every character of the held-out text, from its start
+            data.val = held_out(tokenizer, val_text, config)
+            data.val_batches = data.val.batches
+            data.test = held_out(tokenizer, load_corpus(config.test_corpus, "--test-corpus"), config) if config.test_corpus else None
+            data.select_batches = data.val_batches if config.keep_best else None
         return data
+
+    scores_whole_text = True  # its held-out text is scored whole, per character and per word (a tagger's is not)
 
     def _pairs(self, tokenizer: Tokenizer, text: str) -> tuple[list[int], list[int]]:
         ids = tokenizer.encode(text)
@@ -85,16 +99,12 @@ class LanguageModel:
         return len(text)
 
     def metrics(self, loss: float, logits: list[torch.Tensor], data: TaskData, model) -> dict:
-        return {
-            "val_loss_nats": round(loss, 4),
-            "val_bits_per_char": round(loss / LN2 / data.chars_per_token, 4),
-            "unigram_bits_per_char": round(unigram_entropy_bits(data.corpus), 4),
-        }
+        return {**held_out_figures("val", loss, data.val), "unigram_bits_per_char": round(unigram_entropy_bits(data.corpus), 4)}
 
     def summary(self, metrics: dict) -> str:
         return (
-            f"val loss {metrics['val_loss_nats']:.3f} nats, {metrics['val_bits_per_char']:.3f} bits/char "
-            f"(unigram {metrics['unigram_bits_per_char']:.3f})"
+            f"val loss {metrics['val_loss_nats']:.3f} nats, {metrics['val_bits_per_char']:.3f} bits/char, "
+            f"{metrics['val_word_perplexity']:.1f} per-word perplexity (unigram {metrics['unigram_bits_per_char']:.3f} bits/char)"
         )
 
     @torch.no_grad()
@@ -104,6 +114,54 @@ class LanguageModel:
         prompt = data.corpus[:SAMPLE_PROMPT_CHARS]
         logits, state = model(torch.tensor([tokenizer.encode(prompt)]), model.initial_state(1))
         return prompt + _sample_text(model, tokenizer, logits, state, chars, temperature)
+
+
+def _held_out_files(config: TrainConfig) -> list[tuple[str, str]]:
+    return [(path, flag) for path, flag in ((config.val_corpus, "--val-corpus"), (config.test_corpus, "--test-corpus")) if path]
+
+
+@dataclass
+class HeldOut:
+    """A held-out text scored whole: its batches (the last row padded, nothing dropped), how many predictions they
+    make, and the characters and words (with line ends, as papers count them) those predictions are of."""
+
+    batches: list[Batch]
+    predictions: int
+    chars: int
+    words: int
+
+
+def held_out(tokenizer: Tokenizer, text: str, config: TrainConfig) -> HeldOut:
+    """The text's every token predicted: it is read after a line end (the start of a line, as word-level models
+    read a test file), so the first token is scored too."""
+    ids = tokenizer.encode(text)
+    try:
+        start = tokenizer.encode("\n")[-1:]
+    except UnknownText:  # a vocabulary without a line end: the first token is given, not scored
+        start = []
+    stream = start + ids
+    if len(stream) < 2:
+        raise UsageError("the held-out text is too short to score: give it at least two tokens")
+    scored = text if start else b"".join(tokenizer.token_bytes(t) for t in ids[1:]).decode("utf-8", errors="replace")
+    return HeldOut(held_out_batches(stream[:-1], stream[1:], config.bptt), len(stream) - 1, len(scored), count_words(scored))
+
+
+def count_words(text: str) -> int:
+    """Words (what whitespace separates) and line ends: what a per-word perplexity divides by."""
+    return len(text.split()) + text.count("\n")
+
+
+def held_out_figures(split: str, loss: float, scored: HeldOut) -> dict:
+    """Nats per token, bits per character and per-word perplexity (exp of the total loss over the words and line
+    ends), the measures that compare any tokenizer's models and published word-level figures."""
+    total = loss * scored.predictions
+    return {
+        f"{split}_loss_nats": round(loss, 4),
+        f"{split}_bits_per_char": round(total / LN2 / max(1, scored.chars), 4),
+        f"{split}_word_perplexity": round(math.exp(min(total / max(1, scored.words), 700.0)), 2),
+        f"{split}_chars": scored.chars,
+        f"{split}_words": scored.words,
+    }
 
 
 def _sample_text(model, tokenizer: Tokenizer, logits, state, chars: int, temperature: float) -> str:
@@ -122,6 +180,7 @@ class BoundaryTagger(LanguageModel):
 
     name = "boundary_tagger"
     labels = ("no_boundary", "boundary")
+    scores_whole_text = False
 
     def _pairs(self, tokenizer: Tokenizer, text: str) -> tuple[list[int], list[int]]:
         inputs: list[int] = []

@@ -22,7 +22,7 @@ from rnnserve.training.config import TrainConfig
 from rnnserve.training.distributed import World, join
 from rnnserve.training.models import ModelConfig, build_model
 from rnnserve.training.progress import ProgressReport
-from rnnserve.training.tasks import LanguageModel, task_named
+from rnnserve.training.tasks import LanguageModel, held_out_figures, task_named
 
 LANGUAGE_MODEL = LanguageModel()
 
@@ -39,6 +39,8 @@ class Progress:
     # the curves `rnnserve plot` draws: [step, training loss] every few steps, and every evaluation's metrics
     train_curve: list = field(default_factory=list)
     evaluations: list = field(default_factory=list)
+    lr_scale: float = 1.0  # what --lr-plateau has divided the schedule's rate by so far
+    best_loss: float | None = None  # the least loss on what chooses, so far
 
 
 CURVE_POINTS_PER_EVALUATION = 20
@@ -202,13 +204,19 @@ def _train(config: TrainConfig, world: World) -> dict:
             **task.metrics(val_loss, logits, data, model),
             "steps": progress.step,
             "train_seconds": round(progress.elapsed_s, 1),
+            "lr": float(f"{optimizer.param_groups[0]['lr']:.3g}"),
             **task.source_figures(config, text),
         }
-        if chooses:
-            select_loss = evaluate(model, data.select_batches, task)[0]
-            progress.metrics["select_loss_nats"] = round(select_loss, 4)
-            if not best or select_loss < best["loss"]:
-                best.update(loss=select_loss, weights=copy.deepcopy(model.state_dict()), metrics=dict(progress.metrics))
+        # what chooses (--keep-best) and decides a plateau: the selection split's loss, or the validation loss itself
+        choice_loss = val_loss
+        if data.select_batches and data.select_batches is not data.val_batches:
+            choice_loss = evaluate(model, data.select_batches, task)[0]
+            progress.metrics["select_loss_nats"] = round(choice_loss, 4)
+        if config.lr_plateau and progress.best_loss is not None and choice_loss >= progress.best_loss:
+            progress.lr_scale /= config.lr_plateau  # the next steps learn at the divided rate
+        progress.best_loss = choice_loss if progress.best_loss is None else min(progress.best_loss, choice_loss)
+        if chooses and (not best or choice_loss < best["loss"]):
+            best.update(loss=choice_loss, weights=copy.deepcopy(model.state_dict()), metrics=dict(progress.metrics))
         progress.evaluations.append({k: v for k, v in progress.metrics.items() if isinstance(v, (int, float))})
         if not world.leader:
             return
@@ -240,7 +248,7 @@ def _train(config: TrainConfig, world: World) -> dict:
                 continue
             started = time.perf_counter()
             for group in optimizer.param_groups:
-                group["lr"] = config.lr * lr_factor(config, progress.step, fraction_done())
+                group["lr"] = config.lr * progress.lr_scale * lr_factor(config, progress.step, fraction_done())
             batch = world.rows(batch)
             state = model.start(batch) if batch.fresh or state is None else model.carried(state)
             logits, state = stepped(batch.inputs, state)
@@ -272,10 +280,19 @@ def _train(config: TrainConfig, world: World) -> dict:
     report.close()
     if progress.metrics.get("steps") != progress.step:
         checkpoint_now(loss_ema if loss_ema is not None else float("nan"))
-    if chooses and best["metrics"]["steps"] != progress.step:  # the best was earlier: it is the model kept
+    kept_earlier = chooses and best["metrics"]["steps"] != progress.step
+    if kept_earlier:  # the best was earlier: it is the model kept
         model.load_state_dict(best["weights"])
         progress.metrics = best["metrics"] | {"steps_trained": progress.step}
-        if world.leader:
-            save_checkpoint(out, model, optimizer, tokenizer, config, progress)
-            report.write(f"kept step {progress.metrics['steps']}, the least loss on the selection split: {task.summary(progress.metrics)}")
+    if data.test is not None:  # scored once, with the model kept
+        progress.metrics |= held_out_figures("test", evaluate(model, data.test.batches, task)[0], data.test)
+    if world.leader and (kept_earlier or data.test is not None):
+        save_checkpoint(out, model, optimizer, tokenizer, config, progress)
+        if kept_earlier:
+            report.write(f"kept step {progress.metrics['steps']}, the least held-out loss: {task.summary(progress.metrics)}")
+        if data.test is not None:
+            report.write(
+                f"test: {progress.metrics['test_loss_nats']:.3f} nats, {progress.metrics['test_bits_per_char']:.3f} bits/char, "
+                f"{progress.metrics['test_word_perplexity']:.1f} per-word perplexity"
+            )
     return progress.metrics
