@@ -70,13 +70,15 @@ class RnnServeClient:
         top_k: int = 0,
         metadata: list[tuple[str, str]] | None = None,
         acknowledged: int = 0,
+        score: bool = False,
     ) -> Iterator[pb.StreamResponse]:
         """One response per chunk: text, a list of token ids, an array of steps [T, *step] for a model that takes
         values (read its answer with `outputs_of`), or a full StreamRequest (to reset, say). `metadata`:
         extra call metadata, e.g. the session id for a load balancer's affinity. `acknowledged` (with `resume`):
-        the position of the last answer this client got; answers' `behind` then says what the state lacks of it."""
+        the position of the last answer this client got; answers' `behind` then says what the state lacks of it.
+        `score`: a language model's steps each carry their token's log-probability (`logprob`)."""
         start = pb.StreamStart(
-            model=model, version=version, session_id=session_id, resume=resume, top_k=top_k, acknowledged=acknowledged
+            model=model, version=version, session_id=session_id, resume=resume, top_k=top_k, acknowledged=acknowledged, score=score
         )
 
         def requests():

@@ -85,6 +85,8 @@ EXAMPLES = {
     "infer": """examples:
   rnnserve infer --model tagger_bi --top-k 1 thereturnstatement
   rnnserve infer --model kind 'static int add(int a, int b) { return a + b; }'""",
+    "score": """examples (the figures are the trainer's --test-corpus figures, computed by the server):
+  rnnserve score --model ptb ptb.test.txt""",
     "models": """examples:
   rnnserve models
   rnnserve models --target 10.0.0.5:50051""",
@@ -290,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
             "send stdin line by line (each with its newline, when the model's vocabulary has one) and show the model's per-step predictions",
         ),
         ("infer", client_commands.infer, "send a whole text at once and show every step's top outputs"),
+        ("score", client_commands.score, "score a text file with a served language model: nats per token, bits per character, per-word perplexity"),
         ("models", client_commands.models, "list the models a server serves"),
         ("health", client_commands.health, "ask a server whether it is serving (exit status 0 if so)"),
         ("snapshot", client_commands.snapshot, "save a named session's (or a KServe sequence's) whole state to a file"),
@@ -301,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--target", type=_target, default=target, help=f"server address HOST:PORT (default: {target}; env RNNSERVE_TARGET)")
         for flag, env, help_text in CONNECTION_FLAGS:
             sub.add_argument(flag, default=os.environ.get(env) or None, help=f"{help_text} (env {env})")
-        if name in ("generate", "stream", "infer"):
+        if name in ("generate", "stream", "infer", "score"):
             sub.add_argument("--model", required=True, help="model name (`rnnserve models` lists them)")
             sub.add_argument("--version", default="", help="model version (default: the newest)")
     generate = commands.choices["generate"]
@@ -327,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer = commands.choices["infer"]
     infer.add_argument("text", help="the whole input")
     infer.add_argument("--top-k", type=_number(int, 1, 2**32 - 1), default=0, help="outputs shown per step (default: 5, or all when fewer)")
+    commands.choices["score"].add_argument("file", help="a UTF-8 text file (e.g. a held-out test set), read after a line end and scored whole")
     snapshot = commands.choices["snapshot"]
     snapshot.add_argument("--session-id", default="", help="the named session (or --model and --sequence-id for a KServe sequence)")
     snapshot.add_argument("--model", default="", help="a KServe sequence's model")

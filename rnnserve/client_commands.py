@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -230,6 +231,31 @@ def infer(args) -> None:
         response = client.infer_response(args.model, args.text, args.version, args.top_k)
     print_steps(response.steps)
     print_classes("whole text", response.classes)
+
+
+SCORED_LINE_CHARS = 2000  # a long line goes in parts: a message stays well within the server's limits
+
+
+def score(args) -> None:
+    """The file's every token scored through the server (Stream with `score`), after the line end it is read
+    from, as the trainer scores --val-corpus and --test-corpus."""
+    path = Path(args.file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"{args.file}: {getattr(err, 'strerror', None) or err}") from None
+    parts = [line[i : i + SCORED_LINE_CHARS] for line in text.splitlines(keepends=True) for i in range(0, len(line), SCORED_LINE_CHARS)]
+    total, tokens = 0.0, 0
+    with client_of(args) as client:
+        for index, response in enumerate(client.stream(args.model, ["\n", *parts], args.version, top_k=1, score=True)):
+            for step in response.steps if index else ():  # the line end it starts from is given, not scored
+                total -= step.logprob
+                tokens += 1
+    words = len(text.split()) + text.count("\n")
+    print(
+        f"{path.name}: {tokens:,} tokens, {words:,} words and line ends, {len(text):,} characters: {total / max(1, tokens):.4f} nats "
+        f"per token, {total / math.log(2) / max(1, len(text)):.4f} bits per character, per-word perplexity {math.exp(total / max(1, words)):.2f}"
+    )
 
 
 def print_classes(what: str, classes) -> None:

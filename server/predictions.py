@@ -12,9 +12,10 @@ from rnnserve.server.sampling import softmax
 from rnnserve.text import IncrementalDecoder, token_text
 
 
-def step_predictions(model: Model, tokens: list[int], decoder: IncrementalDecoder, result: StepResult) -> tuple[StepPrediction, ...]:
-    """Each step's input, the text it completes (none for a byte in the middle of a character) and its top-k
-    outputs, ranked by the engine."""
+def step_predictions(model: Model, tokens: list[int], decoder: IncrementalDecoder, result: StepResult,
+                     logprobs: list[float | None] | None = None) -> tuple[StepPrediction, ...]:
+    """Each step's input, the text it completes (none for a byte in the middle of a character), its top-k
+    outputs, ranked by the engine, and when scoring, how likely its token was."""
     tokenizer, labels = model.tokenizer, model.card.labels
 
     def name(output: int) -> str:
@@ -26,8 +27,11 @@ def step_predictions(model: Model, tokens: list[int], decoder: IncrementalDecode
             token_text(tokenizer, token),
             tuple(Candidate(i, name(i), p) for i, p in zip(ids, probabilities)),
             decoder.feed(token),
+            logprob,
         )
-        for token, ids, probabilities in zip(tokens, result.top_ids.tolist(), result.top_probabilities.tolist())
+        for token, ids, probabilities, logprob in zip(
+            tokens, result.top_ids.tolist(), result.top_probabilities.tolist(), logprobs or [None] * len(tokens)
+        )
     )
 
 

@@ -50,6 +50,7 @@ class StreamStart:
     resume: bool = False
     top_k: int = 0
     acknowledged: int = 0  # resume: the position of the last answer the client got (it replays what the state lacks)
+    score: bool = False  # each step's token's log-probability before it was read
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,7 @@ class StepPrediction:
     token_text: str
     next: tuple[Candidate, ...]
     text: str = ""  # the text this step completes ("" for a byte in the middle of a character)
+    logprob: float | None = None  # with StreamStart.score: how likely this token was before it was read
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,11 +38,11 @@ from rnnserve.text import IncrementalDecoder
 class StreamSession:
     """An open stream's session, and what consumes each of its chunks."""
 
-    def __init__(self, service: InferenceService, session: Session, top_k: int):
-        self._service, self.session, self._top_k = service, session, top_k
+    def __init__(self, service: InferenceService, session: Session, top_k: int, score: bool = False):
+        self._service, self.session, self._top_k, self._score = service, session, top_k, score
 
     async def __call__(self, chunk: Chunk) -> ChunkResult:
-        return await self._service._consume(self.session, chunk, self._top_k)
+        return await self._service._consume(self.session, chunk, self._top_k, self._score)
 
 
 class InferenceService:
@@ -110,6 +110,7 @@ class InferenceService:
                 await model.batcher.step(session.slot, [*prompt, *answered])
         if finish:
             session.stepped(len(prompt) + len(answered))
+        session.last_log_probs = None  # a scoring stream that resumes it starts its scores afresh
         self.sessions.answered(session)
 
     @asynccontextmanager
@@ -123,13 +124,17 @@ class InferenceService:
                 "send the whole input in one Infer call instead"
             )
         top_k = 0 if model.card.input.values else self._inputs.top_k(model, start.top_k, "start.top_k")
+        if start.score and (model.card.input.values or model.card.labels or not model.card.generates):
+            raise InvalidArgument(
+                "start.score", f"scores the text a language model reads; model {model.card.name!r} ({model.card.task}) does not predict its input"
+            )
         if start.acknowledged and not start.resume:
             raise InvalidArgument("start.acknowledged", "is the position a resumed stream continues from: set resume too")
         async with self.sessions.attach(model, start.session_id, start.resume) as session:
             session.replay_until = start.acknowledged  # the chunks up to there are ones the client sends again
-            yield StreamSession(self, session, top_k)
+            yield StreamSession(self, session, top_k, start.score)
 
-    async def _consume(self, session: Session, chunk: Chunk, top_k: int) -> ChunkResult:
+    async def _consume(self, session: Session, chunk: Chunk, top_k: int, score: bool = False) -> ChunkResult:
         model = session.model
         if model.card.input.values:
             return await self._consume_values(session, chunk)
@@ -146,10 +151,11 @@ class InferenceService:
             return ChunkResult(session.id, session.position, behind=behind)
         result = await session.step(tokens, top_k)
         session.decoder = session.decoder or IncrementalDecoder(model.tokenizer)
+        logprobs = scored(session, tokens, result.outputs[0]) if score else None
         await self.sessions.confirm(session)  # with a state store: still this server's to answer
         self.sessions.answered(session)  # a named session's new state goes to the state store, if there is one
         return ChunkResult(
-            session.id, session.position, step_predictions(model, tokens, session.decoder, result),
+            session.id, session.position, step_predictions(model, tokens, session.decoder, result, logprobs),
             classes(model, result.outputs[0]), behind,
         )
 
@@ -307,6 +313,17 @@ class InferenceService:
 
     def close_session(self, session_id: str) -> None:
         self.sessions.close(session_id)
+
+
+def scored(session: Session, tokens: list[int], logits: np.ndarray) -> list[float | None]:
+    """Each token's log-probability from the outputs of the step before it: this chunk's, or the session's last
+    (kept for the next chunk; none after a reset, or for a session new or resumed here)."""
+    shifted = logits.astype(np.float64)
+    log_probs = shifted - shifted.max(axis=-1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(axis=-1, keepdims=True))
+    before = session.last_log_probs
+    session.last_log_probs = log_probs[-1]
+    return [None if before is None else float(before[tokens[0]])] + [float(log_probs[i - 1, t]) for i, t in enumerate(tokens[1:], 1)]
 
 
 def _steps_sent(chunk: Chunk) -> int:

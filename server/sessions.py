@@ -59,6 +59,7 @@ class Session:
     idle_since: float = 0.0  # loop time of its last detach: the idle TTL counts from here
     decoder: IncrementalDecoder | None = field(default=None, repr=False)  # Stream: input read so far, to whole characters
     waiting: np.ndarray | None = field(default=None, repr=False)  # an audio model's samples that do not fill a step yet
+    last_log_probs: np.ndarray | None = field(default=None, repr=False)  # a scoring stream's last step's, for its next token
 
     @property
     def ids(self) -> tuple[str, str]:
@@ -90,7 +91,7 @@ class Session:
     def reset(self) -> None:
         self.model.batcher.reset(self.slot)
         self.position = self.replay_until = 0
-        self.decoder = self.waiting = None
+        self.decoder = self.waiting = self.last_log_probs = None
 
     @property
     def pending(self) -> bytes:

@@ -4,14 +4,18 @@ checkpoint kept is the best validation's, and --lr-plateau divides the rate when
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
 
+import grpc
 import pytest
 import torch
 
 from rnnserve.training.config import TrainConfig
 from rnnserve.training.train import load_model, train
+from tests.helpers import ServerThread, run_cli, status_of
 
 TRAIN = "".join(f" the {a} {v} the {b} \n" for a in ("cat", "dog", "bird", "fox") for v in ("sat", "ran", "saw") for b in ("mat", "log", "sun"))
 VALID = " the cat saw the sun \n the fox ran the log \n"
@@ -74,3 +78,34 @@ def test_the_best_validation_is_kept_and_a_plateau_divides_the_rate(splits, tmp_
     kept = total_nll(model, tokenizer, splits["valid"].read_text()) / (len(splits["valid"].read_text().split()) + 2)
     assert kept == pytest.approx(min(losses), rel=1e-3), "the checkpoint holds the kept evaluation's weights"
     assert [e["lr"] for e in evaluations][-1] < config.lr / 4  # the curve records the rate it trained at
+
+
+def test_the_served_model_scores_a_file_as_the_trainer_did(splits, tmp_path):
+    """`rnnserve score` sums each step's logprob from the server's Stream: the test file's figures equal the
+    trainer's --test-corpus figures, exported into the model's metadata."""
+    from rnnserve.export.config import ExportConfig
+    from rnnserve.export.exporter import export
+    from rnnserve.server.config import ServerConfig
+
+    metrics = train(word_model(splits, tmp_path))
+    export(ExportConfig(str(tmp_path / "words.pt"), str(tmp_path / "models"), "ptb", "1"))
+    with ServerThread(ServerConfig(repository=str(tmp_path / "models"), host="127.0.0.1", port=0, threads=1)) as running:
+        done = run_cli("score", "--target", running.target, "--model", "ptb", str(splits["test"]))
+        with running.client() as client:
+            shown = json.loads(client.get_model("ptb").metadata_json)["training"]
+    assert done.returncode == 0, done.stderr
+    figures = re.search(r"(\d+) tokens, (\d+) words and line ends, (\d+) characters: ([\d.]+) nats per token, ([\d.]+) bits per "
+                        r"character, per-word perplexity ([\d.]+)", done.stdout)
+    assert figures, done.stdout
+    tokens, words, chars, nats, bits, perplexity = (float(g) for g in figures.groups())
+    assert (words, chars) == (metrics["test_words"], metrics["test_chars"]) and tokens == words
+    assert (nats, bits, perplexity) == pytest.approx((metrics["test_loss_nats"], metrics["test_bits_per_char"], metrics["test_word_perplexity"]), rel=1e-3)
+    assert shown["test_word_perplexity"] == metrics["test_word_perplexity"]
+
+
+def test_a_stream_scores_only_what_a_step_before_predicted(client):
+    first, second = client.stream("lstm", ["ab", "c"], score=True)
+    assert not first.steps[0].HasField("logprob"), "a new session's first token: nothing before it predicted it"
+    assert all(s.HasField("logprob") and s.logprob < 0 for s in [*first.steps[1:], *second.steps])  # across messages too
+    refused = status_of(lambda: list(client.stream("tagger", ["ab"], score=True)))
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT and "start.score" in refused.details()

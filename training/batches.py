@@ -97,10 +97,14 @@ def batchify(ids: list[int], batch_size: int) -> torch.Tensor:
     return torch.tensor(ids[: columns * batch_size], dtype=torch.long).view(batch_size, columns)
 
 
-def held_out_batches(inputs: list[int], targets: list[int], bptt: int, rows: int = 16) -> list[Batch]:
-    """A held-out stream as up to `rows` parallel rows read window by window, nothing dropped: the last row is
-    padded (its padding predicts nothing), so every target is scored once."""
-    rows = max(1, min(rows, len(inputs) // (2 * bptt)))
+ONE_PASS_TOKENS = 262_144  # a held-out text up to this long is read in one pass, as `rnnserve score` reads it
+
+
+def held_out_batches(inputs: list[int], targets: list[int], bptt: int) -> list[Batch]:
+    """A held-out stream read window by window, nothing dropped: in one pass from its start (every token with all
+    the context before it, exactly what the served model's scoring gives), or a longer one in as many parallel rows
+    as keep each within ONE_PASS_TOKENS (the last padded: its padding predicts nothing)."""
+    rows = -(-len(inputs) // ONE_PASS_TOKENS)
     columns = -(-len(inputs) // rows)
     padding = rows * columns - len(inputs)
     x = torch.tensor(inputs + [0] * padding, dtype=torch.long).view(rows, columns)

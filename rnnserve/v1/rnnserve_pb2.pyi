@@ -167,20 +167,22 @@ class GenerateResponse(_message.Message):
     def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., attention: _Optional[_Iterable[_Union[Attention, _Mapping]]] = ..., source_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StreamStart(_message.Message):
-    __slots__ = ("model", "version", "session_id", "resume", "top_k", "acknowledged")
+    __slots__ = ("model", "version", "session_id", "resume", "top_k", "acknowledged", "score")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     session_id: str
     resume: bool
     top_k: int
     acknowledged: int
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., session_id: _Optional[str] = ..., resume: _Optional[bool] = ..., top_k: _Optional[int] = ..., acknowledged: _Optional[int] = ...) -> None: ...
+    score: bool
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., session_id: _Optional[str] = ..., resume: _Optional[bool] = ..., top_k: _Optional[int] = ..., acknowledged: _Optional[int] = ..., score: _Optional[bool] = ...) -> None: ...
 
 class StreamRequest(_message.Message):
     __slots__ = ("start", "reset", "text", "tokens", "values", "audio", "forecast")
@@ -329,16 +331,18 @@ class TokenProbability(_message.Message):
     def __init__(self, token_id: _Optional[int] = ..., text: _Optional[str] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class StepPrediction(_message.Message):
-    __slots__ = ("token_id", "token_text", "next", "text")
+    __slots__ = ("token_id", "token_text", "next", "text", "logprob")
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_TEXT_FIELD_NUMBER: _ClassVar[int]
     NEXT_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    LOGPROB_FIELD_NUMBER: _ClassVar[int]
     token_id: int
     token_text: str
     next: _containers.RepeatedCompositeFieldContainer[TokenProbability]
     text: str
-    def __init__(self, token_id: _Optional[int] = ..., token_text: _Optional[str] = ..., next: _Optional[_Iterable[_Union[TokenProbability, _Mapping]]] = ..., text: _Optional[str] = ...) -> None: ...
+    logprob: float
+    def __init__(self, token_id: _Optional[int] = ..., token_text: _Optional[str] = ..., next: _Optional[_Iterable[_Union[TokenProbability, _Mapping]]] = ..., text: _Optional[str] = ..., logprob: _Optional[float] = ...) -> None: ...
 
 class StreamResponse(_message.Message):
     __slots__ = ("session_id", "position", "steps", "classes", "behind", "outputs", "forecast")

@@ -299,7 +299,7 @@ def generate_response(piece: GeneratedPiece) -> pb.GenerateResponse:
 
 
 def stream_start(message: pb.StreamStart) -> StreamStart:
-    return StreamStart(message.session_id, message.resume, message.top_k, message.acknowledged)
+    return StreamStart(message.session_id, message.resume, message.top_k, message.acknowledged, message.score)
 
 
 def chunk(message: pb.StreamRequest) -> Chunk:
@@ -351,7 +351,9 @@ def session_answer(session_id: str, result: ChunkResult) -> pb.SessionAnswer:
 
 
 def step_prediction(step: StepPrediction) -> pb.StepPrediction:
-    return pb.StepPrediction(token_id=step.token_id, token_text=step.token_text, next=candidates(step.next), text=step.text)
+    return pb.StepPrediction(
+        token_id=step.token_id, token_text=step.token_text, next=candidates(step.next), text=step.text, logprob=step.logprob
+    )
 
 
 def candidates(items: tuple[Candidate, ...]) -> list[pb.TokenProbability]:
