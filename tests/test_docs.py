@@ -48,7 +48,7 @@ ELSEWHERE = [  # (a command that matches this, the test that runs it instead, wo
 REWRITES = [  # (pattern, replacement): budgets cut to seconds; the well-known ports made free ones (see Page.ports)
     (r"(^rnnserve train .*)--minutes [0-9.]+", r"\1--steps 5"),
 ]
-ANSWERING = ("generate", "stream", "infer", "models", "health", "snapshot", "restore", "fork", "token", "describe", "export", "plot")  # print a result
+ANSWERING = ("generate", "stream", "infer", "models", "health", "snapshot", "restore", "fork", "token", "describe", "export", "plot", "score")  # print a result
 
 
 @dataclass
@@ -125,11 +125,15 @@ def elsewhere(command: str) -> tuple[str, str] | None:
 
 def given(folder: Path, page: str, corpus_file: Path, repository: Path) -> None:
     """What a page's text says a reader already has: a clone's files, a text of their own, Korean text, a graph
-    exported by their own code, and for the pages that serve without training first, a model repository."""
+    exported by their own code, Penn Treebank's three files (a small stand-in), and for the pages that serve without training first, a model repository."""
     for name in ("scripts", "examples", "deploy"):
         (folder / name).symlink_to(ROOT / name)
     shutil.copy(corpus_file, folder / "my_text.txt")
     (folder / "ko.txt").write_text(KOREAN * 100, encoding="utf-8")
+    from tests.test_word_level import TEST, TRAIN, VALID  # a standard split's three files, small
+
+    for name, text in (("train", TRAIN * 20), ("valid", VALID), ("test", TEST)):
+        (folder / f"ptb.{name}.txt").write_text(text)
     if page == "docs/own-models.md":
         from tests.test_user_models import GruLM, exported_elsewhere
 

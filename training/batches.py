@@ -100,6 +100,9 @@ def batchify(ids: list[int], batch_size: int) -> torch.Tensor:
 ONE_PASS_TOKENS = 262_144  # a held-out text up to this long is read in one pass, as `rnnserve score` reads it
 
 
+HELD_OUT_WINDOW = 512  # steps a held-out text is read in per call (the state carries across: any window is exact)
+
+
 def held_out_batches(inputs: list[int], targets: list[int], bptt: int) -> list[Batch]:
     """A held-out stream read window by window, nothing dropped: in one pass from its start (every token with all
     the context before it, exactly what the served model's scoring gives), or a longer one in as many parallel rows
@@ -109,7 +112,7 @@ def held_out_batches(inputs: list[int], targets: list[int], bptt: int) -> list[B
     padding = rows * columns - len(inputs)
     x = torch.tensor(inputs + [0] * padding, dtype=torch.long).view(rows, columns)
     y = torch.tensor(targets + [IGNORE] * padding, dtype=torch.long).view(rows, columns)
-    return [Batch(a, b, fresh=i == 0) for i, (a, b) in enumerate(chunks(x, y, bptt))]
+    return [Batch(a, b, fresh=i == 0) for i, (a, b) in enumerate(chunks(x, y, max(bptt, HELD_OUT_WINDOW)))]
 
 
 def chunks(inputs: torch.Tensor, targets: torch.Tensor, bptt: int):

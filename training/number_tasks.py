@@ -35,6 +35,7 @@ from rnnserve.training.series import (
 
 class _NumberTask:
     reads_text = False
+    metrics_read_outputs = True
     builtin: dict = {}
     head = ""
 

@@ -90,6 +90,7 @@ class LanguageModel:
         return data
 
     scores_whole_text = True  # its held-out text is scored whole, per character and per word (a tagger's is not)
+    metrics_read_outputs = False  # its metrics are the loss's: the held-out outputs need not be kept
 
     def _pairs(self, tokenizer: Tokenizer, text: str) -> tuple[list[int], list[int]]:
         ids = tokenizer.encode(text)
@@ -181,6 +182,7 @@ class BoundaryTagger(LanguageModel):
     name = "boundary_tagger"
     labels = ("no_boundary", "boundary")
     scores_whole_text = False
+    metrics_read_outputs = True
 
     def _pairs(self, tokenizer: Tokenizer, text: str) -> tuple[list[int], list[int]]:
         inputs: list[int] = []
@@ -275,6 +277,7 @@ class TextClassifier(_LabelledText):
     name = "text_classifier"
     labels = _LabelledText.kinds
     classifies_whole_text = True
+    metrics_read_outputs = True
 
     def _batch(self, labels: list[int], windows: list[list[int]], bos: int) -> Batch:
         inputs = torch.tensor(windows)
@@ -351,6 +354,7 @@ class DateNormaliser(LanguageModel):
 
     name = "date_normaliser"
     builtin_corpus = "generated:dates"
+    metrics_read_outputs = True
     encoder_decoder = True
     bidirectional_refusal = "--bidirectional: the date normaliser's encoder always reads both ways; drop the flag"
     max_source_tokens = 48

@@ -63,8 +63,9 @@ def lr_factor(config: TrainConfig, step: int, fraction_done: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, batches: list[Batch], task=LANGUAGE_MODEL) -> tuple[float, list[torch.Tensor]]:
-    """Mean validation loss in nats per prediction (the task's: a token, a label, a value), and every batch's outputs."""
+def evaluate(model, batches: list[Batch], task=LANGUAGE_MODEL, outputs: bool = True) -> tuple[float, list[torch.Tensor]]:
+    """Mean validation loss in nats per prediction (the task's: a token, a label, a value), and with `outputs` every
+    batch's outputs (a word model's over a test file are gigabytes: only the metrics that read them keep them)."""
     model.eval()
     state, total, count, logits_all = None, 0.0, 0, []
     for batch in batches:
@@ -73,7 +74,8 @@ def evaluate(model, batches: list[Batch], task=LANGUAGE_MODEL) -> tuple[float, l
         summed, counted = task.loss_total(model, logits, batch)
         total += summed.item()
         count += counted
-        logits_all.append(logits)
+        if outputs:
+            logits_all.append(logits)
     model.train()
     return total / count, logits_all
 
@@ -197,7 +199,7 @@ def _train(config: TrainConfig, world: World) -> dict:
     best: dict = {}  # with a selection split: the evaluation of least loss on it, its weights and figures
 
     def checkpoint_now(train_loss: float) -> None:
-        val_loss, logits = evaluate(model, data.val_batches, task)
+        val_loss, logits = evaluate(model, data.val_batches, task, task.metrics_read_outputs)
         progress.metrics = {
             "task": task.name,
             "train_loss_nats": round(train_loss, 4),
@@ -210,7 +212,7 @@ def _train(config: TrainConfig, world: World) -> dict:
         # what chooses (--keep-best) and decides a plateau: the selection split's loss, or the validation loss itself
         choice_loss = val_loss
         if data.select_batches and data.select_batches is not data.val_batches:
-            choice_loss = evaluate(model, data.select_batches, task)[0]
+            choice_loss = evaluate(model, data.select_batches, task, outputs=False)[0]
             progress.metrics["select_loss_nats"] = round(choice_loss, 4)
         if config.lr_plateau and progress.best_loss is not None and choice_loss >= progress.best_loss:
             progress.lr_scale /= config.lr_plateau  # the next steps learn at the divided rate
@@ -280,12 +282,12 @@ def _train(config: TrainConfig, world: World) -> dict:
     report.close()
     if progress.metrics.get("steps") != progress.step:
         checkpoint_now(loss_ema if loss_ema is not None else float("nan"))
-    kept_earlier = chooses and best["metrics"]["steps"] != progress.step
+    kept_earlier = chooses and bool(best) and best["metrics"]["steps"] != progress.step  # none: a resume with nothing left to do
     if kept_earlier:  # the best was earlier: it is the model kept
         model.load_state_dict(best["weights"])
         progress.metrics = best["metrics"] | {"steps_trained": progress.step}
     if data.test is not None:  # scored once, with the model kept
-        progress.metrics |= held_out_figures("test", evaluate(model, data.test.batches, task)[0], data.test)
+        progress.metrics |= held_out_figures("test", evaluate(model, data.test.batches, task, outputs=False)[0], data.test)
     if world.leader and (kept_earlier or data.test is not None):
         save_checkpoint(out, model, optimizer, tokenizer, config, progress)
         if kept_earlier:
