@@ -66,9 +66,10 @@ class InferenceService:
         prompt = inputs.encode(model, request.prompt, "prompt")
         async with self.sessions.attach(model, request.session_id, resume=bool(request.session_id), create=True) as session:
             continued = session.position > 0
-            if continued and (request.label or session.pending):
-                raise (InvalidArgument("label", f"{session.described} goes on as the kind of text it was started with: send no label")
-                       if request.label else FailedPrecondition(f"{session.described} holds part of a character its stream sent: send the rest first"))
+            if continued and request.label:
+                raise InvalidArgument("label", f"{session.described} goes on as the kind of text it was started with: send no label")
+            if continued and session.pending:
+                raise FailedPrecondition(f"{session.described} holds part of a character its stream sent: send the rest first")
             encoder_inputs, source_tokens = ({}, ()) if continued else inputs.encoder_inputs(model, request.label, request.source)
             if card.bos is not None and not continued:
                 prompt = [card.bos, *prompt]
