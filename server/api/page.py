@@ -1,6 +1,7 @@
-"""The page at / on --http-port (page.html): a person picks a model, types a prompt and watches it stream, or sees a
-model's per-step predictions, before writing a client. Served as it is, open like health: what it calls
-(/v1/completions, the WebSocket Stream) takes the token under --auth-tokens."""
+"""The page at / on --http-port (page.html): a person tries every served model before writing a client — a
+generation as it streams, an encoder–decoder's attention, per-step predictions, an audio model's speech
+probability. Served as it is, open like health: what it calls (/v1/rnnserve/*, the WebSocket Stream) takes the
+token under --auth-tokens, which the page asks for."""
 
 from __future__ import annotations
 
