@@ -15,7 +15,7 @@ from rnnserve.client import RnnServeClient
 from rnnserve.client.channel import open_channel
 from rnnserve.contract import Z_90
 from rnnserve.errors import UsageError
-from rnnserve.text import Tokenizer, UnknownText, token_text, tokenizer_from_spec
+from rnnserve.text import Tokenizer, UnknownText, count_words, token_text, tokenizer_from_spec
 from rnnserve.v1 import rnnserve_pb2 as pb
 
 ESCAPE = re.compile(r"\\(n|t|r|\\|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8})")
@@ -251,7 +251,7 @@ def score(args) -> None:
             for step in response.steps if index else ():  # the line end it starts from is given, not scored
                 total -= step.logprob
                 tokens += 1
-    words = len(text.split()) + text.count("\n")
+    words = count_words(text)
     print(
         f"{path.name}: {tokens:,} tokens, {words:,} words and line ends, {len(text):,} characters: {total / max(1, tokens):.4f} nats "
         f"per token, {total / math.log(2) / max(1, len(text)):.4f} bits per character, per-word perplexity {math.exp(total / max(1, words)):.2f}"

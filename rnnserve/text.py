@@ -228,6 +228,12 @@ class IncrementalDecoder:
         return self._decoder.getstate()[0]
 
 
+def count_words(text: str) -> int:
+    """Words (what whitespace separates) and line ends: what a per-word perplexity divides by, in training and in
+    `rnnserve score` alike."""
+    return len(text.split()) + text.count("\n")
+
+
 def token_text(tokenizer: Tokenizer, token_id: int) -> str:
     """A single token as readable text: bytes that are not a whole character are shown as \\xNN."""
     return tokenizer.token_bytes(token_id).decode("utf-8", errors="backslashreplace")

@@ -49,12 +49,11 @@ class TaskData:
 
 
 class Streams(TaskData):
-    def __init__(self, inputs: list[int], targets: list[int], val_inputs: list[int], val_targets: list[int], config: TrainConfig):
+    """A long training text as parallel streams; its task sets the validation batches."""
+
+    def __init__(self, inputs: list[int], targets: list[int], config: TrainConfig):
         train = batchify(inputs, config.batch_size), batchify(targets, config.batch_size)
-        val_rows = min(16, max(1, len(val_inputs) // (2 * config.bptt)))
-        val = batchify(val_inputs, val_rows), batchify(val_targets, val_rows)
         self._train = [Batch(x, y, fresh=i == 0) for i, (x, y) in enumerate(chunks(*train, config.bptt))]
-        self.val_batches = [Batch(x, y, fresh=i == 0) for i, (x, y) in enumerate(chunks(*val, config.bptt))]
 
     def train_batches(self, epoch: int):
         return iter(self._train)
@@ -98,6 +97,13 @@ def batchify(ids: list[int], batch_size: int) -> torch.Tensor:
 
 
 ONE_PASS_TOKENS = 262_144  # a held-out text up to this long is read in one pass, as `rnnserve score` reads it
+
+
+def parallel_rows(inputs: list[int], targets: list[int], bptt: int) -> list[Batch]:
+    """A held-out stream as up to 16 parallel rows read window by window (the tail that fills no row left out)."""
+    rows = min(16, max(1, len(inputs) // (2 * bptt)))
+    x, y = batchify(inputs, rows), batchify(targets, rows)
+    return [Batch(a, b, fresh=i == 0) for i, (a, b) in enumerate(chunks(x, y, bptt))]
 
 
 HELD_OUT_WINDOW = 512  # steps a held-out text is read in per call (the state carries across: any window is exact)

@@ -3,22 +3,20 @@ quality is measured, what a sample looks like, and what its outputs mean (for th
 
 from __future__ import annotations
 
-import math
 import random
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from rnnserve.errors import UsageError
-from rnnserve.text import IncrementalDecoder, Tokenizer, UnknownText
-from rnnserve.training.batches import IGNORE, Batch, Examples, Streams, TaskData, batched, held_out_batches, pad
+from rnnserve.text import IncrementalDecoder, Tokenizer
+from rnnserve.training.batches import IGNORE, Batch, Examples, Streams, TaskData, batched, pad, parallel_rows
 from rnnserve.training.config import TrainConfig
 from rnnserve.training.data import date_pair, labelled_corpus, load_corpus, split_corpus, unigram_entropy_bits
+from rnnserve.training.held_out import LN2, held_out, held_out_figures, held_out_files
 from rnnserve.training.models import ModelConfig
 from rnnserve.training.number_tasks import NUMBER_TASKS
 
-LN2 = math.log(2)
 SAMPLE_PROMPT_CHARS = 4  # of the corpus's opening, which a language model's sample continues
 
 
@@ -58,7 +56,7 @@ class LanguageModel:
         held-out text is as new to it as to the model; a character vocabulary holds every character it will read."""
         if config.tokenizer in ("bpe", "word"):
             return self._split(text, config)[0]
-        return text + "".join(load_corpus(path, flag) for path, flag in _held_out_files(config))
+        return text + "".join(load_corpus(path, flag) for path, flag in held_out_files(config))
 
     def _split(self, text: str, config: TrainConfig) -> tuple[str, str]:
         """(training text, validation text): a --val-corpus file, or the corpus's last --val-fraction."""
@@ -77,27 +75,26 @@ class LanguageModel:
 
     def data(self, tokenizer: Tokenizer, text: str, config: TrainConfig) -> TaskData:
         train_text, val_text = self._split(text, config)
-        train, val = self._pairs(tokenizer, train_text), self._pairs(tokenizer, val_text)
-        data = Streams(*train, *val, config)
-        data.chars_per_token = self._chars(val_text) / len(val[0])
+        data = Streams(*self._pairs(tokenizer, train_text), config)
         data.val_text = val_text
         data.corpus = text
-        if self.scores_whole_text:  # every character of the held-out text, from its start
-            data.val = held_out(tokenizer, val_text, config)
-            data.val_batches = data.val.batches
-            data.test = held_out(tokenizer, load_corpus(config.test_corpus, "--test-corpus"), config) if config.test_corpus else None
-            data.select_batches = data.val_batches if config.keep_best else None
+        self._hold_out(data, tokenizer, val_text, config)
         return data
 
-    scores_whole_text = True  # its held-out text is scored whole, per character and per word (a tagger's is not)
+    def _hold_out(self, data: TaskData, tokenizer: Tokenizer, val_text: str, config: TrainConfig) -> None:
+        """The validation text scored whole, from its start, and a --test-corpus beside it; the validation loss
+        chooses the checkpoint kept (--keep-best)."""
+        data.val = held_out(tokenizer, val_text, config)
+        data.val_batches = data.val.batches
+        data.chars_per_token = data.val.chars / data.val.predictions
+        data.test = held_out(tokenizer, load_corpus(config.test_corpus, "--test-corpus"), config) if config.test_corpus else None
+        data.select_batches = data.val_batches if config.keep_best else None
+
     metrics_read_outputs = False  # its metrics are the loss's: the held-out outputs need not be kept
 
     def _pairs(self, tokenizer: Tokenizer, text: str) -> tuple[list[int], list[int]]:
         ids = tokenizer.encode(text)
         return ids[:-1], ids[1:]
-
-    def _chars(self, text: str) -> int:
-        return len(text)
 
     def metrics(self, loss: float, logits: list[torch.Tensor], data: TaskData, model) -> dict:
         return {**held_out_figures("val", loss, data.val), "unigram_bits_per_char": round(unigram_entropy_bits(data.corpus), 4)}
@@ -117,54 +114,6 @@ class LanguageModel:
         return prompt + _sample_text(model, tokenizer, logits, state, chars, temperature)
 
 
-def _held_out_files(config: TrainConfig) -> list[tuple[str, str]]:
-    return [(path, flag) for path, flag in ((config.val_corpus, "--val-corpus"), (config.test_corpus, "--test-corpus")) if path]
-
-
-@dataclass
-class HeldOut:
-    """A held-out text scored whole: its batches (the last row padded, nothing dropped), how many predictions they
-    make, and the characters and words (with line ends, as papers count them) those predictions are of."""
-
-    batches: list[Batch]
-    predictions: int
-    chars: int
-    words: int
-
-
-def held_out(tokenizer: Tokenizer, text: str, config: TrainConfig) -> HeldOut:
-    """The text's every token predicted: it is read after a line end (the start of a line, as word-level models
-    read a test file), so the first token is scored too."""
-    ids = tokenizer.encode(text)
-    try:
-        start = tokenizer.encode("\n")[-1:]
-    except UnknownText:  # a vocabulary without a line end: the first token is given, not scored
-        start = []
-    stream = start + ids
-    if len(stream) < 2:
-        raise UsageError("the held-out text is too short to score: give it at least two tokens")
-    scored = text if start else b"".join(tokenizer.token_bytes(t) for t in ids[1:]).decode("utf-8", errors="replace")
-    return HeldOut(held_out_batches(stream[:-1], stream[1:], config.bptt), len(stream) - 1, len(scored), count_words(scored))
-
-
-def count_words(text: str) -> int:
-    """Words (what whitespace separates) and line ends: what a per-word perplexity divides by."""
-    return len(text.split()) + text.count("\n")
-
-
-def held_out_figures(split: str, loss: float, scored: HeldOut) -> dict:
-    """Nats per token, bits per character and per-word perplexity (exp of the total loss over the words and line
-    ends), the measures that compare any tokenizer's models and published word-level figures."""
-    total = loss * scored.predictions
-    return {
-        f"{split}_loss_nats": round(loss, 4),
-        f"{split}_bits_per_char": round(total / LN2 / max(1, scored.chars), 4),
-        f"{split}_word_perplexity": round(math.exp(min(total / max(1, scored.words), 700.0)), 2),
-        f"{split}_chars": scored.chars,
-        f"{split}_words": scored.words,
-    }
-
-
 def _sample_text(model, tokenizer: Tokenizer, logits, state, chars: int, temperature: float) -> str:
     decoder = IncrementalDecoder(tokenizer)
     text = ""
@@ -181,7 +130,6 @@ class BoundaryTagger(LanguageModel):
 
     name = "boundary_tagger"
     labels = ("no_boundary", "boundary")
-    scores_whole_text = False
     metrics_read_outputs = True
 
     def _pairs(self, tokenizer: Tokenizer, text: str) -> tuple[list[int], list[int]]:
@@ -194,8 +142,11 @@ class BoundaryTagger(LanguageModel):
             targets += [0] * (len(ids) - 1) + [int(index < len(words) - 1)]  # the label sits on a word's last token
         return inputs, targets
 
-    def _chars(self, text: str) -> int:
-        return sum(len(w) for w in text.split())
+    def _hold_out(self, data: TaskData, tokenizer: Tokenizer, val_text: str, config: TrainConfig) -> None:
+        """Its validation tags in parallel rows; its characters are the text's, spaces left out."""
+        inputs, targets = self._pairs(tokenizer, val_text)
+        data.val_batches = parallel_rows(inputs, targets, config.bptt)
+        data.chars_per_token = sum(len(w) for w in val_text.split()) / len(inputs)
 
     def tokenizer_text(self, text: str, config: TrainConfig) -> str:
         return "".join(text.split())

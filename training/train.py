@@ -20,9 +20,10 @@ from rnnserve.text import Tokenizer, UnknownText, make_tokenizer, tokenizer_from
 from rnnserve.training.batches import Batch
 from rnnserve.training.config import TrainConfig
 from rnnserve.training.distributed import World, join
+from rnnserve.training.held_out import held_out_figures
 from rnnserve.training.models import ModelConfig, build_model
 from rnnserve.training.progress import ProgressReport
-from rnnserve.training.tasks import LanguageModel, held_out_figures, task_named
+from rnnserve.training.tasks import LanguageModel, task_named
 
 LANGUAGE_MODEL = LanguageModel()
 

@@ -21,6 +21,7 @@ import uuid
 from aiohttp import web
 
 from rnnserve.server import errors
+from rnnserve.server.api.events import EventStream
 from rnnserve.server.api.http_identity import request_caller
 from rnnserve.server.api.kserve_rest import http_status
 from rnnserve.server.api.native import NativeServicer
@@ -87,27 +88,20 @@ class Completions:
 
     async def _events(self, request: web.Request, identity: dict, first, pieces, include_usage: bool) -> web.StreamResponse:
         """Server-sent events: a chunk a piece, the last with its finish reason, then (if asked) the usage, then [DONE]."""
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await response.prepare(request)
-
-        async def send(document) -> None:
-            await response.write(f"data: {document if isinstance(document, str) else json.dumps(document)}\n\n".encode())
-
+        events = await EventStream.opened(request)
         last = None
         try:
             piece = first
             while piece is not None:
                 last = piece
                 finish = FINISH.get(piece.finish_reason) if piece.finish_reason else None
-                await send(identity | {"choices": [{"text": piece.text, "index": 0, "logprobs": None, "finish_reason": finish}]})
+                await events.send(identity | {"choices": [{"text": piece.text, "index": 0, "logprobs": None, "finish_reason": finish}]})
                 piece = await anext(pieces, None)
         except errors.ServeError as err:  # the answer has started: the failure is the stream's last event
-            await send({"error": {"message": str(err), "type": "invalid_request_error", "param": None, "code": None}})
+            await events.send({"error": {"message": str(err), "type": "invalid_request_error", "param": None, "code": None}})
         if include_usage:
-            await send(identity | {"choices": [], "usage": _usage(last)})
-        await send("[DONE]")
-        await response.write_eof()
-        return response
+            await events.send(identity | {"choices": [], "usage": _usage(last)})
+        return await events.done()
 
 
 async def _body(request: web.Request) -> dict:

@@ -9,12 +9,11 @@ answer starts is `{"code": "INVALID_ARGUMENT", "message": "…"}` with Triton's 
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 from google.protobuf import json_format
 
 from rnnserve.server import errors
+from rnnserve.server.api.events import EventStream
 from rnnserve.server.api.http_identity import request_caller
 from rnnserve.server.api.kserve_rest import http_status
 from rnnserve.server.api.native import NativeServicer, generate_request, generate_response
@@ -51,22 +50,15 @@ class NativeHttp:
             first = await anext(pieces, None)  # refusals (an unknown model, a bad prompt) come before the answer starts
         except Exception as err:
             return _error(request, err)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await response.prepare(request)
-
-        async def send(document: str) -> None:
-            await response.write(f"data: {document}\n\n".encode())
-
+        events = await EventStream.opened(request)
         try:
             piece = first
             while piece is not None:
-                await send(json_format.MessageToJson(generate_response(piece), indent=None))
+                await events.send(json_format.MessageToJson(generate_response(piece), indent=None))
                 piece = await anext(pieces, None)
         except errors.ServeError as err:
-            await send(json.dumps({"code": status_of(err).name, "message": str(err)}))
-        await send("[DONE]")
-        await response.write_eof()
-        return response
+            await events.send({"code": status_of(err).name, "message": str(err)})
+        return await events.done()
 
 
 def _json(message) -> web.Response:
