@@ -32,6 +32,8 @@ from rnnserve.server.api.websocket import WebSocketStreams
 from rnnserve.server.config import ServerConfig
 from rnnserve.server.inputs import Inputs
 from rnnserve.server.metrics import Metrics, MetricsServer
+from rnnserve.server.native_front import NativeFront, NativeUnavailable, library
+from rnnserve.server.native_front.calls import method_handlers
 from rnnserve.server.repository import Repository
 from rnnserve.server.security import CertificateSubjects, TokenCheck, load_tokens, server_credentials
 from rnnserve.server.service import InferenceService
@@ -60,12 +62,15 @@ class App:
     in_flight: InFlight
     metrics_server: MetricsServer | None
     http: HttpSide | None = None
+    native_front: NativeFront | None = None
 
     async def stop(self, grace_s: float) -> None:
         """Stops taking calls, lets in-flight ones finish for `grace_s`, ends the rest with UNAVAILABLE and a
         message that says why, and frees everything."""
         self.kserve.serving = False
         await self.health.enter_graceful_shutdown()
+        if self.native_front is not None:
+            self.native_front.refuse_new_calls("the server is shutting down: retry once it is back, or on another replica")
         if self.http is not None:
             await self.http.site.stop()  # no new connections; the open WebSockets are in flight like gRPC's calls
         # gRPC's own deadline comes later than ours, so the calls still open are ended with our message, not its own
@@ -77,6 +82,8 @@ class App:
         )
         await self.server.stop(0)  # what is left is not ours (health watches, reflection): it need not wait for the margin
         await stopping
+        if self.native_front is not None:
+            self.native_front.stop("the server is shutting down")
         if self.http is not None:
             await self.http.runner.cleanup()
         store = self.sessions.store
@@ -128,6 +135,11 @@ async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
         credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca) if config.tls_cert else None
     except ValueError as err:
         raise UsageError(str(err)) from None
+    if config.native_port >= 0:
+        try:
+            library()  # compiled now, if it must be, so that a machine without gRPC's C++ library is told at once
+        except NativeUnavailable as err:
+            raise UsageError(f"--native-port: {err}") from None
     server = grpc.aio.server(interceptors=interceptors, options=channel_options(config))
     address = f"{config.host}:{config.port}"
     try:
@@ -194,10 +206,23 @@ async def _serve_on(server: grpc.aio.Server, port: int, sock: socket.socket | No
                   *KServeRest(kserve, grants).routes(), *Completions(native, grants).routes(), *NativeHttp(native, grants).routes(),
                   *page_routes()]
         http = await http_side(sock, routes, config)
+    native_front = None
+    if config.native_port >= 0:
+        handlers = method_handlers((rnnserve_pb2_grpc.add_RnnServeServicer_to_server, native),
+                                   (grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, kserve))
+        try:
+            native_front = NativeFront.start(f"{config.host}:{config.native_port}", channel_options(config), handlers, metrics)
+        except UsageError:
+            if http is not None:
+                await http.runner.cleanup()
+            if metrics_server is not None:
+                metrics_server.stop()
+            await repository.close()
+            raise
     await server.start()
     for name in ("", SERVICE_NAME, KSERVE_SERVICE_NAME, *((STORE_SERVICE_NAME,) if config.state_store else ())):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return App(server, port, health_servicer, repository, sessions, kserve, in_flight, metrics_server, http)
+    return App(server, port, health_servicer, repository, sessions, kserve, in_flight, metrics_server, http, native_front)
 
 
 async def http_side(sock: socket.socket, routes: list[web.RouteDef], config: ServerConfig) -> HttpSide:
@@ -264,9 +289,10 @@ def listening_line(config: ServerConfig, app: App) -> str:
     store = redacted(config.state_store) if config.state_store else "none"
     metrics = f"http://{config.metrics_host}:{app.metrics_server.port}/metrics" if app.metrics_server else "off"
     http = f"{'https' if config.tls_cert else 'http'}://{config.host}:{app.http.port} (a page at /, WebSocket streams at /v1/stream)" if app.http else "off"
+    native = f" — native: {config.host}:{app.native_front.port}" if app.native_front else ""
     return (
         f"rnnserve listening on {config.host}:{app.port} (pid {os.getpid()}) — models: {models} — providers: {providers} — "
-        f"TLS: {tls} — tokens: {tokens} — state store: {store} — metrics: {metrics} — HTTP: {http}"
+        f"TLS: {tls} — tokens: {tokens} — state store: {store} — metrics: {metrics} — HTTP: {http}{native}"
     )
 
 

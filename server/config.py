@@ -40,6 +40,12 @@ class ServerConfig:
         "KServe v2 REST (health, metadata, inference) at /v2, OpenAI-compatible completions at /v1/completions (0 picks a free one; "
         "-1: none)",
     )
+    native_port: int = option(
+        -1, "a second port serving the same gRPC services (KServe v2 and rnnserve.v1, not health or reflection) through "
+        "gRPC's C++ server, which costs the event loop far less per message: for many steps a second from one machine. "
+        "Compiled on first use (apt-get install g++ pkg-config libgrpc++-dev); no TLS or tokens on it (0 picks a free "
+        "one; -1: none)",
+    )
     metrics_port: int = option(-1, "port of the Prometheus /metrics HTTP endpoint (0 picks a free one; -1: none)")
     metrics_host: str = option("127.0.0.1", "address the metrics endpoint listens on, apart from --host: metrics stay local unless asked")
     log_format: str = option("text", "text: lines for a person; json: one JSON object per line, and one per call", choices=FORMATS)
@@ -80,11 +86,16 @@ class ServerConfig:
         parse_device(self.device)
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port must be a port number (0–65535; 0 picks a free one), not {self.port}")
-        for name in ("http_port", "metrics_port"):
+        for name in ("http_port", "native_port", "metrics_port"):
             if getattr(self, name) > 65535:
                 raise ValueError(f"--{name.replace('_', '-')} must be a port number (0–65535), not {getattr(self, name)}")
             if getattr(self, name) < -1:
                 raise ValueError(f"--{name.replace('_', '-')} must be a port, 0 (a free one) or -1 (none), not {getattr(self, name)}")
+        if self.native_port >= 0 and (self.tls_cert or self.auth_tokens):
+            raise ValueError(
+                "--native-port carries neither TLS nor tokens: it checks no caller, so it cannot serve beside --tls-cert or "
+                "--auth-tokens; serve it without them on a network only trusted clients reach, or leave it out"
+            )
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key go together: the certificate chain and its private key")
         if self.tls_client_ca and not self.tls_cert:

@@ -47,12 +47,12 @@ class UndecodableMessages(grpc.aio.ServerInterceptor):
             try:
                 return parse(raw)
             except DecodeError:
-                self._seen(method, message_type)
+                self.seen(method, message_type)
                 return Undecodable(message_type)
 
         return rewrapped(handler, _parsed, _all_parsed, deserialize)  # refusing what it could not parse
 
-    def _seen(self, method: str, message_type: str) -> None:
+    def seen(self, method: str, message_type: str) -> None:
         self._metrics.undecodable_messages.labels(method).inc()
         self._unlogged += 1
         now = time.monotonic()
@@ -64,14 +64,14 @@ class UndecodableMessages(grpc.aio.ServerInterceptor):
             self._logged_at, self._unlogged = now, 0
 
 
-def _refused(message: Undecodable) -> str:
+def refusal(message: Undecodable) -> str:
     return (f"the message is not a valid {message.message_type} (protobuf): regenerate the client's code from "
             "rnnserve's protos/, or send what the method takes")
 
 
 async def _parsed(request, context):
     if isinstance(request, Undecodable):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refused(request))
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal(request))
     return request
 
 
@@ -82,5 +82,5 @@ async def _all_parsed(requests, context):
 async def _checked(requests, context):
     async for request in requests:  # a stream's every message passes here: the check is inlined
         if request.__class__ is Undecodable:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refused(request))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal(request))
         yield request
