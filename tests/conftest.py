@@ -12,7 +12,7 @@ import pytest
 
 from bench.common import free_port
 from rnnserve.server.config import ServerConfig
-from tests.helpers import KOREAN, Reference, ServerThread
+from tests.helpers import KOREAN, Reference, ServerThread, native_unavailable
 from tests.redis_process import Redis
 from tests.triton_process import triton_call
 
@@ -101,8 +101,20 @@ def base_config(repository) -> ServerConfig:
 
 @pytest.fixture(scope="session")
 def server(base_config):
-    with ServerThread(base_config) as running:
+    """The shared server; where the native front end can be built, also on --native-port (native_target)."""
+    config = base_config if native_unavailable() else replace(base_config, native_port=0)
+    with ServerThread(config) as running:
         yield running
+
+
+@pytest.fixture(params=["port", "native-port"])
+def any_target(request, server) -> str:
+    """The shared server's --port, then its --native-port: a test taking it runs against both front ends."""
+    if request.param == "port":
+        return server.target
+    if server.native_target is None:
+        pytest.skip(f"no --native-port: {native_unavailable()}")
+    return server.native_target
 
 
 @pytest.fixture

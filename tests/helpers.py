@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import struct
 import subprocess
@@ -21,8 +22,19 @@ from rnnserve.client import RnnServeClient
 from rnnserve.inference import grpc_service_pb2 as kserve_pb
 from rnnserve.server.app import start
 from rnnserve.server.config import ServerConfig
+from rnnserve.server.native_front import NativeUnavailable, library
 
 KOREAN = "안녕하세요. 오늘은 날씨가 좋습니다. 우리는 공원에서 산책을 합니다. 한국어 문장을 배웁니다.\n"
+
+
+@functools.cache
+def native_unavailable() -> str | None:
+    """Why the native front end cannot be built here (None: it can)."""
+    try:
+        library()
+    except NativeUnavailable as err:
+        return str(err)
+    return None
 
 
 class ServerThread:
@@ -33,17 +45,25 @@ class ServerThread:
         self._io_binding = io_binding
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._stopped = False
 
     def __enter__(self) -> ServerThread:
         self._thread.start()
         self.app = self.call(start(self._config, self._io_binding))
         self.target = f"127.0.0.1:{self.app.port}"
+        self.native_target = f"127.0.0.1:{self.app.native_front.port}" if self.app.native_front else None
         return self
 
     def __exit__(self, *exc) -> None:
-        self.call(self.app.stop(0.5))
+        self.stop(0.5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+    def stop(self, grace_s: float) -> None:
+        """The server's shutdown, as SIGTERM runs it (once: __exit__ does not run it again)."""
+        if not self._stopped:
+            self._stopped = True
+            self.call(self.app.stop(grace_s))
 
     def call(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(30)

@@ -17,9 +17,10 @@ from tests.helpers import logits_of, reference_logits, request, scrape, scrape_s
 INVALID, NOT_FOUND, FAILED = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION
 
 
-@pytest.fixture(scope="module")
-def kserve(server):
-    with grpc.insecure_channel(server.target) as channel:
+@pytest.fixture
+def kserve(any_target):
+    """Every test here runs against --port and against --native-port (the native front end)."""
+    with grpc.insecure_channel(any_target) as channel:
         yield pb_grpc.GRPCInferenceServiceStub(channel)
 
 

@@ -4,6 +4,7 @@ import grpc
 import numpy as np
 import pytest
 
+from rnnserve.client import RnnServeClient
 from rnnserve.server.sampling import softmax
 from rnnserve.v1 import rnnserve_pb2 as pb
 from tests.helpers import active_sessions_settled, status_of
@@ -15,6 +16,13 @@ def predictions(responses):
     ids = np.array([[c.token_id for c in s.next] for s in steps])
     probs = np.array([[c.probability for c in s.next] for s in steps])
     return ids, probs
+
+
+@pytest.fixture
+def client(any_target):
+    """Every test here runs against --port and against --native-port (the native front end)."""
+    with RnnServeClient(any_target, timeout_s=30) as connected:
+        yield connected
 
 
 def test_every_step_is_answered_with_the_reference_top_k(client, reference):

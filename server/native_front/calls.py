@@ -77,6 +77,8 @@ class NativeFront:
 
     def stop(self, message: str) -> None:
         """Ends the calls still open with UNAVAILABLE and `message`, and closes the port."""
+        if self._handle is None:
+            return
         self._loop.remove_reader(self._fd)
         self._lib.rf_stop(self._handle, message.encode())
         self._handle = None
