@@ -52,6 +52,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def native_port() -> tuple[tuple[str, ...], str | None, str | None]:
+    """(server flags, target, why not): a free --native-port and its address where the native front end can be
+    built here, else no flags, no target and the reason."""
+    from rnnserve.server.native_front import NativeUnavailable, library
+
+    try:
+        library()
+    except NativeUnavailable as err:
+        return (), None, str(err)
+    port = free_port()
+    return ("--native-port", str(port)), f"127.0.0.1:{port}", None
+
+
 @contextlib.contextmanager
 def server_process(repository: Path, *flags: str):
     """`rnnserve serve` in its own process (or processes, with --workers) on a free port.

@@ -17,7 +17,9 @@ Whatever of it is missing is skipped with the reason, not failed.
 The same ONNX file is served by both: by rnnserve as it is, and by Triton under its sequence batcher (strategy
 `oldest`) through bench/triton_model.py, a python-backend model that keeps each sequence's state by correlation
 id and runs each batch as one onnxruntime call — what a Triton user would write for a stateful step graph.
-One token per request, the full logits back. It measures, each in a fresh server process:
+One token per request, the full logits back. rnnserve is measured twice: on --port (grpc.aio) and on --native-port
+(gRPC's C++ server carrying the messages; skipped, with the reason, where it cannot be built). It measures, each in a
+fresh server process:
 - perf_analyzer `--streaming --sequence-length 50` at each `--concurrency` (a stream per sequence);
 - tritonclient with every sequence multiplexed on one ModelStreamInfer stream (how Triton's clients drive
   sequences), for each of `--sequences`;
@@ -45,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import add_model_flags, model_path, process_cpu_s, server_process
+from bench.common import add_model_flags, model_path, native_port, process_cpu_s, server_process
 from bench.peer_servers import BENCH_DIR, Peers, echo_process, main_output, triton_process, triton_repository
 from bench.step_latency import in_process_steps, percentiles
 from bench.throughput import in_process
@@ -54,6 +56,7 @@ SEQUENCE_LENGTH = 50
 TARGET_LATENCY = 0.8  # rnnserve's p50 at concurrency 1, against Triton's
 TARGET_THROUGHPUT = 1.5  # against Triton's, wherever Triton survives
 TARGET_CPU = 0.7  # server CPU per step, against Triton's
+NATIVE = "rnnserve_native"  # rnnserve through --native-port
 TARGET_FLOOR_256 = 0.3  # at 256 concurrent sequences, against in-process onnxruntime batched at 256
 
 
@@ -180,9 +183,10 @@ def _multiplexed(target: str, model: str, sequences: int, steps: int, answer: st
                       "client_cpu_us_per_step": round((time.process_time() - cpu) / answered[0] * 1e6, 1)}))
 
 
-def measure_both(peers: Peers, repository: Path, model: str, args, triton_missing: str | None, perf_missing: str | None):
+def measure_both(peers: Peers, repository: Path, model: str, args, triton_missing: str | None, perf_missing: str | None,
+                 native_missing: str | None):
     """{load: {server: figures}} for every load, each server in a fresh process per load (so a crash costs
-    only its own figure)."""
+    only its own figure): rnnserve on --port (grpc.aio), on --native-port (gRPC's C++ server), and Triton."""
     onnx = repository / model / "1" / "model.onnx"
     max_batch = max([*args.concurrency, *args.sequences])
     answer, vocabulary = main_output(onnx)
@@ -202,6 +206,12 @@ def measure_both(peers: Peers, repository: Path, model: str, args, triton_missin
         results[name] = {}
         with server_process(repository, *flags) as (target, pid):
             results[name]["rnnserve"] = run(Server("rnnserve", target, pid), kind, n)
+        if native_missing:
+            results[name][NATIVE] = {"skipped": native_missing}
+        else:
+            native_flags, native_target, _ = native_port()
+            with server_process(repository, *flags, *native_flags) as (_, pid):
+                results[name][NATIVE] = run(Server(NATIVE, native_target, pid), kind, n)
         if triton_missing:
             results[name]["triton"] = {"skipped": triton_missing}
         else:
@@ -224,16 +234,24 @@ def ratio(a, b) -> float | None:
 
 
 def summary(results: dict, floor: dict, onnxruntime_cpu_us: dict, args) -> dict:
-    """The ratios the targets are about, and whether each holds (None where the peer crashed or was skipped)."""
-    figure = lambda load, server, key: results.get(load, {}).get(server, {}).get(key)  # noqa: E731
+    """The ratios the targets are about, and whether each holds (None where the peer crashed or was skipped), for
+    rnnserve's --port and its --native-port."""
     line: dict = {"bench": "peers_summary", "in_process_floor": floor}
+    for ours in ("rnnserve", NATIVE):
+        line[ours] = _against_triton(results, floor, onnxruntime_cpu_us, args, ours)
+    return line
+
+
+def _against_triton(results: dict, floor: dict, onnxruntime_cpu_us: dict, args, ours: str) -> dict:
+    figure = lambda load, server, key: results.get(load, {}).get(server, {}).get(key)  # noqa: E731
+    line: dict = {}
     targets: dict = {}
     for c in args.concurrency:
         load = f"perf_analyzer_c{c}"
-        throughput = ratio(figure(load, "rnnserve", "infer_per_s"), figure(load, "triton", "infer_per_s"))
-        cpu = ratio(figure(load, "rnnserve", "server_cpu_us_per_step"), figure(load, "triton", "server_cpu_us_per_step"))
+        throughput = ratio(figure(load, ours, "infer_per_s"), figure(load, "triton", "infer_per_s"))
+        cpu = ratio(figure(load, ours, "server_cpu_us_per_step"), figure(load, "triton", "server_cpu_us_per_step"))
         line[load] = {"throughput_vs_triton": throughput, "cpu_per_step_vs_triton": cpu,
-                      "p50_vs_triton": ratio(figure(load, "rnnserve", "p50_ms"), figure(load, "triton", "p50_ms")),
+                      "p50_vs_triton": ratio(figure(load, ours, "p50_ms"), figure(load, "triton", "p50_ms")),
                       "triton_crashed": bool(figure(load, "triton", "crashed"))}
         if c == 1 and line[load]["p50_vs_triton"] is not None:
             targets[f"c1_p50_{TARGET_LATENCY}x_triton"] = line[load]["p50_vs_triton"] <= TARGET_LATENCY
@@ -241,24 +259,24 @@ def summary(results: dict, floor: dict, onnxruntime_cpu_us: dict, args) -> dict:
             targets[f"c{c}_throughput_{TARGET_THROUGHPUT}x_triton"] = throughput >= TARGET_THROUGHPUT
             targets[f"c{c}_cpu_{TARGET_CPU}x_triton"] = cpu is not None and cpu <= TARGET_CPU
         batched = floor.get(f"batched_{c}_steps_per_s")
-        if batched and figure(load, "rnnserve", "infer_per_s"):
-            line[load]["throughput_vs_floor"] = ratio(figure(load, "rnnserve", "infer_per_s"), batched)
+        if batched and figure(load, ours, "infer_per_s"):
+            line[load]["throughput_vs_floor"] = ratio(figure(load, ours, "infer_per_s"), batched)
             if c == 256:
                 targets[f"c256_{TARGET_FLOOR_256}x_floor"] = line[load]["throughput_vs_floor"] >= TARGET_FLOOR_256
     for n in args.sequences:
         load = f"multiplexed_{n}"
-        throughput = ratio(figure(load, "rnnserve", "steps_per_s"), figure(load, "triton", "steps_per_s"))
-        cpu = ratio(figure(load, "rnnserve", "server_cpu_us_per_step"), figure(load, "triton", "server_cpu_us_per_step"))
+        throughput = ratio(figure(load, ours, "steps_per_s"), figure(load, "triton", "steps_per_s"))
+        cpu = ratio(figure(load, ours, "server_cpu_us_per_step"), figure(load, "triton", "server_cpu_us_per_step"))
         line[load] = {"throughput_vs_triton": throughput, "cpu_per_step_vs_triton": cpu, "triton_crashed": bool(figure(load, "triton", "crashed"))}
         if throughput is not None:
             targets[f"multiplexed_{n}_throughput_{TARGET_THROUGHPUT}x_triton"] = throughput >= TARGET_THROUGHPUT
             targets[f"multiplexed_{n}_cpu_{TARGET_CPU}x_triton"] = cpu is not None and cpu <= TARGET_CPU
     echo = results.get("echo", {}).get("multiplexed", {}).get("server_cpu_us_per_step")
     n = args.sequences[0] if args.sequences else None
-    ours = figure(f"multiplexed_{n}", "rnnserve", "server_cpu_us_per_step")
-    if echo and ours and n in onnxruntime_cpu_us:
-        beyond = round(ours - onnxruntime_cpu_us[n], 1)
-        line[f"multiplexed_{n}_own_cpu_us"] = {"server": ours, "onnxruntime_in_process_at_mean_batch": onnxruntime_cpu_us[n],
+    mine = figure(f"multiplexed_{n}", ours, "server_cpu_us_per_step")
+    if echo and mine and (n, ours) in onnxruntime_cpu_us:
+        beyond = round(mine - onnxruntime_cpu_us[n, ours], 1)
+        line[f"multiplexed_{n}_own_cpu_us"] = {"server": mine, "onnxruntime_in_process_at_mean_batch": onnxruntime_cpu_us[n, ours],
                                                "beyond_onnxruntime": beyond, "echo_server": echo}
         targets[f"multiplexed_{n}_beyond_onnxruntime_within_echo"] = beyond <= echo
     line["targets_met"] = targets
@@ -287,7 +305,10 @@ def main() -> None:
         if missing:
             print(json.dumps({"bench": "peers", "skipped": what, "why": missing}), flush=True)
     repository, model = model_path(args)
-    results = measure_both(peers, repository, model, args, triton_missing, perf_missing)
+    native_missing = native_port()[2]
+    if native_missing:
+        print(json.dumps({"bench": "peers", "skipped": "rnnserve --native-port", "why": native_missing}), flush=True)
+    results = measure_both(peers, repository, model, args, triton_missing, perf_missing, native_missing)
 
     onnx = repository / model / "1" / "model.onnx"
     floor = {"batch_1_p50_ms": percentiles(in_process_steps(onnx, 1000, args))["p50_ms"],
@@ -296,10 +317,11 @@ def main() -> None:
         floor[f"batched_{n}_steps_per_s"] = round(in_process(onnx, n, max(20, 2000 // n), args)[0], 1)
     onnxruntime_cpu_us = {}  # onnxruntime's own CPU per step at the batch rnnserve ran, for its multiplexed loads
     for n in args.sequences:
-        mean_batch = results[f"multiplexed_{n}"]["rnnserve"].get("mean_batch")
-        if mean_batch:
-            batch = max(1, round(mean_batch))
-            onnxruntime_cpu_us[n] = round(in_process(onnx, batch, max(20, 4000 // batch), args)[1], 1)
+        for ours in ("rnnserve", NATIVE):
+            mean_batch = results[f"multiplexed_{n}"][ours].get("mean_batch")
+            if mean_batch:
+                batch = max(1, round(mean_batch))
+                onnxruntime_cpu_us[n, ours] = round(in_process(onnx, batch, max(20, 4000 // batch), args)[1], 1)
     print(json.dumps(summary(results, floor, onnxruntime_cpu_us, args)), flush=True)
 
 

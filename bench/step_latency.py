@@ -6,6 +6,7 @@
 The server runs in its own process; the client and the in-process baselines run here. Prints one JSON line
 per measurement with absolute figures and the ratio to its baseline measured in the same run. The in-process
 step is also timed after 1 ms of idleness, as a served step comes (on a shared machine it costs about twice as much).
+Where the native front end can be built, the same stream is timed through --native-port too.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bench.common import add_model_flags, in_process_session, model_path, runtime_flags, server_process
+from bench.common import add_model_flags, in_process_session, model_path, native_port, runtime_flags, server_process
 from rnnserve.client import RnnServeClient
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
@@ -93,17 +94,23 @@ def main() -> None:
 
     repository, model = model_path(args)
     path = repository / model / "1" / "model.onnx"
-    with server_process(repository, *runtime_flags(args)) as (target, _), RnnServeClient(target) as client:
+    native_flags, native_target, native_missing = native_port()
+    with server_process(repository, *runtime_flags(args), *native_flags) as (target, _), RnnServeClient(target) as client:
         server_steps(target, model, 100)  # warm up both sides
         in_process_steps(path, 100, args)
         floor = percentiles(in_process_steps(path, args.steps, args))
         idle_floor = percentiles(in_process_steps(path, min(args.steps, 300), args, idle_s=0.001))
         served = percentiles(server_steps(target, model, args.steps))
         transport = percentiles(server_steps(target, model, args.steps, text=""))
+        native = {"native_port_skipped": native_missing}
+        if native_target:
+            server_steps(native_target, model, 100)
+            native = {"native_port_stream": percentiles(server_steps(native_target, model, args.steps)),
+                      "native_port_round_trip_without_a_step": percentiles(server_steps(native_target, model, args.steps, text=""))}
         print(json.dumps({
             "bench": "step_latency", "model": model, "steps": args.steps,
             "grpc_stream": served, "in_process_onnxruntime": floor, "in_process_onnxruntime_after_1ms_idle": idle_floor,
-            "grpc_round_trip_without_a_step": transport,
+            "grpc_round_trip_without_a_step": transport, **native,
             "ratio_p50": round(served["p50_ms"] / floor["p50_ms"], 2),
             "ratio_p99": round(served["p99_ms"] / floor["p99_ms"], 2),
             "target_p50_1.5x_met": served["p50_ms"] <= TARGET_LATENCY_RATIO * floor["p50_ms"],

@@ -9,6 +9,7 @@ import pytest
 
 from bench.peer_servers import Peers
 from bench.peers import summary
+from tests.helpers import native_unavailable
 from tests.test_bench import bench
 
 PEERS = Path(os.environ.get("RNNSERVE_PEERS", "/opt/peers"))
@@ -24,16 +25,22 @@ def test_without_the_peers_ours_is_measured_and_the_peer_skipped(repository, tmp
     assert ours["requests"] == 400 and ours["steps_per_s"] > 0 and ours["server_cpu_us_per_step"] > 0
     assert 1 <= ours["mean_batch"] <= 4 and ours["client_cpu_us_per_step"] > 0
     assert "skipped" in load["triton"]
+    native = load["rnnserve_native"]
+    if native_unavailable() is None:  # the same load through --native-port
+        assert native["requests"] == 400 and native["server_cpu_us_per_step"] > 0 and 1 <= native["mean_batch"] <= 4
+    else:
+        assert native == {"skipped": native_unavailable()}
     echo = next(line for line in lines if line.get("load") == "echo_multiplexed_4")["multiplexed"]
     assert echo["requests"] == 400 and echo["server_cpu_us_per_step"] > 0
     final = lines[-1]
     assert final["bench"] == "peers_summary" and 0 < final["in_process_floor"]["batch_1_p50_ms"]
     assert final["in_process_floor"]["batch_1_after_1ms_idle_p50_ms"] > 0
-    assert final["multiplexed_4"]["throughput_vs_triton"] is None
-    own = final["multiplexed_4_own_cpu_us"]
-    assert own["echo_server"] == echo["server_cpu_us_per_step"]
-    assert abs(own["beyond_onnxruntime"] - (own["server"] - own["onnxruntime_in_process_at_mean_batch"])) < 0.2
-    assert set(final["targets_met"]) == {"multiplexed_4_beyond_onnxruntime_within_echo"}
+    for ours in ("rnnserve", "rnnserve_native") if native_unavailable() is None else ("rnnserve",):
+        assert final[ours]["multiplexed_4"]["throughput_vs_triton"] is None
+        own = final[ours]["multiplexed_4_own_cpu_us"]
+        assert own["echo_server"] == echo["server_cpu_us_per_step"] and own["server"] == load[ours]["server_cpu_us_per_step"]
+        assert abs(own["beyond_onnxruntime"] - (own["server"] - own["onnxruntime_in_process_at_mean_batch"])) < 0.2
+        assert set(final[ours]["targets_met"]) == {"multiplexed_4_beyond_onnxruntime_within_echo"}
 
 
 def test_summary_reads_ratios_and_a_crash_is_not_a_number():
@@ -46,10 +53,17 @@ def test_summary_reads_ratios_and_a_crash_is_not_a_number():
         "perf_analyzer_c64": {"rnnserve": {"infer_per_s": 3000.0, "p50_ms": 20.0, "server_cpu_us_per_step": 200.0},
                               "triton": {"crashed": True}},
         "multiplexed_64": {"rnnserve": {"steps_per_s": 2000.0, "server_cpu_us_per_step": 400.0},
+                           "rnnserve_native": {"steps_per_s": 3000.0, "server_cpu_us_per_step": 300.0},
                            "triton": {"steps_per_s": 1000.0, "server_cpu_us_per_step": 500.0}},
         "echo": {"multiplexed": {"server_cpu_us_per_step": 150.0}},
     }
-    line = summary(results, {"batched_64_steps_per_s": 10000.0}, {64: 200.0}, Args)
+    summarised = summary(results, {"batched_64_steps_per_s": 10000.0}, {(64, "rnnserve"): 200.0, (64, "rnnserve_native"): 200.0}, Args)
+    native = summarised["rnnserve_native"]
+    assert native["multiplexed_64"]["throughput_vs_triton"] == 3.0 and native["multiplexed_64"]["cpu_per_step_vs_triton"] == 0.6
+    assert native["multiplexed_64_own_cpu_us"]["beyond_onnxruntime"] == 100.0
+    assert native["targets_met"]["multiplexed_64_cpu_0.7x_triton"] and native["targets_met"]["multiplexed_64_beyond_onnxruntime_within_echo"]
+    assert "c1_p50_0.8x_triton" not in native["targets_met"]  # no figure of its own there
+    line = summarised["rnnserve"]
     c1 = line["perf_analyzer_c1"]
     assert (c1["throughput_vs_triton"], c1["cpu_per_step_vs_triton"], c1["p50_vs_triton"]) == (1.5, 0.6, 0.67)
     assert line["perf_analyzer_c64"]["triton_crashed"] and line["perf_analyzer_c64"]["throughput_vs_triton"] is None
