@@ -41,6 +41,8 @@ ELSEWHERE = [  # (a command that matches this, the test that runs it instead, wo
     (r"^python -m bench\.peers|/opt/peers|^apt-get install libb64-0d$", "tests/test_peers.py", "/opt/peers"),  # the peers' venv
     (r"^torchrun ", "tests/test_distributed.py", "torch.distributed.run"),
     (r"^perf_analyzer ", "tests/test_perf_analyzer.py", "perf_analyzer"),
+    (r"--native-port|--target 127\.0\.0\.1:8001", "tests/test_native_front.py", '"--native-port"'),  # needs gRPC's C++ library
+    (r"^apt-get install g\+\+ pkg-config libgrpc", ".ci/run", "libgrpc++-dev"),
     (r"^python examples/word_lm\.py", "tests/test_user_models.py", "word_lm.py"),
     (r"--state-store redis://|--service rnnserve\.StateStore", "tests/test_store.py", "rnnserve.StateStore"),
     (r"--quantize int8", "tests/test_quantize.py", 'quantize="int8"'),

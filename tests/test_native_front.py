@@ -17,11 +17,13 @@ from rnnserve.inference import grpc_service_pb2 as pb
 from rnnserve.inference import grpc_service_pb2_grpc as pb_grpc
 from rnnserve.server.config import ServerConfig
 from tests.helpers import (
+    ServeProcess,
     active_sessions_settled,
     logits_of,
     native_unavailable,
     reference_logits,
     request,
+    run_cli,
     scrape_settled,
     status_of,
     together,
@@ -146,3 +148,12 @@ def test_a_busy_native_port_is_refused_with_the_flag_named(make_server, server):
 def test_it_is_refused_beside_tokens_or_tls(guard):
     with pytest.raises(ValueError, match="--native-port carries neither TLS nor tokens"):
         ServerConfig(repository="models", native_port=free_port(), **guard)
+
+
+def test_the_command_line_serves_it_and_says_where(repository):
+    """As docs/serving.md shows it: `rnnserve serve --native-port P`, then a client on P."""
+    port = free_port()
+    with ServeProcess("--repository", str(repository), "--port", "0", "--native-port", str(port)) as served:
+        assert f"native: 127.0.0.1:{port}" in served.listening
+        listed = run_cli("models", "--target", f"127.0.0.1:{port}")
+    assert listed.returncode == 0 and "lstm" in listed.stdout

@@ -49,7 +49,7 @@ def method_handlers(*services) -> dict[str, grpc.RpcMethodHandler]:
 
 
 class NativeFront:
-    def __init__(self, lib: ctypes.CDLL, handle: int, port: int, handlers: dict, metrics: Metrics):
+    def __init__(self, lib: ctypes.PyDLL, handle: int, port: int, handlers: dict, metrics: Metrics):
         self._lib, self._handle, self.port = lib, handle, port
         self._handlers = handlers
         self._undecodable = UndecodableMessages(metrics)

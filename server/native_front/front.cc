@@ -7,8 +7,9 @@
 // Python servicer's, exactly as on --port. Events wait in one queue; an eventfd tells the event loop that the queue
 // is not empty, and the loop takes everything waiting in one call (server/native_front/__init__.py).
 //
-// Threads: gRPC's callback threads run the reactors; the event loop thread calls rf_next, rf_write and rf_finish.
-// No lock is held while gRPC is called, since gRPC may run a reactor's callback inline, on the calling thread.
+// Threads: gRPC's callback threads run the reactors; the event loop thread calls rf_next, and queues its answers
+// (rf_write, rf_finish) for a writer thread of ours, which hands them to gRPC. No lock is held while gRPC is
+// called, since gRPC may run a reactor's callback inline, on the calling thread.
 // A call lives in a shared_ptr held by the table of open calls and by itself until gRPC's OnDone, so a write for a
 // call that has just ended is safely ignored.
 
@@ -18,12 +19,14 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -38,6 +41,14 @@ struct Event {
   uint64_t call;
   int32_t kind;
   std::string data;  // the method for kStart, the message for kMessage
+};
+
+// An answer from Python: a response message, or the call's status.
+struct Outgoing {
+  uint64_t call;
+  bool finish;
+  int code;
+  std::string data;  // the message, or the status's message
 };
 
 // What rf_next hands Python: pointers into the events it took, valid until the next rf_next.
@@ -96,8 +107,11 @@ class Service : public grpc::CallbackGenericService {
 
 class Front {
  public:
-  Front() : service_(this), event_fd_(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
-  ~Front() { close(event_fd_); }
+  Front() : service_(this), event_fd_(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)), writer_([this] { Send(); }) {}
+  ~Front() {
+    StopWriter();
+    close(event_fd_);
+  }
 
   int Start(const std::string& address, const char** names, const int* values, int count, std::string* error) {
     grpc::ServerBuilder builder;
@@ -114,8 +128,9 @@ class Front {
     return port;
   }
 
-  // Ends every open call with `message`, then the server: its Shutdown waits for every call to finish.
+  // Sends what is queued, ends every open call with `message`, then the server: its Shutdown waits for every call.
   void Stop(const std::string& message) {
+    StopWriter();
     std::vector<std::shared_ptr<Call>> open;
     {
       std::lock_guard<std::mutex> lock(calls_mu_);
@@ -124,6 +139,16 @@ class Front {
     }
     for (auto& call : open) call->End(grpc::Status(grpc::StatusCode::UNAVAILABLE, message));
     if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  }
+
+  // From the event loop: queued for the writer thread, so that gRPC's write path (which StartWrite may run
+  // inline, on the calling thread) costs the event loop nothing. One queue keeps a call's status after its writes.
+  void Queue(Outgoing outgoing) {
+    {
+      std::lock_guard<std::mutex> lock(outgoing_mu_);
+      outgoing_.push_back(std::move(outgoing));
+    }
+    outgoing_ready_.notify_one();
   }
 
   std::shared_ptr<Call> Open() {
@@ -188,6 +213,39 @@ class Front {
   int event_fd() const { return event_fd_; }
 
  private:
+  void StopWriter() {
+    if (!writer_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(outgoing_mu_);
+      writer_stopping_ = true;
+    }
+    outgoing_ready_.notify_one();
+    writer_.join();
+  }
+
+  // The writer thread: everything queued, in order, until Stop.
+  void Send() {
+    std::deque<Outgoing> batch;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(outgoing_mu_);
+        outgoing_ready_.wait(lock, [this] { return !outgoing_.empty() || writer_stopping_; });
+        if (outgoing_.empty()) return;
+        batch.swap(outgoing_);
+      }
+      for (auto& outgoing : batch) {
+        std::shared_ptr<Call> call = Find(outgoing.call);
+        if (!call) continue;  // ended meanwhile
+        if (outgoing.finish) {
+          call->End(grpc::Status(static_cast<grpc::StatusCode>(outgoing.code), outgoing.data));
+        } else {
+          call->Write(std::move(outgoing.data));
+        }
+      }
+      batch.clear();
+    }
+  }
+
   Service service_;
   std::unique_ptr<grpc::Server> server_;
   const int event_fd_;
@@ -199,6 +257,11 @@ class Front {
   std::deque<Event> events_;
   std::vector<Event> taken_;
   bool signalled_ = false;
+  std::mutex outgoing_mu_;
+  std::condition_variable outgoing_ready_;
+  std::deque<Outgoing> outgoing_;
+  bool writer_stopping_ = false;
+  std::thread writer_;  // last: it starts once everything above is built
 };
 
 grpc::ServerGenericBidiReactor* Service::CreateReactor(grpc::GenericCallbackServerContext* context) {
@@ -320,11 +383,11 @@ int rf_event_fd(void* front) { return static_cast<Front*>(front)->event_fd(); }
 int rf_next(void* front, EventView* views, int max) { return static_cast<Front*>(front)->Next(views, max); }
 
 void rf_write(void* front, uint64_t call, const char* data, size_t size) {
-  if (auto found = static_cast<Front*>(front)->Find(call)) found->Write(std::string(data, size));
+  static_cast<Front*>(front)->Queue(Outgoing{call, false, 0, std::string(data, size)});
 }
 
 void rf_finish(void* front, uint64_t call, int code, const char* message) {
-  if (auto found = static_cast<Front*>(front)->Find(call)) found->End(grpc::Status(static_cast<grpc::StatusCode>(code), message));
+  static_cast<Front*>(front)->Queue(Outgoing{call, true, code, message});
 }
 
 void rf_stop(void* front, const char* message) {
