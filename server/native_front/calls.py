@@ -84,7 +84,8 @@ class NativeFront:
         self._handle = None
 
     def write(self, call_id: int, data: bytes) -> None:
-        self._lib.rf_write(self._handle, call_id, data, len(data))
+        if self._handle is not None:  # a call the shutdown outlasted writes nowhere
+            self._lib.rf_write(self._handle, call_id, data, len(data))
 
     def finish(self, call_id: int, code: grpc.StatusCode, details: str) -> None:
         self._calls.pop(call_id, None)
