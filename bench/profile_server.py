@@ -2,6 +2,7 @@
 
     python -m bench.profile_server --streams 64 --seconds 10      # needs py-spy (the [dev] extra)
     python -m bench.profile_server --api kserve --streams 64      # Triton's sequences on one ModelStreamInfer
+    python -m bench.profile_server --api kserve --native-port     # the same, through --native-port
 
 Writes a flame graph (SVG) and prints the functions holding the most samples (threads waiting for work left
 out), with and without callees.
@@ -18,7 +19,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from bench.common import add_model_flags, model_path, runtime_flags, server_process
+from bench.common import add_model_flags, model_path, native_port, runtime_flags, server_process
 from bench.throughput import _generate_all, _kserve_all, _stream_all
 
 LOADS = {"generate": _generate_all, "stream": _stream_all, "kserve": _kserve_all}
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="how long to sample")
     parser.add_argument("--out", default="profile.svg", help="flame graph to write")
     parser.add_argument("--top", type=int, default=25, help="functions to list")
+    parser.add_argument("--native-port", action="store_true", help="load the server through --native-port (gRPC's C++ server)")
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if py_spy is None:
@@ -57,8 +59,12 @@ def main() -> None:
 
     repository, model = model_path(args)
     flags = (*runtime_flags(args), "--max-sessions", str(args.streams + 1), "--max-batch", str(args.streams))
+    native_flags, native_target, native_missing = native_port() if args.native_port else ((), None, None)
+    if native_missing:
+        raise SystemExit(f"--native-port: {native_missing}")
     raw = Path(tempfile.mkdtemp()) / "profile.txt"
-    with server_process(repository, *flags) as (target, pid):
+    with server_process(repository, *flags, *native_flags) as (target, pid):
+        target = native_target or target
         spies = [
             subprocess.Popen([py_spy, "record", "-p", str(pid), "-d", str(args.seconds), "-f", fmt, "-o", str(out), "--nonblocking", *(["--gil"] if args.gil else [])],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
