@@ -25,6 +25,8 @@ def run_workers(config: ServerConfig) -> int:
     """Starts the workers, forwards SIGTERM/SIGINT to them, and returns the worst exit code."""
     if config.port == 0:
         raise UsageError("--workers needs a fixed --port: every worker must listen on the same one")
+    if config.native_port == 0:
+        raise UsageError("--workers needs a fixed --native-port: every worker must listen on the same one")
     if config.threads == 0:  # share the cores instead of every worker's onnxruntime taking all of them
         config = dataclasses.replace(config, threads=max(1, (os.cpu_count() or 1) // config.workers))
     context = multiprocessing.get_context("spawn")

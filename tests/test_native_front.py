@@ -5,6 +5,9 @@ settings it refuses."""
 
 from __future__ import annotations
 
+import itertools
+import subprocess
+import sys
 import threading
 
 import grpc
@@ -157,3 +160,18 @@ def test_the_command_line_serves_it_and_says_where(repository):
         assert f"native: 127.0.0.1:{port}" in served.listening
         listed = run_cli("models", "--target", f"127.0.0.1:{port}")
     assert listed.returncode == 0 and "lstm" in listed.stdout
+
+
+def test_every_worker_listens_on_it_and_port_0_is_refused_for_workers(repository):
+    port, native = free_port(), free_port()
+    served = subprocess.Popen([sys.executable, "-m", "rnnserve", "serve", "--repository", str(repository), "--port", str(port),
+                               "--workers", "2", "--native-port", str(native)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        listening = list(itertools.islice((line for line in served.stdout if "listening on" in line), 2))  # a line a worker
+        assert len(listening) == 2 and all(f"native: 127.0.0.1:{native}" in line for line in listening)
+        assert all(run_cli("models", "--target", f"127.0.0.1:{native}").returncode == 0 for _ in range(4))
+    finally:
+        served.terminate()
+        served.wait(60)
+    refused = run_cli("serve", "--repository", str(repository), "--port", str(port), "--workers", "2", "--native-port", "0")
+    assert refused.returncode == 1 and "--workers needs a fixed --native-port" in refused.stderr
