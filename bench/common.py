@@ -55,12 +55,10 @@ def free_port() -> int:
 def native_port() -> tuple[tuple[str, ...], str | None, str | None]:
     """(server flags, target, why not): a free --native-port and its address where the native front end can be
     built here, else no flags, no target and the reason."""
-    from rnnserve.server.native_front import NativeUnavailable, library
+    from rnnserve.server.native_front import unavailable
 
-    try:
-        library()
-    except NativeUnavailable as err:
-        return (), None, str(err)
+    if why := unavailable():
+        return (), None, why
     port = free_port()
     return ("--native-port", str(port)), f"127.0.0.1:{port}", None
 

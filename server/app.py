@@ -32,8 +32,7 @@ from rnnserve.server.api.websocket import WebSocketStreams
 from rnnserve.server.config import ServerConfig
 from rnnserve.server.inputs import Inputs
 from rnnserve.server.metrics import Metrics, MetricsServer
-from rnnserve.server.native_front import NativeFront, NativeUnavailable, library
-from rnnserve.server.native_front.calls import method_handlers
+from rnnserve.server.native_front import NativeFront, method_handlers
 from rnnserve.server.repository import Repository
 from rnnserve.server.security import CertificateSubjects, TokenCheck, load_tokens, server_credentials
 from rnnserve.server.service import InferenceService
@@ -135,11 +134,6 @@ async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
         credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca) if config.tls_cert else None
     except ValueError as err:
         raise UsageError(str(err)) from None
-    if config.native_port >= 0:
-        try:
-            library()  # compiled now, if it must be, so that a machine without gRPC's C++ library is told at once
-        except NativeUnavailable as err:
-            raise UsageError(f"--native-port: {err}") from None
     server = grpc.aio.server(interceptors=interceptors, options=channel_options(config))
     address = f"{config.host}:{config.port}"
     try:
@@ -151,19 +145,23 @@ async def start(config: ServerConfig, io_binding: bool | None = None) -> App:
             f"cannot listen on {address}: the port is in use (another server?) or the address is not this machine's: "
             "choose another --port, or stop what holds it"
         )
-    sock = None
+    sock = native_front = None
     try:
         sock = http_socket(config)
-        return await _serve_on(server, port, sock, grants, config, io_binding, metrics)
+        if config.native_port >= 0:
+            native_front = NativeFront.bind(f"{config.host}:{config.native_port}", channel_options(config), metrics)
+        return await _serve_on(server, port, sock, native_front, grants, config, io_binding, metrics)
     except BaseException:
         await server.stop(None)
         if sock is not None:
             sock.close()
+        if native_front is not None:
+            native_front.stop("the server did not start")
         raise
 
 
-async def _serve_on(server: grpc.aio.Server, port: int, sock: socket.socket | None, grants, config: ServerConfig,
-                    io_binding: bool | None, metrics: Metrics) -> App:
+async def _serve_on(server: grpc.aio.Server, port: int, sock: socket.socket | None, native_front: NativeFront | None, grants,
+                    config: ServerConfig, io_binding: bool | None, metrics: Metrics) -> App:
     key = snapshot_key(config.snapshot_key)  # before minutes of model loading
     repository = Repository.load(config, io_binding, metrics)
     repository.start()
@@ -206,19 +204,9 @@ async def _serve_on(server: grpc.aio.Server, port: int, sock: socket.socket | No
                   *KServeRest(kserve, grants).routes(), *Completions(native, grants).routes(), *NativeHttp(native, grants).routes(),
                   *page_routes()]
         http = await http_side(sock, routes, config)
-    native_front = None
-    if config.native_port >= 0:
-        handlers = method_handlers((rnnserve_pb2_grpc.add_RnnServeServicer_to_server, native),
-                                   (grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, kserve))
-        try:
-            native_front = NativeFront.start(f"{config.host}:{config.native_port}", channel_options(config), handlers, metrics)
-        except UsageError:
-            if http is not None:
-                await http.runner.cleanup()
-            if metrics_server is not None:
-                metrics_server.stop()
-            await repository.close()
-            raise
+    if native_front is not None:
+        native_front.serve(method_handlers((rnnserve_pb2_grpc.add_RnnServeServicer_to_server, native),
+                                           (grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, kserve)))
     await server.start()
     for name in ("", SERVICE_NAME, KSERVE_SERVICE_NAME, *((STORE_SERVICE_NAME,) if config.state_store else ())):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -40,8 +40,7 @@ class UndecodableMessages(grpc.aio.ServerInterceptor):
         if handler is None or handler.request_deserializer is None or not details.method.startswith(OUR_SERVICES):
             return handler  # health and reflection are grpc's own, written in its other style (context.write)
         parse, method = handler.request_deserializer, details.method
-        message_type = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
-        message_type = message_type.full_name if message_type is not None else "the method's request"
+        message_type = message_type_of(parse)
 
         def deserialize(raw: bytes):
             try:
@@ -62,6 +61,12 @@ class UndecodableMessages(grpc.aio.ServerInterceptor):
                 "generated code does not match protos/, or it sends something else", self._unlogged, message_type, method,
             )
             self._logged_at, self._unlogged = now, 0
+
+
+def message_type_of(parse) -> str:
+    """The protobuf type a generated request deserializer (`Message.FromString`) parses, by its full name."""
+    descriptor = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+    return descriptor.full_name if descriptor is not None else "the method's request"
 
 
 def refusal(message: Undecodable) -> str:

@@ -9,7 +9,7 @@ answers (server/native_front/calls.py). The library is compiled once per source,
 libgrpc++ (build.py).
 """
 
-from rnnserve.server.native_front.build import NativeUnavailable, library
-from rnnserve.server.native_front.calls import NativeFront
+from rnnserve.server.native_front.build import NativeUnavailable, library, unavailable
+from rnnserve.server.native_front.calls import NativeFront, method_handlers
 
-__all__ = ["NativeFront", "NativeUnavailable", "library"]
+__all__ = ["NativeFront", "NativeUnavailable", "library", "method_handlers", "unavailable"]

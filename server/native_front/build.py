@@ -64,6 +64,16 @@ def library() -> ctypes.PyDLL:
     return _declared(ctypes.PyDLL(str(path)))
 
 
+@functools.cache
+def unavailable() -> str | None:
+    """Why the native front end cannot be built here (None: it can, and is built now)."""
+    try:
+        library()
+    except NativeUnavailable as err:
+        return str(err)
+    return None
+
+
 def _declared(lib: ctypes.PyDLL) -> ctypes.PyDLL:
     void_p, u64 = ctypes.c_void_p, ctypes.c_uint64
     lib.rf_start.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_int), ctypes.c_int,

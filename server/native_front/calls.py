@@ -17,10 +17,10 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from rnnserve.errors import UsageError
-from rnnserve.server.api.decoding import Undecodable, UndecodableMessages, refusal
+from rnnserve.server.api.decoding import Undecodable, UndecodableMessages, message_type_of, refusal
 from rnnserve.server.api.status import internal_error
 from rnnserve.server.metrics import Metrics
-from rnnserve.server.native_front.build import EventView, library
+from rnnserve.server.native_front.build import EventView, NativeUnavailable, library
 
 START, MESSAGE, HALF_CLOSE, CANCEL = range(4)  # front.cc's event kinds
 EVENTS_PER_TAKE = 256
@@ -49,28 +49,40 @@ def method_handlers(*services) -> dict[str, grpc.RpcMethodHandler]:
 
 
 class NativeFront:
-    def __init__(self, lib: ctypes.PyDLL, handle: int, port: int, handlers: dict, metrics: Metrics):
+    """Bound with the server's other ports, before the models load (calls that come meanwhile wait in front.cc's
+    queue); serving once `serve` gives it the method handlers."""
+
+    def __init__(self, lib: ctypes.PyDLL, handle: int, port: int, metrics: Metrics):
         self._lib, self._handle, self.port = lib, handle, port
-        self._handlers = handlers
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
         self._undecodable = UndecodableMessages(metrics)
         self._calls: dict[int, _Call] = {}
         self._views = (EventView * EVENTS_PER_TAKE)()
         self._refusing = ""  # set once shutting down: new calls get UNAVAILABLE with it
         self._loop = asyncio.get_running_loop()
         self._fd = lib.rf_event_fd(handle)
-        self._loop.add_reader(self._fd, self._take)
 
     @classmethod
-    def start(cls, address: str, options: list[tuple[str, int]], handlers: dict, metrics: Metrics) -> NativeFront:
-        """Listening on `address` with gRPC's channel `options` (the same limits as --port's)."""
-        lib = library()
+    def bind(cls, address: str, options: list[tuple[str, int]], metrics: Metrics) -> NativeFront:
+        """Listening on `address` with gRPC's channel `options` (the same limits as --port's); the library is
+        compiled now if it must be, so a machine without gRPC's C++ library is told at once."""
+        try:
+            lib = library()
+        except NativeUnavailable as err:
+            raise UsageError(f"--native-port: {err}") from None
         names = (ctypes.c_char_p * len(options))(*(name.encode() for name, _ in options))
         values = (ctypes.c_int * len(options))(*(value for _, value in options))
         port, error = ctypes.c_int(0), ctypes.create_string_buffer(512)
         handle = lib.rf_start(address.encode(), names, values, len(options), ctypes.byref(port), error, len(error))
         if not handle:
             raise UsageError(f"{error.value.decode()} (--native-port): choose another port, or stop what holds it")
-        return cls(lib, handle, port.value, handlers, metrics)
+        return cls(lib, handle, port.value, metrics)
+
+    def serve(self, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        """Answers every call, those that waited included, with these handlers (method_handlers)."""
+        self._handlers = handlers
+        self._loop.add_reader(self._fd, self._take)
+        self._take()  # what came while the models loaded: the eventfd may have been readable since
 
     def refuse_new_calls(self, message: str) -> None:
         self._refusing = message
@@ -177,8 +189,7 @@ class _Call:
         try:
             return parse(data)
         except DecodeError:
-            message_type = parse.__self__.DESCRIPTOR.full_name
-            self._context.refuse(grpc.StatusCode.INVALID_ARGUMENT, self._front.undecodable(self._method, message_type))
+            self._context.refuse(grpc.StatusCode.INVALID_ARGUMENT, self._front.undecodable(self._method, message_type_of(parse)))
 
     async def _run(self, data: bytes | None) -> None:
         handler, context, write = self._handler, self._context, self._front.write
