@@ -3,7 +3,8 @@ serves requests while onnxruntime works.
 
 Requests queue steps (a chunk, a prompt, a generation's first step), encodings, state reads and writes (snapshots
 and restores) and frees. The engine thread takes
-every step that is ready (up to `max_batch`, optionally waiting `max_queue_delay_ms` for more), groups them by
+every step that is ready (up to `max_batch`, waiting `max_queue_delay_ms` for more, or without it, up to 1 ms for
+half the sessions that are stepping when there are 8 or more: company()), groups them by
 length T, and runs each group as one onnxruntime call over a gather of the sessions' state rows. Generations stay
 with it: after each call it samples the next token of every generating row at once (each row with its own
 settings and seed) and steps them again, so a generation costs the event loop nothing per step but taking its
@@ -55,6 +56,9 @@ MAX_UNREAD_TOKENS = 256  # a generation whose client has not taken this many tok
 MIN_CALL_ROWS = 16  # a call of fewer rows, split off a wide batch, costs more in the call than it gains at once
 MAX_STEPS_NOW = 16  # the longest lone step run on the event loop when the engine is idle (a longer one holds it up)
 OTHERS_WINDOW_S = 0.05  # a step asked this soon after another session's is not alone: it goes to the engine, to batch
+COMPANY_WINDOW_S = 0.01  # the sessions stepped this recently are those whose next steps a batch may wait for
+COMPANY_WAIT_S = 0.001  # the longest a batch waits for them (see company())
+MIN_COMPANY = 8  # fewer sessions than this are not waited for
 
 
 class Batcher:
@@ -81,6 +85,7 @@ class Batcher:
         self._held: deque[Step] = deque()  # steps taken but not yet run (after a read of their slot, or queued together)
         self._continuing: list[Step] = []  # long inputs part-way through: the next batch's first
         self._deferred: list[Read] = []  # reads of a slot whose step is part-way: they run once it is done
+        self._stepped_at: dict[int, float] = {}  # slot → when its last step ran (time.perf_counter())
         metrics.watch(self._queue.qsize, lambda: runtime.slots_in_use, runtime.capacity)
 
     def start(self) -> None:
@@ -108,6 +113,10 @@ class Batcher:
 
     async def step_many(self, slots: list[int], inputs: list[np.ndarray]) -> list[StepResult]:
         """The outputs of each slot's inputs, queued together (they batch together), in one future."""
+        return await self.steps_together(slots, inputs)
+
+    def steps_together(self, slots: list[int], inputs: list[np.ndarray]) -> asyncio.Future:
+        """`step_many`'s future, for a caller that answers from its done callback rather than from a task."""
         together = Together(self._loop.create_future(), [None] * len(slots), len(slots))
         now = time.perf_counter()
         steps = [Step(slot, np.asarray(x, dtype=self._dtype), now, together=(together, i)) for i, (slot, x) in enumerate(zip(slots, inputs))]
@@ -115,7 +124,7 @@ class Batcher:
             self._queue_or_run_now(steps[0])
         else:
             self._queue.put(steps)
-        return await together.future
+        return together.future
 
     def _queue_or_run_now(self, job: Step) -> None:
         """A lone short step — its session's again, or the first in 50 ms, with nothing queued, no queue delay asked
@@ -225,7 +234,11 @@ class Batcher:
         continuing = [job for job in self._continuing if job.wanted()]  # beyond max_batch: queued steps get in beside them
         self._generating, self._continuing = [], []
         block = not steps and not continuing
-        deadline = time.perf_counter() + self._max_queue_delay_s
+        delay_s, awaited = self._max_queue_delay_s, 0  # awaited: steps worth the wait (0: as many as come in time)
+        if not delay_s:
+            awaited = self._company()
+            delay_s = COMPANY_WAIT_S if awaited else 0.0
+        deadline = time.perf_counter() + delay_s
         self._reads, self._deferred = self._deferred, []
         steps += continuing
         while len(steps) - len(continuing) < self._max_batch * self._runtime.parallel_calls:
@@ -235,9 +248,11 @@ class Batcher:
                 try:
                     if block:  # nothing to do but wait; the first to come may wait for company from then on
                         job, block = self._idle_until_queued(), False
-                        deadline = time.perf_counter() + self._max_queue_delay_s
+                        deadline = time.perf_counter() + delay_s
+                    elif delay_s and (not awaited or len(steps) < awaited):
+                        job = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
                     else:
-                        job = self._queue.get(timeout=max(0.0, deadline - time.perf_counter())) if self._max_queue_delay_s else self._queue.get_nowait()
+                        job = self._queue.get_nowait()
                 except queue.Empty:
                     break
             if isinstance(job, list):  # steps queued together: taken one by one, as far as max_batch goes
@@ -260,6 +275,11 @@ class Batcher:
                 return [s for s in steps if s.wanted()], job
             steps.append(job)
         return [s for s in steps if s.wanted()], None
+
+    def _company(self) -> int:
+        recent, wanted = company(self._stepped_at, time.perf_counter())
+        self._stepped_at = recent
+        return wanted
 
     def _idle_until_queued(self):
         """The next job, waited for with nothing else to do: meanwhile the event loop may run a lone step itself."""
@@ -334,6 +354,7 @@ class Batcher:
             hand_over(fail, group, RuntimeFailure(f"model {self._name}: inference failed: {err}"))
             return
         finished = time.perf_counter()
+        self._stepped_at.update(dict.fromkeys(slots, finished))
         if self.pieces:
             self.pieces.measured(len(group), steps, stepped - began)
         # a generation's later steps and a piece's rest were never queued (queued 0.0): only queued steps count as waiting
@@ -396,6 +417,16 @@ class Batcher:
                 self._waiting[generation.slot] = generation
             else:
                 self._generating.append(generation)
+
+
+def company(stepped_at: dict[int, float], now: float) -> tuple[dict[int, float], int]:
+    """How many steps a batch waits for (up to COMPANY_WAIT_S) without --max-queue-delay-ms: half the sessions
+    stepped in the last COMPANY_WINDOW_S, when there are MIN_COMPANY of them; else none (0). Many sequences in
+    lock-step (each sends its next step once answered) otherwise run in small batches, each a whole onnxruntime
+    call (perf_analyzer's 8 sequences: 19% less CPU a step; docs/performance.md). A lone sequence, or a few, never
+    waits. Returns the sessions still recent (slot → when it last stepped) and the steps to wait for."""
+    recent = {slot: at for slot, at in stepped_at.items() if now - at < COMPANY_WINDOW_S}
+    return recent, len(recent) // 2 if len(recent) >= MIN_COMPANY else 0
 
 
 def _at_once(function, *args) -> None:

@@ -202,6 +202,22 @@ class SessionRegistry:
         key, name = sequence_key(model, sequence_id)
         if not start and await self._refresh(key) == "store":
             model.metrics.resumed("store")  # a sequence's requests go on locally without counting as resumes
+        session = self._attach_sequence(model, key, name, start, owner, position)
+        try:
+            await self._claim(session)
+        except BaseException:
+            self._detach(session)
+            raise
+        return session
+
+    def open_sequence_now(self, model: Model, sequence_id: str, start: bool, owner: object = None, position: int | None = None) -> Session:
+        """`open_sequence` without waiting, where there is nothing to wait for: without a state store (which may hold a
+        newer state, and must give this server its hold)."""
+        assert not self.store.keeps_sessions
+        key, name = sequence_key(model, sequence_id)
+        return self._attach_sequence(model, key, name, start, owner, position)
+
+    def _attach_sequence(self, model: Model, key: tuple, name: str, start: bool, owner: object, position: int | None) -> Session:
         session = self._named.get(key) if start else self._lookup(key)  # a start is always the caller's own
         if session is not None and session.attached:
             raise FailedPrecondition(
@@ -224,11 +240,6 @@ class SessionRegistry:
                     "it has consumed requests whose answers did not reach this client"
                 ))
             self._attach(session, model, name)
-        try:
-            await self._claim(session)
-        except BaseException:
-            self._detach(session)
-            raise
         return session
 
     def close_sequence(self, session: Session, end: bool) -> None:

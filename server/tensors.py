@@ -4,10 +4,12 @@ its own (batched together by the engine), or a sequence's one row continuing its
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import numpy as np
 
-from rnnserve.server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from rnnserve.server.batcher import MAX_STEPS_NOW
+from rnnserve.server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, ServeError
 from rnnserve.server.inputs import Inputs, not_finite_at
 from rnnserve.server.repository import Model
 from rnnserve.server.requests import TensorRequest, TensorResult
@@ -18,22 +20,12 @@ class TensorService:
     def __init__(self, sessions: SessionRegistry, inputs: Inputs):
         self.sessions = sessions
         self._inputs = inputs
+        self._now: dict[int, list] = {}  # step_now's steps of this turn of the event loop, by id(model)
 
     async def run(self, model: Model, request: TensorRequest) -> TensorResult:
         """A model with an encoder starts each row's state from its label or source."""
         card, sequence = model.card, request.sequence
-        if sequence.id and not card.streaming:
-            raise FailedPrecondition(
-                f"model {card.name!r} needs the whole input at once, so it keeps no sequences: send each input "
-                "in one ModelInfer without sequence parameters"
-            )
-        for given in (request.tokens, request.values):  # before reading a token of it
-            if given is not None:
-                self._inputs.check_request_size(*given.shape[:2], request.answer_bytes_per_step)
-        rows = self._rows(model, request)
-        if sequence.id and len(rows) != 1:
-            raise InvalidArgument("inputs", f"a sequence's request carries one row (batch size 1), not {len(rows)}")
-        self._inputs.check_request_size(len(rows), len(rows[0]), request.answer_bytes_per_step)  # texts, as encoded
+        rows = self._checked_rows(model, request)
         starts = self._starts(model, request, len(rows))
         if sequence.id:
             session = await self.sessions.open_sequence(model, sequence.id, sequence.start, request.owner, sequence.position)
@@ -57,6 +49,58 @@ class TensorService:
         except* Exception as failed:
             raise failed.exceptions[0] from None
         return TensorResult(model, _stacked(model, [task.result() for task in tasks]))
+
+    def step_now(self, model: Model, request: TensorRequest, done: Callable[[TensorResult | ServeError], None]) -> bool:
+        """Takes a sequence's step that need not wait before the engine — no state store to ask, no encoder to run,
+        a step of one to MAX_STEPS_NOW inputs — and calls `done` with its result or error once it has run; False for
+        any other request, which `run` answers. The steps taken in one turn of the event loop, of every stream, are
+        queued for the engine together and answered together: no task, future or hand-over per request (64
+        sequences multiplexed on one stream: CPU a step, see docs/performance.md). Errors before the step raise."""
+        sequence, steps = request.sequence, request.tokens.shape[1] if request.tokens is not None else 0
+        if not sequence.id or not 0 < steps <= MAX_STEPS_NOW or self.sessions.store.keeps_sessions or model.card.encoder or not model.card.streaming:
+            return False
+        row = self._checked_rows(model, request)[0]
+        session = self.sessions.open_sequence_now(model, sequence.id, sequence.start, request.owner, sequence.position)
+        steps_of_model = self._now.get(id(model))
+        if steps_of_model is None:
+            steps_of_model = self._now[id(model)] = []
+            asyncio.get_running_loop().call_soon(self._queue_now, model)
+        steps_of_model.append((session, row, sequence.end, done))
+        return True
+
+    def _queue_now(self, model: Model) -> None:
+        taken = self._now.pop(id(model))
+        ran = model.batcher.steps_together([session.slot for session, *_ in taken], [row for _, row, *_ in taken])
+        ran.add_done_callback(lambda future: self._answer_now(model, taken, future))
+
+    def _answer_now(self, model: Model, taken: list, future: asyncio.Future) -> None:
+        """As `run` answers a sequence's request: the session's position moves on, the sequence ends or waits."""
+        error = future.exception()
+        results = [None] * len(taken) if error else future.result()
+        for (session, row, end, done), result in zip(taken, results):
+            if result is not None:
+                session.stepped(len(row))
+                if not end:
+                    self.sessions.answered(session)
+            self.sessions.close_sequence(session, end)
+            done(error or TensorResult(model, _stacked(model, [result.outputs]), session.position))
+
+    def _checked_rows(self, model: Model, request: TensorRequest) -> list[list[int]] | list[np.ndarray]:
+        """The request's rows, once the model, the request's size and its inputs have passed every check."""
+        card, sequence = model.card, request.sequence
+        if sequence.id and not card.streaming:
+            raise FailedPrecondition(
+                f"model {card.name!r} needs the whole input at once, so it keeps no sequences: send each input "
+                "in one ModelInfer without sequence parameters"
+            )
+        for given in (request.tokens, request.values):  # before reading a token of it
+            if given is not None:
+                self._inputs.check_request_size(*given.shape[:2], request.answer_bytes_per_step)
+        rows = self._rows(model, request)
+        if sequence.id and len(rows) != 1:
+            raise InvalidArgument("inputs", f"a sequence's request carries one row (batch size 1), not {len(rows)}")
+        self._inputs.check_request_size(len(rows), len(rows[0]), request.answer_bytes_per_step)  # texts, as encoded
+        return rows
 
     async def _run_alone(self, model: Model, row: list[int] | np.ndarray, start: dict[str, np.ndarray]) -> list[np.ndarray] | None:
         async with self.sessions.attach(model) as session:

@@ -6,6 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from rnnserve.server.batcher import COMPANY_WINDOW_S, MIN_COMPANY, company
 from tests.helpers import KOREAN, ServerThread, scrape, together
 
 PROMPTS = [
@@ -68,6 +69,16 @@ def test_32_concurrent_streams_equal_each_run_alone(server):
     for (ids, one), (batched_ids, many) in zip(alone, batched):
         assert batched_ids == ids
         assert np.abs(one - many).max() < 1e-5
+
+
+def test_a_batch_waits_for_half_the_sessions_stepping_and_never_for_a_few():
+    now = 100.0
+    few = {slot: now - 0.001 for slot in range(MIN_COMPANY - 1)}
+    assert company(few, now) == (few, 0)
+    many = {slot: now - 0.001 for slot in range(20)} | {slot: now - COMPANY_WINDOW_S - 0.001 for slot in range(20, 30)}
+    recent, wanted = company(many, now)
+    assert sorted(recent) == list(range(20)) and wanted == 10  # those that stepped too long ago are forgotten
+    assert company({}, now) == ({}, 0)
 
 
 def test_a_lone_streams_steps_run_at_once_and_concurrent_streams_still_batch(make_server):

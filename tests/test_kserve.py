@@ -265,6 +265,38 @@ def test_stream_runs_each_sequence_in_order_and_errors_do_not_end_it(kserve, ref
             assert np.abs(logits_of(response.infer_response)[0] - expected[index]).max() < 1e-5
 
 
+def test_steps_batched_across_a_stream_keep_each_sequence_in_order_and_counted(kserve, reference):
+    """Six sequences on one stream, their requests interleaved; each sequence's requests alternate between the
+    steps answered in batches (token ids, a few at a time) and those answered one by one (text, and an input longer
+    than a batched step's), so both must keep one sequence's order and state, and count every request."""
+    def successes() -> int:
+        stats = kserve.ModelStatistics(pb.ModelStatisticsRequest(name="lstm", version="1")).model_stats[0]
+        return stats.inference_stats.success.count
+
+    def chunks_of(s: int) -> list[list[int]]:  # each sequence's own, so that a state answered to another shows
+        return [list(b"a%d" % s), list(b"text %d" % s), list(b"a longer input, %d of them" % s), list(b"!%d" % s)]
+
+    kinds = ["tokens", "text", "tokens", "tokens"]
+    sequences = range(301, 307)
+    messages = []
+    for index, kind in enumerate(kinds):
+        for s in sequences:
+            chunk = chunks_of(s)[index]
+            given = {"text": bytes(chunk).decode()} if kind == "text" else {"tokens": chunk}
+            messages.append(request(**given, sequence=s, start=index == 0, end=index == len(kinds) - 1, id=f"{s}-{index}"))
+    before = successes()
+    responses = {r.infer_response.id: r for r in stream_messages(kserve, messages)}
+    assert [r.error_message for r in responses.values()] == [""] * len(messages)
+    for s in sequences:
+        chunks = chunks_of(s)
+        expected = reference_logits(reference, "lstm", chunks)
+        for index in range(len(chunks)):
+            response = responses[f"{s}-{index}"].infer_response
+            assert response.parameters["sequence_position"].int64_param == sum(map(len, chunks[: index + 1]))
+            assert np.abs(logits_of(response)[0] - expected[index]).max() < 1e-5
+    assert successes() - before == len(messages)
+
+
 def test_a_closed_stream_ends_the_sequences_it_left_open(make_server):
     running = make_server(metrics_port=0)
     with grpc.insecure_channel(running.target) as channel:

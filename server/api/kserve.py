@@ -6,6 +6,9 @@ the native API. The recurrent state stays on the server, in the sequence that Tr
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from importlib import metadata
 
 from rnnserve.contract import ModelCard
@@ -13,7 +16,7 @@ from rnnserve.inference import grpc_service_pb2 as pb
 from rnnserve.inference import grpc_service_pb2_grpc as pb_grpc
 from rnnserve.inference import model_config_pb2 as config_pb
 from rnnserve.server.api.access import looked_up, resolved, visible
-from rnnserve.server.api.accounting import counted
+from rnnserve.server.api.accounting import count, counted
 from rnnserve.server.api.in_flight import InFlight
 from rnnserve.server.api.kserve_tensors import (
     declared_inputs,
@@ -23,12 +26,13 @@ from rnnserve.server.api.kserve_tensors import (
     stream_sequence,
     tensor_request,
 )
-from rnnserve.server.api.status import internal_error, streaming, unary
+from rnnserve.server.api.status import internal_error, status_of, streaming, unary
 from rnnserve.server.config import ServerConfig
 from rnnserve.server.errors import FailedPrecondition, NotFound, ServeError
 from rnnserve.server.metrics import Metrics
 from rnnserve.server.ordering import answers_in_sequence_order
 from rnnserve.server.repository import Repository
+from rnnserve.server.requests import TensorResult
 from rnnserve.server.runtime import Device
 from rnnserve.server.statistics import Duration, InferenceStatistics
 from rnnserve.server.tensors import TensorService
@@ -144,11 +148,51 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             except Exception as err:  # a fault of ours: this request fails, the stream goes on
                 return error_response(request, internal_error(f"ModelStreamInfer request {request.id!r}", err))
 
+        def take_now(request: pb.ModelInferRequest, done) -> bool:
+            return self._step_now(request, owner, done)
+
         try:
-            async for response in answers_in_sequence_order(requests, stream_sequence, answer, MAX_STREAM_IN_FLIGHT):
+            async for response in answers_in_sequence_order(requests, stream_sequence, answer, MAX_STREAM_IN_FLIGHT, take_now):
                 yield response
         finally:
             self._tensors.sessions.end_owned_by(owner)
+
+    def _step_now(self, request: pb.ModelInferRequest, owner: object, done: Callable[[pb.ModelStreamInferResponse], None]) -> bool:
+        """ModelStreamInfer's common request, a step of a sequence, answered as `_infer` would answer it but batched
+        with the steps of every stream taken in the same turn of the event loop, with no task of its own
+        (TensorService.step_now); False for any other request (a task answers it, by `_infer`)."""
+        if len(request.inputs) != 1 or "sequence_id" not in request.parameters:
+            return False
+        try:
+            model = looked_up(self._repository, request.model_name, request.model_version)
+        except ServeError:
+            return False  # `_infer` counts the refusal and answers it
+        began, method, sequence = time.perf_counter(), "ModelStreamInfer", ""
+
+        def failed(err: ServeError) -> pb.ModelStreamInferResponse:
+            count(self._metrics, model, API, method, status_of(err).name, time.perf_counter() - began, sequence)
+            return error_response(request, str(err))
+
+        def answered(result: TensorResult | ServeError) -> None:
+            if isinstance(result, ServeError):
+                return done(failed(result))
+            try:
+                response = pb.ModelStreamInferResponse(infer_response=infer_response(request, result, wanted, raw=bool(request.raw_input_contents)))
+            except Exception as err:  # a fault of ours: this request fails, the stream goes on
+                return done(error_response(request, internal_error(f"ModelStreamInfer request {request.id!r}", err)))
+            count(self._metrics, model, API, method, "", time.perf_counter() - began, sequence, result.position)
+            done(response)
+
+        try:
+            wanted = requested_outputs(model.card, request)
+            tensors = tensor_request(model.card, request, owner, wanted)
+            sequence = tensors.sequence.id
+            return self._tensors.step_now(model, tensors, answered)
+        except ServeError as err:
+            asyncio.get_running_loop().call_soon(done, failed(err))
+        except Exception as err:
+            asyncio.get_running_loop().call_soon(done, error_response(request, internal_error(f"ModelStreamInfer request {request.id!r}", err)))
+        return True
 
     async def infer(self, request: pb.ModelInferRequest, api: str) -> pb.ModelInferResponse:
         """ModelInfer's answer apart from gRPC (for KServe REST, api/kserve_rest.py), counted under `api`."""
