@@ -234,10 +234,7 @@ class Batcher:
         continuing = [job for job in self._continuing if job.wanted()]  # beyond max_batch: queued steps get in beside them
         self._generating, self._continuing = [], []
         block = not steps and not continuing
-        delay_s, awaited = self._max_queue_delay_s, 0  # awaited: steps worth the wait (0: as many as come in time)
-        if not delay_s:
-            awaited = self._company()
-            delay_s = COMPANY_WAIT_S if awaited else 0.0
+        delay_s, awaited = self._wait()
         deadline = time.perf_counter() + delay_s
         self._reads, self._deferred = self._deferred, []
         steps += continuing
@@ -248,6 +245,7 @@ class Batcher:
                 try:
                     if block:  # nothing to do but wait; the first to come may wait for company from then on
                         job, block = self._idle_until_queued(), False
+                        delay_s, awaited = self._wait()  # who is stepping now, after the idle time
                         deadline = time.perf_counter() + delay_s
                     elif delay_s and (not awaited or len(steps) < awaited):
                         job = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
@@ -276,10 +274,13 @@ class Batcher:
             steps.append(job)
         return [s for s in steps if s.wanted()], None
 
-    def _company(self) -> int:
-        recent, wanted = company(self._stepped_at, time.perf_counter())
-        self._stepped_at = recent
-        return wanted
+    def _wait(self) -> tuple[float, int]:
+        """(how long a batch may wait for more steps, how many it waits for; 0: as many as come in time):
+        --max-queue-delay-ms, or without it the sessions stepping now (company())."""
+        if self._max_queue_delay_s:
+            return self._max_queue_delay_s, 0
+        self._stepped_at, awaited = company(self._stepped_at, time.perf_counter())
+        return (COMPANY_WAIT_S if awaited else 0.0), awaited
 
     def _idle_until_queued(self):
         """The next job, waited for with nothing else to do: meanwhile the event loop may run a lone step itself."""

@@ -57,7 +57,7 @@ class TensorService:
         queued for the engine together and answered together: no task, future or hand-over per request (64
         sequences multiplexed on one stream: CPU a step, see docs/performance.md). Errors before the step raise."""
         sequence, steps = request.sequence, request.tokens.shape[1] if request.tokens is not None else 0
-        if not sequence.id or not 0 < steps <= MAX_STEPS_NOW or self.sessions.store.keeps_sessions or model.card.encoder or not model.card.streaming:
+        if not sequence.id or not 0 < steps <= MAX_STEPS_NOW or self.sessions.store.keeps_sessions or model.card.encoder:
             return False
         row = self._checked_rows(model, request)[0]
         session = self.sessions.open_sequence_now(model, sequence.id, sequence.start, request.owner, sequence.position)
@@ -76,9 +76,9 @@ class TensorService:
     def _answer_now(self, model: Model, taken: list, future: asyncio.Future) -> None:
         """As `run` answers a sequence's request: the session's position moves on, the sequence ends or waits."""
         error = future.exception()
-        results = [None] * len(taken) if error else future.result()
+        results = future.result() if error is None else [None] * len(taken)
         for (session, row, end, done), result in zip(taken, results):
-            if result is not None:
+            if error is None:
                 session.stepped(len(row))
                 if not end:
                     self.sessions.answered(session)

@@ -143,10 +143,8 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def answer(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
             try:
                 return pb.ModelStreamInferResponse(infer_response=await self._infer(request, "ModelStreamInfer", owner))
-            except ServeError as err:
-                return error_response(request, str(err))
-            except Exception as err:  # a fault of ours: this request fails, the stream goes on
-                return error_response(request, internal_error(f"ModelStreamInfer request {request.id!r}", err))
+            except Exception as err:  # counted by _infer; the stream goes on
+                return stream_error(request, err)
 
         def take_now(request: pb.ModelInferRequest, done) -> bool:
             return self._step_now(request, owner, done)
@@ -169,17 +167,19 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             return False  # `_infer` counts the refusal and answers it
         began, method, sequence = time.perf_counter(), "ModelStreamInfer", ""
 
-        def failed(err: ServeError) -> pb.ModelStreamInferResponse:
-            count(self._metrics, model, API, method, status_of(err).name, time.perf_counter() - began, sequence)
-            return error_response(request, str(err))
+        def failed(err: Exception) -> pb.ModelStreamInferResponse:
+            """Counted as `counted` counts it: under its status, or INTERNAL for a fault of ours."""
+            status = status_of(err).name if isinstance(err, ServeError) else "INTERNAL"
+            count(self._metrics, model, API, method, status, time.perf_counter() - began, sequence)
+            return stream_error(request, err)
 
         def answered(result: TensorResult | ServeError) -> None:
             if isinstance(result, ServeError):
                 return done(failed(result))
             try:
                 response = pb.ModelStreamInferResponse(infer_response=infer_response(request, result, wanted, raw=bool(request.raw_input_contents)))
-            except Exception as err:  # a fault of ours: this request fails, the stream goes on
-                return done(error_response(request, internal_error(f"ModelStreamInfer request {request.id!r}", err)))
+            except Exception as err:
+                return done(failed(err))
             count(self._metrics, model, API, method, "", time.perf_counter() - began, sequence, result.position)
             done(response)
 
@@ -188,10 +188,8 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             tensors = tensor_request(model.card, request, owner, wanted)
             sequence = tensors.sequence.id
             return self._tensors.step_now(model, tensors, answered)
-        except ServeError as err:
-            asyncio.get_running_loop().call_soon(done, failed(err))
         except Exception as err:
-            asyncio.get_running_loop().call_soon(done, error_response(request, internal_error(f"ModelStreamInfer request {request.id!r}", err)))
+            asyncio.get_running_loop().call_soon(done, failed(err))
         return True
 
     async def infer(self, request: pb.ModelInferRequest, api: str) -> pb.ModelInferResponse:
@@ -288,6 +286,14 @@ def statistics_message(name: str, version: str, stats: InferenceStatistics) -> p
             for size, b in sorted(list(stats.batches.items()))  # list(): one step, while the engine thread may add a size
         ],
     )
+
+
+def stream_error(request: pb.ModelInferRequest, err: Exception) -> pb.ModelStreamInferResponse:
+    """A request's error on a stream: the client's (its message), or a fault of ours (INTERNAL's message); either
+    way this request fails and the stream goes on."""
+    if isinstance(err, ServeError):
+        return error_response(request, str(err))
+    return error_response(request, internal_error(f"ModelStreamInfer request {request.id!r}", err))
 
 
 def error_response(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
