@@ -44,13 +44,17 @@ def generate(args) -> None:
     with client_of(args) as client:
         tokenizer = tokenizer_of(client, args.model, args.version) if args.attention or args.plot else None
         pieces = client.generate(args.model, args.prompt, args.version, args.label, args.source, args.session_id, stop=stop, **sampling)
+        wrote, finish = False, pb.FINISH_REASON_UNSPECIFIED
         for piece in pieces:
             sys.stdout.write(piece.text)
             sys.stdout.flush()
+            wrote, finish = wrote or bool(piece.text), piece.finish_reason or finish
             source_tokens += piece.source_tokens
             if tokenizer is not None:  # a row per token, labelled with that token's own text
                 looked_at += [(token_text(tokenizer, t), a.weights) for t, a in zip(piece.token_ids, piece.attention)]
     sys.stdout.write("\n")
+    if not wrote:  # an empty line alone would look like a fault; say why there is no text
+        print(f"(no text: {EMPTY_BECAUSE.get(finish, 'the server answered none')})", file=sys.stderr)
     if args.attention:
         print_attention(source_tokens, looked_at)
     if args.plot:
@@ -59,6 +63,13 @@ def generate(args) -> None:
         from rnnserve.training.plots import plot_attention
 
         print(f"wrote {plot_attention(source_tokens, [t for t, _ in looked_at], [list(w) for _, w in looked_at], args.plot)}")
+
+
+EMPTY_BECAUSE = {
+    pb.FINISH_REASON_END: "the model wrote its end token first; sample again, or try another --seed",
+    pb.FINISH_REASON_STOP: "the text began with a --stop string",
+    pb.FINISH_REASON_LENGTH: "--max-tokens ran out before a whole character",
+}
 
 
 def print_attention(source_tokens: list[str], looked_at: list[tuple[str, list[float]]]) -> None:

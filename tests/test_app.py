@@ -64,6 +64,14 @@ def test_cli_generate_prints_the_generated_text(server, client):
     assert done.stdout == expected + "\n"
 
 
+def test_cli_generate_says_why_it_wrote_no_text(server, client):
+    first = client.generate_text("lstm", "The ", temperature=0.0, max_tokens=30)[0]
+    flags = ["--target", server.target, "--model", "lstm", "--temperature", "0", "--max-tokens", "30"]
+    done = run_cli("generate", *flags, "--stop", f"\\u{ord(first):04x}", "The ")  # stops before the first character
+    assert (done.returncode, done.stdout) == (0, "\n"), done.stderr
+    assert done.stderr == "(no text: the text began with a --stop string)\n"
+
+
 def test_cli_generate_continues_a_named_session(server, client):
     settings = dict(temperature=0.7, seed=2, max_tokens=10)
     expected = [client.generate_text("lstm", turn, session_id="cli-reference", **settings) for turn in ("The ", "and ")]
