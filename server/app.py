@@ -32,7 +32,8 @@ from rnnserve.server.api.websocket import WebSocketStreams
 from rnnserve.server.config import ServerConfig
 from rnnserve.server.inputs import Inputs
 from rnnserve.server.metrics import Metrics, MetricsServer
-from rnnserve.server.native_front import NativeFront, method_handlers
+from rnnserve.server.native_front.calls import NativeFront, method_handlers
+from rnnserve.server.native_front.plain_steps import PlainSteps
 from rnnserve.server.repository import Repository
 from rnnserve.server.security import CertificateSubjects, TokenCheck, load_tokens, server_credentials
 from rnnserve.server.service import InferenceService
@@ -183,7 +184,8 @@ async def _serve_on(server: grpc.aio.Server, port: int, sock: socket.socket | No
     sessions = SessionRegistry(config.session_ttl_s, snapshots, store)
     native = NativeServicer(repository, InferenceService(sessions, inputs), snapshots, metrics, in_flight)
     rnnserve_pb2_grpc.add_RnnServeServicer_to_server(native, server)
-    kserve = KServeServicer(repository, TensorService(sessions, inputs), config, metrics, in_flight)
+    tensors = TensorService(sessions, inputs)
+    kserve = KServeServicer(repository, tensors, config, metrics, in_flight)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:
@@ -206,7 +208,8 @@ async def _serve_on(server: grpc.aio.Server, port: int, sock: socket.socket | No
         http = await http_side(sock, routes, config)
     if native_front is not None:
         native_front.serve(method_handlers((rnnserve_pb2_grpc.add_RnnServeServicer_to_server, native),
-                                           (grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, kserve)))
+                                           (grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, kserve)),
+                           kserve, PlainSteps(repository, tensors, config, metrics))
     await server.start()
     for name in ("", SERVICE_NAME, KSERVE_SERVICE_NAME, *((STORE_SERVICE_NAME,) if config.state_store else ())):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -34,6 +34,7 @@ from rnnserve.server.engine_jobs import (
     Free,
     Read,
     Resume,
+    Rows,
     Step,
     StepResult,
     Together,
@@ -78,6 +79,7 @@ class Batcher:
         self._engine_busy = threading.Lock()  # held by the engine thread but while it waits for work with none to do
         self._last_asked = (-1, 0.0)  # the slot of the last step asked for one at a time, and when
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.calling = _ignored  # told True before each onnxruntime call of steps and False after (the native front end)
         # the engine thread's own
         self._generating: list[Generation] = []  # generations with a step to run
         self._waiting: dict[int, Generation] = {}  # slot → a generation waiting for its client to catch up
@@ -126,16 +128,27 @@ class Batcher:
             self._queue.put(steps)
         return together.future
 
+    def step_rows(self, slots: list[int], inputs: np.ndarray) -> asyncio.Future:
+        """One step of each slot, inputs [B, 1, *step], queued as one job: a future of the outputs, each [B, 1, ...]
+        (the native front end's plain steps: no job or result per row). More rows than --max-batch go in parts."""
+        if len(slots) > self._max_batch:
+            step = self._max_batch
+            return _joined(self._loop, [self.step_rows(slots[i : i + step], inputs[i : i + step]) for i in range(0, len(slots), step)])
+        rows = Rows(slots, np.asarray(inputs, dtype=self._dtype), time.perf_counter(), self._loop.create_future())
+        if len(slots) == 1 and self._runs_now(slots[0], rows.queued, 1):
+            try:
+                self._run_group([], 1, hand_over=_at_once, blocks=[rows])
+                self._metrics.steps_at_once.inc()
+            finally:
+                self._engine_busy.release()
+            return rows.result
+        if len(slots) > 1:
+            self._last_asked = (-1, rows.queued)  # many sessions step: the next lone step is not alone
+        self._queue.put(rows)
+        return rows.result
+
     def _queue_or_run_now(self, job: Step) -> None:
-        """A lone short step — its session's again, or the first in 50 ms, with nothing queued, no queue delay asked
-        for and the engine idle — runs at once on the event loop: the engine thread, waiting for work, cannot touch
-        the slab meanwhile, and nothing can be queued before it while the event loop runs it. It saves the two
-        thread hand-overs (one stream, 2×512 LSTM: 12–19% more steps a second, 10–16% less server CPU a step).
-        Any other step is queued for the engine, and batches: a step that follows another session's within 50 ms
-        would have delayed that session's next (8 lock-step streams lost 7% of their steps a second to a 5 ms window)."""
-        alone = job.slot == self._last_asked[0] or job.queued - self._last_asked[1] > OTHERS_WINDOW_S
-        self._last_asked = (job.slot, job.queued)
-        if not alone or self._max_queue_delay_s or len(job.inputs) > MAX_STEPS_NOW or not self._queue.empty() or not self._engine_busy.acquire(blocking=False):
+        if not self._runs_now(job.slot, job.queued, len(job.inputs)):
             self._queue.put(job)
             return
         try:
@@ -143,6 +156,19 @@ class Batcher:
             self._metrics.steps_at_once.inc()
         finally:
             self._engine_busy.release()
+
+    def _runs_now(self, slot: int, queued: float, steps: int) -> bool:
+        """Whether a lone short step runs at once on the event loop — its session's again, or the first in 50 ms, with
+        nothing queued, no queue delay asked for and the engine idle (then the engine is held: the caller releases
+        it). The engine thread, waiting for work, cannot touch the slab meanwhile, and nothing can be queued before it
+        while the event loop runs it. It saves the two thread hand-overs (one stream, 2×512 LSTM: 12–19% more steps a
+        second, 10–16% less server CPU a step). Any other step is queued for the engine, and batches: a step that
+        follows another session's within 50 ms would have delayed that session's next (8 lock-step streams lost 7% of
+        their steps a second to a 5 ms window)."""
+        alone = slot == self._last_asked[0] or queued - self._last_asked[1] > OTHERS_WINDOW_S
+        self._last_asked = (slot, queued)
+        return (alone and not self._max_queue_delay_s and steps <= MAX_STEPS_NOW and self._queue.empty()
+                and self._engine_busy.acquire(blocking=False))
 
     def generate(self, slot: int, prompt: list[int], params: SamplingParams, eos: int | None, banned: int | None,
                  extra_outputs: bool) -> Generation:
@@ -204,9 +230,9 @@ class Batcher:
     def _work(self) -> None:
         self._engine_busy.acquire()
         while True:
-            steps, barrier = self._take_work()
-            if steps:
-                self._run_round(steps)
+            steps, blocks, barrier = self._take_work()
+            if steps or blocks:
+                self._run_round(steps, blocks)
             if self._reads:  # snapshots of the state these steps left, handed over together; not of a step part-way
                 part_way = {job.slot for job in self._continuing}
                 self._deferred = [read for read in self._reads if read.slot in part_way]
@@ -222,10 +248,11 @@ class Batcher:
                 self._waiting.pop(barrier.slot, None)
                 self._hand_over(self._runtime.free, barrier.slot)
 
-    def _take_work(self) -> tuple[list[Step], object]:
-        """The steps ready now — every generating row's next step, then queued steps in order — up to max_batch,
-        stopping at a free, an encoding, a state write or the end, which runs after the steps before it. State reads
-        (snapshots) do not stop it: they run after the batch, unless a later step is for a slot being read."""
+    def _take_work(self) -> tuple[list[Step], list[Rows], object]:
+        """The steps ready now — every generating row's next step, then queued steps and blocks of rows in order — up
+        to max_batch rows, stopping at a free, an encoding, a state write or the end, which runs after the steps before
+        it. State reads (snapshots) do not stop it: they run after the batch, unless a later step is for a slot being
+        read."""
         for slot, generation in list(self._waiting.items()):  # those whose client caught up go on
             if generation.stopped or generation.written - generation.taken < MAX_UNREAD_TOKENS:
                 del self._waiting[slot]
@@ -238,7 +265,9 @@ class Batcher:
         deadline = time.perf_counter() + delay_s
         self._reads, self._deferred = self._deferred, []
         steps += continuing
-        while len(steps) - len(continuing) < self._max_batch * self._runtime.parallel_calls:
+        blocks: list[Rows] = []
+        rows, most = len(steps) - len(continuing), self._max_batch * self._runtime.parallel_calls  # rows, but those continuing
+        while rows < most:
             if self._held:  # steps that had to wait for a read of their slot, or that came together
                 job, block = self._held.popleft(), False
             else:
@@ -247,7 +276,7 @@ class Batcher:
                         job, block = self._idle_until_queued(), False
                         delay_s, awaited = self._wait()  # who is stepping now, after the idle time
                         deadline = time.perf_counter() + delay_s
-                    elif delay_s and (not awaited or len(steps) < awaited):
+                    elif delay_s and (not awaited or rows < awaited):
                         job = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
                     else:
                         job = self._queue.get_nowait()
@@ -259,6 +288,13 @@ class Batcher:
             if isinstance(job, Read):  # runs after this batch: it sees the steps queued before it, and no others
                 self._reads.append(job)
                 continue
+            if isinstance(job, Rows):
+                if (rows and rows + len(job.slots) > most) or any(read.slot in job.slots for read in self._reads):
+                    self._held.appendleft(job)  # the next batch's: this one is full, or a slot of it is being read
+                    break
+                blocks.append(job)
+                rows += len(job.slots)
+                continue
             if isinstance(job, Step) and any(read.slot == job.slot for read in self._reads):
                 self._held.appendleft(job)  # its slot is being read: it steps after the read
                 break
@@ -268,11 +304,13 @@ class Batcher:
                     del self._waiting[generation.slot]
                     if not generation.stopped:
                         steps.append(Step(generation.slot, np.array([generation.next_input], np.int64), 0.0, generation=generation))
+                        rows += 1
                 continue
             if not isinstance(job, Step):
-                return [s for s in steps if s.wanted()], job
+                return [s for s in steps if s.wanted()], [b for b in blocks if b.wanted()], job
             steps.append(job)
-        return [s for s in steps if s.wanted()], None
+            rows += 1
+        return [s for s in steps if s.wanted()], [b for b in blocks if b.wanted()], None
 
     def _wait(self) -> tuple[float, int]:
         """(how long a batch may wait for more steps, how many it waits for; 0: as many as come in time):
@@ -313,10 +351,13 @@ class Batcher:
             log.exception("model %s: reading or writing a slot's state failed", self._name)
             return job.result, None, RuntimeFailure(f"model {self._name}: state transfer failed: {err}")
 
-    def _run_round(self, steps: list[Step]) -> None:
+    def _run_round(self, steps: list[Step], blocks: list[Rows]) -> None:
         """Runs the steps grouped by length, the short first, so a step waits for a long input's piece, not the
-        reverse. A round runs at most one piece of long inputs: the rest of them wait for the next round."""
+        reverse; blocks of rows (one step each) run with the steps of one. A round runs at most one piece of long
+        inputs: the rest of them wait for the next round."""
         by_length: dict[int, list[Step]] = defaultdict(list)
+        if blocks:
+            by_length[1] = []
         for job in steps:
             by_length[len(job.inputs)].append(job)
         piece_run = False
@@ -324,7 +365,7 @@ class Batcher:
             group = by_length[length]
             rows, piece = self.pieces.plan(len(group), length, time.perf_counter()) if self.pieces else (len(group), length)
             if rows == len(group) and piece == length:
-                self._run_group(group, length)
+                self._run_group(group, length, blocks=blocks if length == 1 else ())
             elif piece_run:
                 self._continuing.extend(group)
             else:
@@ -332,36 +373,42 @@ class Batcher:
                 self._run_group(group[:rows], piece)
                 self._continuing.extend(group[rows:])
 
-    def _run_group(self, group: list[Step], steps: int, hand_over=None) -> None:
+    def _run_group(self, group: list[Step], steps: int, hand_over=None, blocks: list[Rows] = ()) -> None:
         """One call for the group's next `steps` steps: all of them, or a piece, after which they go on in the
-        next round and each row is answered once, at its end. Results leave by `hand_over` (the engine thread's, or
-        at once for a step run on the event loop)."""
+        next round and each row is answered once, at its end; with `blocks` (steps of one) after the group's rows.
+        Results leave by `hand_over` (the engine thread's, or at once for a step run on the event loop)."""
         hand_over = hand_over or self._hand_over
         slots = [job.slot for job in group]
-        fresh = np.array([slot in self._fresh for slot in slots])  # [B]
+        parts = [np.stack([job.inputs[:steps] for job in group])] if group else []  # [B, T, *step]
+        for block in blocks:
+            slots.extend(block.slots)
+            parts.append(block.inputs)
+        inputs = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        fresh = np.array([slot in self._fresh for slot in slots]) if self._fresh else np.zeros(len(slots), bool)  # [B]
         self._fresh.difference_update(slots)
-        inputs = np.stack([job.inputs[:steps] for job in group])  # [B, T, *step]
-        whole = steps == len(group[0].inputs)
+        whole = not group or steps == len(group[0].inputs)
         generating = [row for row, job in enumerate(group) if job.generation is not None] if whole else []
         generations = [group[row].generation for row in generating]
         began = time.perf_counter()
         try:
-            outputs = self._runtime.step(slots, fresh, inputs, self._calls(len(group)))  # each [B, T, ...]
+            outputs = self._step(slots, fresh, inputs)  # each [B, T, ...]
             stepped = time.perf_counter()
             sampled = self._sample(outputs[0], generating, generations)
             ranked = self._rank(outputs[0], group)
         except Exception as err:  # onnxruntime's own errors: these steps fail, the engine goes on
             log.exception("model %s: step failed", self._name)
-            hand_over(fail, group, RuntimeFailure(f"model {self._name}: inference failed: {err}"))
+            hand_over(fail, group, RuntimeFailure(f"model {self._name}: inference failed: {err}"), blocks)
             return
         finished = time.perf_counter()
         self._stepped_at.update(dict.fromkeys(slots, finished))
         if self.pieces:
-            self.pieces.measured(len(group), steps, stepped - began)
+            self.pieces.measured(len(slots), steps, stepped - began)
         # a generation's later steps and a piece's rest were never queued (queued 0.0): only queued steps count as waiting
         waits = [began - job.queued for job in group if job.queued]
-        self._metrics.batch(len(group) * steps, len(group), waits, stepped - began, finished - stepped)
-        if self.pieces and whole and any(job.queued or job.generation is not None for job in group):  # not a long input's end
+        for block in blocks:
+            waits += [began - block.queued] * len(block.slots)
+        self._metrics.batch(len(slots) * steps, len(slots), waits, stepped - began, finished - stepped)
+        if self.pieces and whole and (blocks or any(job.queued or job.generation is not None for job in group)):  # not a long input's end
             self.pieces.others_served(finished)
         if not whole:
             for row, job in enumerate(group):
@@ -378,7 +425,18 @@ class Batcher:
         extras = [[output[row, -1] for output in outputs[1:]] if g.extra_outputs else None for row, g in zip(generating, generations)]
         results = [self._result(job, [output[row] for output in outputs], ranked.get(row, ())) if job.answered else None
                    for row, job in enumerate(group)]
-        hand_over(deliver, group, results, generations, written, extras)
+        block_outputs, first = [], len(group)
+        for block in blocks:
+            block_outputs.append([output[first : first + len(block.slots)] for output in outputs])
+            first += len(block.slots)
+        hand_over(deliver, group, results, generations, written, extras, blocks, block_outputs)
+
+    def _step(self, slots: list[int], fresh: np.ndarray, inputs: np.ndarray) -> list[np.ndarray]:
+        self.calling(True)
+        try:
+            return self._runtime.step(slots, fresh, inputs, self._calls(len(slots)))
+        finally:
+            self.calling(False)
 
     def _calls(self, rows: int) -> int:
         """Into how many onnxruntime calls run at once a group of rows is split: as many as max_batch needs, and up
@@ -430,5 +488,29 @@ def company(stepped_at: dict[int, float], now: float) -> tuple[dict[int, float],
     return recent, len(recent) // 2 if len(recent) >= MIN_COMPANY else 0
 
 
+def _ignored(_) -> None:
+    pass
+
+
 def _at_once(function, *args) -> None:
     function(*args)
+
+
+def _joined(loop: asyncio.AbstractEventLoop, parts: list[asyncio.Future]) -> asyncio.Future:
+    """One future of the parts' outputs, concatenated in order (or the first part's error)."""
+    joined = loop.create_future()
+    left = [len(parts)]
+
+    def part_done(_) -> None:
+        left[0] -= 1
+        if left[0] or joined.done():
+            return
+        failed = next((part for part in parts if part.cancelled() or part.exception() is not None), None)
+        if failed is not None:
+            joined.set_exception(failed.exception() if not failed.cancelled() else asyncio.CancelledError())
+        else:
+            joined.set_result([np.concatenate(outputs) for outputs in zip(*(part.result() for part in parts))])
+
+    for part in parts:
+        part.add_done_callback(part_done)
+    return joined

@@ -63,6 +63,21 @@ class Step:
 
 
 @dataclass(slots=True)
+class Rows:
+    """One step each of many slots as one job (the native front end's plain steps): their slots and inputs as arrays,
+    their outputs answered as arrays in one future, with no object per row on either side. A step of one token a
+    row: it never runs in pieces."""
+
+    slots: list[int]  # [B]
+    inputs: np.ndarray  # [B, 1, *step]
+    queued: float  # time.perf_counter() when it joined the queue
+    result: asyncio.Future  # resolves to the outputs, each [B, 1, ...]
+
+    def wanted(self) -> bool:
+        return not self.result.cancelled()
+
+
+@dataclass(slots=True)
 class Free:
     slot: int
 
@@ -108,7 +123,9 @@ def settle_all(results: list[tuple[asyncio.Future, object, Exception | None]]) -
         settle(*result)
 
 
-def fail(group: list[Step], error: Exception) -> None:
+def fail(group: list[Step], error: Exception, blocks: list[Rows] = ()) -> None:
+    for block in blocks:
+        settle(block.result, None, error)
     for job in group:
         if job.generation is not None:
             job.generation.error = error
@@ -118,9 +135,11 @@ def fail(group: list[Step], error: Exception) -> None:
 
 
 def deliver(group: list[Step], results: list[StepResult | None], generations: list[Generation], tokens: list[int],
-             extras: list) -> None:
+             extras: list, blocks: list[Rows] = (), block_outputs: list[list[np.ndarray]] = ()) -> None:
     """On the event loop: every row's outputs to the request that waits for them, every generated token to its
-    generation."""
+    generation, each block's outputs to its future."""
+    for block, outputs in zip(blocks, block_outputs):
+        settle(block.result, outputs, None)
     for job, result in zip(group, results):
         if job.together is not None:
             together, index = job.together

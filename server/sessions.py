@@ -217,6 +217,42 @@ class SessionRegistry:
         key, name = sequence_key(model, sequence_id)
         return self._attach_sequence(model, key, name, start, owner, position)
 
+    def open_sequences_now(self, model: Model, sequence_ids: list[str], starts: list[bool], owners: list) -> tuple[list[Session | None], list[tuple[int, ServeError]]]:
+        """`open_sequence_now` for many requests at once (the native front end's plain steps): each row's session, or
+        None where it is refused, and the refusals as (row, error). The common row, an idle live sequence of this
+        model going on, costs a lookup; any other goes the way `open_sequence_now` goes."""
+        assert not self.store.keeps_sessions
+        principal, name, named = caller().principal, model.card.name, self._named
+        sessions: list[Session | None] = []
+        refused: list[tuple[int, ServeError]] = []
+        for row, (sequence_id, start, owner) in enumerate(zip(sequence_ids, starts, owners)):
+            key = ("sequence", principal, name, sequence_id)
+            session = None if start else named.get(key)
+            if session is not None and not session.attached and session.model is model:
+                session.attached = True
+            else:
+                try:
+                    session = self._attach_sequence(model, key, f"sequence {sequence_id} of model {name!r}", start, owner, None)
+                except ServeError as err:
+                    refused.append((row, err))
+                    session = None
+            sessions.append(session)
+        return sessions, refused
+
+    def close_sequences(self, sessions: list[Session], ends: list[bool], steps: int) -> list[int]:
+        """`close_sequence` for many requests at once, after each stepped `steps` further (0: its step failed); each
+        sequence's position."""
+        positions = []
+        for session, end in zip(sessions, ends):
+            if steps:
+                session.stepped(steps)
+            positions.append(session.position)
+            if end:
+                self._free(session, "end")
+            else:
+                self._detach(session)
+        return positions
+
     def _attach_sequence(self, model: Model, key: tuple, name: str, start: bool, owner: object, position: int | None) -> Session:
         session = self._named.get(key) if start else self._lookup(key)  # a start is always the caller's own
         if session is not None and session.attached:
@@ -299,8 +335,9 @@ class SessionRegistry:
         return session
 
     def end_owned_by(self, owner: object) -> None:
-        """Ends the sequences a closing stream started and left open."""
-        for session in [s for s in self._named.values() if s.owner is owner]:
+        """Ends the sequences a closing stream started and left open (`owner`: an object, or the native front end's
+        number for the call)."""
+        for session in [s for s in self._named.values() if s.owner is not None and s.owner == owner]:
             self._free(session, "stream_closed")
 
     def close(self, session_id: str) -> None:

@@ -68,6 +68,38 @@ class TensorService:
         steps_of_model.append((session, row, sequence.end, done))
         return True
 
+    def sequence_steps(self, model: Model, sequence_ids: list[str], starts: list[bool], ends: list[bool], owners: list,
+                       tokens: np.ndarray, done: Callable[[list[int], list[np.ndarray] | None, list[int], Exception | None], None]
+                       ) -> list[tuple[int, ServeError]]:
+        """Steps of many sequences at once, token ids [B, T] already checked against the model and the limits (the
+        native front end's plain steps): each row's sequence opened by the sequence rules, the rows that may go on run
+        as one job, and `done(rows, outputs, positions, error)` called once they have: the rows that ran, their outputs
+        (each [R, T, ...]) and their sequences' positions, or the error that failed them all. Returns the rows refused,
+        each with its error."""
+        sessions, refused = self.sessions.open_sequences_now(model, sequence_ids, starts, owners)
+        rows = list(range(len(sessions)))
+        if refused:
+            rows = [row for row in rows if sessions[row] is not None]
+            if not rows:
+                return refused
+            sessions, ends, tokens = [sessions[row] for row in rows], [ends[row] for row in rows], tokens[rows]
+        slots = [session.slot for session in sessions]
+        steps = tokens.shape[1]
+        ran = model.batcher.step_rows(slots, tokens) if steps == 1 else model.batcher.steps_together(slots, list(tokens))
+
+        def finished(future: asyncio.Future) -> None:
+            error = future.exception()
+            if error is not None:
+                self.sessions.close_sequences(sessions, ends, 0)
+                return done(rows, None, [], error)
+            outputs = future.result()
+            if steps > 1:  # a StepResult a row
+                outputs = [np.stack(parts) for parts in zip(*(result.outputs for result in outputs))]
+            done(rows, outputs, self.sessions.close_sequences(sessions, ends, steps), None)
+
+        ran.add_done_callback(finished)
+        return refused
+
     def _queue_now(self, model: Model) -> None:
         taken = self._now.pop(id(model))
         ran = model.batcher.steps_together([session.slot for session, *_ in taken], [row for _, row, *_ in taken])

@@ -31,7 +31,7 @@ from rnnserve.server.config import ServerConfig
 from rnnserve.server.errors import FailedPrecondition, NotFound, ServeError
 from rnnserve.server.metrics import Metrics
 from rnnserve.server.ordering import answers_in_sequence_order
-from rnnserve.server.repository import Repository
+from rnnserve.server.repository import Model, Repository
 from rnnserve.server.requests import TensorResult
 from rnnserve.server.runtime import Device
 from rnnserve.server.statistics import Duration, InferenceStatistics
@@ -141,10 +141,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         owner = object()
 
         async def answer(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
-            try:
-                return pb.ModelStreamInferResponse(infer_response=await self._infer(request, "ModelStreamInfer", owner))
-            except Exception as err:  # counted by _infer; the stream goes on
-                return stream_error(request, err)
+            return await self.stream_answer(request, owner)
 
         def take_now(request: pb.ModelInferRequest, done) -> bool:
             return self._step_now(request, owner, done)
@@ -153,7 +150,23 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             async for response in answers_in_sequence_order(requests, stream_sequence, answer, MAX_STREAM_IN_FLIGHT, take_now):
                 yield response
         finally:
-            self._tensors.sessions.end_owned_by(owner)
+            self.end_stream(owner)
+
+    async def stream_answer(self, request: pb.ModelInferRequest, owner: object) -> pb.ModelStreamInferResponse:
+        """A ModelStreamInfer request's answer, or its error: either way one response, and the stream goes on.
+        `owner`: the stream, whose sequences end with it (end_stream)."""
+        try:
+            return pb.ModelStreamInferResponse(infer_response=await self._infer(request, "ModelStreamInfer", owner))
+        except Exception as err:  # counted by _infer
+            return stream_error(request, err)
+
+    def models(self) -> list[Model]:
+        """Every model version served."""
+        return self._repository.all()
+
+    def end_stream(self, owner: object) -> None:
+        """A ModelStreamInfer stream has ended: so do the sequences it started and left open."""
+        self._tensors.sessions.end_owned_by(owner)
 
     def _step_now(self, request: pb.ModelInferRequest, owner: object, done: Callable[[pb.ModelStreamInferResponse], None]) -> bool:
         """ModelStreamInfer's common request, a step of a sequence, answered as `_infer` would answer it but batched

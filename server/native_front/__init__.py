@@ -10,6 +10,7 @@ libgrpc++ (build.py).
 """
 
 from rnnserve.server.native_front.build import NativeUnavailable, library, unavailable
-from rnnserve.server.native_front.calls import NativeFront, method_handlers
 
-__all__ = ["NativeFront", "NativeUnavailable", "library", "method_handlers", "unavailable"]
+# NativeFront (calls.py) and PlainSteps (plain_steps.py) are imported from their modules: importing this package must
+# not register the KServe protobuf types, which a process with Triton's own client (the benches) registers too.
+__all__ = ["NativeUnavailable", "library", "unavailable"]

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("front.cc")
+HEADERS = (Path(__file__).with_name("kserve_wire.h"),)
 INSTALL_HINT = "on Debian or Ubuntu: apt-get install g++ pkg-config libgrpc++-dev"
 
 
@@ -27,7 +28,7 @@ class EventView(ctypes.Structure):
     """One event as rf_next hands it: its data points into the front end's memory until the next rf_next."""
 
     _fields_ = [("call", ctypes.c_uint64), ("kind", ctypes.c_int32), ("unused", ctypes.c_int32),
-                ("data", ctypes.c_void_p), ("size", ctypes.c_uint64)]
+                ("data", ctypes.c_void_p), ("size", ctypes.c_uint64), ("ticket", ctypes.c_uint64)]
 
 
 def cache_dir() -> Path:
@@ -49,7 +50,8 @@ def library() -> ctypes.PyDLL:
     """The compiled front end, built now if this source has not been built before."""
     compiler, flags = os.environ.get("CXX", "g++"), _flags()
     command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", str(SOURCE), *flags]
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(command).encode()).hexdigest()[:16]
+    sources = SOURCE.read_bytes() + b"".join(header.read_bytes() for header in HEADERS)
+    key = hashlib.sha256(sources + " ".join(command).encode()).hexdigest()[:16]
     path = cache_dir() / f"librnnserve_front-{key}.so"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,12 +83,32 @@ def _declared(lib: ctypes.PyDLL) -> ctypes.PyDLL:
     lib.rf_start.restype = void_p
     lib.rf_event_fd.argtypes = [void_p]
     lib.rf_event_fd.restype = ctypes.c_int
-    lib.rf_next.argtypes = [void_p, ctypes.POINTER(EventView), ctypes.c_int]
+    size_p = ctypes.POINTER(ctypes.c_size_t)
+    lib.rf_next.argtypes = [void_p, ctypes.POINTER(EventView), ctypes.c_int, void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t,
+                            ctypes.POINTER(ctypes.c_int), size_p]
     lib.rf_next.restype = ctypes.c_int
     lib.rf_write.argtypes = [void_p, u64, ctypes.c_char_p, ctypes.c_size_t]
     lib.rf_write.restype = None
     lib.rf_finish.argtypes = [void_p, u64, ctypes.c_int, ctypes.c_char_p]
     lib.rf_finish.restype = None
+    lib.rf_answer.argtypes = [void_p, u64, u64, ctypes.c_char_p, ctypes.c_size_t]
+    lib.rf_answer.restype = None
+    lib.rf_answer_error.argtypes = [void_p, u64, u64, ctypes.c_char_p]
+    lib.rf_answer_error.restype = None
+    lib.rf_defer.argtypes = [void_p, u64, u64]
+    lib.rf_defer.restype = None
+    lib.rf_route.argtypes = [void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+    lib.rf_route.restype = ctypes.c_int
+    lib.rf_route_answers.argtypes = [void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int,
+                                     ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_int)]
+    lib.rf_route_answers.restype = None
+    lib.rf_answer_steps.argtypes = [void_p, ctypes.c_int, ctypes.c_int, ctypes.POINTER(u64), ctypes.POINTER(u64),
+                                    ctypes.POINTER(ctypes.c_int64), ctypes.c_int, ctypes.POINTER(void_p)]
+    lib.rf_answer_steps.restype = None
+    lib.rf_hold.argtypes = [void_p, ctypes.c_int]
+    lib.rf_hold.restype = None
+    lib.rf_read_request.argtypes = [ctypes.c_char_p, ctypes.c_size_t, void_p, ctypes.c_char_p, size_p, ctypes.c_char_p, size_p]
+    lib.rf_read_request.restype = ctypes.c_int
     lib.rf_stop.argtypes = [void_p, ctypes.c_char_p]
     lib.rf_stop.restype = None
     return lib

@@ -1,6 +1,8 @@
 """The Python side of the native front end: each call front.cc reports runs the same method handler as on --port
 (the generated code's handler table, so the same servicers, wrappers and statuses), on the event loop, with its
-messages parsed here as grpc.aio would parse them and its answers handed back serialized.
+messages parsed here as grpc.aio would parse them and its answers handed back serialized. ModelStreamInfer is the
+exception: front.cc orders its requests by sequence and reads its plain steps itself (stream_infer.py,
+plain_steps.py).
 
 What grpc.aio's servicer context does that the servicers use is here too: abort with a status, and callbacks when
 the call ends. What it does not carry is the caller: the front end passes no metadata and no TLS, so the server
@@ -14,6 +16,7 @@ import ctypes
 from collections import deque
 
 import grpc
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from rnnserve.errors import UsageError
@@ -21,9 +24,14 @@ from rnnserve.server.api.decoding import Undecodable, UndecodableMessages, messa
 from rnnserve.server.api.status import internal_error
 from rnnserve.server.metrics import Metrics
 from rnnserve.server.native_front.build import EventView, NativeUnavailable, library
+from rnnserve.server.native_front.plain_steps import STEP_RECORD, PlainSteps
+from rnnserve.server.native_front.stream_infer import METHOD as STREAM_INFER
+from rnnserve.server.native_front.stream_infer import StreamInferCall
 
 START, MESSAGE, HALF_CLOSE, CANCEL = range(4)  # front.cc's event kinds
 EVENTS_PER_TAKE = 256
+STEPS_PER_TAKE = 1024
+SEQUENCE_ID_BYTES = 256 * 1024  # a take's steps' sequence ids, each with a 0 byte
 OK, CANCELLED = grpc.StatusCode.OK, grpc.StatusCode.CANCELLED
 
 
@@ -55,9 +63,13 @@ class NativeFront:
     def __init__(self, lib: ctypes.PyDLL, handle: int, port: int, metrics: Metrics):
         self._lib, self._handle, self.port = lib, handle, port
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._kserve = self._plain = None  # ModelStreamInfer's servicer, and its plain steps' server
         self._undecodable = UndecodableMessages(metrics)
-        self._calls: dict[int, _Call] = {}
+        self._calls: dict[int, _Call | StreamInferCall] = {}
         self._views = (EventView * EVENTS_PER_TAKE)()
+        self._steps = np.zeros(STEPS_PER_TAKE, STEP_RECORD)
+        self._sequence_ids = ctypes.create_string_buffer(SEQUENCE_ID_BYTES)
+        self._taken_steps, self._sequence_id_bytes = ctypes.c_int(), ctypes.c_size_t()
         self._refusing = ""  # set once shutting down: new calls get UNAVAILABLE with it
         self._loop = asyncio.get_running_loop()
         self._fd = lib.rf_event_fd(handle)
@@ -78,9 +90,12 @@ class NativeFront:
             raise UsageError(f"{error.value.decode()} (--native-port): choose another port, or stop what holds it")
         return cls(lib, handle, port.value, metrics)
 
-    def serve(self, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        """Answers every call, those that waited included, with these handlers (method_handlers)."""
-        self._handlers = handlers
+    def serve(self, handlers: dict[str, grpc.RpcMethodHandler], kserve, plain: PlainSteps) -> None:
+        """Answers every call, those that waited included, with these handlers (method_handlers), but ModelStreamInfer:
+        the KServe servicer's `stream_answer` and `plain` answer it."""
+        self._handlers, self._kserve, self._plain = handlers, kserve, plain
+        for model in kserve.models():
+            model.batcher.calling = self.hold
         self._loop.add_reader(self._fd, self._take)
         self._take()  # what came while the models loaded: the eventfd may have been readable since
 
@@ -104,28 +119,88 @@ class NativeFront:
         if self._handle is not None:
             self._lib.rf_finish(self._handle, call_id, code.value[0], details.encode())
 
+    def answer(self, call_id: int, ticket: int, data: bytes) -> None:
+        """ModelStreamInfer's answer to the request with this ticket."""
+        if self._handle is not None:
+            self._lib.rf_answer(self._handle, call_id, ticket, data, len(data))
+
+    def answer_error(self, call_id: int, ticket: int, message: str) -> None:
+        if self._handle is not None:
+            self._lib.rf_answer_error(self._handle, call_id, ticket, message.encode())
+
+    def defer(self, call_id: int, ticket: int) -> None:
+        """A plain step goes to the servicer after all, as bytes (a MESSAGE with its ticket)."""
+        if self._handle is not None:
+            self._lib.rf_defer(self._handle, call_id, ticket)
+
+    def answer_steps(self, route: int, calls: list[int], tickets: list[int], positions: list[int], steps: int, outputs: list[np.ndarray]) -> None:
+        """Plain steps' answers, row i answering (calls[i], tickets[i]) with positions[i] and row i of each output
+        [rows, steps, width] (float32, contiguous), in the route's order."""
+        if self._handle is None:
+            return
+        rows = len(calls)
+        data = (ctypes.c_void_p * len(outputs))(*(output.ctypes.data for output in outputs))
+        self._lib.rf_answer_steps(self._handle, route, rows, (ctypes.c_uint64 * rows)(*calls), (ctypes.c_uint64 * rows)(*tickets),
+                                  (ctypes.c_int64 * rows)(*positions), steps, data)
+
+    def route(self, route: int) -> tuple[str, str, str | None]:
+        """A plain step route's model name, version and output (None: every output)."""
+        text = ctypes.create_string_buffer(4096)
+        size = self._lib.rf_route(self._handle, route, text, len(text))
+        name, version, output = text.raw[:size].decode().split("\0")
+        return name, version, output[1:] if output else None
+
+    def route_answers(self, route: int, name: str, version: str, outputs: list[str], widths: list[int]) -> None:
+        names = (ctypes.c_char_p * len(outputs))(*(n.encode() for n in outputs))
+        self._lib.rf_route_answers(self._handle, route, name.encode(), version.encode(), len(outputs), names, (ctypes.c_int * len(widths))(*widths))
+
+    def hold(self, calling: bool) -> None:
+        """An engine enters or leaves onnxruntime (Batcher.calling): plain steps that come meanwhile are taken together,
+        once it has left (front.cc)."""
+        if self._handle is not None:
+            self._lib.rf_hold(self._handle, calling)
+
+    def serving(self, call_id: int) -> bool:
+        """Whether the call is open here (its answers are still wanted)."""
+        return call_id in self._calls
+
     def undecodable(self, method: str, message_type: str) -> str:
         self._undecodable.seen(method, message_type)
         return refusal(Undecodable(message_type))
 
     def _take(self) -> None:
-        """Every event waiting (up to EVENTS_PER_TAKE; the event loop calls again while more wait)."""
+        """Every event waiting (up to EVENTS_PER_TAKE, and STEPS_PER_TAKE plain steps; the event loop calls again while
+        more wait). A call's start comes before its steps, and its end after them; a request of a sequence never
+        comes beside another of that sequence on the same stream (front.cc holds it): so the calls start, then the
+        plain steps run, then the calls end."""
         views, calls = self._views, self._calls
-        for i in range(self._lib.rf_next(self._handle, views, EVENTS_PER_TAKE)):
+        taken = self._lib.rf_next(self._handle, views, EVENTS_PER_TAKE, self._steps.ctypes.data, STEPS_PER_TAKE, self._sequence_ids,
+                                  SEQUENCE_ID_BYTES, ctypes.byref(self._taken_steps), ctypes.byref(self._sequence_id_bytes))
+        ends = []
+        for i in range(taken):
             view = views[i]
             kind = view.kind
             if kind == MESSAGE:
                 call = calls.get(view.call)
                 if call is not None:
-                    call.message(ctypes.string_at(view.data, view.size))
+                    call.message(ctypes.string_at(view.data, view.size), view.ticket)
             elif kind == START:
                 self._open(view.call, ctypes.string_at(view.data, view.size).decode())
-            elif (call := calls.get(view.call)) is not None:
+            else:
+                ends.append((view.call, kind))
+        if steps := self._taken_steps.value:
+            sequence_ids = ctypes.string_at(self._sequence_ids, self._sequence_id_bytes.value).decode().split("\0")[:-1]
+            self._plain.take(self, self._steps[:steps], sequence_ids)
+        for call_id, kind in ends:
+            if (call := calls.get(call_id)) is not None:
                 call.half_close() if kind == HALF_CLOSE else call.cancel()
 
     def _open(self, call_id: int, method: str) -> None:
         if self._refusing:
             return self.finish(call_id, grpc.StatusCode.UNAVAILABLE, self._refusing)
+        if method == STREAM_INFER and self._kserve is not None:
+            self._calls[call_id] = StreamInferCall(self, call_id, self._kserve)
+            return
         handler = self._handlers.get(method)
         if handler is None:
             return self.finish(call_id, grpc.StatusCode.UNIMPLEMENTED, f"{method} is not served on --native-port (its services: KServe v2 and rnnserve.v1)")
@@ -165,7 +240,7 @@ class _Call:
         self._requests = _Requests(self) if handler.request_streaming else None
         self._task = asyncio.ensure_future(self._run(None)) if self._requests is not None else None
 
-    def message(self, data: bytes) -> None:
+    def message(self, data: bytes, ticket: int = 0) -> None:
         if self._requests is not None:
             self._requests.put(data)
         elif self._task is None:  # a unary call's one request (gRPC itself refuses a second)
