@@ -66,6 +66,11 @@ class Metrics:
             "without the hand-overs to and from the engine thread (counted in the batches too, as batches of one).",
             MODEL, registry=registry,
         )
+        self.plain_steps = Counter(
+            "rnnserve_native_plain_steps", "ModelStreamInfer sequence steps that the native front end (--native-port) "
+            "read and answered itself, a batch at a time, without a protobuf message or task per request.",
+            MODEL, registry=registry,
+        )
         session_kind = (*MODEL, "kind")  # call (one request), named (a native session), sequence (a KServe sequence)
         self.sessions_active = Gauge("rnnserve_sessions_active", "Sessions that hold a slot now.", session_kind, registry=registry)
         self.sessions_started = Counter("rnnserve_sessions_started", "Sessions started.", session_kind, registry=registry)
@@ -182,6 +187,7 @@ class ModelMetrics:
         self._batch_size = metrics.batch_size.labels(*labels)
         self.tokens_generated = metrics.tokens_generated.labels(*labels)
         self.steps_at_once = metrics.steps_at_once.labels(*labels)
+        self.plain_steps = metrics.plain_steps.labels(*labels)
         self.statistics = InferenceStatistics()  # Triton's ModelStatistics for this version
 
     def watch(self, pending, slots_in_use, capacity: int) -> None:

@@ -144,10 +144,12 @@ class Call : public grpc::ServerGenericBidiReactor {
   void OnDone() override;
 
  private:
+  // The next response into write_buffer_; while more wait behind it, gRPC may hold it back to send them together.
   void NextWriteLocked() {
     grpc::Slice slice(pending_.front().data(), pending_.front().size());
     write_buffer_ = grpc::ByteBuffer(&slice, 1);
     pending_.pop_front();
+    write_options_ = pending_.empty() ? grpc::WriteOptions() : grpc::WriteOptions().set_buffer_hint();
   }
   void Take(std::string bytes);
   void DispatchLocked(uint64_t ticket, Dispatch* dispatch);
@@ -159,6 +161,7 @@ class Call : public grpc::ServerGenericBidiReactor {
   std::shared_ptr<Call> self_;  // this call's own reference, until OnDone
   grpc::ByteBuffer read_buffer_;
   grpc::ByteBuffer write_buffer_;
+  grpc::WriteOptions write_options_;
   std::mutex mu_;
   std::deque<std::string> pending_;  // responses waiting for the write before them
   bool writing_ = false;
@@ -601,7 +604,7 @@ void Call::Write(std::string bytes) {
       NextWriteLocked();
     }
   }
-  if (start) StartWrite(&write_buffer_);
+  if (start) StartWrite(&write_buffer_, write_options_);
   if (resume) StartRead(&read_buffer_);
 }
 
@@ -623,7 +626,7 @@ void Call::OnWriteDone(bool ok) {
   if (finish) {
     grpc::ServerGenericBidiReactor::Finish(status);
   } else {
-    StartWrite(&write_buffer_);
+    StartWrite(&write_buffer_, write_options_);
   }
 }
 

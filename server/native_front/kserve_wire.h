@@ -3,8 +3,9 @@
 //
 // A plain step is the request Triton's clients send for a sequence, in its usual form: one `tokens` INT64 [1, n]
 // input (1 <= n <= 16, in int64_contents or one raw entry), sequence_id (a non-zero int64 or uint64, or a non-empty
-// string) with bool sequence_start and sequence_end, and no output or one output named without parameters. Anything
-// else — another field, a field twice, another parameter, a string that is not UTF-8 — is not plain and goes to the
+// string) with bool sequence_start and sequence_end and any parameter the servicer does not read, and no output or
+// one output named without parameters. Anything else — another field, a field twice, sequence_position, a string
+// that is not UTF-8 — is not plain and goes to the
 // Python servicer whole, which parses it as protobuf does and answers or refuses it. So this reader never has to
 // decide what protobuf would do with an unusual message; it only recognises the usual one.
 
@@ -127,6 +128,7 @@ inline bool ReadParameter(std::string_view bytes, Parameter* parameter, bool* un
       if (!reader.Varint(&parameter->number)) return false;
     } else if (field == 3 && type == kBytes) {
       if (!reader.Bytes(&parameter->text)) return false;
+      if (!Utf8(parameter->text)) *unusual = true;  // protobuf refuses the message
     } else if (field == 4 && type == kFixed64) {
       if (!reader.Fixed(8)) return false;
     } else {
@@ -151,6 +153,8 @@ inline bool ReadEntry(std::string_view bytes, std::string_view* key, Parameter* 
       *unusual = true;
     } else if (!reader.Bytes(field == 1 ? key : &value_bytes)) {
       return false;
+    } else if (field == 1 && !Utf8(*key)) {
+      *unusual = true;  // protobuf refuses the message
     }
   }
   *value = Parameter();
@@ -210,9 +214,9 @@ inline bool ReadRequest(std::string_view bytes, std::string* key, Step* step) {
           plain &= !seen_start, seen_start = true, start = parameter;
         } else if (name == "sequence_end") {
           plain &= !seen_end, seen_end = true, end = parameter;
-        } else {
+        } else if (name == "sequence_position") {
           plain = false;
-        }
+        }  // the servicer reads no other parameter (perf_analyzer sends triton_enable_empty_final_response)
         break;
       }
       case 5: input = value, ++inputs; break;

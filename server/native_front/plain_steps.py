@@ -111,6 +111,7 @@ class PlainSteps:
     def _answer(self, front, route_id: int, route: Route, taken: Taken, outputs: list[np.ndarray], positions: list[int], steps: int) -> None:
         arrays = [np.ascontiguousarray(outputs[k], dtype=np.float32) for k in route.outputs]  # each [R, T, width]
         front.answer_steps(route_id, taken.calls, taken.tickets, positions, steps, arrays)
+        route.model.metrics.plain_steps.inc(len(positions))
         count_together(self._metrics, route.model, API, METHOD, time.perf_counter() - taken.began, list(zip(taken.sequence_ids, positions)))
 
     def _refuse(self, front, model: Model, taken: Taken, row: int, err: Exception) -> None:
