@@ -116,7 +116,7 @@ def test_requests_it_leaves_to_the_servicer_are_answered_as_on_port(make_server)
     ]
     port = _answers(running.target, started + cases)
     native = _answers(running.native_target, started + cases)
-    assert native == port
+    assert {r.infer_response.id: r for r in native} == {r.infer_response.id: r for r in port}  # other sequences: any order
     errors = {r.infer_response.id: r.error_message for r in native if r.error_message}
     assert set(errors) == {"outside the vocabulary", "over --max-input-tokens", "no such model", "no such output", "keeps no sequences", "never started"}
     assert "was never started" in errors["never started"]

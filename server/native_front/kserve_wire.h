@@ -20,7 +20,8 @@ namespace wire {
 
 constexpr int kMaxPlainTokens = 16;
 
-enum Type : uint32_t { kVarint = 0, kFixed64 = 1, kBytes = 2, kFixed32 = 5 };
+enum Type : uint32_t { kVarint = 0, kFixed64 = 1, kBytes = 2, kStartGroup = 3, kEndGroup = 4, kFixed32 = 5 };
+constexpr int kMaxDepth = 100;  // groups within groups, as protobuf's parser allows
 
 class Reader {
  public:
@@ -65,8 +66,8 @@ class Reader {
     return true;
   }
 
-  // Past a field of an unknown number (only for reading a request's order key, never for a plain step).
-  bool Skip(uint32_t type) {
+  // Past a field the reader does not use, `field` being its number (a group, of old protobuf, ends at its own).
+  bool Skip(uint32_t type, uint32_t field, int depth = 0) {
     uint64_t ignored;
     std::string_view bytes;
     switch (type) {
@@ -74,7 +75,15 @@ class Reader {
       case kFixed64: return Fixed(8);
       case kBytes: return Bytes(&bytes);
       case kFixed32: return Fixed(4);
-      default: return false;  // groups: not in these messages
+      case kStartGroup:
+        if (depth >= kMaxDepth) return false;
+        for (;;) {
+          uint32_t inner, inner_type;
+          if (!Tag(&inner, &inner_type)) return false;
+          if (inner_type == kEndGroup) return inner == field;
+          if (!Skip(inner_type, inner, depth + 1)) return false;
+        }
+      default: return false;  // an end without its start
     }
   }
 
@@ -132,7 +141,7 @@ inline bool ReadParameter(std::string_view bytes, Parameter* parameter, bool* un
     } else if (field == 4 && type == kFixed64) {
       if (!reader.Fixed(8)) return false;
     } else {
-      if (!reader.Skip(type)) return false;
+      if (!reader.Skip(type, field)) return false;
       *unusual = true;
       continue;
     }
@@ -149,7 +158,7 @@ inline bool ReadEntry(std::string_view bytes, std::string_view* key, Parameter* 
     uint32_t field, type;
     if (!reader.Tag(&field, &type)) return false;
     if (field > 2 || type != kBytes) {
-      if (!reader.Skip(type)) return false;
+      if (!reader.Skip(type, field)) return false;
       *unusual = true;
     } else if (!reader.Bytes(field == 1 ? key : &value_bytes)) {
       return false;
@@ -195,7 +204,7 @@ inline bool ReadRequest(std::string_view bytes, std::string* key, Step* step) {
     if (!reader.Tag(&field, &type)) return false;
     std::string_view value;
     if (type != kBytes || field > 7) {
-      if (!reader.Skip(type)) return false;
+      if (!reader.Skip(type, field)) return false;
       plain = false;
       continue;
     }
