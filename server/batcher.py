@@ -79,7 +79,9 @@ class Batcher:
         self._engine_busy = threading.Lock()  # held by the engine thread but while it waits for work with none to do
         self._last_asked = (-1, 0.0)  # the slot of the last step asked for one at a time, and when
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.calling = _ignored  # told True before each onnxruntime call of steps and False after (the native front end)
+        # told True on the engine thread as an onnxruntime call of steps begins, and False on the event loop once its
+        # results are handed back (the native front end holds its plain steps meanwhile: they could not join the call)
+        self.watcher = _ignored
         # the engine thread's own
         self._generating: list[Generation] = []  # generations with a step to run
         self._waiting: dict[int, Generation] = {}  # slot → a generation waiting for its client to catch up
@@ -390,14 +392,15 @@ class Batcher:
         generating = [row for row, job in enumerate(group) if job.generation is not None] if whole else []
         generations = [group[row].generation for row in generating]
         began = time.perf_counter()
+        self.watcher(True)
         try:
-            outputs = self._step(slots, fresh, inputs)  # each [B, T, ...]
+            outputs = self._runtime.step(slots, fresh, inputs, self._calls(len(slots)))  # each [B, T, ...]
             stepped = time.perf_counter()
             sampled = self._sample(outputs[0], generating, generations)
             ranked = self._rank(outputs[0], group)
         except Exception as err:  # onnxruntime's own errors: these steps fail, the engine goes on
             log.exception("model %s: step failed", self._name)
-            hand_over(fail, group, RuntimeFailure(f"model {self._name}: inference failed: {err}"), blocks)
+            hand_over(self._handed_back, fail, group, RuntimeFailure(f"model {self._name}: inference failed: {err}"), blocks)
             return
         finished = time.perf_counter()
         self._stepped_at.update(dict.fromkeys(slots, finished))
@@ -416,6 +419,7 @@ class Batcher:
                     job.parts = (job.parts or []) + [StepResult([output[row] for output in outputs], *ranked.get(row, ()))]
                 job.inputs, job.queued = job.inputs[steps:], 0.0
             self._continuing.extend(group)
+            hand_over(self.watcher, False)
             return
         if generations:
             self._metrics.tokens_generated.inc(len(generations))
@@ -429,14 +433,15 @@ class Batcher:
         for block in blocks:
             block_outputs.append([output[first : first + len(block.slots)] for output in outputs])
             first += len(block.slots)
-        hand_over(deliver, group, results, generations, written, extras, blocks, block_outputs)
+        hand_over(self._handed_back, deliver, group, results, generations, written, extras, blocks, block_outputs)
 
-    def _step(self, slots: list[int], fresh: np.ndarray, inputs: np.ndarray) -> list[np.ndarray]:
-        self.calling(True)
+    def _handed_back(self, function, *args) -> None:
+        """On the event loop: a call's results go to whoever waits for them (`function(*args)`), and the watcher hears
+        that the call is over."""
         try:
-            return self._runtime.step(slots, fresh, inputs, self._calls(len(slots)))
+            function(*args)
         finally:
-            self.calling(False)
+            self.watcher(False)
 
     def _calls(self, rows: int) -> int:
         """Into how many onnxruntime calls run at once a group of rows is split: as many as max_batch needs, and up

@@ -95,7 +95,7 @@ class NativeFront:
         the KServe servicer's `stream_answer` and `plain` answer it."""
         self._handlers, self._kserve, self._plain = handlers, kserve, plain
         for model in kserve.models():
-            model.batcher.calling = self.hold
+            model.batcher.watcher = self.hold
         self._loop.add_reader(self._fd, self._take)
         self._take()  # what came while the models loaded: the eventfd may have been readable since
 
@@ -155,10 +155,11 @@ class NativeFront:
         self._lib.rf_route_answers(self._handle, route, name.encode(), version.encode(), len(outputs), names, (ctypes.c_int * len(widths))(*widths))
 
     def hold(self, calling: bool) -> None:
-        """An engine enters or leaves onnxruntime (Batcher.calling): plain steps that come meanwhile are taken together,
-        once it has left (front.cc)."""
-        if self._handle is not None:
-            self._lib.rf_hold(self._handle, calling)
+        """An engine's onnxruntime call begins (True, on its thread), or its results have been handed back (False, on
+        the event loop: Batcher.watcher). Plain steps that come meanwhile wait in front.cc, with no wake-up, and are
+        taken together once it is over: they could not have joined that call."""
+        if self._handle is not None and self._lib.rf_hold(self._handle, calling):
+            self._loop.call_soon(self._take)
 
     def serving(self, call_id: int) -> bool:
         """Whether the call is open here (its answers are still wanted)."""

@@ -276,7 +276,7 @@ class Front {
   }
 
   // A plain step waits unsignalled while an engine is in onnxruntime (Hold): it could not join that call, and taken
-  // with those that come meanwhile, once the call returns, it costs the event loop one take for all of them.
+  // with those that come meanwhile, once the call is over, it costs the event loop one take for all of them.
   void PushStep(const StepRecord& record, std::string sequence) {
     bool wake;
     {
@@ -287,17 +287,15 @@ class Front {
     if (wake) Wake();
   }
 
-  void Hold(bool on) {
+  // An engine's call begins (on), or its results are back on the event loop (off): then whether steps wait that
+  // nothing has signalled (the event loop takes them itself, with no wake-up).
+  bool Hold(bool on) {
     if (on) {
       ++holds_;
-      return;
+      return false;
     }
-    bool wake;
-    {
-      std::lock_guard<std::mutex> lock(events_mu_);
-      wake = --holds_ == 0 && !steps_.empty() && Signal();
-    }
-    if (wake) Wake();
+    std::lock_guard<std::mutex> lock(events_mu_);
+    return --holds_ == 0 && !steps_.empty() && !signalled_;
   }
 
   // What waits, in the order it came, until a buffer is full: up to `max` events into `views`, and up to `max_steps`
@@ -694,8 +692,8 @@ void rf_finish(void* front, uint64_t call, int code, const char* message) {
   static_cast<Front*>(front)->Queue(Outgoing{call, true, code, message});
 }
 
-// An engine enters (on) or leaves onnxruntime: meanwhile plain steps wait for it, unsignalled (Front::PushStep).
-void rf_hold(void* front, int on) { static_cast<Front*>(front)->Hold(on != 0); }
+// An engine's call of steps begins (on), or its results are back (off; then whether steps wait to be taken).
+int rf_hold(void* front, int on) { return static_cast<Front*>(front)->Hold(on != 0) ? 1 : 0; }
 
 // ModelStreamInfer's answer to the request with this ticket.
 void rf_answer(void* front, uint64_t call, uint64_t ticket, const char* data, size_t size) {
