@@ -71,13 +71,13 @@ def test_32_concurrent_streams_equal_each_run_alone(server):
         assert np.abs(one - many).max() < 1e-5
 
 
-def test_a_batch_waits_for_half_the_sessions_stepping_and_never_for_a_few():
+def test_a_batch_waits_for_the_sessions_stepping_and_never_for_a_few():
     now = 100.0
     few = {slot: now - 0.001 for slot in range(MIN_COMPANY - 1)}
     assert company(few, now) == (few, 0)
     many = {slot: now - 0.001 for slot in range(20)} | {slot: now - COMPANY_WINDOW_S - 0.001 for slot in range(20, 30)}
     recent, wanted = company(many, now)
-    assert sorted(recent) == list(range(20)) and wanted == 10  # those that stepped too long ago are forgotten
+    assert sorted(recent) == list(range(20)) and wanted == 20  # those that stepped too long ago are forgotten
     assert company({}, now) == ({}, 0)
 
 
