@@ -97,7 +97,10 @@ class TensorService:
                 outputs = [np.stack(parts) for parts in zip(*(result.outputs for result in outputs))]
             done(rows, outputs, self.sessions.close_sequences(sessions, ends, steps), None)
 
-        ran.add_done_callback(finished)
+        if ran.done():  # it ran at once, on this thread: answered now, not a turn of the event loop later
+            finished(ran)
+        else:
+            ran.add_done_callback(finished)
         return refused
 
     def _queue_now(self, model: Model) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rnnserve.inference import grpc_service_pb2_grpc as kserve_grpc
-from tests.helpers import ServerThread, distributions, logits_of, request, run_cli, scrape, scrape_settled, status_of
+from tests.helpers import ServerThread, distributions, logits_of, native_unavailable, request, run_cli, scrape, scrape_settled, status_of
 
 FIRST, SECOND = "The server keeps ", "the state between messages."
 
@@ -185,3 +185,27 @@ def test_the_store_health_follows_a_pause_and_a_restart_without_flapping(base_co
         with running.client() as client:  # and the store takes sessions again
             assert list(client.stream("lstm", [FIRST], session_id="after-restart"))[-1].position == len(FIRST)
         redis_server.wait_for_position("session:after-restart", len(FIRST))
+
+
+def test_a_sequence_on_native_ports_continues_on_another_server(base_config, redis_server):
+    """With a state store the native front end leaves every ModelStreamInfer request to the servicer (which confirms
+    each with the store): a sequence's steps on one server's --native-port continue exactly on another's."""
+    if native_unavailable():
+        pytest.skip(f"no native front end: {native_unavailable()}")
+    config = replace(base_config, state_store=redis_server.url, state_lease_s=2.0, metrics_port=0, native_port=0)
+    chunks = [list(b"The "), list(b"state "), list(b"moves.")]
+
+    def stream(running, requests):
+        with grpc.insecure_channel(running.native_target) as channel:
+            return [logits_of(r.infer_response) for r in kserve_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(iter(requests), timeout=30)]
+
+    with ServerThread(config) as a, ServerThread(config) as b:
+        whole = stream(a, [request(tokens=c, sequence=31, start=i == 0, end=i == 2) for i, c in enumerate(chunks)])
+        with grpc.insecure_channel(a.native_target) as channel:  # a stream's own sequences end with it: these do not
+            moved = [logits_of(kserve_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request(tokens=c, sequence=32, start=i == 0)))
+                     for i, c in enumerate(chunks[:2])]
+        redis_server.wait_for_position("sequence:lstm:32", len(chunks[0]) + len(chunks[1]))
+        moved += stream(b, [request(tokens=chunks[2], sequence=32, end=True)])
+        assert scrape(a, "rnnserve_native_plain_steps_total") == scrape(b, "rnnserve_native_plain_steps_total") == 0
+    for got, want in zip(moved, whole):
+        assert np.abs(got - want).max() < 1e-6

@@ -105,6 +105,8 @@ def _declared(lib: ctypes.PyDLL) -> ctypes.PyDLL:
     lib.rf_answer_steps.argtypes = [void_p, ctypes.c_int, ctypes.c_int, ctypes.POINTER(u64), ctypes.POINTER(u64),
                                     ctypes.POINTER(ctypes.c_int64), ctypes.c_int, ctypes.POINTER(void_p)]
     lib.rf_answer_steps.restype = None
+    lib.rf_plain.argtypes = [void_p, ctypes.c_int]
+    lib.rf_plain.restype = None
     lib.rf_hold.argtypes = [void_p, ctypes.c_int]
     lib.rf_hold.restype = ctypes.c_int
     lib.rf_read_request.argtypes = [ctypes.c_char_p, ctypes.c_size_t, void_p, ctypes.c_char_p, size_p, ctypes.c_char_p, size_p]

@@ -94,6 +94,7 @@ class NativeFront:
         """Answers every call, those that waited included, with these handlers (method_handlers), but ModelStreamInfer:
         the KServe servicer's `stream_answer` and `plain` answer it."""
         self._handlers, self._kserve, self._plain = handlers, kserve, plain
+        self._lib.rf_plain(self._handle, plain.serves_any)
         for model in kserve.models():
             model.batcher.watcher = self.hold
         self._loop.add_reader(self._fd, self._take)

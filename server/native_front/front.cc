@@ -370,6 +370,8 @@ class Front {
   }
 
   int event_fd() const { return event_fd_; }
+  bool plain() const { return plain_.load(); }
+  void set_plain(bool on) { plain_ = on; }
 
  private:
   bool Signal() {  // under events_mu_: whether the eventfd must be written
@@ -429,6 +431,7 @@ class Front {
   std::deque<Event> events_;
   std::deque<QueuedStep> steps_;
   std::atomic<int> holds_{0};  // engines in onnxruntime now
+  std::atomic<bool> plain_{true};  // plain steps are read here (else every request goes to Python as bytes)
   uint64_t next_order_ = 0;
   std::vector<Event> taken_;
   bool signalled_ = false;
@@ -493,7 +496,7 @@ void Call::OnReadDone(bool ok) {
 void Call::Take(std::string bytes) {
   Ticket ticket;
   wire::Step step;
-  ticket.plain = wire::ReadRequest(bytes, &ticket.sequence_key, &step);
+  ticket.plain = wire::ReadRequest(bytes, &ticket.sequence_key, &step) && front_->plain();
   int route = ticket.plain ? front_->Route(step) : -1;
   ticket.plain = route >= 0;
   if (ticket.plain) {
@@ -691,6 +694,9 @@ void rf_write(void* front, uint64_t call, const char* data, size_t size) {
 void rf_finish(void* front, uint64_t call, int code, const char* message) {
   static_cast<Front*>(front)->Queue(Outgoing{call, true, code, message});
 }
+
+// Whether plain steps are read here at all (not with a state store, whose sessions the servicer confirms per request).
+void rf_plain(void* front, int on) { static_cast<Front*>(front)->set_plain(on != 0); }
 
 // An engine's call of steps begins (on), or its results are back (off; then whether steps wait to be taken).
 int rf_hold(void* front, int on) { return static_cast<Front*>(front)->Hold(on != 0) ? 1 : 0; }

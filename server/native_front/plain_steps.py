@@ -50,7 +50,7 @@ class Route:
     vocab: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Taken:
     """Plain steps of one route and length taken together: what their answers need, row by row."""
 
@@ -70,6 +70,12 @@ class PlainSteps:
     def __init__(self, repository: Repository, tensors: TensorService, config: ServerConfig, metrics: Metrics):
         self._repository, self._tensors, self._config, self._metrics = repository, tensors, config, metrics
         self._routes: dict[int, Route | None] = {}  # front.cc's route number → how it is served (None: deferred)
+
+    @property
+    def serves_any(self) -> bool:
+        """False with a state store: its sessions are confirmed with the store request by request, so the servicer
+        answers every request (front.cc then reads none as a plain step)."""
+        return not self._tensors.sessions.store.keeps_sessions
 
     def take(self, front, records: np.ndarray, sequence_ids: list[str]) -> None:
         """A take's plain steps (`records` of STEP_RECORD, read before this returns, and each one's sequence id), by
@@ -142,7 +148,7 @@ class PlainSteps:
         except ServeError:
             return None
         card = model.card
-        if self._tensors.sessions.store.keeps_sessions or not card.streaming or card.encoder is not None or card.input.values:
+        if not self.serves_any or not card.streaming or card.encoder is not None or card.input.values:
             return None
         widths = card.output_widths
         wanted = list(widths) if output is None else [output]
