@@ -97,9 +97,10 @@ def test_more_rows_than_max_batch_run_in_parts_and_each_gets_its_own(make_server
 
 
 def test_requests_it_leaves_to_the_servicer_are_answered_as_on_port(make_server):
-    """Requests that are not plain steps, or that the plain path hands back (no such model or output, a model that
-    keeps no sequences, a token outside the vocabulary, a classification, sequence_position, a sequence never
-    started), get the same answers on both ports, errors word for word; only the last went the plain way."""
+    """Requests that are not plain steps (a classification, sequence_position, text, a sequence id over 1 KB), or that
+    the plain path hands back (no such model or output, a model that keeps no sequences, a token outside the
+    vocabulary, too many tokens) or refuses (a sequence never started), get the same answers on both ports, errors
+    word for word."""
     running = make_server(native_port=0, metrics_port=0, max_input_tokens=4)
     started = [request(tokens=[65], sequence=700, start=True, id="start")]
     cases = [
@@ -112,6 +113,7 @@ def test_requests_it_leaves_to_the_servicer_are_answered_as_on_port(make_server)
         request(tokens=[69], sequence=700, outputs=[("attention", 0)], id="no such output"),
         request(model="tagger_bi", tokens=[70], sequence=701, start=True, id="keeps no sequences"),
         request(tokens=[71], sequence=702, id="never started"),
+        request(tokens=[73], sequence="x" * 2000, start=True, end=True, id="a long sequence id"),
         request(tokens=[72], sequence=700, end=True, id="end"),
     ]
     port = _answers(running.target, started + cases)
@@ -121,7 +123,7 @@ def test_requests_it_leaves_to_the_servicer_are_answered_as_on_port(make_server)
     assert set(errors) == {"outside the vocabulary", "over --max-input-tokens", "no such model", "no such output", "keeps no sequences", "never started"}
     assert "was never started" in errors["never started"]
     positions = {r.infer_response.id: r.infer_response.parameters["sequence_position"].int64_param for r in native if not r.error_message}
-    assert positions == {"start": 1, "classification": 2, "position": 3, "text": 5, "end": 6}
+    assert positions == {"start": 1, "classification": 2, "position": 3, "text": 5, "a long sequence id": 1, "end": 6}
     assert scrape(running, PLAIN, model="lstm") == 2  # start and end; the rest went to the servicer, or were refused
 
 

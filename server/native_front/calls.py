@@ -192,7 +192,12 @@ class NativeFront:
                 ends.append((view.call, kind))
         if steps := self._taken_steps.value:
             sequence_ids = ctypes.string_at(self._sequence_ids, self._sequence_id_bytes.value).decode().split("\0")[:-1]
-            self._plain.take(self, self._steps[:steps], sequence_ids)
+            try:
+                self._plain.take(self, self._steps[:steps], sequence_ids)
+            except Exception as err:  # PlainSteps answers every error of a step: this is a fault of ours, and each gets it
+                message = internal_error("ModelStreamInfer plain steps", err)
+                for call_id, ticket in self._steps[:steps][["call", "ticket"]].tolist():
+                    self.answer_error(call_id, ticket, message)
         for call_id, kind in ends:
             if (call := calls.get(call_id)) is not None:
                 call.half_close() if kind == HALF_CLOSE else call.cancel()

@@ -19,6 +19,7 @@
 namespace wire {
 
 constexpr int kMaxPlainTokens = 16;
+constexpr size_t kMaxSequenceIdBytes = 1024;  // a longer string id makes the request not plain (Python's buffer for a take's ids)
 
 enum Type : uint32_t { kVarint = 0, kFixed64 = 1, kBytes = 2, kStartGroup = 3, kEndGroup = 4, kFixed32 = 5 };
 constexpr int kMaxDepth = 100;  // groups within groups, as protobuf's parser allows
@@ -238,7 +239,7 @@ inline bool ReadRequest(std::string_view bytes, std::string* key, Step* step) {
   if (!sequence.empty()) *key = std::string(model_name) + '\0' + sequence;
   if (!plain || unusual || sequence.empty() || names != 1 || versions > 1 || ids > 1 || inputs != 1 || outputs > 1 || raws > 1) return false;
   if ((seen_start && start.kind != 1) || (seen_end && end.kind != 1)) return false;
-  if (sequence.find('\0') != std::string::npos || !Utf8(sequence)) return false;
+  if (sequence.size() > kMaxSequenceIdBytes || sequence.find('\0') != std::string::npos || !Utf8(sequence)) return false;
   if (!Utf8(model_name) || !Utf8(step->model_version) || !Utf8(step->id)) return false;
   step->sequence = std::move(sequence);
   step->start = seen_start && start.number;

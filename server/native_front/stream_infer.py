@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError
 
 from rnnserve.inference import grpc_service_pb2 as pb
 from rnnserve.server.api.kserve import KServeServicer
+from rnnserve.server.api.status import internal_error
 
 METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
 OK = grpc.StatusCode.OK
@@ -47,7 +48,10 @@ class StreamInferCall:
             request = pb.ModelInferRequest.FromString(data)
         except DecodeError:
             return self._end(grpc.StatusCode.INVALID_ARGUMENT, self._front.undecodable(METHOD, pb.ModelInferRequest.DESCRIPTOR.full_name))
-        response = await self._kserve.stream_answer(request, self.id)
+        try:
+            response = await self._kserve.stream_answer(request, self.id)
+        except Exception as err:  # stream_answer answers every error of a request: this is a fault of ours
+            return self._end(grpc.StatusCode.INTERNAL, internal_error(METHOD, err))
         self._front.answer(self.id, ticket, response.SerializeToString())
 
     def _end(self, code: grpc.StatusCode, details: str) -> None:
