@@ -15,8 +15,9 @@
 // engine's output arrays, with no protobuf or Python object per request (server/native_front/plain_steps.py).
 //
 // Threads: gRPC's callback threads run the reactors; the event loop thread calls rf_next, and queues its answers
-// (rf_write, rf_finish) for a writer thread of ours, which hands them to gRPC. No lock is held while gRPC is
-// called, since gRPC may run a reactor's callback inline, on the calling thread.
+// (rf_write, rf_answer*, rf_finish) for a writer thread of ours, which hands them to gRPC; an engine thread calls
+// rf_hold as its onnxruntime call begins. No lock is held while gRPC is called, since gRPC may run a reactor's
+// callback inline, on the calling thread, nor while the event loop is woken.
 // A call lives in a shared_ptr held by the table of open calls and by itself until gRPC's OnDone, so a write for a
 // call that has just ended is safely ignored.
 
