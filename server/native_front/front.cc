@@ -130,7 +130,8 @@ class Call : public grpc::ServerGenericBidiReactor {
  public:
   Call(Front* front, uint64_t id, bool ordered) : front_(front), id_(id), ordered_(ordered) {}
   void Begin(std::shared_ptr<Call> self, const std::string& method);
-  void Write(std::string bytes);
+  void Write(std::string bytes) { Write(&bytes, 1); }
+  void Write(std::string* responses, size_t count);  // in order, taking one lock for them all
   void End(const grpc::Status& status);
 
   // ModelStreamInfer's, from the event loop's thread: the tickets are answered (their requests, in `taken`, are no
@@ -153,7 +154,7 @@ class Call : public grpc::ServerGenericBidiReactor {
     write_options_ = pending_.empty() ? grpc::WriteOptions() : grpc::WriteOptions().set_buffer_hint();
   }
   void Take(std::string bytes);
-  void DispatchLocked(uint64_t ticket, Dispatch* dispatch);
+  void DispatchLocked(uint64_t ticket, Dispatch* dispatch);  // under order_mu_
   void Hand(Dispatch* dispatch);
 
   Front* front_;
@@ -171,7 +172,8 @@ class Call : public grpc::ServerGenericBidiReactor {
   bool finishing_ = false;  // Finish asked for: it runs once the writes are out
   bool finished_ = false;
   grpc::Status status_;
-  // an ordered call's
+  // an ordered call's, under order_mu_ (apart from mu_, the writes', which gRPC's threads and the writer take)
+  std::mutex order_mu_;
   uint64_t next_ticket_ = 1;
   std::unordered_map<uint64_t, Ticket> open_;  // requests read and not yet answered
   std::unordered_map<std::string, std::deque<uint64_t>> waiting_;  // sequence with a request in Python → its next ones
@@ -408,14 +410,18 @@ class Front {
         if (outgoing_.empty()) return;
         batch.swap(outgoing_);
       }
-      for (auto& outgoing : batch) {
+      std::vector<std::string> writes;
+      for (size_t i = 0; i < batch.size();) {  // a call's consecutive responses go to it together
+        Outgoing& outgoing = batch[i];
         std::shared_ptr<Call> call = Find(outgoing.call);
-        if (!call) continue;  // ended meanwhile
         if (outgoing.finish) {
-          call->End(grpc::Status(static_cast<grpc::StatusCode>(outgoing.code), outgoing.data));
-        } else {
-          call->Write(std::move(outgoing.data));
+          if (call) call->End(grpc::Status(static_cast<grpc::StatusCode>(outgoing.code), outgoing.data));
+          ++i;
+          continue;
         }
+        writes.clear();
+        for (; i < batch.size() && batch[i].call == outgoing.call && !batch[i].finish; ++i) writes.push_back(std::move(batch[i].data));
+        if (call) call->Write(writes.data(), writes.size());  // else ended meanwhile
       }
       batch.clear();
     }
@@ -467,7 +473,7 @@ void Call::OnReadDone(bool ok) {
   if (!ok) {  // the client has sent all it will; an ordered call says so once every request is answered
     bool tell = true;
     if (ordered_) {
-      std::lock_guard<std::mutex> lock(mu_);
+      std::lock_guard<std::mutex> lock(order_mu_);
       half_closed_ = true;
       tell = open_.empty();
     }
@@ -518,7 +524,7 @@ void Call::Take(std::string bytes) {
   ticket.message = std::move(bytes);  // after `step`'s views into it are copied
   Dispatch dispatch;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::mutex> lock(order_mu_);
     uint64_t number = next_ticket_++;
     ticket.record.ticket = number;
     bool held = false;
@@ -557,7 +563,7 @@ void Call::Close(const uint64_t* tickets, int count, std::vector<std::pair<int, 
   std::vector<Dispatch> next;
   bool drained;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::mutex> lock(order_mu_);
     for (int i = 0; i < count; ++i) {
       auto found = open_.find(tickets[i]);
       if (found == open_.end()) continue;
@@ -582,7 +588,7 @@ void Call::Close(const uint64_t* tickets, int count, std::vector<std::pair<int, 
 void Call::Defer(uint64_t number) {
   std::string message;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::mutex> lock(order_mu_);
     auto found = open_.find(number);
     if (found == open_.end() || !found->second.plain) return;
     found->second.plain = false;
@@ -591,13 +597,13 @@ void Call::Defer(uint64_t number) {
   front_->Push(id_, kMessage, std::move(message), number);
 }
 
-void Call::Write(std::string bytes) {
+void Call::Write(std::string* responses, size_t count) {
   bool start, resume;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (finishing_) return;
-    pending_.push_back(std::move(bytes));
-    if (unanswered_ > 0) --unanswered_;
+    for (size_t i = 0; i < count; ++i) pending_.push_back(std::move(responses[i]));
+    unanswered_ = unanswered_ > static_cast<int>(count) ? unanswered_ - static_cast<int>(count) : 0;
     resume = paused_ && unanswered_ < kMaxUnanswered;
     if (resume) paused_ = false;
     start = !writing_;
