@@ -10,7 +10,17 @@ import numpy as np
 import pytest
 
 from rnnserve.inference import grpc_service_pb2_grpc as kserve_grpc
-from tests.helpers import ServerThread, distributions, logits_of, native_unavailable, request, run_cli, scrape, scrape_settled, status_of
+from tests.helpers import (
+    ServerThread,
+    distributions,
+    logits_of,
+    native_unavailable,
+    request,
+    run_cli,
+    scrape,
+    scrape_settled,
+    status_of,
+)
 
 FIRST, SECOND = "The server keeps ", "the state between messages."
 

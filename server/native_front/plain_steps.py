@@ -1,7 +1,7 @@
 """The native front end's plain steps: ModelStreamInfer's common request — a sequence's step of a few token ids, in the
 form Triton's clients send it (front.cc's kserve_wire.h says which) — served a whole take at a time, with no protobuf
 message, task or future per request. front.cc reads each into a fixed-size record; here the records of one route
-(model name, version, output asked for) are checked as arrays, their sequences opened by the sequence rules
+(model name, version, output asked for) and length are checked, their sequences opened by the sequence rules
 (TensorService.sequence_steps), run as one job of rows, and answered by front.cc from the engine's output arrays in
 one call. Answers, errors, counts and statistics are those the servicer gives on --port (a test compares them).
 
@@ -12,7 +12,6 @@ servicer's, word for word."""
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 
@@ -28,8 +27,6 @@ from rnnserve.server.errors import ServeError
 from rnnserve.server.metrics import Metrics
 from rnnserve.server.repository import Model, Repository
 from rnnserve.server.tensors import TensorService
-
-log = logging.getLogger(__name__)
 
 METHOD = "ModelStreamInfer"
 MAX_TOKENS = 16  # front.cc's wire::kMaxPlainTokens
@@ -159,4 +156,3 @@ class PlainSteps:
         if max_steps < 1:
             return None
         return Route(model, tuple(card.outputs.index(n) for n in wanted), max_steps, card.vocab_size)
-
