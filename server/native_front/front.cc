@@ -146,12 +146,12 @@ class Call : public grpc::ServerGenericBidiReactor {
   void OnDone() override;
 
  private:
-  // The next response into write_buffer_; while more wait behind it, gRPC may hold it back to send them together.
+  // The next response into write_buffer_. (Not with gRPC's buffer hint while more wait: on a call's first message,
+  // which carries the initial metadata, the write never completes — grpc/grpc#34231 — and a stream hung.)
   void NextWriteLocked() {
     grpc::Slice slice(pending_.front().data(), pending_.front().size());
     write_buffer_ = grpc::ByteBuffer(&slice, 1);
     pending_.pop_front();
-    write_options_ = pending_.empty() ? grpc::WriteOptions() : grpc::WriteOptions().set_buffer_hint();
   }
   void Take(std::string bytes);
   void DispatchLocked(uint64_t ticket, Dispatch* dispatch);  // under order_mu_
@@ -163,7 +163,6 @@ class Call : public grpc::ServerGenericBidiReactor {
   std::shared_ptr<Call> self_;  // this call's own reference, until OnDone
   grpc::ByteBuffer read_buffer_;
   grpc::ByteBuffer write_buffer_;
-  grpc::WriteOptions write_options_;
   std::mutex mu_;
   std::deque<std::string> pending_;  // responses waiting for the write before them
   bool writing_ = false;
@@ -612,7 +611,7 @@ void Call::Write(std::string* responses, size_t count) {
       NextWriteLocked();
     }
   }
-  if (start) StartWrite(&write_buffer_, write_options_);
+  if (start) StartWrite(&write_buffer_);
   if (resume) StartRead(&read_buffer_);
 }
 
@@ -634,7 +633,7 @@ void Call::OnWriteDone(bool ok) {
   if (finish) {
     grpc::ServerGenericBidiReactor::Finish(status);
   } else {
-    StartWrite(&write_buffer_, write_options_);
+    StartWrite(&write_buffer_);
   }
 }
 
