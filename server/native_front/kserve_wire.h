@@ -151,24 +151,31 @@ inline bool ReadParameter(std::string_view bytes, Parameter* parameter, bool* un
   return true;
 }
 
-// A map<string, InferParameter> entry; false where the bytes are not one.
-inline bool ReadEntry(std::string_view bytes, std::string_view* key, Parameter* value, bool* unusual) {
+// A map<string, InferParameter> entry, as protobuf reads it: false where the bytes are not one. A value sent twice
+// merges, as a message does (each read into the same Parameter); an unknown field makes protobuf set the whole entry
+// aside as unknown, so that it is not in the map (*kept false).
+inline bool ReadEntry(std::string_view bytes, std::string_view* key, Parameter* value, bool* kept, bool* unusual) {
   Reader reader(bytes);
-  std::string_view value_bytes;
+  *value = Parameter();
+  *kept = true;
   while (!reader.Done()) {
     uint32_t field, type;
+    std::string_view part;
     if (!reader.Tag(&field, &type)) return false;
     if (field > 2 || type != kBytes) {
       if (!reader.Skip(type, field)) return false;
-      *unusual = true;
-    } else if (!reader.Bytes(field == 1 ? key : &value_bytes)) {
+      *kept = false;
+    } else if (!reader.Bytes(&part)) {
       return false;
-    } else if (field == 1 && !Utf8(*key)) {
-      *unusual = true;  // protobuf refuses the message
+    } else if (field == 1) {
+      *key = part;
+      if (!Utf8(part)) *unusual = true;  // protobuf refuses the message
+    } else if (!ReadParameter(part, value, unusual)) {
+      return false;
     }
   }
-  *value = Parameter();
-  return ReadParameter(value_bytes, value, unusual);
+  if (!*kept) *unusual = true;
+  return true;
 }
 
 // Triton's sequence_id as the Python servicer names it (str() of the number, or the string); "" for none.
@@ -188,6 +195,85 @@ struct Step {
   int64_t token[kMaxPlainTokens] = {};
   std::string sequence;
 };
+
+// A repeated int64 field's values, as one varint or a packed run of them (protobuf accepts both), appended to
+// values[*count...]; false past `max` values or on bytes that are not varints.
+inline bool RepeatedVarint(Reader* reader, uint32_t type, int64_t* values, int* count, int max) {
+  if (type == kVarint) {
+    uint64_t value;
+    if (!reader->Varint(&value) || *count >= max) return false;
+    values[(*count)++] = static_cast<int64_t>(value);
+    return true;
+  }
+  std::string_view packed_bytes;
+  if (type != kBytes || !reader->Bytes(&packed_bytes)) return false;
+  Reader packed(packed_bytes);
+  while (!packed.Done()) {
+    uint64_t value;
+    if (!packed.Varint(&value) || *count >= max) return false;
+    values[(*count)++] = static_cast<int64_t>(value);
+  }
+  return true;
+}
+
+// A plain step's input: tokens, INT64, [1, n], its values in int64_contents or in the one raw entry (`raw`).
+inline bool ReadTokens(std::string_view input, const std::string_view* raw, Step* step) {
+  Reader tensor(input);
+  std::string_view name, datatype, contents;
+  int shape = 0, tensor_names = 0, datatypes = 0, contents_seen = 0;
+  int64_t dims[2] = {0, 0};
+  while (!tensor.Done()) {
+    uint32_t field, type;
+    if (!tensor.Tag(&field, &type)) return false;
+    if (field == 3) {
+      if (!RepeatedVarint(&tensor, type, dims, &shape, 2)) return false;
+      continue;
+    }
+    std::string_view value;
+    if (type != kBytes || !tensor.Bytes(&value)) return false;
+    if (field == 1) {
+      name = value, ++tensor_names;
+    } else if (field == 2) {
+      datatype = value, ++datatypes;
+    } else if (field == 5) {
+      contents = value, ++contents_seen;
+    } else {
+      return false;  // parameters, or a field the servicer would look at
+    }
+  }
+  if (tensor_names != 1 || datatypes != 1 || name != "tokens" || datatype != "INT64") return false;
+  if (shape != 2 || dims[0] != 1 || dims[1] < 1 || dims[1] > kMaxPlainTokens) return false;
+  step->tokens = static_cast<int>(dims[1]);
+  if (raw != nullptr) {
+    if (contents_seen || raw->size() != 8u * step->tokens) return false;
+    std::memcpy(step->token, raw->data(), raw->size());  // little-endian, as KServe's raw contents are
+    step->raw = true;
+    return true;
+  }
+  if (contents_seen != 1) return false;
+  Reader values(contents);
+  int count = 0;
+  while (!values.Done()) {
+    uint32_t field, type;
+    if (!values.Tag(&field, &type) || field != 3 || !RepeatedVarint(&values, type, step->token, &count, step->tokens)) return false;
+  }
+  return count == step->tokens;
+}
+
+// The one output a plain step may ask for: by name, without parameters.
+inline bool ReadOutput(std::string_view tensor, Step* step) {
+  Reader reader(tensor);
+  int names = 0;
+  while (!reader.Done()) {
+    uint32_t field, type;
+    std::string_view value;
+    if (!reader.Tag(&field, &type) || field != 1 || type != kBytes || !reader.Bytes(&value)) return false;
+    step->output = value, ++names;
+  }
+  if (names != 1 || step->output.empty() || !Utf8(step->output)) return false;
+  step->outputs_named = true;
+  return true;
+}
 
 // The key that orders a stream's requests of one sequence (model name and sequence id, as the servicer reads them;
 // "" for a request of no sequence, or one that does not parse), and whether the request is a plain step, read into
@@ -217,8 +303,11 @@ inline bool ReadRequest(std::string_view bytes, std::string* key, Step* step) {
       case 4: {
         std::string_view name;
         Parameter parameter;
-        if (!ReadEntry(value, &name, &parameter, &unusual)) return false;
-        if (name == "sequence_id") {
+        bool kept;
+        if (!ReadEntry(value, &name, &parameter, &kept, &unusual)) return false;
+        if (!kept) {
+          break;  // not in the map: protobuf keeps it as an unknown field
+        } else if (name == "sequence_id") {
           plain &= !seen_id, seen_id = true, sequence_id = parameter;
         } else if (name == "sequence_start") {
           plain &= !seen_start, seen_start = true, start = parameter;
@@ -244,88 +333,7 @@ inline bool ReadRequest(std::string_view bytes, std::string* key, Step* step) {
   step->sequence = std::move(sequence);
   step->start = seen_start && start.number;
   step->end = seen_end && end.number;
-
-  // the input: tokens, INT64, [1, n], its values in int64_contents or in the one raw entry
-  Reader tensor(input);
-  std::string_view name, datatype, contents;
-  int shape = 0, tensor_names = 0, datatypes = 0, contents_seen = 0;
-  int64_t dims[2] = {0, 0};
-  while (!tensor.Done()) {
-    uint32_t field, type;
-    if (!tensor.Tag(&field, &type)) return false;
-    if (field == 3 && type == kVarint) {
-      uint64_t dim;
-      if (!tensor.Varint(&dim) || shape >= 2) return false;
-      dims[shape++] = static_cast<int64_t>(dim);
-      continue;
-    }
-    std::string_view value;
-    if (type != kBytes || !tensor.Bytes(&value)) return false;
-    if (field == 1) {
-      name = value, ++tensor_names;
-    } else if (field == 2) {
-      datatype = value, ++datatypes;
-    } else if (field == 3) {
-      Reader packed(value);
-      while (!packed.Done()) {
-        uint64_t dim;
-        if (!packed.Varint(&dim) || shape >= 2) return false;
-        dims[shape++] = static_cast<int64_t>(dim);
-      }
-    } else if (field == 5) {
-      contents = value, ++contents_seen;
-    } else {
-      return false;  // parameters, or a field the servicer would look at
-    }
-  }
-  if (tensor_names != 1 || datatypes != 1 || name != "tokens" || datatype != "INT64") return false;
-  if (shape != 2 || dims[0] != 1 || dims[1] < 1 || dims[1] > kMaxPlainTokens) return false;
-  step->tokens = static_cast<int>(dims[1]);
-  if (raws == 1) {
-    if (contents_seen || raw.size() != 8u * step->tokens) return false;
-    std::memcpy(step->token, raw.data(), raw.size());  // little-endian, as KServe's raw contents are
-    step->raw = true;
-  } else {
-    if (contents_seen != 1) return false;
-    Reader values(contents);
-    int count = 0;
-    while (!values.Done()) {
-      uint32_t field, type;
-      if (!values.Tag(&field, &type) || field != 3) return false;
-      if (type == kVarint) {
-        uint64_t token;
-        if (!values.Varint(&token) || count >= step->tokens) return false;
-        step->token[count++] = static_cast<int64_t>(token);
-      } else if (type == kBytes) {
-        std::string_view packed_bytes;
-        if (!values.Bytes(&packed_bytes)) return false;
-        Reader packed(packed_bytes);
-        while (!packed.Done()) {
-          uint64_t token;
-          if (!packed.Varint(&token) || count >= step->tokens) return false;
-          step->token[count++] = static_cast<int64_t>(token);
-        }
-      } else {
-        return false;
-      }
-    }
-    if (count != step->tokens) return false;
-  }
-
-  // the output asked for: none (all), or one by name
-  if (outputs == 1) {
-    Reader tensor_out(output_tensor);
-    int output_names = 0;
-    while (!tensor_out.Done()) {
-      uint32_t field, type;
-      std::string_view value;
-      if (!tensor_out.Tag(&field, &type) || field != 1 || type != kBytes || !tensor_out.Bytes(&value)) return false;
-      step->output = value, ++output_names;
-    }
-    if (output_names != 1 || step->output.empty() || !Utf8(step->output)) return false;
-    step->outputs_named = true;
-  }
-  return true;
+  return ReadTokens(input, raws == 1 ? &raw : nullptr, step) && (outputs == 0 || ReadOutput(output_tensor, step));
 }
 
 // Writing
