@@ -41,6 +41,7 @@ from rnnserve.server.engine_jobs import (
     Write,
     deliver,
     fail,
+    joined,
     settle,
     settle_all,
 )
@@ -135,14 +136,10 @@ class Batcher:
         (the native front end's plain steps: no job or result per row). More rows than --max-batch go in parts."""
         if len(slots) > self._max_batch:
             step = self._max_batch
-            return _joined(self._loop, [self.step_rows(slots[i : i + step], inputs[i : i + step]) for i in range(0, len(slots), step)])
+            return joined(self._loop, [self.step_rows(slots[i : i + step], inputs[i : i + step]) for i in range(0, len(slots), step)])
         rows = Rows(slots, np.asarray(inputs, dtype=self._dtype), time.perf_counter(), self._loop.create_future())
         if len(slots) == 1 and self._runs_now(slots[0], rows.queued, 1):
-            try:
-                self._run_group([], 1, hand_over=_at_once, blocks=[rows])
-                self._metrics.steps_at_once.inc()
-            finally:
-                self._engine_busy.release()
+            self._run_at_once([], 1, [rows])
             return rows.result
         if len(slots) > 1:
             self._last_asked = (-1, rows.queued)  # many sessions step: the next lone step is not alone
@@ -150,11 +147,15 @@ class Batcher:
         return rows.result
 
     def _queue_or_run_now(self, job: Step) -> None:
-        if not self._runs_now(job.slot, job.queued, len(job.inputs)):
+        if self._runs_now(job.slot, job.queued, len(job.inputs)):
+            self._run_at_once([job], len(job.inputs))
+        else:
             self._queue.put(job)
-            return
+
+    def _run_at_once(self, group: list[Step], steps: int, blocks: list[Rows] = ()) -> None:
+        """A lone step that _runs_now granted, run on the event loop; the engine, held meanwhile, is let go."""
         try:
-            self._run_group([job], len(job.inputs), hand_over=_at_once)
+            self._run_group(group, steps, hand_over=_at_once, blocks=blocks)
             self._metrics.steps_at_once.inc()
         finally:
             self._engine_busy.release()
@@ -501,22 +502,3 @@ def _ignored(_) -> None:
 def _at_once(function, *args) -> None:
     function(*args)
 
-
-def _joined(loop: asyncio.AbstractEventLoop, parts: list[asyncio.Future]) -> asyncio.Future:
-    """One future of the parts' outputs, concatenated in order (or the first part's error)."""
-    joined = loop.create_future()
-    left = [len(parts)]
-
-    def part_done(_) -> None:
-        left[0] -= 1
-        if left[0] or joined.done():
-            return
-        failed = next((part for part in parts if part.cancelled() or part.exception() is not None), None)
-        if failed is not None:
-            joined.set_exception(failed.exception() if not failed.cancelled() else asyncio.CancelledError())
-        else:
-            joined.set_result([np.concatenate(outputs) for outputs in zip(*(part.result() for part in parts))])
-
-    for part in parts:
-        part.add_done_callback(part_done)
-    return joined

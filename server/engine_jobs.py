@@ -156,3 +156,24 @@ def deliver(group: list[Step], results: list[StepResult | None], generations: li
         if extra is not None:
             generation.extras.append(extra)
         generation.ready.set()
+
+
+def joined(loop: asyncio.AbstractEventLoop, parts: list[asyncio.Future]) -> asyncio.Future:
+    """One future of the parts' outputs, concatenated in order (or the first part's error): the blocks of rows one
+    request of more rows than max_batch was queued as (Batcher.step_rows)."""
+    whole = loop.create_future()
+    left = [len(parts)]
+
+    def part_done(_) -> None:
+        left[0] -= 1
+        if left[0] or whole.done():
+            return
+        failed = next((part for part in parts if part.cancelled() or part.exception() is not None), None)
+        if failed is not None:
+            whole.set_exception(failed.exception() if not failed.cancelled() else asyncio.CancelledError())
+        else:
+            whole.set_result([np.concatenate(outputs) for outputs in zip(*(part.result() for part in parts))])
+
+    for part in parts:
+        part.add_done_callback(part_done)
+    return whole

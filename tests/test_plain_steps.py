@@ -178,9 +178,15 @@ def test_plain_steps_are_answered_while_the_engine_is_generating(server, referen
     chunks = [[(7 * k) % 256] for k in range(40)]
     expected = reference_logits(reference, "lstm", chunks)
     with server.client() as client:
-        generating = threading.Thread(target=lambda: list(client.generate("lstm", "The", max_tokens=4000, temperature=0.0)))
+        first_piece = threading.Event()
+
+        def generate() -> None:
+            for _ in client.generate("lstm", "The", max_tokens=4000, temperature=0.0):
+                first_piece.set()
+
+        generating = threading.Thread(target=generate)
         generating.start()
-        time.sleep(0.05)
+        assert first_piece.wait(30)  # the engine is generating
         began = time.monotonic()
         responses = _answers(server.native_target, [request(tokens=c, sequence=990, start=k == 0, end=k == 39, id=str(k)) for k, c in enumerate(chunks)])
         took = time.monotonic() - began

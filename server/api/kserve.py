@@ -182,9 +182,9 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         def failed(err: Exception) -> pb.ModelStreamInferResponse:
             """Counted as `counted` counts it: under its status, or INTERNAL for a fault of ours."""
-            status = status_of(err).name if isinstance(err, ServeError) else "INTERNAL"
+            message, status = stream_refusal(err, f"ModelStreamInfer request {request.id!r}")
             count(self._metrics, model, API, method, status, time.perf_counter() - began, sequence)
-            return stream_error(request, err)
+            return error_response(request, message)
 
         def answered(result: TensorResult | ServeError) -> None:
             if isinstance(result, ServeError):
@@ -304,9 +304,15 @@ def statistics_message(name: str, version: str, stats: InferenceStatistics) -> p
 def stream_error(request: pb.ModelInferRequest, err: Exception) -> pb.ModelStreamInferResponse:
     """A request's error on a stream: the client's (its message), or a fault of ours (INTERNAL's message); either
     way this request fails and the stream goes on."""
+    return error_response(request, stream_refusal(err, f"ModelStreamInfer request {request.id!r}")[0])
+
+
+def stream_refusal(err: Exception, where: str) -> tuple[str, str]:
+    """A stream request's error as it is answered and counted: (message, status name). A fault of ours is INTERNAL,
+    its message naming the error id that the log line (at `where`) carries."""
     if isinstance(err, ServeError):
-        return error_response(request, str(err))
-    return error_response(request, internal_error(f"ModelStreamInfer request {request.id!r}", err))
+        return str(err), status_of(err).name
+    return internal_error(where, err), "INTERNAL"
 
 
 def error_response(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:

@@ -19,9 +19,8 @@ import numpy as np
 
 from rnnserve.server.api.access import looked_up
 from rnnserve.server.api.accounting import count, count_together
-from rnnserve.server.api.kserve import API
+from rnnserve.server.api.kserve import API, stream_refusal
 from rnnserve.server.api.kserve_tensors import answer_bytes_per_step
-from rnnserve.server.api.status import internal_error, status_of
 from rnnserve.server.config import ServerConfig
 from rnnserve.server.errors import ServeError
 from rnnserve.server.metrics import Metrics
@@ -120,10 +119,7 @@ class PlainSteps:
     def _refuse(self, front, model: Model, taken: Taken, row: int, err: Exception) -> None:
         """The row's error as the servicer answers it on the stream, counted under its status."""
         sequence_id = taken.sequence_ids[row]
-        if isinstance(err, ServeError):
-            message, status = str(err), status_of(err).name
-        else:
-            message, status = internal_error(f"{METHOD} plain step of sequence {sequence_id}", err), "INTERNAL"
+        message, status = stream_refusal(err, f"{METHOD} plain step of sequence {sequence_id}")
         count(self._metrics, model, API, METHOD, status, time.perf_counter() - taken.began, sequence_id)
         front.answer_error(taken.calls[row], taken.tickets[row], message)
 
@@ -145,7 +141,7 @@ class PlainSteps:
         except ServeError:
             return None
         card = model.card
-        if not self.serves_any or not card.streaming or card.encoder is not None or card.input.values:
+        if not card.streaming or card.encoder is not None or card.input.values:
             return None
         widths = card.output_widths
         wanted = list(widths) if output is None else [output]
