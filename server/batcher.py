@@ -35,6 +35,7 @@ from rnnserve.server.engine_jobs import (
     Read,
     Resume,
     Rows,
+    RowsDone,
     Step,
     StepResult,
     Together,
@@ -131,20 +132,22 @@ class Batcher:
             self._queue.put(steps)
         return together.future
 
-    def step_rows(self, slots: list[int], inputs: np.ndarray) -> asyncio.Future:
-        """One step of each slot, inputs [B, 1, *step], queued as one job: a future of the outputs, each [B, 1, ...]
-        (the native front end's plain steps: no job or result per row). More rows than --max-batch go in parts."""
+    def step_rows(self, slots: list[int], inputs: np.ndarray, then: RowsDone) -> None:
+        """One step of each slot, inputs [B, 1, *step], queued as one job; `then(outputs, error)` on the event loop
+        once they have run, outputs each [B, 1, ...] (the native front end's plain steps: no job or result per row).
+        A lone step run at once is answered before this returns, and before its call is counted. More rows than
+        --max-batch go in parts."""
         if len(slots) > self._max_batch:
             step = self._max_batch
-            return joined(self._loop, [self.step_rows(slots[i : i + step], inputs[i : i + step]) for i in range(0, len(slots), step)])
-        rows = Rows(slots, np.asarray(inputs, dtype=self._dtype), time.perf_counter(), self._loop.create_future())
+            for i, part in zip(range(0, len(slots), step), joined(then, -(-len(slots) // step))):
+                self.step_rows(slots[i : i + step], inputs[i : i + step], part)
+            return
+        rows = Rows(slots, np.asarray(inputs, dtype=self._dtype), time.perf_counter(), then)
         if len(slots) == 1 and self._runs_now(slots[0], rows.queued, 1):
-            self._run_at_once([], 1, [rows])
-            return rows.result
+            return self._run_at_once([], 1, [rows])
         if len(slots) > 1:
             self._last_asked = (-1, rows.queued)  # many sessions step: the next lone step is not alone
         self._queue.put(rows)
-        return rows.result
 
     def _queue_or_run_now(self, job: Step) -> None:
         if self._runs_now(job.slot, job.queued, len(job.inputs)):
@@ -310,10 +313,10 @@ class Batcher:
                         rows += 1
                 continue
             if not isinstance(job, Step):
-                return [s for s in steps if s.wanted()], [b for b in blocks if b.wanted()], job
+                return [s for s in steps if s.wanted()], blocks, job
             steps.append(job)
             rows += 1
-        return [s for s in steps if s.wanted()], [b for b in blocks if b.wanted()], None
+        return [s for s in steps if s.wanted()], blocks, None
 
     def _wait(self) -> tuple[float, int]:
         """(how long a batch may wait for more steps, how many it waits for; 0: as many as come in time):
@@ -403,17 +406,10 @@ class Batcher:
             log.exception("model %s: step failed", self._name)
             hand_over(self._handed_back, fail, group, RuntimeFailure(f"model {self._name}: inference failed: {err}"), blocks)
             return
-        finished = time.perf_counter()
-        self._stepped_at.update(dict.fromkeys(slots, finished))
-        if self.pieces:
-            self.pieces.measured(len(slots), steps, stepped - began)
-        # a generation's later steps and a piece's rest were never queued (queued 0.0): only queued steps count as waiting
-        waits = [began - job.queued for job in group if job.queued]
-        for block in blocks:
-            waits += [began - block.queued] * len(block.slots)
-        self._metrics.batch(len(slots) * steps, len(slots), waits, stepped - began, finished - stepped)
-        if self.pieces and whole and (blocks or any(job.queued or job.generation is not None for job in group)):  # not a long input's end
-            self.pieces.others_served(finished)
+        times = (began, stepped, time.perf_counter())
+        at_once = hand_over is _at_once
+        if not at_once:  # counted before the results leave the engine thread: whoever has an answer sees it counted
+            self._account(group, steps, blocks, slots, whole, times)
         if not whole:
             for row, job in enumerate(group):
                 if job.answered:
@@ -435,6 +431,23 @@ class Batcher:
             block_outputs.append([output[first : first + len(block.slots)] for output in outputs])
             first += len(block.slots)
         hand_over(self._handed_back, deliver, group, results, generations, written, extras, blocks, block_outputs)
+        if at_once:  # on the event loop, counted once answered: nothing can look at the counts in between
+            self._account(group, steps, blocks, slots, whole, times)
+
+    def _account(self, group: list[Step], steps: int, blocks: list[Rows], slots: list[int], whole: bool, times: tuple) -> None:
+        """A call's statistics, metrics and timings, by the engine (its thread, or the event loop holding it). `times`:
+        when the call began, when onnxruntime returned, when its outputs were ranked and sampled (perf_counter)."""
+        began, stepped, finished = times
+        self._stepped_at.update(dict.fromkeys(slots, finished))
+        if self.pieces:
+            self.pieces.measured(len(slots), steps, stepped - began)
+        # a generation's later steps and a piece's rest were never queued (queued 0.0): only queued steps count as waiting
+        waits = [began - job.queued for job in group if job.queued]
+        for block in blocks:
+            waits += [began - block.queued] * len(block.slots)
+        self._metrics.batch(len(slots) * steps, len(slots), waits, stepped - began, finished - stepped)
+        if self.pieces and whole and (blocks or any(job.queued or job.generation is not None for job in group)):  # not a long input's end
+            self.pieces.others_served(finished)
 
     def _handed_back(self, function, *args) -> None:
         """On the event loop: a call's results go to whoever waits for them (`function(*args)`), and the watcher hears

@@ -4,6 +4,7 @@ and the callbacks that hand its results back on the event loop, one per engine c
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,16 +66,16 @@ class Step:
 @dataclass(slots=True)
 class Rows:
     """One step each of many slots as one job (the native front end's plain steps): their slots and inputs as arrays,
-    their outputs answered as arrays in one future, with no object per row on either side. A step of one token a
-    row: it never runs in pieces."""
+    their outputs answered as arrays in one call, with no object per row on either side. A step of one token a row:
+    it never runs in pieces."""
 
     slots: list[int]  # [B]
     inputs: np.ndarray  # [B, 1, *step]
     queued: float  # time.perf_counter() when it joined the queue
-    result: asyncio.Future  # resolves to the outputs, each [B, 1, ...]
+    then: RowsDone  # called once, on the event loop, as soon as the outputs are there (or the error)
 
-    def wanted(self) -> bool:
-        return not self.result.cancelled()
+
+RowsDone = Callable[[list[np.ndarray] | None, Exception | None], None]  # (the outputs, each [B, 1, ...]; or the error)
 
 
 @dataclass(slots=True)
@@ -125,7 +126,7 @@ def settle_all(results: list[tuple[asyncio.Future, object, Exception | None]]) -
 
 def fail(group: list[Step], error: Exception, blocks: list[Rows] = ()) -> None:
     for block in blocks:
-        settle(block.result, None, error)
+        block.then(None, error)
     for job in group:
         if job.generation is not None:
             job.generation.error = error
@@ -139,7 +140,7 @@ def deliver(group: list[Step], results: list[StepResult | None], generations: li
     """On the event loop: every row's outputs to the request that waits for them, every generated token to its
     generation, each block's outputs to its future."""
     for block, outputs in zip(blocks, block_outputs):
-        settle(block.result, outputs, None)
+        block.then(outputs, None)
     for job, result in zip(group, results):
         if job.together is not None:
             together, index = job.together
@@ -158,22 +159,22 @@ def deliver(group: list[Step], results: list[StepResult | None], generations: li
         generation.ready.set()
 
 
-def joined(loop: asyncio.AbstractEventLoop, parts: list[asyncio.Future]) -> asyncio.Future:
-    """One future of the parts' outputs, concatenated in order (or the first part's error): the blocks of rows one
-    request of more rows than max_batch was queued as (Batcher.step_rows)."""
-    whole = loop.create_future()
-    left = [len(parts)]
+def joined(then: RowsDone, parts: int) -> list[RowsDone]:
+    """A `then` for each of the blocks one request of more rows than max_batch is queued as (Batcher.step_rows): once
+    every block is done, `then` gets their outputs concatenated in order, or the first error."""
+    outputs: list = [None] * parts
+    errors: list[Exception] = []
+    left = [parts]
 
-    def part_done(_) -> None:
-        left[0] -= 1
-        if left[0] or whole.done():
-            return
-        failed = next((part for part in parts if part.cancelled() or part.exception() is not None), None)
-        if failed is not None:
-            whole.set_exception(failed.exception() if not failed.cancelled() else asyncio.CancelledError())
-        else:
-            whole.set_result([np.concatenate(outputs) for outputs in zip(*(part.result() for part in parts))])
+    def part(index: int) -> RowsDone:
+        def done(part_outputs: list[np.ndarray] | None, error: Exception | None) -> None:
+            outputs[index] = part_outputs
+            if error is not None:
+                errors.append(error)
+            left[0] -= 1
+            if not left[0]:
+                then(None, errors[0]) if errors else then([np.concatenate(o) for o in zip(*outputs)], None)
 
-    for part in parts:
-        part.add_done_callback(part_done)
-    return whole
+        return done
+
+    return [part(index) for index in range(parts)]

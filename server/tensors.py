@@ -85,22 +85,23 @@ class TensorService:
             sessions, ends, tokens = [sessions[row] for row in rows], [ends[row] for row in rows], tokens[rows]
         slots = [session.slot for session in sessions]
         steps = tokens.shape[1]
-        ran = model.batcher.step_rows(slots, tokens) if steps == 1 else model.batcher.steps_together(slots, list(tokens))
 
-        def finished(future: asyncio.Future) -> None:
-            error = future.exception()
+        def finished(outputs: list[np.ndarray] | None, error: Exception | None) -> None:
             if error is not None:
                 self.sessions.close_sequences(sessions, ends, 0)
                 return done(rows, None, [], error)
-            outputs = future.result()
-            if steps > 1:  # a StepResult a row
-                outputs = [np.stack(parts) for parts in zip(*(result.outputs for result in outputs))]
             done(rows, outputs, self.sessions.close_sequences(sessions, ends, steps), None)
 
-        if ran.done():  # it ran at once, on this thread: answered now, not a turn of the event loop later
-            finished(ran)
+        def stacked(future: asyncio.Future) -> None:  # a StepResult a row
+            if (error := future.exception()) is not None:
+                return finished(None, error)
+            finished([np.stack(parts) for parts in zip(*(result.outputs for result in future.result()))], None)
+
+        if steps == 1:
+            model.batcher.step_rows(slots, tokens, finished)  # run at once, it is answered before this returns
         else:
-            ran.add_done_callback(finished)
+            ran = model.batcher.steps_together(slots, list(tokens))
+            stacked(ran) if ran.done() else ran.add_done_callback(stacked)
         return refused
 
     def _queue_now(self, model: Model) -> None:

@@ -70,6 +70,8 @@ class NativeFront:
         self._steps = np.zeros(STEPS_PER_TAKE, STEP_RECORD)
         self._sequence_ids = ctypes.create_string_buffer(SEQUENCE_ID_BYTES)
         self._taken_steps, self._sequence_id_bytes = ctypes.c_int(), ctypes.c_size_t()
+        self._next_args = (handle, self._views, EVENTS_PER_TAKE, self._steps.ctypes.data, STEPS_PER_TAKE, self._sequence_ids,
+                           SEQUENCE_ID_BYTES, ctypes.byref(self._taken_steps), ctypes.byref(self._sequence_id_bytes))  # rf_next's, every take
         self._refusing = ""  # set once shutting down: new calls get UNAVAILABLE with it
         self._loop = asyncio.get_running_loop()
         self._fd = lib.rf_event_fd(handle)
@@ -176,8 +178,7 @@ class NativeFront:
         comes beside another of that sequence on the same stream (front.cc holds it): so the calls start, then the
         plain steps run, then the calls end."""
         views, calls = self._views, self._calls
-        taken = self._lib.rf_next(self._handle, views, EVENTS_PER_TAKE, self._steps.ctypes.data, STEPS_PER_TAKE, self._sequence_ids,
-                                  SEQUENCE_ID_BYTES, ctypes.byref(self._taken_steps), ctypes.byref(self._sequence_id_bytes))
+        taken = self._lib.rf_next(*self._next_args)
         ends = []
         for i in range(taken):
             view = views[i]

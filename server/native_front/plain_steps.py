@@ -78,21 +78,19 @@ class PlainSteps:
         route and length. `front`: the NativeFront that answers them. Mostly a few rows a take, so plain lists: a
         numpy call costs more than a row."""
         began = time.perf_counter()
-        tickets, calls, routes, steps, starts, ends = (records[field].tolist() for field in ("ticket", "call", "route", "steps", "start", "end"))
-        tokens = records["tokens"][:, : max(steps)].tolist()
-        groups: dict[tuple[int, int], list[int]] = {}  # (route, steps) → rows
-        for row, (call, route_id, length) in enumerate(zip(calls, routes, steps)):
+        groups: dict[tuple[int, int], list[tuple]] = {}  # (route, steps) → its rows' (ticket, call, sequence id, start, end, tokens)
+        for sequence_id, (ticket, call, tokens, route_id, length, start, end, _) in zip(sequence_ids, records.tolist()):
             if not front.serving(call):
                 continue  # the call has ended: nobody waits for its answer
             route = self._routes[route_id] if route_id in self._routes else self._route(front, route_id)
-            if route is None or length > route.max_steps or not all(0 <= token < route.vocab for token in tokens[row][:length]):
-                front.defer(call, tickets[row])  # the servicer answers it, or names what is wrong, from its bytes
+            tokens = tokens[:length].tolist()
+            if route is None or length > route.max_steps or not all(0 <= token < route.vocab for token in tokens):
+                front.defer(call, ticket)  # the servicer answers it, or names what is wrong, from its bytes
             else:
-                groups.setdefault((route_id, length), []).append(row)
+                groups.setdefault((route_id, length), []).append((ticket, call, sequence_id, start, end, tokens))
         for (route_id, length), rows in groups.items():
-            taken = Taken([tickets[r] for r in rows], [calls[r] for r in rows], [sequence_ids[r] for r in rows], began)
-            self._run(front, route_id, self._routes[route_id], taken, [starts[r] for r in rows], [ends[r] for r in rows],
-                      np.array([tokens[r][:length] for r in rows], np.int64))
+            tickets, calls, ids, starts, ends, tokens = (list(column) for column in zip(*rows))
+            self._run(front, route_id, self._routes[route_id], Taken(tickets, calls, ids, began), starts, ends, np.array(tokens, np.int64))
 
     def _run(self, front, route_id: int, route: Route, taken: Taken, starts: list[int], ends: list[int], tokens: np.ndarray) -> None:
         """Steps of one route and length, tokens [R, T]: refusals answered now, the rest once the engine has run them."""
