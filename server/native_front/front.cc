@@ -15,8 +15,7 @@
 // engine's output arrays, with no protobuf or Python object per request (server/native_front/plain_steps.py).
 //
 // Threads: gRPC's callback threads run the reactors; the event loop thread calls rf_next, and queues its answers
-// (rf_write, rf_answer*, rf_finish) for a writer thread of ours, which hands them to gRPC (a lone plain step's answer,
-// with the writer idle, it hands over itself); an engine thread calls
+// (rf_write, rf_answer*, rf_finish) for a writer thread of ours, which hands them to gRPC; an engine thread calls
 // rf_hold as its onnxruntime call begins. No lock is held while gRPC is called, since gRPC may run a reactor's
 // callback inline, on the calling thread, nor while the event loop is woken.
 // A call lives in a shared_ptr held by the table of open calls and by itself until gRPC's OnDone, so a write for a
@@ -235,11 +234,8 @@ class Front {
     outgoing_ready_.notify_one();
   }
 
-  // A batch of one answer (a lone step's) is written at once, on the calling thread, while the writer is idle and
-  // nothing waits for it: at one sequence the writer thread's wake-up is a hand-over on every step's path. More
-  // answers go to the writer, so that the event loop goes on taking requests meanwhile.
   void QueueAll(std::vector<Outgoing>* batch) {
-    if (batch->empty() || (batch->size() == 1 && SendNow(&batch->front()))) return;
+    if (batch->empty()) return;
     {
       std::lock_guard<std::mutex> lock(outgoing_mu_);
       for (auto& outgoing : *batch) outgoing_.push_back(std::move(outgoing));
@@ -402,27 +398,6 @@ class Front {
     writer_.join();
   }
 
-  // One answer handed to gRPC on this thread, where nothing queued or being sent comes before it (so a call's answers
-  // keep their order); false where something does: then it is queued.
-  bool SendNow(Outgoing* outgoing) {
-    {
-      std::lock_guard<std::mutex> lock(outgoing_mu_);
-      if (sending_ || !outgoing_.empty() || writer_stopping_) return false;
-      sending_ = true;
-    }
-    std::deque<Outgoing> one;
-    one.push_back(std::move(*outgoing));
-    Deliver(&one);
-    bool more;
-    {
-      std::lock_guard<std::mutex> lock(outgoing_mu_);
-      sending_ = false;
-      more = !outgoing_.empty();
-    }
-    if (more) outgoing_ready_.notify_one();
-    return true;
-  }
-
   // The writer thread: everything queued, in order, until Stop.
   void Send() {
     pthread_setname_np(pthread_self(), "rnnserve-writer");  // as top -H and /proc name it
@@ -430,33 +405,24 @@ class Front {
     for (;;) {
       {
         std::unique_lock<std::mutex> lock(outgoing_mu_);
-        if (!batch.empty()) {
-          batch.clear();
-          sending_ = false;
-        }
-        outgoing_ready_.wait(lock, [this] { return (!outgoing_.empty() || writer_stopping_) && !sending_; });
+        outgoing_ready_.wait(lock, [this] { return !outgoing_.empty() || writer_stopping_; });
         if (outgoing_.empty()) return;
         batch.swap(outgoing_);
-        sending_ = true;
       }
-      Deliver(&batch);
-    }
-  }
-
-  // Answers to gRPC, in order: a call's consecutive responses go to it together.
-  void Deliver(std::deque<Outgoing>* batch) {
-    std::vector<std::string> writes;
-    for (size_t i = 0; i < batch->size();) {
-      Outgoing& outgoing = (*batch)[i];
-      std::shared_ptr<Call> call = Find(outgoing.call);
-      if (outgoing.finish) {
-        if (call) call->End(grpc::Status(static_cast<grpc::StatusCode>(outgoing.code), outgoing.data));
-        ++i;
-        continue;
+      std::vector<std::string> writes;
+      for (size_t i = 0; i < batch.size();) {  // a call's consecutive responses go to it together
+        Outgoing& outgoing = batch[i];
+        std::shared_ptr<Call> call = Find(outgoing.call);
+        if (outgoing.finish) {
+          if (call) call->End(grpc::Status(static_cast<grpc::StatusCode>(outgoing.code), outgoing.data));
+          ++i;
+          continue;
+        }
+        writes.clear();
+        for (; i < batch.size() && batch[i].call == outgoing.call && !batch[i].finish; ++i) writes.push_back(std::move(batch[i].data));
+        if (call) call->Write(writes.data(), writes.size());  // else ended meanwhile
       }
-      writes.clear();
-      for (; i < batch->size() && (*batch)[i].call == outgoing.call && !(*batch)[i].finish; ++i) writes.push_back(std::move((*batch)[i].data));
-      if (call) call->Write(writes.data(), writes.size());  // else ended meanwhile
+      batch.clear();
     }
   }
 
@@ -483,7 +449,6 @@ class Front {
   std::condition_variable outgoing_ready_;
   std::deque<Outgoing> outgoing_;
   bool writer_stopping_ = false;
-  bool sending_ = false;  // answers are being handed to gRPC (by the writer, or SendNow): others wait their turn
   std::thread writer_;  // last: it starts once everything above is built
 };
 
