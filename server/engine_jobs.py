@@ -4,12 +4,15 @@ and the callbacks that hand its results back on the event loop, one per engine c
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from rnnserve.server.generation import Generation
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -126,7 +129,7 @@ def settle_all(results: list[tuple[asyncio.Future, object, Exception | None]]) -
 
 def fail(group: list[Step], error: Exception, blocks: list[Rows] = ()) -> None:
     for block in blocks:
-        block.then(None, error)
+        _answer(block, None, error)
     for job in group:
         if job.generation is not None:
             job.generation.error = error
@@ -138,9 +141,9 @@ def fail(group: list[Step], error: Exception, blocks: list[Rows] = ()) -> None:
 def deliver(group: list[Step], results: list[StepResult | None], generations: list[Generation], tokens: list[int],
              extras: list, blocks: list[Rows] = (), block_outputs: list[list[np.ndarray]] = ()) -> None:
     """On the event loop: every row's outputs to the request that waits for them, every generated token to its
-    generation, each block's outputs to its future."""
+    generation, each block's outputs to its callback."""
     for block, outputs in zip(blocks, block_outputs):
-        block.then(outputs, None)
+        _answer(block, outputs, None)
     for job, result in zip(group, results):
         if job.together is not None:
             together, index = job.together
@@ -157,6 +160,14 @@ def deliver(group: list[Step], results: list[StepResult | None], generations: li
         if extra is not None:
             generation.extras.append(extra)
         generation.ready.set()
+
+
+def _answer(block: Rows, outputs: list[np.ndarray] | None, error: Exception | None) -> None:
+    """A block's callback, run where a fault in it cannot keep the rest of its call's rows from their answers."""
+    try:
+        block.then(outputs, error)
+    except Exception:  # a fault of ours in answering: logged, as the event loop logs a failed callback
+        log.exception("answering a block of %d rows failed", len(block.slots))
 
 
 def joined(then: RowsDone, parts: int) -> list[RowsDone]:
