@@ -404,6 +404,7 @@ class Batcher:
             ranked = self._rank(outputs[0], group)
         except Exception as err:  # onnxruntime's own errors: these steps fail, the engine goes on
             log.exception("model %s: step failed", self._name)
+            self._fresh.update(slot for slot, was in zip(slots, fresh.tolist()) if was)  # their rows were never reset
             hand_over(self._handed_back, fail, group, RuntimeFailure(f"model {self._name}: inference failed: {err}"), blocks)
             return
         times = (began, stepped, time.perf_counter())

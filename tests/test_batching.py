@@ -1,5 +1,6 @@
 """Continuous batching: concurrent sessions share onnxruntime calls and get exactly what they get alone."""
 
+import asyncio
 from dataclasses import replace
 
 import numpy as np
@@ -156,3 +157,38 @@ def test_concurrent_tagging_equals_each_run_alone(server):
             batched = together([lambda t=t, tag=tag: tag(t) for t in texts])
             for one, many in zip(alone, batched, strict=True):
                 assert np.abs(one - many).max() < 1e-5
+
+
+def test_a_failed_call_leaves_its_fresh_rows_at_the_initial_state(base_config):
+    """A call onnxruntime fails (a token past the embedding, handed to the engine directly as no API would) fails its
+    rows; a row whose session had just started still starts from the initial state at its next step, not from the
+    state its slot's previous owner left."""
+    with ServerThread(replace(base_config, max_sessions=4)) as running:
+        model = running.app.repository.get("lstm")
+        batcher = model.batcher
+
+        async def scenario():
+            loop = asyncio.get_running_loop()
+
+            def run(slots: list[int], tokens: list[int]) -> asyncio.Future:
+                done = loop.create_future()
+                batcher.step_rows(slots, np.array(tokens, np.int64).reshape(-1, 1), lambda outputs, error: done.set_result((outputs, error)))
+                return done
+
+            first = batcher.allocate()
+            expected, error = await run([first], [65])  # a new sequence's first step
+            assert error is None
+            for token in b"the previous owner's state":
+                await run([first], [token])
+            batcher.free(first)
+            while model.runtime.slots_in_use:  # the engine frees it, then the event loop
+                await asyncio.sleep(0.01)
+            again, other = batcher.allocate(), batcher.allocate()
+            assert again == first  # the slot that holds the previous owner's state
+            _, error = await run([again, other], [65, 10**6])
+            assert error is not None  # onnxruntime refused the whole call
+            return expected, await run([again], [65])
+
+        expected, (got, error) = running.call(scenario())
+    assert error is None
+    assert np.abs(got[0] - expected[0]).max() < 1e-6
