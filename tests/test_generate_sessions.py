@@ -114,7 +114,8 @@ def test_a_cancelled_generation_leaves_the_session_as_it_was(client):
 def test_what_a_session_cannot_continue_is_refused_in_words(client):
     assert "source" in status_of(lambda: client.generate_text("dates", source="3 May 2001", session_id=_id())).details()
     session = _id()
-    assert client.generate_text("writer", label=client.get_model("writer").conditions[0], session_id=session, max_tokens=5)
+    # starts the session (its text may be empty: a barely trained model samples its end first about once in 300)
+    client.generate_text("writer", label=client.get_model("writer").conditions[0], session_id=session, max_tokens=5)
     refused = status_of(lambda: client.generate_text("writer", label=client.get_model("writer").conditions[0], session_id=session))
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT and "label" in refused.details()
     stream = client.stream("lstm", iter(lambda: "ab", None), session_id=(held := _id()))
