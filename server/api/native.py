@@ -213,7 +213,9 @@ class NativeServicer(pb_grpc.RnnServeServicer):
         model = self._resolved("Infer", request.model, request.version)
         with self._counted(model, "Infer"):
             result = await self._service.infer(model, infer_request(request))
-        return pb.InferResponse(steps=[step_prediction(step) for step in result.steps], classes=candidates(result.classes))
+        response = pb.InferResponse(classes=candidates(result.classes))
+        add_steps(response.steps, result.steps)
+        return response
 
     @unary
     async def CloseSession(self, request: pb.CloseSessionRequest, context) -> pb.CloseSessionResponse:
@@ -327,8 +329,7 @@ def stream_response(result: ChunkResult, into: pb.StreamResponse | None = None) 
     """The chunk's answer, written `into` a message (a SessionAnswer's, with no copy) or a new one."""
     response = pb.StreamResponse() if into is None else into
     response.session_id, response.position, response.behind = result.session_id, result.position, result.behind
-    if result.steps:
-        response.steps.extend(step_prediction(s) for s in result.steps)
+    add_steps(response.steps, result.steps)
     if result.classes:
         response.classes.extend(candidates(result.classes))
     add_outputs(response.outputs, result.outputs)
@@ -350,10 +351,13 @@ def session_answer(session_id: str, result: ChunkResult) -> pb.SessionAnswer:
     return answer
 
 
-def step_prediction(step: StepPrediction) -> pb.StepPrediction:
-    return pb.StepPrediction(
-        token_id=step.token_id, token_text=step.token_text, next=candidates(step.next), text=step.text, logprob=step.logprob
-    )
+def add_steps(steps, predictions: tuple[StepPrediction, ...]) -> None:
+    """Each step's prediction added into a message's repeated field in place: building each message and copying it
+    in cost a Stream's answer twice as much (13 against 8 µs for one step of five candidates)."""
+    for prediction in predictions:
+        step = steps.add(token_id=prediction.token_id, token_text=prediction.token_text, text=prediction.text, logprob=prediction.logprob)
+        for candidate in prediction.next:
+            step.next.add(token_id=candidate.token_id, text=candidate.text, probability=candidate.probability)
 
 
 def candidates(items: tuple[Candidate, ...]) -> list[pb.TokenProbability]:
