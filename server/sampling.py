@@ -75,15 +75,16 @@ def top_tokens(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     total = np.exp(shifted).sum(axis=-1, keepdims=True, dtype=np.float64)
     if k == 1:  # the most probable's probability is exp(0) / total
         return shifted.argmax(axis=-1).reshape(*lead, 1), (1.0 / total).reshape(*lead, 1)
-    rows = np.arange(len(scores))[:, None]
+    each = np.arange(len(scores))
+    rows = each[:, None]
     if k <= MAX_K_BY_ARGMAX:
         ids = np.empty((len(scores), k), np.int64)
         for j in range(k):
             ids[:, j] = best = shifted.argmax(axis=-1)
             if j < k - 1:
-                shifted[rows[:, 0], best] = -np.inf
-    else:
-        ids = np.argpartition(scores, vocabulary - k, axis=-1)[:, vocabulary - k :] if k < vocabulary else np.argsort(scores, axis=-1)
+                shifted[each, best] = -np.inf
+    else:  # the k largest, unordered (all of them when k is the vocabulary), then in order
+        ids = np.argpartition(scores, vocabulary - k, axis=-1)[:, vocabulary - k :]
         ids = ids[rows, np.argsort(-scores[rows, ids], axis=-1)]
     probabilities = np.exp(scores[rows, ids] - top, dtype=np.float64) / total
     return ids.reshape(*lead, k), probabilities.reshape(*lead, k)
