@@ -16,7 +16,8 @@ from rnnserve.server import errors
 from rnnserve.server.api.events import EventStream
 from rnnserve.server.api.http_identity import request_caller
 from rnnserve.server.api.kserve_rest import http_status
-from rnnserve.server.api.native import NativeServicer, generate_request, generate_response
+from rnnserve.server.api.native import NativeServicer
+from rnnserve.server.api.native_messages import generate_request, generate_response
 from rnnserve.server.api.status import internal_error, status_of
 from rnnserve.server.security import Grant, run_as
 from rnnserve.v1 import rnnserve_pb2 as pb
