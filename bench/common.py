@@ -81,17 +81,51 @@ def server_process(repository: Path, *flags: str):
         process.wait(30)
 
 
+def _cpu_s(stat: Path) -> float:
+    """User + system CPU seconds from a /proc stat file (a process's, every thread; or one thread's)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14 and 15 of stat)
+
+
 def process_cpu_s(pid: int) -> float:
     """CPU seconds (user + system, every thread) of a process and of every process under it, from /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
     with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15 of stat)
+        total += _cpu_s(Path(f"/proc/{pid}/stat"))
         for task in Path(f"/proc/{pid}/task").iterdir():
             for child in (task / "children").read_text().split():
                 total += process_cpu_s(int(child))
     return total
+
+
+THREADS = ("event_loop", "engine", "onnxruntime_pool", "writer", "grpc")
+
+
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds of an rnnserve server's threads, by what they do, from /proc: the event loop (the main thread), the
+    engines (engine-<model>, their onnxruntime calls included), onnxruntime's pool (threads it starts unnamed, so
+    named as the process is; any other unnamed thread counts here too), our writer (front.cc's rnnserve-writer) and
+    gRPC's own (named by gRPC). Threads that have ended are not counted."""
+    by_kind = dict.fromkeys(THREADS, 0.0)
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        process_name = Path(f"/proc/{pid}/comm").read_text().strip()
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                name, cpu_s = (task / "comm").read_text().strip(), _cpu_s(task / "stat")
+            except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
+                continue
+            if task.name == str(pid):
+                kind = "event_loop"
+            elif name.startswith("engine-"):
+                kind = "engine"
+            elif name == process_name:
+                kind = "onnxruntime_pool"
+            elif name == "rnnserve-writer":
+                kind = "writer"
+            else:
+                kind = "grpc"
+            by_kind[kind] += cpu_s
+    return by_kind
 
 
 def in_process_session(path: Path, args, batch: int = 1) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:

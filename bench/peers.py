@@ -29,7 +29,9 @@ fresh server process:
   machine, and is how a server's steps come), and batched at each size.
 It prints one JSON line per measurement, and the last line holds the ratios and which targets hold. CPU per step
 is each server's whole process tree (Triton's python-backend stub included) from /proc, divided by the steps the
-server itself counted (ModelStatistics). A peer that dies under a load is recorded as a crash, not a number.
+server itself counted (ModelStatistics); for --native-port, split by thread as well (`bench.common.thread_cpu_s`: the
+event loop, the engine with its onnxruntime calls, onnxruntime's pool, our writer, gRPC's threads), so what a change
+moves shows where. A peer that dies under a load is recorded as a crash, not a number.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import add_model_flags, model_path, native_port, process_cpu_s, server_process
+from bench.common import add_model_flags, model_path, native_port, process_cpu_s, server_process, thread_cpu_s
 from bench.peer_servers import BENCH_DIR, Peers, echo_process, main_output, triton_process, triton_repository
 from bench.step_latency import in_process_steps, percentiles
 from bench.throughput import in_process
@@ -81,6 +83,7 @@ class Server:
     def measure(self, model: str, load) -> dict:
         """Runs `load()` (returns a dict of figures) and adds the server CPU per step it counted, or a crash."""
         cpu, counts = process_cpu_s(self.pid), steps_served(self.target, model)
+        threads = thread_cpu_s(self.pid) if self.name == NATIVE else None
         try:
             figures = load()
         except subprocess.CalledProcessError as err:
@@ -89,9 +92,14 @@ class Server:
             return {"crashed": True, **{k: v for k, v in figures.items() if k == "error"}}
         if "error" in figures:
             return figures
+        # the threads read before the process's total, as they were read after it at the start: their sum stays within it
+        threads_after = thread_cpu_s(self.pid) if threads is not None else None
         server_cpu_s = process_cpu_s(self.pid) - cpu
         steps, batches = steps_served(self.target, model) - counts if model else (figures["requests"], 0)
         figures["server_cpu_us_per_step"] = round(float(server_cpu_s / max(steps, 1) * 1e6), 1)
+        if threads is not None:
+            figures["server_cpu_us_per_step_by_thread"] = {
+                kind: round((threads_after[kind] - threads[kind]) / max(steps, 1) * 1e6, 1) for kind in threads}
         if batches:
             figures["mean_batch"] = round(float(steps / batches), 1)
         return figures

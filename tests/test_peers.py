@@ -28,6 +28,12 @@ def test_without_the_peers_ours_is_measured_and_the_peer_skipped(repository, tmp
     native = load["rnnserve_native"]
     if native_unavailable() is None:  # the same load through --native-port
         assert native["requests"] == 400 and native["server_cpu_us_per_step"] > 0 and 1 <= native["mean_batch"] <= 4
+        # its CPU by thread: every thread found by what it does, none counted twice (threads that ended are in the
+        # process's total only), the event loop and the engine each busy for more than /proc's 10 ms tick
+        threads = native["server_cpu_us_per_step_by_thread"]
+        assert set(threads) == {"event_loop", "engine", "onnxruntime_pool", "writer", "grpc"}
+        assert threads["event_loop"] > 0 and threads["engine"] > 0
+        assert sum(threads.values()) <= native["server_cpu_us_per_step"] + 0.5
     else:
         assert native == {"skipped": native_unavailable()}
     echo = next(line for line in lines if line.get("load") == "echo_multiplexed_4")["multiplexed"]
