@@ -36,6 +36,13 @@ class Redis:
             )
             time.sleep(0.02)
 
+    def wait_for_release(self, key: str) -> None:
+        """A server lets a session go (its lease) after its last write, in the background: wait until none holds `key`."""
+        deadline = time.monotonic() + 10
+        while self.get(f"rnnserve:{key}:lease") is not None:
+            assert time.monotonic() < deadline, f"{key} is still held: {self.get(f'rnnserve:{key}:lease')}"
+            time.sleep(0.02)
+
     def get(self, key: str):
         import redis
 

@@ -43,6 +43,7 @@ def test_a_session_continues_exactly_on_another_server(two_servers, redis_server
         uninterrupted = distributions(on_a.stream("lstm", [FIRST, SECOND]))
         before = list(on_a.stream("lstm", [FIRST], session_id="travel"))
         redis_server.wait_for_position("session:travel", len(FIRST))
+        redis_server.wait_for_release("session:travel")  # and a has let it go
         after = list(on_b.stream("lstm", [SECOND], session_id="travel", resume=True))
     assert after[-1].position == len(FIRST + SECOND)
     assert np.abs(distributions(before + after) - uninterrupted).max() < 1e-6
@@ -98,6 +99,7 @@ def test_a_kserve_sequence_continues_on_another_server(two_servers, redis_server
         whole = [logits_of(on_a.ModelInfer(request(tokens=c, sequence=1, start=i == 0, end=i == 1))) for i, c in enumerate(chunks)]
         moved = [logits_of(on_a.ModelInfer(request(tokens=chunks[0], sequence=2, start=True)))]
         redis_server.wait_for_position("sequence:lstm:2", len(chunks[0]))
+        redis_server.wait_for_release("sequence:lstm:2")  # and a has let it go
         moved.append(logits_of(on_b.ModelInfer(request(tokens=chunks[1], sequence=2, end=True))))
     for got, want in zip(moved, whole):
         assert np.abs(got - want).max() < 1e-6
@@ -113,6 +115,7 @@ def test_a_kserve_client_that_is_ahead_of_the_store_is_told_where_to_replay_from
         whole = [logits_of(on_a.ModelInfer(request(tokens=c, sequence=5, start=i == 0, end=i == 2))) for i, c in enumerate(chunks)]
         got = [logits_of(on_a.ModelInfer(request(tokens=chunks[0], sequence=6, start=True)))]
         redis_server.wait_for_position("sequence:lstm:6", len(chunks[0]))
+        redis_server.wait_for_release("sequence:lstm:6")  # and a has let it go
         acknowledged = len(chunks[0]) + len(chunks[1])  # as if a had answered the second request and died unwritten
         error = status_of(lambda: on_b.ModelInfer(request(tokens=chunks[2], sequence=6, position=acknowledged)))
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and f"is at position {len(chunks[0])}, not" in error.details()
@@ -207,7 +210,9 @@ def test_a_sequence_on_native_ports_continues_on_another_server(base_config, red
 
     def stream(running, requests):
         with grpc.insecure_channel(running.native_target) as channel:
-            return [logits_of(r.infer_response) for r in kserve_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(iter(requests), timeout=30)]
+            got = list(kserve_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(iter(requests), timeout=30))
+            assert not any(r.error_message for r in got), [r.error_message for r in got]  # refusals, named
+            return [logits_of(r.infer_response) for r in got]
 
     with ServerThread(config) as a, ServerThread(config) as b:
         whole = stream(a, [request(tokens=c, sequence=31, start=i == 0, end=i == 2) for i, c in enumerate(chunks)])
@@ -215,6 +220,7 @@ def test_a_sequence_on_native_ports_continues_on_another_server(base_config, red
             moved = [logits_of(kserve_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request(tokens=c, sequence=32, start=i == 0)))
                      for i, c in enumerate(chunks[:2])]
         redis_server.wait_for_position("sequence:lstm:32", len(chunks[0]) + len(chunks[1]))
+        redis_server.wait_for_release("sequence:lstm:32")  # until then b is refused: a still holds it
         moved += stream(b, [request(tokens=chunks[2], sequence=32, end=True)])
         assert scrape(a, "rnnserve_native_plain_steps_total") == scrape(b, "rnnserve_native_plain_steps_total") == 0
     for got, want in zip(moved, whole):
