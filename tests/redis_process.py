@@ -29,18 +29,21 @@ class Redis:
     def wait_for_position(self, key: str, position: int) -> None:
         """The store is written after the answer, in the background: wait until it holds this position for `key`
         ("session:ID" or "sequence:MODEL:ID")."""
-        deadline = time.monotonic() + 10
-        while (self.get(f"rnnserve:{key}:position") or b"").split(b" ")[0] != str(position).encode():
-            assert time.monotonic() < deadline, (
-                f"the store never reached position {position} for {key}: it has {self.get(f'rnnserve:{key}:position')}"
-            )
-            time.sleep(0.02)
+        mark = f"rnnserve:{key}:position"
+        self._until(lambda: (self.get(mark) or b"").split(b" ")[0] == str(position).encode(),
+                    lambda: f"the store never reached position {position} for {key}: it has {self.get(mark)}")
 
     def wait_for_release(self, key: str) -> None:
         """A server lets a session go (its lease) after its last write, in the background: wait until none holds `key`."""
+        lease = f"rnnserve:{key}:lease"
+        self._until(lambda: self.get(lease) is None, lambda: f"{key} is still held: {self.get(lease)}")
+
+    @staticmethod
+    def _until(done, failure) -> None:
+        """Polls `done()` until it holds; after 10 s the test fails with `failure()`, what the store holds instead."""
         deadline = time.monotonic() + 10
-        while self.get(f"rnnserve:{key}:lease") is not None:
-            assert time.monotonic() < deadline, f"{key} is still held: {self.get(f'rnnserve:{key}:lease')}"
+        while not done():
+            assert time.monotonic() < deadline, failure()
             time.sleep(0.02)
 
     def get(self, key: str):
