@@ -3,7 +3,7 @@ serves requests while onnxruntime works.
 
 Requests queue steps (a chunk, a prompt, a generation's first step), encodings, state reads and writes (snapshots
 and restores) and frees. The engine thread takes
-every step that is ready (up to `max_batch`, waiting `max_queue_delay_ms` for more, or without it, up to 1 ms for
+every step that is ready (up to `max_batch`, waiting `max_queue_delay_ms` for more, or without it, up to 1 or 3 ms for
 the sessions that are stepping when there are 8 or more: company()), groups them by
 length T, and runs each group as one onnxruntime call over a gather of the sessions' state rows. Generations stay
 with it: after each call it samples the next token of every generating row at once (each row with its own
@@ -63,6 +63,8 @@ MAX_STEPS_NOW = 16  # the longest lone step run on the event loop when the engin
 OTHERS_WINDOW_S = 0.05  # a step asked this soon after another session's is not alone: it goes to the engine, to batch
 COMPANY_WINDOW_S = 0.01  # the sessions stepped this recently are those whose next steps a batch may wait for
 COMPANY_WAIT_S = 0.001  # the longest a batch waits for them (see company())
+STREAMS_WAIT_S = 0.003  # ... when they are on many streams and about a batch's worth (see company())
+COMPANY_ROWS = 64  # the most steps a batch waits for (onnxruntime's cost a row hardly falls beyond)
 MIN_COMPANY = 8  # fewer sessions than this are not waited for
 PR_SET_NAME = 15  # prctl(2): names the calling thread
 
@@ -95,6 +97,7 @@ class Batcher:
         self._continuing: list[Step] = []  # long inputs part-way through: the next batch's first
         self._deferred: list[Read] = []  # reads of a slot whose step is part-way: they run once it is done
         self._stepped_at: dict[int, float] = {}  # slot → when its last step ran (time.perf_counter())
+        self._stream_of: dict[int, object] = {}  # slot → the stream that started its sequence (absent: none)
         metrics.watch(self._queue.qsize, lambda: runtime.slots_in_use, runtime.capacity)
 
     def start(self) -> None:
@@ -103,10 +106,15 @@ class Batcher:
 
     # the event loop's side
 
-    def allocate(self) -> int:
-        """A slot for a new session, at the initial state (RESOURCE_EXHAUSTED when none is free)."""
+    def allocate(self, stream: object = None) -> int:
+        """A slot for a new session, at the initial state (RESOURCE_EXHAUSTED when none is free). `stream`: the
+        stream whose sequence it is, if any (company() tells sequences multiplexed on one stream from many streams)."""
         slot = self._runtime.allocate()
         self._fresh.add(slot)
+        if stream is None:
+            self._stream_of.pop(slot, None)
+        else:
+            self._stream_of[slot] = stream
         return slot
 
     def reset(self, slot: int) -> None:
@@ -330,8 +338,9 @@ class Batcher:
         --max-queue-delay-ms, or without it the sessions stepping now (company())."""
         if self._max_queue_delay_s:
             return self._max_queue_delay_s, 0
-        self._stepped_at, awaited = company(self._stepped_at, time.perf_counter())
-        return (COMPANY_WAIT_S if awaited else 0.0), awaited
+        now, in_use = time.perf_counter(), self._runtime.slots_in_use
+        self._stepped_at, awaited, wait_s = company(self._stepped_at, now, self._stream_of, in_use)
+        return wait_s, awaited
 
     def _idle_until_queued(self):
         """The next job, waited for with nothing else to do: meanwhile the event loop may run a lone step itself."""
@@ -505,15 +514,29 @@ class Batcher:
                 self._generating.append(generation)
 
 
-def company(stepped_at: dict[int, float], now: float) -> tuple[dict[int, float], int]:
-    """How many steps a batch waits for (up to COMPANY_WAIT_S) without --max-queue-delay-ms: the sessions stepped in
-    the last COMPANY_WINDOW_S, when there are MIN_COMPANY of them; else none (0). Many sequences in lock-step (each
-    sends its next step once answered) otherwise split into cohorts that run in turn, each a whole onnxruntime call:
-    perf_analyzer's 8 sequences ran in batches of 5.3–5.5 when a batch waited for half of them, and of 8.0 waiting for
-    all, at 4–11% more steps a second and 11–16% less CPU a step (docs/performance.md). A lone sequence, or a few,
-    never waits. Returns the sessions still recent (slot → when it last stepped) and the steps to wait for."""
+def company(stepped_at: dict[int, float], now: float, stream_of: dict[int, object], sessions: int) -> tuple[dict[int, float], int, float]:
+    """How many steps a batch waits for, and for how long, without --max-queue-delay-ms: the sessions stepped in the
+    last COMPANY_WINDOW_S (up to COMPANY_ROWS of them), when there are MIN_COMPANY; else none (0, 0.0). Many
+    sequences in lock-step (each sends its next step once answered) otherwise split into cohorts that run in turn,
+    each a whole onnxruntime call: perf_analyzer's 8 sequences ran in batches of 5.3–5.5 when a batch waited for half
+    of them, and of 8.0 waiting for all, at 4–11% more steps a second and 11–16% less CPU a step. A lone sequence, or a
+    few, never waits.
+
+    How long: STREAMS_WAIT_S when the sessions stepping are on MIN_COMPANY streams or more (`stream_of`: slot → the
+    stream that started its sequence; a session without one is a stream of its own) and the `sessions` in use are
+    about a batch's worth (COMPANY_ROWS, and the few whose sequence is ending); else COMPANY_WAIT_S. Each of many
+    streams sends its next step as soon as its answer arrives, so the longer wait fills the batch (perf_analyzer's 64
+    sequences: batches of 49–56 rows instead of 34–35, 5–19% more steps a second, docs/performance.md). Sequences
+    multiplexed on one stream come at the pace of one client that reads the answers in order: a step held back is
+    one it cannot go on with (64 of them lost 5–10% of their steps a second to a 3 ms wait). And with many more
+    sessions than a batch, the next batch's rows keep coming without it (perf_analyzer's 256 sequences lost up to 11%).
+    Returns the sessions still recent (slot → when it last stepped), the steps to wait for and the longest wait."""
     recent = {slot: at for slot, at in stepped_at.items() if now - at < COMPANY_WINDOW_S}
-    return recent, len(recent) if len(recent) >= MIN_COMPANY else 0
+    if len(recent) < MIN_COMPANY:
+        return recent, 0, 0.0
+    streams = len({stream_of.get(slot, ("slot", slot)) for slot in recent})
+    wait_s = STREAMS_WAIT_S if streams >= MIN_COMPANY and sessions <= COMPANY_ROWS + MIN_COMPANY else COMPANY_WAIT_S
+    return recent, min(len(recent), COMPANY_ROWS), wait_s
 
 
 def _ignored(_) -> None:

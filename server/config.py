@@ -28,7 +28,8 @@ class ServerConfig:
     max_input_tokens: int = option(8192, "largest prompt or stream chunk, in tokens")
     max_new_tokens: int = option(4096, "largest max_tokens a Generate request may ask for")
     max_batch: int = option(64, "most sequence steps run in one onnxruntime call")
-    max_queue_delay_ms: float = option(0.0, "how long a step may wait for others to fill its batch (0: up to 1 ms, and only while 8 or more sessions are stepping)")
+    max_queue_delay_ms: float = option(0.0, "how long a step may wait for others to fill its batch (0: while 8 or more sessions are stepping, up to 1 ms "
+        "for them; 3 ms when they step on 8 or more streams and at most 72 sessions are open)")
     threads: int = option(0, "onnxruntime intra-op threads per model (0: onnxruntime's default, one per core)")
     parallel_calls: int = option(
         1, "onnxruntime calls a wide batch (16 rows or more per call) runs as at once, on disjoint rows: for models of "

@@ -263,8 +263,7 @@ class SessionRegistry:
         if start:
             if session is not None:
                 self._free(session, "restarted")
-            session = self._create(model, name, "sequence", key)
-            session.owner = owner
+            session = self._create(model, name, "sequence", key, owner)
         else:
             if session is None:
                 raise NotFound(f"{name} {self._why_gone(key, 'was never started')}: start it with sequence_start")
@@ -366,8 +365,8 @@ class SessionRegistry:
             return self._create(model, session_id, "named", session_key(session_id))
         return self._create(model, uuid.uuid4().hex, "call")
 
-    def _create(self, model: Model, session_id: str, kind: str, key: tuple | None = None) -> Session:
-        session = Session(session_id, model, model.batcher.allocate(), kind, key)
+    def _create(self, model: Model, session_id: str, kind: str, key: tuple | None = None, owner: object = None) -> Session:
+        session = Session(session_id, model, model.batcher.allocate(owner), kind, key, owner=owner)
         if key is not None:
             self._named[key] = session
             self._ended.pop(key, None)

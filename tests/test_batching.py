@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from rnnserve.server.batcher import COMPANY_WINDOW_S, MIN_COMPANY, company
+from rnnserve.server.batcher import COMPANY_ROWS, COMPANY_WAIT_S, COMPANY_WINDOW_S, MIN_COMPANY, STREAMS_WAIT_S, company
 from tests.helpers import KOREAN, ServerThread, scrape, together
 
 PROMPTS = [
@@ -75,11 +75,27 @@ def test_32_concurrent_streams_equal_each_run_alone(server):
 def test_a_batch_waits_for_the_sessions_stepping_and_never_for_a_few():
     now = 100.0
     few = {slot: now - 0.001 for slot in range(MIN_COMPANY - 1)}
-    assert company(few, now) == (few, 0)
+    assert company(few, now, {}, len(few)) == (few, 0, 0.0)
     many = {slot: now - 0.001 for slot in range(20)} | {slot: now - COMPANY_WINDOW_S - 0.001 for slot in range(20, 30)}
-    recent, wanted = company(many, now)
+    recent, wanted, _ = company(many, now, {}, 30)
     assert sorted(recent) == list(range(20)) and wanted == 20  # those that stepped too long ago are forgotten
-    assert company({}, now) == ({}, 0)
+    assert company({}, now, {}, 0) == ({}, 0, 0.0)
+
+
+def test_a_batch_waits_longer_for_many_streams_than_for_sequences_multiplexed_on_one():
+    now = 100.0
+    stepping = {slot: now - 0.001 for slot in range(40)}
+    own_streams = {slot: f"call {slot}" for slot in range(40)}
+    assert company(stepping, now, own_streams, 40)[1:] == (40, STREAMS_WAIT_S)
+    assert company(stepping, now, {}, 40)[1:] == (40, STREAMS_WAIT_S)  # sessions without a stream are streams of their own
+    one_stream = dict.fromkeys(range(40), "call 1")
+    assert company(stepping, now, one_stream, 40)[1:] == (40, COMPANY_WAIT_S)
+    few_streams = {slot: f"call {slot % (MIN_COMPANY - 1)}" for slot in range(40)}
+    assert company(stepping, now, few_streams, 40)[1:] == (40, COMPANY_WAIT_S)
+    # more sessions than a batch waits for: the next batch's rows keep coming without a longer wait
+    assert company(stepping, now, own_streams, 256)[1:] == (40, COMPANY_WAIT_S)
+    crowd = {slot: now - 0.001 for slot in range(COMPANY_ROWS + 20)}
+    assert company(crowd, now, {}, len(crowd))[1:] == (COMPANY_ROWS, COMPANY_WAIT_S)
 
 
 def test_a_lone_streams_steps_run_at_once_and_concurrent_streams_still_batch(make_server):
