@@ -514,7 +514,9 @@ class Batcher:
                 self._generating.append(generation)
 
 
-def company(stepped_at: dict[int, float], now: float, stream_of: dict[int, object], sessions: int) -> tuple[dict[int, float], int, float]:
+def company(
+    stepped_at: dict[int, float], now: float, stream_of: dict[int, object], sessions: int
+) -> tuple[dict[int, float], int, float]:
     """How many steps a batch waits for, and for how long, without --max-queue-delay-ms: the sessions stepped in the
     last COMPANY_WINDOW_S (up to COMPANY_ROWS of them), when there are MIN_COMPANY; else none (0, 0.0). Many
     sequences in lock-step (each sends its next step once answered) otherwise split into cohorts that run in turn,
@@ -526,10 +528,11 @@ def company(stepped_at: dict[int, float], now: float, stream_of: dict[int, objec
     stream that started its sequence; a session without one is a stream of its own) and the `sessions` in use are
     about a batch's worth (COMPANY_ROWS, and the few whose sequence is ending); else COMPANY_WAIT_S. Each of many
     streams sends its next step as soon as its answer arrives, so the longer wait fills the batch (perf_analyzer's 64
-    sequences: batches of 49–56 rows instead of 34–35, 5–19% more steps a second, docs/performance.md). Sequences
-    multiplexed on one stream come at the pace of one client that reads the answers in order: a step held back is
-    one it cannot go on with (64 of them lost 5–10% of their steps a second to a 3 ms wait). And with many more
-    sessions than a batch, the next batch's rows keep coming without it (perf_analyzer's 256 sequences lost up to 11%).
+    sequences: batches of 48–56 rows instead of 34–35, more steps a second in 9 pairs of 10, docs/performance.md).
+    Sequences multiplexed on one stream come at the pace of one client that reads the answers in order: a step held
+    back is one it cannot go on with (64 of them lost 5–10% of their steps a second to a 3 ms wait). And with many
+    more sessions than a batch, the next batch's rows keep coming without it (perf_analyzer's 256 sequences lost up to
+    13%).
     Returns the sessions still recent (slot → when it last stepped), the steps to wait for and the longest wait."""
     recent = {slot: at for slot, at in stepped_at.items() if now - at < COMPANY_WINDOW_S}
     if len(recent) < MIN_COMPANY:
