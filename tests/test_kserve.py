@@ -329,3 +329,31 @@ def test_a_disconnected_stream_frees_its_sequences(make_server):
         assert scrape_settled(running, "rnnserve_sessions_active", 0, model="lstm", kind="sequence") == 0
         forever.set()
     assert scrape_settled(running, "rnnserve_slots_in_use", 0, model="lstm") == 0
+
+
+def test_the_engine_learns_the_stream_each_sequence_steps_on(any_target, server):
+    """A batch waits longer for sequences on many streams than for sequences multiplexed on one (batcher.company), so
+    the engine must know each sequence's stream: three started on one ModelStreamInfer stream share it; one started by
+    ModelInfer has none, a stream of its own."""
+    ids = [7041, 7042, 7043]
+    release = threading.Event()
+
+    def requests():
+        yield from (request(tokens=[72], sequence=s, start=True) for s in ids)
+        release.wait(30)
+
+    with grpc.insecure_channel(any_target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        call = stub.ModelStreamInfer(requests())
+        try:
+            assert [next(call).error_message for _ in ids] == ["", "", ""]
+            stub.ModelInfer(request(tokens=[72], sequence=7044, start=True))
+            slots = {s.ids[1]: s.slot for s in server.app.sessions.live_sessions() if s.kind == "sequence"}
+            stream_of = server.app.repository.get("lstm").batcher._stream_of
+            streams = [stream_of.get(slots[str(s)]) for s in ids]
+            assert streams[0] is not None and streams == [streams[0]] * 3
+            assert slots["7044"] not in stream_of
+        finally:
+            release.set()
+            list(call)
+        stub.ModelInfer(request(tokens=[33], sequence=7044, end=True))
