@@ -537,8 +537,9 @@ def company(
     recent = {slot: at for slot, at in stepped_at.items() if now - at < COMPANY_WINDOW_S}
     if len(recent) < MIN_COMPANY:
         return recent, 0, 0.0
-    streams = len({stream_of.get(slot, ("slot", slot)) for slot in recent})
-    wait_s = STREAMS_WAIT_S if streams >= MIN_COMPANY and sessions <= COMPANY_ROWS + MIN_COMPANY else COMPANY_WAIT_S
+    about_a_batch = sessions <= COMPANY_ROWS + MIN_COMPANY  # checked first: with more, the streams are not counted
+    many_streams = about_a_batch and len({stream_of.get(slot, ("slot", slot)) for slot in recent}) >= MIN_COMPANY
+    wait_s = STREAMS_WAIT_S if many_streams else COMPANY_WAIT_S
     return recent, min(len(recent), COMPANY_ROWS), wait_s
 
 
