@@ -59,10 +59,7 @@ def test_a_redis_that_restarts_empty_never_gives_a_held_session_to_another_serve
         assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION and "being served by another server" in refused.details()
         got += [send(chunk) for chunk in CHUNKS[4:5]]
         close()  # A lets go: now B may take it, from A's last state
-        deadline = time.monotonic() + 10
-        while redis_server.get("rnnserve:session:sb:lease") is not None:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        redis_server.wait_for_release("session:sb")
         began = time.monotonic()
         got += list(on_b.stream("lstm", CHUNKS[5:], session_id="sb", resume=True, top_k=3))
         assert time.monotonic() - began > 1.5  # the first take since Redis came back empty waits a lease (2 s) for it to settle
