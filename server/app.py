@@ -213,6 +213,13 @@ async def _serve_on(server: grpc.aio.Server, port: int, sock: socket.socket | No
     await server.start()
     for name in ("", SERVICE_NAME, KSERVE_SERVICE_NAME, *((STORE_SERVICE_NAME,) if config.state_store else ())):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def engine_stopped(model: str) -> None:  # it serves nothing more: the server is not healthy, so it gets restarted
+        for name in ("", SERVICE_NAME, KSERVE_SERVICE_NAME):
+            asyncio.ensure_future(health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING))
+
+    for model in repository.all():
+        model.batcher.on_failure = engine_stopped
     return App(server, port, health_servicer, repository, sessions, kserve, in_flight, metrics_server, http, native_front)
 
 

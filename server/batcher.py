@@ -15,6 +15,10 @@ The engine owns every slot's state: sessions allocate, reset and free slots thro
 and written only on its thread. A slot that is allocated or reset starts its next step from the initial state (or
 from what its encoder writes). Work is taken in the order it was queued, so a free runs after every step queued
 before it, and a slot goes back to the free list only then: nothing can write into a slot that a new session owns.
+
+onnxruntime's errors fail only the steps of their call. A fault in the engine's own code stops it for good (fail-stop:
+its state can no longer be trusted): what it had taken fails with INTERNAL, everything queued then or later with
+UNAVAILABLE, and the server's health turns NOT_SERVING (`on_failure`), so an orchestrator restarts it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from collections import defaultdict, deque
 
 import numpy as np
 
+from rnnserve.errors import one_line
 from rnnserve.server.engine_jobs import (
     STOP,
     Encode,
@@ -44,11 +49,12 @@ from rnnserve.server.engine_jobs import (
     Write,
     deliver,
     fail,
+    fail_job,
     joined,
     settle,
     settle_all,
 )
-from rnnserve.server.errors import RuntimeFailure
+from rnnserve.server.errors import RuntimeFailure, Unavailable
 from rnnserve.server.generation import Generation
 from rnnserve.server.metrics import ModelMetrics
 from rnnserve.server.pieces import Pieces
@@ -89,6 +95,8 @@ class Batcher:
         # told True on the engine thread as an onnxruntime call of steps begins, and False on the event loop once its
         # results are handed back (the native front end holds its plain steps meanwhile: they could not join the call)
         self.watcher = _ignored
+        self.failure: Exception | None = None  # why the engine stopped for good, once it has: every job fails with it
+        self.on_failure = _ignored  # told (on the event loop) the model's name once the engine has stopped for good
         # the engine thread's own
         self._generating: list[Generation] = []  # generations with a step to run
         self._waiting: dict[int, Generation] = {}  # slot → a generation waiting for its client to catch up
@@ -98,6 +106,8 @@ class Batcher:
         self._deferred: list[Read] = []  # reads of a slot whose step is part-way: they run once it is done
         self._stepped_at: dict[int, float] = {}  # slot → when its last step ran (time.perf_counter())
         self._stream_of: dict[int, object] = {}  # slot → the stream that started its sequence (absent: none)
+        self._round: tuple[list[Step], list[Rows], list] = ([], [], [])  # taken this round: steps, blocks, its barrier
+        self._holding = False  # the watcher was told a call began, and its end is not yet handed over
         metrics.watch(self._queue.qsize, lambda: runtime.slots_in_use, runtime.capacity)
 
     def start(self) -> None:
@@ -250,6 +260,12 @@ class Batcher:
     def _work(self) -> None:
         _name_os_thread(self._thread.name)
         self._engine_busy.acquire()
+        try:
+            self._serve()
+        except Exception as err:  # a fault of ours, not onnxruntime's (those fail their call's steps, in _run_group)
+            self._stop_for_good(err)
+
+    def _serve(self) -> None:
         while True:
             steps, blocks, barrier = self._take_work()
             if steps or blocks:
@@ -269,24 +285,53 @@ class Batcher:
                 self._waiting.pop(barrier.slot, None)
                 self._hand_over(self._runtime.free, barrier.slot)
 
+    def _stop_for_good(self, err: Exception) -> None:
+        """Fails what the engine holds with INTERNAL, and from then on every job it is given with UNAVAILABLE (frees
+        still free their slot), until the server stops. Holding the engine, so that no step runs on the event loop."""
+        log.critical("model %s: the engine stopped on a fault of its own; the model serves nothing more until the server "
+                     "restarts (health: NOT_SERVING)", self._name, exc_info=err)
+        what = f"{type(err).__name__}: {one_line(err)}"
+        self.failure = Unavailable(f"model {self._name} serves nothing more: its engine stopped on an internal error ({what}); "
+                                   "restart the server (its health says NOT_SERVING), or retry on another replica")
+        taken = RuntimeFailure(f"model {self._name}: its engine stopped on an internal error while this request was in its "
+                               f"hands ({what}); the model serves nothing more until the server restarts")
+        steps, blocks, barrier = self._round
+        in_hand = [*steps, *blocks, *barrier, *self._held, *self._continuing, *self._reads, *self._deferred,
+                   *self._generating, *self._waiting.values()]
+        for job in in_hand:
+            if isinstance(job, Free):
+                self._hand_over(self._runtime.free, job.slot)
+            else:
+                self._hand_over(fail_job, job, taken)
+        if self._holding:  # the front end's held steps go on (to fail)
+            self._hand_over(self.watcher, False)
+        self._hand_over(self.on_failure, self._name)
+        while (job := self._queue.get()) is not STOP:
+            if isinstance(job, Free):
+                self._hand_over(self._runtime.free, job.slot)
+            else:
+                self._hand_over(fail_job, job, self.failure)
+
     def _take_work(self) -> tuple[list[Step], list[Rows], object]:
         """The steps ready now — every generating row's next step, then queued steps and blocks of rows in order — up
         to max_batch rows, stopping at a free, an encoding, a state write or the end, which runs after the steps before
         it. State reads (snapshots) do not stop it: they run after the batch, unless a later step is for a slot being
         read."""
+        steps: list[Step] = []
+        blocks: list[Rows] = []
+        self._round = (steps, blocks, [])  # what a fault would leave unanswered (_stop_for_good)
         for slot, generation in list(self._waiting.items()):  # those whose client caught up go on
             if generation.stopped or generation.written - generation.taken < MAX_UNREAD_TOKENS:
                 del self._waiting[slot]
                 self._generating.append(generation)
-        steps = [Step(g.slot, np.array([g.next_input], np.int64), 0.0, generation=g) for g in self._generating if not g.stopped]
+        steps += [Step(g.slot, np.array([g.next_input], np.int64), 0.0, generation=g) for g in self._generating if not g.stopped]
         continuing = [job for job in self._continuing if job.wanted()]  # beyond max_batch: queued steps get in beside them
-        self._generating, self._continuing = [], []
         block = not steps and not continuing
+        steps += continuing
+        self._generating, self._continuing = [], []
         delay_s, awaited = self._wait()
         deadline = time.perf_counter() + delay_s
         self._reads, self._deferred = self._deferred, []
-        steps += continuing
-        blocks: list[Rows] = []
         rows, most = len(steps) - len(continuing), self._max_batch * self._runtime.parallel_calls  # rows, but those continuing
         while rows < most:
             if self._held:  # steps that had to wait for a read of their slot, or that came together
@@ -294,10 +339,12 @@ class Batcher:
             else:
                 try:
                     if block:  # nothing to do but wait; the first to come may wait for company from then on
-                        job, block = self._idle_until_queued(), False
+                        self._held.append(self._idle_until_queued())  # held while _wait() runs: a fault there fails it
+                        block = False
                         delay_s, awaited = self._wait()  # who is stepping now, after the idle time
                         deadline = time.perf_counter() + delay_s
-                    elif delay_s and (not awaited or rows < awaited):
+                        continue
+                    if delay_s and (not awaited or rows < awaited):
                         job = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
                     else:
                         job = self._queue.get_nowait()
@@ -328,6 +375,7 @@ class Batcher:
                         rows += 1
                 continue
             if not isinstance(job, Step):
+                self._round[2].append(job)
                 return [s for s in steps if s.wanted()], blocks, job
             steps.append(job)
             rows += 1
@@ -413,6 +461,7 @@ class Batcher:
         generations = [group[row].generation for row in generating]
         began = time.perf_counter()
         self.watcher(True)
+        self._holding = True
         try:
             outputs = self._runtime.step(slots, fresh, inputs, self._calls(len(slots)))  # each [B, T, ...]
             stepped = time.perf_counter()
@@ -422,6 +471,7 @@ class Batcher:
             log.exception("model %s: step failed", self._name)
             self._fresh.update(slot for slot, was in zip(slots, fresh.tolist()) if was)  # their rows were never reset
             hand_over(self._handed_back, fail, group, RuntimeFailure(f"model {self._name}: inference failed: {err}"), blocks)
+            self._holding = False
             return
         times = (began, stepped, time.perf_counter())
         at_once = hand_over is _at_once
@@ -434,6 +484,7 @@ class Batcher:
                 job.inputs, job.queued = job.inputs[steps:], 0.0
             self._continuing.extend(group)
             hand_over(self.watcher, False)
+            self._holding = False
             return
         if generations:
             self._metrics.tokens_generated.inc(len(generations))
@@ -448,6 +499,7 @@ class Batcher:
             block_outputs.append([output[first : first + len(block.slots)] for output in outputs])
             first += len(block.slots)
         hand_over(self._handed_back, deliver, group, results, generations, written, extras, blocks, block_outputs)
+        self._holding = False
         if at_once:  # on the event loop, counted once answered (see _run_at_once)
             self._loop.call_soon(self._account, group, steps, blocks, slots, whole, times)
 

@@ -76,6 +76,7 @@ class Rows:
     inputs: np.ndarray  # [B, 1, *step]
     queued: float  # time.perf_counter() when it joined the queue
     then: RowsDone  # called once, on the event loop, as soon as the outputs are there (or the error)
+    answered: bool = False  # `then` was called (a stopped engine fails only what is unanswered)
 
 
 RowsDone = Callable[[list[np.ndarray] | None, Exception | None], None]  # (the outputs, each [B, 1, ...]; or the error)
@@ -132,10 +133,31 @@ def fail(group: list[Step], error: Exception, blocks: list[Rows] = ()) -> None:
         _answer(block, None, error)
     for job in group:
         if job.generation is not None:
-            job.generation.error = error
-            job.generation.ready.set()
+            fail_generation(job.generation, error)
         else:
             settle(job.together[0].future if job.together else job.result, None, error)
+
+
+def fail_generation(generation: Generation, error: Exception) -> None:
+    generation.error = error
+    generation.ready.set()
+
+
+def fail_job(job, error: Exception) -> None:
+    """On the event loop: a job that a stopped engine will not run, or has not finished, fails with `error` (or a
+    generation it was stepping)."""
+    if isinstance(job, list):
+        fail(job, error)
+    elif isinstance(job, Step):
+        fail([job], error)
+    elif isinstance(job, Rows):
+        fail([], error, [job])
+    elif isinstance(job, (Encode, Read, Write)):
+        settle(job.result, None, error)
+    elif isinstance(job, Resume):
+        fail_generation(job.generation, error)
+    elif isinstance(job, Generation):
+        fail_generation(job, error)
 
 
 def deliver(group: list[Step], results: list[StepResult | None], generations: list[Generation], tokens: list[int],
@@ -163,7 +185,10 @@ def deliver(group: list[Step], results: list[StepResult | None], generations: li
 
 
 def _answer(block: Rows, outputs: list[np.ndarray] | None, error: Exception | None) -> None:
-    """A block's callback, run where a fault in it cannot keep the rest of its call's rows from their answers."""
+    """A block's callback, once, run where a fault in it cannot keep the rest of its call's rows from their answers."""
+    if block.answered:
+        return
+    block.answered = True
     try:
         block.then(outputs, error)
     except Exception:  # a fault of ours in answering: logged, as the event loop logs a failed callback

@@ -3,12 +3,17 @@
 import asyncio
 from dataclasses import replace
 
+import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from rnnserve.inference import grpc_service_pb2 as kserve_pb
+from rnnserve.inference import grpc_service_pb2_grpc as kserve_grpc
 from rnnserve.server.batcher import COMPANY_ROWS, COMPANY_WAIT_S, COMPANY_WINDOW_S, MIN_COMPANY, STREAMS_WAIT_S, company
-from tests.helpers import KOREAN, ServerThread, scrape, together
+from rnnserve.server.errors import RuntimeFailure, Unavailable
+from tests.helpers import KOREAN, ServerThread, native_unavailable, request, scrape, together
 
 PROMPTS = [
     "The ", "x", "def f(x):\n    return", "Return the value of the named attribute", "안녕", "if", "while True:",
@@ -208,3 +213,61 @@ def test_a_failed_call_leaves_its_fresh_rows_at_the_initial_state(base_config):
         expected, (got, error) = running.call(scenario())
     assert error is None
     assert np.abs(got[0] - expected[0]).max() < 1e-6
+
+
+@pytest.mark.parametrize("where", ["_wait", "_account"], ids=["taking-work", "after-onnxruntime"])
+def test_a_fault_in_the_engines_own_code_fails_its_work_and_the_server_says_not_serving(base_config, where):
+    """A fault of the engine's own (not onnxruntime's: those fail their call), as it takes work or after onnxruntime
+    ran a batch, stops it for good, since its state can no longer be trusted: the batch it had taken fails with
+    INTERNAL, every later request to the model with UNAVAILABLE on both front ends (a lone step included, which would
+    otherwise run on the event loop; plain steps, which the front end holds during a call), health says NOT_SERVING
+    and Triton's readiness false, so an orchestrator restarts it; and the server still stops cleanly."""
+    config = base_config if native_unavailable() else replace(base_config, native_port=0)
+    with ServerThread(config) as running:
+        batcher = running.app.repository.get("lstm").batcher
+        with running.client() as client:
+            assert len(list(client.stream("lstm", ["The "]))) == 1  # served
+
+        async def fault_then_steps():
+            loop = asyncio.get_running_loop()
+
+            def fault(*_):
+                raise ZeroDivisionError("a bug of the engine's own")
+
+            setattr(batcher, where, fault)  # run by the engine thread as it takes its next work, or after its call
+            slots = [batcher.allocate(), batcher.allocate()]
+            done = loop.create_future()
+            batcher.step_rows(slots, np.array([[65], [66]], np.int64), lambda outputs, error: done.set_result(error))
+            taken = await done  # two rows: the engine's, not run at once
+            assert isinstance(taken, RuntimeFailure)
+            with pytest.raises(Unavailable) as later:
+                await batcher.step(slots[0], [65])
+            for slot in slots:
+                batcher.free(slot)
+            return str(taken), str(later.value)
+
+        taken, later = running.call(fault_then_steps())
+        assert "engine stopped on an internal error while this request was in its hands (ZeroDivisionError" in taken
+        assert "model lstm/1 serves nothing more" in later and "restart the server" in later
+
+        targets = [running.target] + ([running.native_target] if running.native_target else [])
+        for target in targets:
+            with grpc.insecure_channel(target) as channel:
+                stub = kserve_grpc.GRPCInferenceServiceStub(channel)
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.ModelInfer(request(tokens=[65]), timeout=10)
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, target
+                assert "serves nothing more" in refused.value.details()
+                plain = list(stub.ModelStreamInfer(iter([request(tokens=[65], sequence=7, start=True, end=True)]), timeout=10))
+                assert len(plain) == 1 and "serves nothing more" in plain[0].error_message, target
+                assert not stub.ServerReady(kserve_pb.ServerReadyRequest(), timeout=10).ready
+                assert not stub.ModelReady(kserve_pb.ModelReadyRequest(name="lstm"), timeout=10).ready
+                assert stub.ServerLive(kserve_pb.ServerLiveRequest(), timeout=10).live  # alive: only a restart mends it
+        with grpc.insecure_channel(running.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("", "inference.GRPCInferenceService"):
+                status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+                assert status == health_pb2.HealthCheckResponse.NOT_SERVING, service
+        with running.client() as client, pytest.raises(grpc.RpcError) as refused:
+            list(client.stream("lstm", ["The "]))  # a lone step, which would run at once on an idle engine
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE

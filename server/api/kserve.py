@@ -58,16 +58,18 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @unary
     async def ServerReady(self, request, context) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.serving)
+        """Ready while every model is (as Triton's strict readiness)."""
+        return pb.ServerReadyResponse(ready=self.serving and all(m.batcher.failure is None for m in self._repository.all()))
 
     @unary
     async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
-        """Every model is loaded at start-up, so a model is ready exactly when it exists."""
+        """Every model is loaded at start-up, so a model is ready exactly when it exists, unless its engine has stopped
+        on a fault of its own."""
         try:
-            looked_up(self._repository, request.name, request.version)
+            model = looked_up(self._repository, request.name, request.version)
         except NotFound:
             return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=self.serving)
+        return pb.ModelReadyResponse(ready=self.serving and model.batcher.failure is None)
 
     @unary
     async def ServerMetadata(self, request, context) -> pb.ServerMetadataResponse:
