@@ -16,9 +16,10 @@ and written only on its thread. A slot that is allocated or reset starts its nex
 from what its encoder writes). Work is taken in the order it was queued, so a free runs after every step queued
 before it, and a slot goes back to the free list only then: nothing can write into a slot that a new session owns.
 
-onnxruntime's errors fail only the steps of their call. A fault in the engine's own code stops it for good (fail-stop:
-its state can no longer be trusted): what it had taken fails with INTERNAL, everything queued then or later with
-UNAVAILABLE, and the server's health turns NOT_SERVING (`on_failure`), so an orchestrator restarts it.
+onnxruntime's errors fail only the steps of their call. A fault in the engine's own code (on its thread, or in a lone
+step it runs on the event loop) stops it for good, since its state can no longer be trusted: what it had taken fails
+with INTERNAL, everything queued then or later with UNAVAILABLE, and the server's health turns NOT_SERVING
+(`on_failure`), so that an orchestrator restarts it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from rnnserve.errors import one_line
 from rnnserve.server.engine_jobs import (
     STOP,
     Encode,
+    Fault,
     Free,
     Read,
     Resume,
@@ -184,6 +186,8 @@ class Batcher:
         try:
             self._run_group(group, steps, hand_over=_at_once, blocks=blocks)
             self._loop.call_soon(self._metrics.steps_at_once.inc)
+        except Exception as err:  # a fault of the engine's own, as on its thread: it stops for good, and this step fails
+            self._queue.put(Fault(err, group, list(blocks)))
         finally:
             self._loop.call_soon(self._engine_busy.release)
 
@@ -277,6 +281,8 @@ class Batcher:
                     self._hand_over(settle_all, [self._state_result(read) for read in done])
             if barrier is STOP:
                 return
+            if isinstance(barrier, Fault):
+                raise barrier.error
             if isinstance(barrier, Encode):
                 self._run_encode(barrier)
             elif isinstance(barrier, Write):

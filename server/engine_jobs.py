@@ -112,6 +112,15 @@ class Resume:
     generation: Generation  # its client took tokens: if it waited for that, step it again
 
 
+@dataclass(slots=True)
+class Fault:
+    """A fault of the engine's own in a lone step run on the event loop: the engine thread stops for good on it."""
+
+    error: Exception
+    group: list[Step]  # the lone step's, failed with the engine's other work
+    blocks: list[Rows]
+
+
 STOP = object()  # the engine thread's last job
 
 
@@ -158,6 +167,8 @@ def fail_job(job, error: Exception) -> None:
         fail_generation(job.generation, error)
     elif isinstance(job, Generation):
         fail_generation(job, error)
+    elif isinstance(job, Fault):
+        fail(job.group, error, job.blocks)
 
 
 def deliver(group: list[Step], results: list[StepResult | None], generations: list[Generation], tokens: list[int],

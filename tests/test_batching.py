@@ -11,7 +11,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rnnserve.inference import grpc_service_pb2 as kserve_pb
 from rnnserve.inference import grpc_service_pb2_grpc as kserve_grpc
-from rnnserve.server.batcher import COMPANY_ROWS, COMPANY_WAIT_S, COMPANY_WINDOW_S, MIN_COMPANY, STREAMS_WAIT_S, company
+from rnnserve.server.batcher import (
+    COMPANY_ROWS,
+    COMPANY_WAIT_S,
+    COMPANY_WINDOW_S,
+    MIN_COMPANY,
+    OTHERS_WINDOW_S,
+    STREAMS_WAIT_S,
+    company,
+)
 from rnnserve.server.errors import RuntimeFailure, Unavailable
 from tests.helpers import KOREAN, ServerThread, native_unavailable, request, scrape, together
 
@@ -215,11 +223,13 @@ def test_a_failed_call_leaves_its_fresh_rows_at_the_initial_state(base_config):
     assert np.abs(got[0] - expected[0]).max() < 1e-6
 
 
-@pytest.mark.parametrize("where", ["_wait", "_account"], ids=["taking-work", "after-onnxruntime"])
-def test_a_fault_in_the_engines_own_code_fails_its_work_and_the_server_says_not_serving(base_config, where):
-    """A fault of the engine's own (not onnxruntime's: those fail their call), as it takes work or after onnxruntime
-    ran a batch, stops it for good, since its state can no longer be trusted: the batch it had taken fails with
-    INTERNAL, every later request to the model with UNAVAILABLE on both front ends (a lone step included, which would
+@pytest.mark.parametrize(
+    "where, rows", [("_wait", 2), ("_account", 2), ("_handed_back", 1)], ids=["taking-work", "after-onnxruntime", "a-lone-step-at-once"]
+)
+def test_a_fault_in_the_engines_own_code_fails_its_work_and_the_server_says_not_serving(base_config, where, rows):
+    """A fault of the engine's own (not onnxruntime's: those fail their call), as it takes work, after onnxruntime
+    ran a batch, or in a lone step it ran on the event loop, stops it for good, since its state can no longer be
+    trusted: the steps it had taken fail with INTERNAL, every later request to the model with UNAVAILABLE on both front ends (a lone step included, which would
     otherwise run on the event loop; plain steps, which the front end holds during a call), health says NOT_SERVING
     and Triton's readiness false, so an orchestrator restarts it; and the server still stops cleanly."""
     config = base_config if native_unavailable() else replace(base_config, native_port=0)
@@ -234,11 +244,12 @@ def test_a_fault_in_the_engines_own_code_fails_its_work_and_the_server_says_not_
             def fault(*_):
                 raise ZeroDivisionError("a bug of the engine's own")
 
-            setattr(batcher, where, fault)  # run by the engine thread as it takes its next work, or after its call
-            slots = [batcher.allocate(), batcher.allocate()]
+            setattr(batcher, where, fault)  # run as the engine takes its next work, or after its call
+            slots = [batcher.allocate() for _ in range(rows)]
+            await asyncio.sleep(OTHERS_WINDOW_S)  # a lone step, after this long, runs at once; two rows, on the engine
             done = loop.create_future()
-            batcher.step_rows(slots, np.array([[65], [66]], np.int64), lambda outputs, error: done.set_result(error))
-            taken = await done  # two rows: the engine's, not run at once
+            batcher.step_rows(slots, np.array([[65], [66]][:rows], np.int64), lambda outputs, error: done.set_result(error))
+            taken = await done
             assert isinstance(taken, RuntimeFailure)
             with pytest.raises(Unavailable) as later:
                 await batcher.step(slots[0], [65])
