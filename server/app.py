@@ -310,6 +310,15 @@ async def serve(config: ServerConfig) -> None:
         loop.add_signal_handler(sig, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, log.warning, SIGHUP_IGNORED)
     app = await start(config)
+    stopped_engines: list[str] = []
+    if config.workers > 1:  # a probe reaches one worker of N: one whose engine stopped stops, and the others with it
+
+        def engine_stopped(model: str) -> None:
+            stopped_engines.append(model)
+            stopping.set()
+
+        for model in app.repository.all():
+            model.batcher.on_failure = engine_stopped
     # What loading made (modules, models, tokenizers) lives as long as the process: out of the collector's reach, a
     # full collection no longer walks it all and stalls every call (49 ms measured under 32 paced audio streams).
     gc.freeze()
@@ -322,6 +331,9 @@ async def serve(config: ServerConfig) -> None:
     await stopping.wait()
     logs.announce(f"rnnserve shutting down (in-flight calls have {config.grace_s:g} s to finish)", event="shutting_down")
     await app.stop(config.grace_s)
+    if stopped_engines:
+        raise SystemExit(f"rnnserve: model {stopped_engines[0]}'s engine stopped on an internal error (the log above has its "
+                         "traceback): this worker stopped, and the other workers with it")
 
 
 def run(config: ServerConfig) -> None:

@@ -312,6 +312,8 @@ class Batcher:
         if self._holding:  # the front end's held steps go on (to fail)
             self._hand_over(self.watcher, False)
         self._hand_over(self.on_failure, self._name)
+        if any(job is STOP for job in in_hand):  # it failed on the server's stop: nothing more comes
+            return
         while (job := self._queue.get()) is not STOP:
             if isinstance(job, Free):
                 self._hand_over(self._runtime.free, job.slot)

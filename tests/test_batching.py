@@ -282,3 +282,16 @@ def test_a_fault_in_the_engines_own_code_fails_its_work_and_the_server_says_not_
         with running.client() as client, pytest.raises(grpc.RpcError) as refused:
             list(client.stream("lstm", ["The "]))  # a lone step, which would run at once on an idle engine
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_an_engine_that_fails_on_the_servers_stop_still_stops(base_config):
+    """The fault comes as the engine takes the stop itself (nothing else queued): the server still stops."""
+    with ServerThread(base_config) as running:
+        batcher = running.app.repository.get("lstm").batcher
+
+        def fault(*_):
+            raise ZeroDivisionError("a bug of the engine's own")
+
+        batcher._wait = fault
+        running.stop(0.5)  # within ServerThread.call's 30 s, or it raises
+    assert batcher.failure is not None  # it did fail, on the stop

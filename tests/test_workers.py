@@ -27,24 +27,34 @@ def connect(target: str) -> RnnServeClient:
     return RnnServeClient(target, timeout_s=30, options=OWN_CONNECTION)
 
 
-@pytest.fixture(scope="module")
-def workers(repository):
+def start_workers(repository, env: dict | None = None) -> tuple[subprocess.Popen, str, list[str]]:
+    """`rnnserve serve --workers 2` on a free port, once both workers listen: (the process, its target, the lines it
+    has printed so far, to which the rest are added as they come)."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "rnnserve", "serve", "--repository", str(repository), "--port", str(port), "--workers", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env,
     )
     lines: queue.Queue = queue.Queue()
+    seen: list[str] = []
     threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
-    pids, seen, deadline = set(), [], time.monotonic() + 60
+    pids, deadline = set(), time.monotonic() + 60
+    while len(pids) < 2:
+        try:
+            seen.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
+        except queue.Empty:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail("the workers did not both start within 60 s; they printed:\n" + "".join(seen))
+        pids.update(re.findall(rf"listening on 127\.0\.0\.1:{port} \(pid (\d+)\)", seen[-1]))
+    threading.Thread(target=lambda: [seen.append(lines.get()) for _ in iter(int, 1)], daemon=True).start()
+    return process, f"127.0.0.1:{port}", seen
+
+
+@pytest.fixture(scope="module")
+def workers(repository):
+    process, target, _ = start_workers(repository)
     try:
-        while len(pids) < 2:
-            try:
-                seen.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
-            except queue.Empty:
-                pytest.fail("the workers did not both start within 60 s; they printed:\n" + "".join(seen))
-            pids.update(re.findall(rf"listening on 127\.0\.0\.1:{port} \(pid (\d+)\)", seen[-1]))
-        yield process, f"127.0.0.1:{port}"
+        yield process, target
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # the parent and its workers, whatever state they are in
@@ -80,6 +90,49 @@ def test_sigterm_stops_every_worker(workers):
     process, _ = workers
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
+
+
+FAULT = """# test_workers.py's: the engine's own code fails once the file RNNSERVE_TEST_FAULT names exists
+import os
+from rnnserve.server.batcher import Batcher
+
+_wait = Batcher._wait
+
+
+def _wait_or_fail(self):
+    if os.path.exists(os.environ["RNNSERVE_TEST_FAULT"]):
+        raise ZeroDivisionError("a bug of the engine's own")
+    return _wait(self)
+
+
+Batcher._wait = _wait_or_fail
+"""
+
+
+def test_a_worker_whose_engine_stops_stops_every_worker_with_status_1(repository, tmp_path):
+    """A probe reaches one worker of N, so a worker whose engine stopped on a fault of its own (made here by a
+    sitecustomize in every worker) does not stay up NOT_SERVING: it stops, the others with it, and the server exits 1
+    with a line that says why."""
+    (tmp_path / "sitecustomize.py").write_text(FAULT)
+    marker = tmp_path / "fault"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+           "RNNSERVE_TEST_FAULT": str(marker)}
+    process, target, printed = start_workers(repository, env)
+    try:
+        with connect(target) as connection:
+            assert len(list(connection.stream("lstm", ["The "]))) == 1  # served
+        marker.touch()
+        with connect(target) as connection:  # its end frees the session: the engine takes that work, and fails
+            assert len(list(connection.stream("lstm", ["x"]))) == 1
+        assert process.wait(timeout=30) == 1
+        deadline = time.monotonic() + 10
+        while not any("the other workers with it" in line for line in printed):
+            assert time.monotonic() < deadline, "".join(printed)
+            time.sleep(0.05)
+        assert any("engine stopped on a fault of its own" in line for line in printed)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def test_with_a_state_store_a_session_resumes_on_either_worker(repository, client):
