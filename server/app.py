@@ -312,6 +312,7 @@ async def serve(config: ServerConfig) -> None:
     app = await start(config)
     stopped_engines: list[str] = []
     if config.workers > 1:  # a probe reaches one worker of N: one whose engine stopped stops, and the others with it
+        # (in place of _serve_on's health hook: the shutdown turns health NOT_SERVING itself)
 
         def engine_stopped(model: str) -> None:
             stopped_engines.append(model)

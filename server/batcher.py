@@ -305,20 +305,21 @@ class Batcher:
         in_hand = [*steps, *blocks, *barrier, *self._held, *self._continuing, *self._reads, *self._deferred,
                    *self._generating, *self._waiting.values()]
         for job in in_hand:
-            if isinstance(job, Free):
-                self._hand_over(self._runtime.free, job.slot)
-            else:
-                self._hand_over(fail_job, job, taken)
+            self._refuse(job, taken)
         if self._holding:  # the front end's held steps go on (to fail)
             self._hand_over(self.watcher, False)
         self._hand_over(self.on_failure, self._name)
         if any(job is STOP for job in in_hand):  # it failed on the server's stop: nothing more comes
             return
         while (job := self._queue.get()) is not STOP:
-            if isinstance(job, Free):
-                self._hand_over(self._runtime.free, job.slot)
-            else:
-                self._hand_over(fail_job, job, self.failure)
+            self._refuse(job, self.failure)
+
+    def _refuse(self, job, error: Exception) -> None:
+        """A stopped engine's answer to a job: a free still frees its slot; anything else fails with `error`."""
+        if isinstance(job, Free):
+            self._hand_over(self._runtime.free, job.slot)
+        else:
+            self._hand_over(fail_job, job, error)
 
     def _take_work(self) -> tuple[list[Step], list[Rows], object]:
         """The steps ready now — every generating row's next step, then queued steps and blocks of rows in order — up

@@ -223,28 +223,33 @@ def test_a_failed_call_leaves_its_fresh_rows_at_the_initial_state(base_config):
     assert np.abs(got[0] - expected[0]).max() < 1e-6
 
 
+def engine_bug(*_):
+    """Put in place of one of the engine's own methods: a fault of ours, not onnxruntime's."""
+    raise ZeroDivisionError("a bug of the engine's own")
+
+
 @pytest.mark.parametrize(
     "where, rows", [("_wait", 2), ("_account", 2), ("_handed_back", 1)], ids=["taking-work", "after-onnxruntime", "a-lone-step-at-once"]
 )
 def test_a_fault_in_the_engines_own_code_fails_its_work_and_the_server_says_not_serving(base_config, where, rows):
     """A fault of the engine's own (not onnxruntime's: those fail their call), as it takes work, after onnxruntime
     ran a batch, or in a lone step it ran on the event loop, stops it for good, since its state can no longer be
-    trusted: the steps it had taken fail with INTERNAL, every later request to the model with UNAVAILABLE on both front ends (a lone step included, which would
-    otherwise run on the event loop; plain steps, which the front end holds during a call), health says NOT_SERVING
-    and Triton's readiness false, so an orchestrator restarts it; and the server still stops cleanly."""
+    trusted: the steps it had taken fail with INTERNAL, every later request to the model with UNAVAILABLE on both
+    front ends (a lone step included, which would otherwise run on the event loop; plain steps, which the front end
+    holds during a call), health says NOT_SERVING and Triton's readiness false, so an orchestrator restarts it; and
+    the server still stops cleanly."""
     config = base_config if native_unavailable() else replace(base_config, native_port=0)
     with ServerThread(config) as running:
-        batcher = running.app.repository.get("lstm").batcher
+        model = running.app.repository.get("lstm")
+        batcher = model.batcher
         with running.client() as client:
             assert len(list(client.stream("lstm", ["The "]))) == 1  # served
 
         async def fault_then_steps():
             loop = asyncio.get_running_loop()
-
-            def fault(*_):
-                raise ZeroDivisionError("a bug of the engine's own")
-
-            setattr(batcher, where, fault)  # run as the engine takes its next work, or after its call
+            while model.runtime.slots_in_use or batcher._engine_busy.locked():  # the stream's free taken: the engine idle
+                await asyncio.sleep(0.01)  # (within ServerThread.call's 30 s)
+            setattr(batcher, where, engine_bug)  # run as the engine takes its next work, or after its call
             slots = [batcher.allocate() for _ in range(rows)]
             await asyncio.sleep(OTHERS_WINDOW_S)  # a lone step, after this long, runs at once; two rows, on the engine
             done = loop.create_future()
@@ -288,10 +293,6 @@ def test_an_engine_that_fails_on_the_servers_stop_still_stops(base_config):
     """The fault comes as the engine takes the stop itself (nothing else queued): the server still stops."""
     with ServerThread(base_config) as running:
         batcher = running.app.repository.get("lstm").batcher
-
-        def fault(*_):
-            raise ZeroDivisionError("a bug of the engine's own")
-
-        batcher._wait = fault
+        batcher._wait = engine_bug
         running.stop(0.5)  # within ServerThread.call's 30 s, or it raises
     assert batcher.failure is not None  # it did fail, on the stop
