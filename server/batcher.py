@@ -110,7 +110,7 @@ class Batcher:
         self._stream_of: dict[int, object] = {}  # slot → the stream that started its sequence (absent: none)
         self._round: tuple[list[Step], list[Rows], list] = ([], [], [])  # taken this round: steps, blocks, its barrier
         self._holding = False  # the watcher was told a call began, and its end is not yet handed over
-        metrics.watch(self._queue.qsize, lambda: runtime.slots_in_use, runtime.capacity)
+        metrics.watch(self._queue.qsize, lambda: runtime.slots_in_use, runtime.capacity, lambda: self.failure is None)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -129,6 +129,10 @@ class Metrics:
         )
         self.slots_in_use = Gauge("rnnserve_slots_in_use", "Rows of the state slab in use.", MODEL, registry=registry)
         self.slots_capacity = Gauge("rnnserve_slots_capacity", "Rows of the state slab (--max-sessions).", MODEL, registry=registry)
+        self.engine_up = Gauge(
+            "rnnserve_engine_up", "1 while the model's engine serves; 0 once it stopped for good on a fault of its own "
+            "(the model answers UNAVAILABLE until the server restarts).", MODEL, registry=registry,
+        )
 
     def request_done(self, model: str, version: str, api: str, method: str, failure: str = "", requests: int = 1) -> None:
         """Counts requests (one, or a multiplexed message's many): successes, or failures with their status. The
@@ -190,9 +194,10 @@ class ModelMetrics:
         self.plain_steps = metrics.plain_steps.labels(*labels)
         self.statistics = InferenceStatistics()  # Triton's ModelStatistics for this version
 
-    def watch(self, pending, slots_in_use, capacity: int) -> None:
-        """Gauges read when scraped: the batcher's queue and the slab's rows."""
+    def watch(self, pending, slots_in_use, capacity: int, serving) -> None:
+        """Gauges read when scraped: the batcher's queue, the slab's rows, and whether the engine still serves."""
         self._metrics.pending.labels(*self.labels).set_function(pending)
+        self._metrics.engine_up.labels(*self.labels).set_function(serving)
         self._metrics.slots_in_use.labels(*self.labels).set_function(slots_in_use)
         self._metrics.slots_capacity.labels(*self.labels).set(capacity)
 

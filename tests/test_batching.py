@@ -237,13 +237,14 @@ def test_a_fault_in_the_engines_own_code_fails_its_work_and_the_server_says_not_
     trusted: the steps it had taken fail with INTERNAL, every later request to the model with UNAVAILABLE on both
     front ends (a lone step included, which would otherwise run on the event loop; plain steps, which the front end
     holds during a call), health says NOT_SERVING and Triton's readiness false, so an orchestrator restarts it; and
-    the server still stops cleanly."""
-    config = base_config if native_unavailable() else replace(base_config, native_port=0)
+    the server still stops cleanly; its metrics say so (rnnserve_engine_up 0)."""
+    config = replace(base_config, metrics_port=0) if native_unavailable() else replace(base_config, native_port=0, metrics_port=0)
     with ServerThread(config) as running:
         model = running.app.repository.get("lstm")
         batcher = model.batcher
         with running.client() as client:
             assert len(list(client.stream("lstm", ["The "]))) == 1  # served
+        assert scrape(running, "rnnserve_engine_up", model="lstm", version="1") == 1
 
         async def fault_then_steps():
             loop = asyncio.get_running_loop()
@@ -287,6 +288,7 @@ def test_a_fault_in_the_engines_own_code_fails_its_work_and_the_server_says_not_
         with running.client() as client, pytest.raises(grpc.RpcError) as refused:
             list(client.stream("lstm", ["The "]))  # a lone step, which would run at once on an idle engine
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert scrape(running, "rnnserve_engine_up", model="lstm", version="1") == 0
 
 
 def test_an_engine_that_fails_on_the_servers_stop_still_stops(base_config):
