@@ -238,7 +238,7 @@ def test_a_fault_in_the_engines_own_code_fails_its_work_and_the_server_says_not_
     front ends (a lone step included, which would otherwise run on the event loop; plain steps, which the front end
     holds during a call), health says NOT_SERVING and Triton's readiness false, so an orchestrator restarts it; and
     the server still stops cleanly; its metrics say so (rnnserve_engine_up 0)."""
-    config = replace(base_config, metrics_port=0) if native_unavailable() else replace(base_config, native_port=0, metrics_port=0)
+    config = replace(base_config, metrics_port=0, native_port=-1 if native_unavailable() else 0)
     with ServerThread(config) as running:
         model = running.app.repository.get("lstm")
         batcher = model.batcher
