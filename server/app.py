@@ -49,6 +49,7 @@ SHUTDOWN_MARGIN_S = 2.0  # after the grace period, the most time calls have to s
 SERVICE_NAME = rnnserve_pb2.DESCRIPTOR.services_by_name["RnnServe"].full_name
 STORE_SERVICE_NAME = "rnnserve.StateStore"  # its health: NOT_SERVING while the state store takes no writes
 KSERVE_SERVICE_NAME = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+SERVING_NAMES = ("", SERVICE_NAME, KSERVE_SERVICE_NAME)  # the health of the whole server and of what it serves
 
 
 @dataclass
@@ -211,11 +212,11 @@ async def _serve_on(server: grpc.aio.Server, port: int, sock: socket.socket | No
                                            (grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, kserve)),
                            kserve, PlainSteps(repository, tensors, config, metrics))
     await server.start()
-    for name in ("", SERVICE_NAME, KSERVE_SERVICE_NAME, *((STORE_SERVICE_NAME,) if config.state_store else ())):
+    for name in (*SERVING_NAMES, *((STORE_SERVICE_NAME,) if config.state_store else ())):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def engine_stopped(model: str) -> None:  # it serves nothing more: the server is not healthy, so it gets restarted
-        for name in ("", SERVICE_NAME, KSERVE_SERVICE_NAME):
+        for name in SERVING_NAMES:
             asyncio.ensure_future(health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING))
 
     for model in repository.all():
