@@ -22,7 +22,7 @@ from rnnserve.server.config import ServerConfig
 
 
 def run_workers(config: ServerConfig) -> int:
-    """Starts the workers, forwards SIGTERM/SIGINT to them, and returns the worst exit code."""
+    """Starts the workers, forwards SIGTERM/SIGINT to them, and returns the worst exit status (_status)."""
     if config.port == 0:
         raise UsageError("--workers needs a fixed --port: every worker must listen on the same one")
     if config.native_port == 0:
@@ -52,7 +52,15 @@ def run_workers(config: ServerConfig) -> int:
     stop(None, None)  # one worker gone means the rest stop too, rather than serve a part of the port
     for worker in workers:
         worker.join()
-    return max(abs(w.exitcode or 0) for w in workers)
+    return max(_status(w, signalled) for w in workers)
+
+
+def _status(worker, signalled: set[int]) -> int:
+    """A worker's exit status for the server's: a worker that our own SIGTERM ended before it could handle it (it was
+    past its event loop, stopping for a reason of its own) stopped as asked, and does not hide that reason's status."""
+    if worker.exitcode == -signal.SIGTERM and worker.pid in signalled:
+        return 0
+    return abs(worker.exitcode or 0)
 
 
 def _worker_config(config: ServerConfig, index: int) -> ServerConfig:
