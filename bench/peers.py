@@ -32,6 +32,12 @@ is each server's whole process tree (Triton's python-backend stub included) from
 server itself counted (ModelStatistics); for --native-port, split by thread as well (`bench.common.thread_cpu_s`: the
 event loop, the engine with its onnxruntime calls, onnxruntime's pool, our writer, gRPC's threads), so what a change
 moves shows where. A peer that dies under a load is recorded as a crash, not a number.
+
+Where the load generator runs: by default wherever the kernel puts it, on the servers' cores. `--server-cpus` and
+`--client-cpus` (Linux CPU lists, `0-1,4`) place them apart, so a server's figures are its own and not what a client
+took from it: every server (and the in-process floor) on the first, perf_analyzer and tritonclient on the second;
+without `--threads`, onnxruntime gets a thread per server CPU in both servers. On a 16-core machine,
+`--server-cpus 0-1 --client-cpus 2-5` gives each server the two cores of the figures in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +88,10 @@ class Server:
         self.name, self.target, self.pid, self.alive = name, target, pid, alive
 
     def measure(self, model: str, load) -> dict:
-        """Runs `load()` (returns a dict of figures) and adds the server CPU per step it counted, or a crash."""
+        """Runs `load()` (returns a dict of figures) and adds the server CPU per step it counted and the CPUs it may
+        run on, or a crash."""
         cpu, counts = process_cpu_s(self.pid), steps_served(self.target, model)
+        cpus = cpu_text(os.sched_getaffinity(self.pid))
         threads = thread_cpu_s(self.pid) if self.name == NATIVE else None
         try:
             figures = load()
@@ -97,6 +106,7 @@ class Server:
         server_cpu_s = process_cpu_s(self.pid) - cpu
         steps, batches = steps_served(self.target, model) - counts if model else (figures["requests"], 0)
         figures["server_cpu_us_per_step"] = round(float(server_cpu_s / max(steps, 1) * 1e6), 1)
+        figures["server_cpus"] = cpus
         if threads is not None:
             figures["server_cpu_us_per_step_by_thread"] = {
                 kind: round((threads_after[kind] - threads[kind]) / max(steps, 1) * 1e6, 1) for kind in threads}
@@ -105,11 +115,49 @@ class Server:
         return figures
 
 
-def watched(command: list, alive, timeout_s: float = 600, **options) -> str:
-    """Runs a load generator to its end and returns what it printed; stops it if the server under load dies
-    (perf_analyzer would wait for its answers forever). A failure raises CalledProcessError."""
+def cpu_list(text: str) -> set[int]:
+    """argparse's type for a Linux CPU list (`0-1,4`), every CPU of it one this process may run on."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, dash, last = part.partition("-")
+        try:
+            span = range(int(first), int(last if dash else first) + 1)
+        except ValueError:
+            span = range(0)
+        if not span:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a CPU list such as 0-1,4")
+        cpus.update(span)
+    allowed = os.sched_getaffinity(0)
+    if not cpus <= allowed:
+        raise argparse.ArgumentTypeError(f"{text!r}: this process may run on CPUs {cpu_text(allowed)} only")
+    return cpus
+
+
+def cpu_text(cpus) -> str:
+    return ",".join(map(str, sorted(cpus)))
+
+
+@contextlib.contextmanager
+def running_on(cpus: set[int] | None):
+    """Processes started inside run on `cpus` (a child keeps the CPUs of the thread that started it); None: where
+    this process runs."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def watched(command: list, alive, cpus: set[int] | None = None, timeout_s: float = 600, **options) -> str:
+    """Runs a load generator (on `cpus`, if given) to its end and returns what it printed; stops it if the server
+    under load dies (perf_analyzer would wait for its answers forever). A failure raises CalledProcessError."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(command, stdout=out, stderr=err, text=True, **options)
+        with running_on(cpus):
+            process = subprocess.Popen(command, stdout=out, stderr=err, text=True, **options)
         deadline = time.monotonic() + timeout_s
         while process.poll() is None:
             if not alive() or time.monotonic() > deadline:
@@ -122,7 +170,8 @@ def watched(command: list, alive, timeout_s: float = 600, **options) -> str:
     return printed
 
 
-def perf_analyzer(peers: Peers, target: str, model: str, concurrency: int, interval_ms: int, alive=lambda: True) -> dict:
+def perf_analyzer(peers: Peers, target: str, model: str, concurrency: int, interval_ms: int, alive=lambda: True,
+                  cpus: set[int] | None = None) -> dict:
     """perf_analyzer's throughput and latency percentiles for `concurrency` sequences, each on a stream of its own."""
     with tempfile.TemporaryDirectory() as scratch:
         report = Path(scratch) / "report.csv"
@@ -130,7 +179,7 @@ def perf_analyzer(peers: Peers, target: str, model: str, concurrency: int, inter
             [peers.perf_analyzer, "-m", model, "-i", "grpc", "-u", target, "--streaming", "--sequence-length", str(SEQUENCE_LENGTH),
              "--concurrency-range", str(concurrency), "--shape", "tokens:1", "--input-data", "zero",
              "--measurement-interval", str(interval_ms), "--stability-percentage", "40", "--max-trials", "10", "-f", str(report)],
-            alive, env=peers.perf_env(),
+            alive, cpus, env=peers.perf_env(),
         )
         with report.open() as table:
             row = next(csv.DictReader(table))
@@ -141,11 +190,12 @@ def perf_analyzer(peers: Peers, target: str, model: str, concurrency: int, inter
     }
 
 
-def multiplexed(target: str, model: str, sequences: int, steps: int, answer: str, alive=lambda: True) -> dict:
+def multiplexed(target: str, model: str, sequences: int, steps: int, answer: str, alive=lambda: True,
+                cpus: set[int] | None = None) -> dict:
     """tritonclient, every sequence on one ModelStreamInfer stream, each sending its next token when the answer
-    to its last arrives; in a client process of its own. Steps/s and the client's CPU per step."""
+    to its last arrives; in a client process of its own. Steps/s, the client's CPU per step and the CPUs it ran on."""
     code = f"from bench.peers import _multiplexed; _multiplexed({target!r}, {model!r}, {sequences}, {steps}, {answer!r})"
-    return json.loads(watched([sys.executable, "-c", code], alive, cwd=BENCH_DIR.parent).strip().splitlines()[-1])
+    return json.loads(watched([sys.executable, "-c", code], alive, cpus, cwd=BENCH_DIR.parent).strip().splitlines()[-1])
 
 
 def _multiplexed(target: str, model: str, sequences: int, steps: int, answer: str) -> None:
@@ -188,7 +238,8 @@ def _multiplexed(target: str, model: str, sequences: int, steps: int, answer: st
     if failures or answered[0] < sequences * steps:
         raise SystemExit(f"{answered[0]} of {sequences * steps} answered: {failures[:1]}")
     print(json.dumps({"steps_per_s": round(answered[0] / seconds, 1), "requests": answered[0],
-                      "client_cpu_us_per_step": round((time.process_time() - cpu) / answered[0] * 1e6, 1)}))
+                      "client_cpu_us_per_step": round((time.process_time() - cpu) / answered[0] * 1e6, 1),
+                      "client_cpus": cpu_text(os.sched_getaffinity(0))}))
 
 
 def measure_both(peers: Peers, repository: Path, model: str, args, triton_missing: str | None, perf_missing: str | None,
@@ -206,8 +257,9 @@ def measure_both(peers: Peers, repository: Path, model: str, args, triton_missin
 
     def run(server: Server, kind: str, n: int) -> dict:
         if kind == "perf":
-            return server.measure(model, lambda: perf_analyzer(peers, server.target, model, n, args.interval_ms, server.alive))
-        return server.measure("" if server.name == "echo" else model, lambda: multiplexed(server.target, model, n, args.steps, answer, server.alive))
+            return server.measure(model, partial(perf_analyzer, peers, server.target, model, n, args.interval_ms, server.alive, args.client_cpus))
+        load = partial(multiplexed, server.target, model, n, args.steps, answer, server.alive, args.client_cpus)
+        return server.measure("" if server.name == "echo" else model, load)
 
     flags = ("--threads", str(args.threads), "--max-batch", str(max_batch), "--max-sessions", str(2 * max_batch + 8))
     for name, kind, n in loads:
@@ -301,9 +353,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="steps per multiplexed sequence")
     parser.add_argument("--interval-ms", type=int, default=3000, help="perf_analyzer's --measurement-interval")
     parser.add_argument("--without-triton", action="store_true", help="rnnserve and the echo only (a change of ours, before and after)")
+    parser.add_argument("--server-cpus", type=cpu_list, help="CPUs for every server and the in-process floor, e.g. 0-1 "
+                        "(default: wherever the kernel puts them); without --threads, onnxruntime gets one thread per CPU")
+    parser.add_argument("--client-cpus", type=cpu_list, help="CPUs for perf_analyzer and tritonclient, e.g. 2-5 (default: "
+                        "wherever the kernel puts them, on the servers' cores)")
     args = parser.parse_args()
     if args.device != "cpu":
         raise SystemExit("bench.peers serves on CPU (the peer's python backend runs onnxruntime's CPU provider)")
+    if args.server_cpus:  # the servers, the echo and the floor start from this thread, and keep its CPUs
+        os.sched_setaffinity(0, args.server_cpus)
+        args.threads = args.threads or len(args.server_cpus)
+    print(json.dumps({"bench": "peers", "server_cpus": cpu_text(os.sched_getaffinity(0)), "client_cpus":
+                      cpu_text(args.client_cpus or os.sched_getaffinity(0)), "onnxruntime_threads": args.threads}), flush=True)
 
     peers = Peers(args.peers)
     triton_missing, perf_missing = peers.missing_triton(), peers.missing_perf_analyzer()

@@ -2,13 +2,14 @@
 docstring) the Triton half is skipped and said so, and everything of ours still runs: rnnserve and the echo server
 under tritonclient's multiplexed load, the in-process floor and the summary."""
 
+import argparse
 import os
 from pathlib import Path
 
 import pytest
 
 from bench.peer_servers import Peers
-from bench.peers import summary
+from bench.peers import cpu_list, summary
 from tests.helpers import native_unavailable
 from tests.test_bench import bench
 
@@ -16,14 +17,20 @@ PEERS = Path(os.environ.get("RNNSERVE_PEERS", "/opt/peers"))
 
 
 def test_without_the_peers_ours_is_measured_and_the_peer_skipped(repository, tmp_path):
+    # the servers on one CPU and the client on another where there are two (what each ran on is read from /proc)
+    cpus = sorted(os.sched_getaffinity(0))
+    server, client = str(cpus[0]), str(cpus[-1])
     # 400 requests: enough that even the echo server's CPU spans several of /proc's 10 ms ticks on a fast machine
-    lines = bench("bench.peers", repository, "--peers", str(tmp_path / "no-venv"), "--concurrency", "--sequences", "4", "--steps", "100")
+    lines = bench("bench.peers", repository, "--peers", str(tmp_path / "no-venv"), "--concurrency", "--sequences", "4", "--steps", "100",
+                  "--server-cpus", server, "--client-cpus", client)
+    assert lines[0] == {"bench": "peers", "server_cpus": server, "client_cpus": client, "onnxruntime_threads": 1}
     skipped = {line["skipped"]: line["why"] for line in lines if "skipped" in line}
     assert set(skipped) == {"Triton", "perf_analyzer"} and "nvidia-pytriton" in skipped["Triton"]
     load = next(line for line in lines if line.get("load") == "multiplexed_4")
     ours = load["rnnserve"]
     assert ours["requests"] == 400 and ours["steps_per_s"] > 0 and ours["server_cpu_us_per_step"] > 0
     assert 1 <= ours["mean_batch"] <= 4 and ours["client_cpu_us_per_step"] > 0
+    assert (ours["server_cpus"], ours["client_cpus"]) == (server, client)
     assert "skipped" in load["triton"]
     native = load["rnnserve_native"]
     if native_unavailable() is None:  # the same load through --native-port
@@ -37,7 +44,7 @@ def test_without_the_peers_ours_is_measured_and_the_peer_skipped(repository, tmp
     else:
         assert native == {"skipped": native_unavailable()}
     echo = next(line for line in lines if line.get("load") == "echo_multiplexed_4")["multiplexed"]
-    assert echo["requests"] == 400 and echo["server_cpu_us_per_step"] > 0
+    assert echo["requests"] == 400 and echo["server_cpu_us_per_step"] > 0 and (echo["server_cpus"], echo["client_cpus"]) == (server, client)
     final = lines[-1]
     assert final["bench"] == "peers_summary" and 0 < final["in_process_floor"]["batch_1_p50_ms"]
     assert final["in_process_floor"]["batch_1_after_1ms_idle_p50_ms"] > 0
@@ -47,6 +54,16 @@ def test_without_the_peers_ours_is_measured_and_the_peer_skipped(repository, tmp
         assert own["echo_server"] == echo["server_cpu_us_per_step"] and own["server"] == load[ours]["server_cpu_us_per_step"]
         assert abs(own["beyond_onnxruntime"] - (own["server"] - own["onnxruntime_in_process_at_mean_batch"])) < 0.2
         assert set(final[ours]["targets_met"]) == {"multiplexed_4_beyond_onnxruntime_within_echo"}
+
+
+def test_cpu_lists_are_read_as_linux_writes_them_and_only_cpus_this_process_may_use_are_taken():
+    allowed = os.sched_getaffinity(0)
+    first, last = min(allowed), max(allowed)
+    assert cpu_list(f"{first}") == {first} and cpu_list(f"{first}-{first},{last}") == {first, last}
+    for wrong, says in (("x", "not a CPU list"), (f"{first}-", "not a CPU list"), ("1-0", "not a CPU list"), ("", "not a CPU list"),
+                        (f"{last + 1}", "may run on CPUs")):
+        with pytest.raises(argparse.ArgumentTypeError, match=says):
+            cpu_list(wrong)
 
 
 def test_summary_reads_ratios_and_a_crash_is_not_a_number():
