@@ -1,4 +1,5 @@
-"""What every benchmark shares: a model to measure, a server in its own process, the in-process baseline."""
+"""What every benchmark shares: a model to measure, a server in its own process, the CPUs processes run on, the
+in-process baseline."""
 
 from __future__ import annotations
 
@@ -79,6 +80,43 @@ def server_process(repository: Path, *flags: str):
     finally:
         process.terminate()
         process.wait(30)
+
+
+def cpu_list(text: str) -> set[int]:
+    """argparse's type for a Linux CPU list (`0-1,4`), every CPU of it one this process may run on."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, dash, last = part.partition("-")
+        try:
+            span = range(int(first), int(last if dash else first) + 1)
+        except ValueError:
+            span = range(0)
+        if not span:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a CPU list such as 0-1,4")
+        cpus.update(span)
+    allowed = os.sched_getaffinity(0)
+    if not cpus <= allowed:
+        raise argparse.ArgumentTypeError(f"{text!r}: this process may run on CPUs {cpu_text(allowed)} only")
+    return cpus
+
+
+def cpu_text(cpus) -> str:
+    return ",".join(map(str, sorted(cpus)))
+
+
+@contextlib.contextmanager
+def running_on(cpus: set[int] | None):
+    """Processes started inside run on `cpus` (a child keeps the CPUs of the thread that started it); None: where
+    this process runs."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def _cpu_s(stat: Path) -> float:

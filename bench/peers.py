@@ -56,7 +56,17 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import add_model_flags, model_path, native_port, process_cpu_s, server_process, thread_cpu_s
+from bench.common import (
+    add_model_flags,
+    cpu_list,
+    cpu_text,
+    model_path,
+    native_port,
+    process_cpu_s,
+    running_on,
+    server_process,
+    thread_cpu_s,
+)
 from bench.peer_servers import BENCH_DIR, Peers, echo_process, main_output, triton_process, triton_repository
 from bench.step_latency import in_process_steps, percentiles
 from bench.throughput import in_process
@@ -113,43 +123,6 @@ class Server:
         if batches:
             figures["mean_batch"] = round(float(steps / batches), 1)
         return figures
-
-
-def cpu_list(text: str) -> set[int]:
-    """argparse's type for a Linux CPU list (`0-1,4`), every CPU of it one this process may run on."""
-    cpus: set[int] = set()
-    for part in text.split(","):
-        first, dash, last = part.partition("-")
-        try:
-            span = range(int(first), int(last if dash else first) + 1)
-        except ValueError:
-            span = range(0)
-        if not span:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a CPU list such as 0-1,4")
-        cpus.update(span)
-    allowed = os.sched_getaffinity(0)
-    if not cpus <= allowed:
-        raise argparse.ArgumentTypeError(f"{text!r}: this process may run on CPUs {cpu_text(allowed)} only")
-    return cpus
-
-
-def cpu_text(cpus) -> str:
-    return ",".join(map(str, sorted(cpus)))
-
-
-@contextlib.contextmanager
-def running_on(cpus: set[int] | None):
-    """Processes started inside run on `cpus` (a child keeps the CPUs of the thread that started it); None: where
-    this process runs."""
-    if cpus is None:
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 def watched(command: list, alive, cpus: set[int] | None = None, timeout_s: float = 600, **options) -> str:
@@ -257,7 +230,8 @@ def measure_both(peers: Peers, repository: Path, model: str, args, triton_missin
 
     def run(server: Server, kind: str, n: int) -> dict:
         if kind == "perf":
-            return server.measure(model, partial(perf_analyzer, peers, server.target, model, n, args.interval_ms, server.alive, args.client_cpus))
+            load = partial(perf_analyzer, peers, server.target, model, n, args.interval_ms, server.alive, args.client_cpus)
+            return server.measure(model, load)
         load = partial(multiplexed, server.target, model, n, args.steps, answer, server.alive, args.client_cpus)
         return server.measure("" if server.name == "echo" else model, load)
 
@@ -363,8 +337,9 @@ def main() -> None:
     if args.server_cpus:  # the servers, the echo and the floor start from this thread, and keep its CPUs
         os.sched_setaffinity(0, args.server_cpus)
         args.threads = args.threads or len(args.server_cpus)
-    print(json.dumps({"bench": "peers", "server_cpus": cpu_text(os.sched_getaffinity(0)), "client_cpus":
-                      cpu_text(args.client_cpus or os.sched_getaffinity(0)), "onnxruntime_threads": args.threads}), flush=True)
+    here = os.sched_getaffinity(0)
+    print(json.dumps({"bench": "peers", "server_cpus": cpu_text(here), "client_cpus": cpu_text(args.client_cpus or here),
+                      "onnxruntime_threads": args.threads}), flush=True)
 
     peers = Peers(args.peers)
     triton_missing, perf_missing = peers.missing_triton(), peers.missing_perf_analyzer()

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import cpu_list
 from bench.peer_servers import Peers
-from bench.peers import cpu_list, summary
+from bench.peers import summary
 from tests.helpers import native_unavailable
 from tests.test_bench import bench
 
